@@ -1,0 +1,104 @@
+"""Python API: load a model once, classify images against prompts, get errors and probabilities."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .adaptive import AdaptiveResult, adaptive_classify, reference_stages, validate_schedule
+from .engine import Scorer
+from .models import DTYPES, SD_VERSIONS, TextConditionalModel, load_text_conditional
+from .noise import make_noise
+
+
+@dataclass
+class Prediction:
+    """One image's outcome: the winning prompt, each prompt's mean error and softmax probabilities."""
+
+    pred: int  # index into the prompts
+    mean_errors: torch.Tensor  # (K,) mean error over the (t, ε) each prompt was evaluated on
+    probs: torch.Tensor  # (K,) softmax(-mean_errors / temperature)
+    errors: dict  # prompt index -> {'t': (n,), 'pred_errors': (n,)}
+
+
+def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p(c|x) ∝ exp(-E[err]/τ): Bayes' rule with a uniform prior; τ rescales the Monte Carlo ELBO."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return torch.softmax(-mean_errors.double() / temperature, dim=-1).float()
+
+
+def noise_rows(to_keep, n_samples, n_trials: int, T: int) -> int:
+    """Noise rows the reference schedule indexes: n_trials per distinct timestep."""
+    return n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
+
+
+def preprocess(images, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """PIL image(s) -> (N, 3, size, size) in [-1, 1]; tensors are taken as already preprocessed."""
+    from .datasets import sd_transform
+
+    if isinstance(images, torch.Tensor):
+        return images.unsqueeze(0) if images.dim() == 3 else images
+    if isinstance(images, Image.Image):
+        images = [images]
+    tf = sd_transform(size, interpolation)
+    return torch.stack([tf(im) for im in images])
+
+
+class DiffusionClassifier:
+    """Zero-shot classification with a text-conditional diffusion model (Li et al., ICCV 2023)."""
+
+    def __init__(self, model: TextConditionalModel, batch_size: int = 32):
+        self.model = model
+        self.batch_size = batch_size
+        self._prompt_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    @classmethod
+    def from_pretrained(cls, model: str = "tiny", device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str = torch.float32, batch_size: int = 32,
+                        attention: str = "sdpa") -> "DiffusionClassifier":
+        """Load an SD version ('2-0', 'tiny', ...), hub id or local pipeline folder."""
+        if isinstance(dtype, str):
+            dtype = DTYPES[dtype]
+        source = SD_VERSIONS.get(model, model)
+        return cls(load_text_conditional(source, device, dtype, attention), batch_size)
+
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        key = tuple(prompts)
+        if key not in self._prompt_cache:  # text embeddings are computed once per prompt list
+            self._prompt_cache = {key: self.model.encode_prompts(list(prompts))}
+        return self._prompt_cache[key]
+
+    def classify(
+        self,
+        images,
+        prompts: Sequence[str],
+        to_keep: Sequence[int] = (1,),
+        n_samples: Sequence[int] = (50,),
+        n_trials: int = 1,
+        loss: str = "l2",
+        noise: torch.Tensor | None = None,
+        seed: int = 0,
+        img_size: int | None = None,
+        interpolation: str = "bicubic",
+        temperature: float = 1e-3,
+    ) -> list[Prediction]:
+        """Classify PIL images or (N,3,H,W) tensors in [-1,1] against `prompts` with the staged schedule."""
+        m = self.model
+        size = img_size or m.native_size
+        validate_schedule(to_keep, n_samples, len(prompts), m.T)
+        latents = m.encode_images(preprocess(images, size, interpolation))
+        if noise is None:
+            noise = make_noise(noise_rows(to_keep, n_samples, n_trials, m.T), tuple(latents.shape[1:]), seed)
+        scorer = Scorer(m.denoiser, m.alphas_cumprod, noise, m.device, m.dtype, self.batch_size)
+        embeds = self.embed(prompts)
+        results = adaptive_classify(lambda jobs: scorer.evaluate(latents, embeds, jobs, loss),
+                                    len(latents), len(prompts), to_keep, n_samples, n_trials, m.T)
+        return [self._prediction(r, len(prompts), temperature) for r in results]
+
+    @staticmethod
+    def _prediction(r: AdaptiveResult, k: int, temperature: float) -> Prediction:
+        mean = r.mean_errors(k)
+        return Prediction(r.pred, mean, probabilities(mean, temperature), r.errors)

@@ -1,0 +1,357 @@
+"""Evaluation datasets with labels aligned to the classidx of the matching prompts CSV, and image transforms."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torchvision import datasets as tvd
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .prompts import DATA_DIR, DATASET_PROMPTS
+
+ROOT_HINT = "pass --dataset_root DIR or set DATASET_ROOT"
+INTERPOLATIONS = {
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "lanczos": T.InterpolationMode.LANCZOS,
+}
+
+_META = json.loads((DATA_DIR / "imagenet_meta.json").read_text(encoding="utf-8"))
+IMAGENET_WNIDS: list[str] = _META["wnids"]  # ImageNet-1k class order = sorted wnids
+
+
+def imagenet_a_indices() -> list[int]:
+    """ImageNet-1k indices of the 200 ImageNet-A classes, in ImageNet-A label order."""
+    return list(_META["imagenet_a_indices"])
+
+
+def objectnet_imagenet_indices() -> list[list[int]]:
+    """For each of the 113 ObjectNet classes (label order), the ImageNet-1k indices that map to it."""
+    mapping = _META["objectnet_imagenet_indices"]
+    return [list(mapping[folder]) for folder in DATASET_PROMPTS["objectnet"].classnames]
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    return img.convert("RGB")
+
+
+class ADMCenterCrop:
+    """Transform form of adm_center_crop (a class, so that data-loader workers can pickle it)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return adm_center_crop(img.convert("RGB"), self.size)
+
+
+def sd_transform(size: int, interpolation: str = "bicubic") -> Callable:
+    """Stable Diffusion pre-processing: resize, centre crop, RGB, [0, 1] tensor, then [-1, 1]."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    return T.Compose([
+        T.Resize(size, interpolation=INTERPOLATIONS[interpolation]),
+        T.CenterCrop(size),
+        _to_rgb,
+        T.ToTensor(),
+        T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    ])
+
+
+def adm_center_crop(pil_image: Image.Image, size: int) -> Image.Image:
+    """ADM/DiT centre crop: halve with BOX while the short side >= 2*size, bicubic to short side = size, crop."""
+    while min(*pil_image.size) >= 2 * size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    top = (arr.shape[0] - size) // 2
+    left = (arr.shape[1] - size) // 2
+    return Image.fromarray(arr[top:top + size, left:left + size])
+
+
+def dit_transform(size: int) -> Callable:
+    """DiT pre-processing: ADM centre crop, RGB, [0, 1] tensor, then [-1, 1]."""
+    return T.Compose([
+        ADMCenterCrop(size),
+        T.ToTensor(),
+        T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    ])
+
+
+# ---------------------------------------------------------------- subsets
+
+
+def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
+    """All indices 0..n-1, or the ones stored in a .npy file (1-D integers in 0..n-1)."""
+    if subset_path is None:
+        return list(range(n))
+    path = Path(subset_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"subset file not found: {path} (expected a .npy array of dataset indices)")
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{path}: expected a 1-D integer array of indices, found shape {arr.shape} dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(
+            f"{path}: indices must lie in 0..{n - 1} for a dataset of {n} images, found {arr.min()}..{arr.max()}"
+        )
+    return [int(i) for i in arr]
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class RemappedLabels(torch.utils.data.Dataset):
+    """Wraps a dataset so that its label k becomes mapping[k]."""
+
+    def __init__(self, dataset, mapping: list[int], classes: list[str]):
+        self.dataset = dataset
+        self.mapping = list(mapping)
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        img, label = self.dataset[i]
+        return img, self.mapping[label]
+
+
+def _norm(name: str) -> str:
+    """Class name reduced to lowercase letters and digits, to compare spellings ('F-16A/B' ~ 'F-16A_B')."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def align_labels(dataset, native_classes: list[str], name: str):
+    """Return dataset with labels in the prompts' class order of `name` (matched by class name), remapping if needed."""
+    expected = list(DATASET_PROMPTS[name].classnames)
+    pos = {_norm(c): i for i, c in enumerate(expected)}
+    native = [_norm(c) for c in native_classes]
+    if sorted(native) != sorted(pos):
+        unknown = [c for c, n in zip(native_classes, native) if n not in pos]
+        raise ValueError(
+            f"{name}: the dataset's {len(native_classes)} classes do not match the {len(expected)} prompt classes"
+            f" (unmatched: {', '.join(unknown[:5]) or 'none'})"
+        )
+    mapping = [pos[n] for n in native]
+    if mapping == list(range(len(mapping))):
+        return dataset
+    return RemappedLabels(dataset, mapping, expected)
+
+
+def _not_found(name: str, path: Path, how: str) -> FileNotFoundError:
+    """The one-line error for data that is not on disk."""
+    return FileNotFoundError(f"{name} data not found at {path}: {ROOT_HINT}; {how}")
+
+
+def _torchvision(name: str, cls, expected: Path, fetch_args: str, make: Callable):
+    """Build a torchvision dataset (download=False), turning its 'Dataset not found' into FileNotFoundError."""
+    try:
+        return make()
+    except RuntimeError as e:
+        if "not found" not in str(e):
+            raise
+        raise _not_found(
+            name, expected, f"torchvision can fetch it with torchvision.datasets.{cls.__name__}(DIR{fetch_args}, download=True)"
+        ) from None
+
+
+def _split(name: str, split: str, choices: dict[str, str]) -> str:
+    """Map our split name to the dataset's own split name."""
+    if split not in choices:
+        raise ValueError(f"{name} split must be one of {', '.join(choices)}, got {split!r}")
+    return choices[split]
+
+
+class FixedClassFolder(tvd.ImageFolder):
+    """ImageFolder whose folder -> label map is given, not the sorted order of the folders present."""
+
+    def __init__(self, root, class_to_idx: dict[str, int], transform=None, ignore_unknown: bool = False):
+        self._fixed = dict(class_to_idx)
+        self._ignore_unknown = ignore_unknown
+        super().__init__(str(root), transform=transform, allow_empty=ignore_unknown)
+        if len(self.samples) == 0:
+            raise FileNotFoundError(f"no images found in the expected class folders under {root}")
+
+    def find_classes(self, directory):
+        present = sorted(p.name for p in Path(directory).iterdir() if p.is_dir())
+        unknown = [c for c in present if c not in self._fixed]
+        if unknown and not self._ignore_unknown:
+            raise ValueError(
+                f"{directory}: unexpected class folder(s) {', '.join(unknown[:5])}"
+                f"{' ...' if len(unknown) > 5 else ''}; expected folders among the {len(self._fixed)} known classes"
+            )
+        used = sorted((c for c in present if c in self._fixed), key=lambda c: self._fixed[c])
+        return used, {c: self._fixed[c] for c in used}
+
+
+def _folder_dataset(name: str, path: Path, how: str, make: Callable):
+    """Build a folder-per-class dataset, with the one-line error when the folder is missing or empty."""
+    if not path.is_dir():
+        raise _not_found(name, path, how)
+    try:
+        return make()
+    except FileNotFoundError as e:
+        raise _not_found(name, path, f"{how} ({e})") from None
+
+
+def _pets(root: Path, split: str, transform):
+    s = _split("pets", split, {"train": "trainval", "test": "test"})
+    ds = _torchvision("pets", tvd.OxfordIIITPet, root / "oxford-iiit-pet", "",
+                      lambda: tvd.OxfordIIITPet(str(root), split=s, transform=transform, download=False))
+    return align_labels(ds, ds.classes, "pets")
+
+
+def _flowers(root: Path, split: str, transform):
+    s = _split("flowers", split, {"train": "train", "val": "val", "test": "test"})
+    ds = _torchvision("flowers", tvd.Flowers102, root / "flowers-102", f", split={s!r}",
+                      lambda: tvd.Flowers102(str(root), split=s, transform=transform, download=False))
+    # labels are positions in imagelabels.mat, the order of our class list (torchvision spells 3 names differently)
+    return ds
+
+
+def _stl10(root: Path, split: str, transform):
+    s = _split("stl10", split, {"train": "train", "test": "test"})
+    ds = _torchvision("stl10", tvd.STL10, root / "stl10_binary", f", split={s!r}",
+                      lambda: tvd.STL10(str(root), split=s, transform=transform, download=False))
+    return align_labels(ds, ds.classes, "stl10")
+
+
+def _mnist(root: Path, split: str, transform):
+    train = _split("mnist", split, {"train": "train", "test": "test"}) == "train"
+    # labels are the digits themselves, as the prompts' classidx
+    return _torchvision("mnist", tvd.MNIST, root / "MNIST" / "raw", f", train={train}",
+                        lambda: tvd.MNIST(str(root), train=train, transform=transform, download=False))
+
+
+def _cifar(name: str, cls):
+    def build(root: Path, split: str, transform):
+        train = _split(name, split, {"train": "train", "test": "test"}) == "train"
+        folder = "cifar-10-batches-py" if cls is tvd.CIFAR10 else "cifar-100-python"
+        ds = _torchvision(name, cls, root / folder, f", train={train}",
+                          lambda: cls(str(root), train=train, transform=transform, download=False))
+        return align_labels(ds, ds.classes, name)
+    return build
+
+
+def _food(root: Path, split: str, transform):
+    s = _split("food", split, {"train": "train", "test": "test"})
+    ds = _torchvision("food", tvd.Food101, root / "food-101", f", split={s!r}",
+                      lambda: tvd.Food101(str(root), split=s, transform=transform, download=False))
+    return align_labels(ds, ds.classes, "food")
+
+
+def _caltech101(root: Path, split: str, transform):
+    _split("caltech101", split, {"train": "all", "test": "all"})  # no official split: the whole set
+    path = root / "caltech101" / "101_ObjectCategories"
+    how = "torchvision can fetch it with torchvision.datasets.Caltech101(DIR, download=True)"
+    if not path.is_dir():  # checked here: torchvision would create folders under root first
+        raise _not_found("caltech101", path, how)
+    ds = _torchvision("caltech101", tvd.Caltech101, path, "",
+                      lambda: tvd.Caltech101(str(root), target_type="category", transform=transform, download=False))
+    return align_labels(ds, ds.categories, "caltech101")
+
+
+def _aircraft(root: Path, split: str, transform):
+    s = _split("aircraft", split, {"train": "trainval", "val": "val", "test": "test"})
+    ds = _torchvision("aircraft", tvd.FGVCAircraft, root / "fgvc-aircraft-2013b",
+                      f", split={s!r}, annotation_level='variant'",
+                      lambda: tvd.FGVCAircraft(str(root), split=s, annotation_level="variant",
+                                               transform=transform, download=False))
+    return align_labels(ds, ds.classes, "aircraft")
+
+
+def _eurosat(root: Path, split: str, transform):
+    _split("eurosat", split, {"train": "all", "test": "all"})  # no official split: the whole set
+    ds = _torchvision("eurosat", tvd.EuroSAT, root / "eurosat" / "2750", "",
+                      lambda: tvd.EuroSAT(str(root), transform=transform, download=False))
+    return align_labels(ds, ds.classes, "eurosat")
+
+
+def _imagenet(root: Path, split: str, transform):
+    s = _split("imagenet", split, {"train": "train", "val": "val", "test": "val"})
+    path = root / "imagenet" / s
+    how = f"expected {root / 'imagenet' / s}/<wnid>/*.JPEG (one folder per ImageNet-1k wnid)"
+    class_to_idx = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
+    return _folder_dataset("imagenet", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
+
+
+def _imagenetv2(root: Path, split: str, transform):
+    path = root / "imagenetv2-matched-frequency-format-val"
+    how = f"expected {path}/<0..999>/*.jpeg (the ImageNetV2 matched-frequency release)"
+    class_to_idx = {str(i): i for i in range(1000)}  # folder name is the ImageNet-1k index
+    return _folder_dataset("imagenetv2", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
+
+
+def _imagenet_a(root: Path, split: str, transform):
+    path = root / "imagenet-a"
+    how = f"expected {path}/<wnid>/*.jpg (the ImageNet-A release, 200 wnid folders)"
+    class_to_idx = {IMAGENET_WNIDS[k]: i for i, k in enumerate(_META["imagenet_a_indices"])}
+    return _folder_dataset("imagenetA", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
+
+
+def _objectnet(root: Path, split: str, transform):
+    path = root / "objectnet" / "images"
+    how = f"expected {path}/<objectnet folder>/*.png (the ObjectNet release; the 113 ImageNet-overlap folders are used)"
+    class_to_idx = {c: i for i, c in enumerate(DATASET_PROMPTS["objectnet"].classnames)}
+    # folders outside the ImageNet overlap are skipped
+    return _folder_dataset("objectnet", path, how,
+                           lambda: FixedClassFolder(path, class_to_idx, transform, ignore_unknown=True))
+
+
+def _imagefolder(root: Path, split: str, transform):
+    path = root / split if (root / split).is_dir() else root
+    how = f"expected {root}/[<split>/]<class>/<image> (class index = sorted folder order)"
+    return _folder_dataset("imagefolder", path, how, lambda: tvd.ImageFolder(str(path), transform=transform))
+
+
+def _digits(root: Path, split: str, transform):
+    from .digits import DigitsDataset
+
+    return DigitsDataset(_split("digits", split, {"train": "train", "test": "test"}), transform=transform)
+
+
+DATASETS: dict[str, Callable] = {
+    "pets": _pets,
+    "flowers": _flowers,
+    "stl10": _stl10,
+    "mnist": _mnist,
+    "cifar10": _cifar("cifar10", tvd.CIFAR10),
+    "cifar100": _cifar("cifar100", tvd.CIFAR100),
+    "food": _food,
+    "caltech101": _caltech101,
+    "aircraft": _aircraft,
+    "eurosat": _eurosat,
+    "imagenet": _imagenet,
+    "imagenetv2": _imagenetv2,
+    "imagenetA": _imagenet_a,
+    "objectnet": _objectnet,
+    "imagefolder": _imagefolder,
+    "digits": _digits,
+}
+
+
+def get_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None):
+    """The (image, label) dataset `name` under root; labels match the classidx of its prompts CSV."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name](Path(root).expanduser(), split, transform)
+
+
+def num_classes(name: str) -> int:
+    """Number of classes of a known dataset (the length of its prompts' class list)."""
+    if name == "imagefolder":
+        raise ValueError("imagefolder has no fixed class count; use len(dataset.classes) of the built dataset")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return len(DATASET_PROMPTS[name].classnames)

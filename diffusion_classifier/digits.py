@@ -1,0 +1,58 @@
+"""scikit-learn's handwritten digits (1,797 images, 8x8) with a fixed, seeded train/test split."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+NATIVE_SIZE = 8
+CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION):
+    """Stratified split: per class, a seeded permutation; the first round(fraction * n) go to test."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(test_fraction * len(idx)))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def load_digits_arrays(split: str):
+    """(images uint8 (N, 8, 8) in 0..255, labels int64 (N,)) of the given split ('train' or 'test')."""
+    if split not in ("train", "test"):
+        raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)  # 17 grey levels -> 0..255
+    labels = data.target.astype(np.int64)
+    train, test = split_indices(labels)
+    idx = train if split == "train" else test
+    return images[idx], labels[idx]
+
+
+class DigitsDataset(torch.utils.data.Dataset):
+    """The digits split served as RGB PIL images with integer labels, like torchvision datasets."""
+
+    classes = CLASSNAMES
+
+    def __init__(self, split: str = "test", transform=None):
+        self.images, labels = load_digits_arrays(split)
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        img = Image.fromarray(self.images[i], mode="L").convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[i]

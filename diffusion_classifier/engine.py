@@ -1,0 +1,152 @@
+"""The scoring engine: paired (t, ε) denoising errors for any denoiser, packed into full batches.
+
+A *job* is one denoiser evaluation: (image index, condition index, timestep, noise index). Every
+script (Stable Diffusion prompts, DiT classes, Winoground pairs) describes its work as a list of
+jobs; the engine packs them into batches, noises the latents with the shared noise bank, runs the
+denoiser and reduces each output to per-job numbers, keeping everything on the device until the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .noise import check_noise
+
+LOSSES = ("l2", "l1", "huber")
+
+
+class Denoiser(Protocol):
+    """Anything that maps (x_t (B,C,H,W), t (B,), cond (B,...)) to a model output (B,C',H,W)."""
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class Jobs:
+    """Parallel int64 index vectors, one entry per denoiser evaluation."""
+
+    image: torch.Tensor  # (J,) index into the latents
+    cond: torch.Tensor  # (J,) index into the conditions
+    t: torch.Tensor  # (J,) timestep
+    noise: torch.Tensor  # (J,) index into the noise bank
+
+    def __post_init__(self):
+        n = len(self.t)
+        for name in ("image", "cond", "noise"):
+            assert len(getattr(self, name)) == n, f"jobs.{name} has a different length"
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @staticmethod
+    def build(image, cond, t, noise) -> "Jobs":
+        as_long = lambda v: torch.as_tensor(v, dtype=torch.long).reshape(-1)
+        return Jobs(as_long(image), as_long(cond), as_long(t), as_long(noise))
+
+    @staticmethod
+    def cat(parts: list["Jobs"]) -> "Jobs":
+        return Jobs(*(torch.cat([getattr(p, k) for p in parts]) for k in ("image", "cond", "t", "noise")))
+
+
+@dataclass
+class Batch:
+    """What a reducer sees for one batch of jobs (all float32 except `out`'s dtype is also float32)."""
+
+    x0: torch.Tensor  # (B, C, H, W) clean latents
+    x_t: torch.Tensor  # (B, C, H, W) noised latents
+    eps: torch.Tensor  # (B, C, H, W) the noise added
+    out: torch.Tensor  # (B, C', H, W) raw model output, C' = C or 2C (learned variance)
+    t: torch.Tensor  # (B,) timesteps
+
+    @property
+    def eps_hat(self) -> torch.Tensor:
+        return self.out[:, : self.eps.shape[1]]
+
+
+def denoising_error(eps: torch.Tensor, eps_hat: torch.Tensor, loss: str = "l2") -> torch.Tensor:
+    """Per-sample mean over (C, H, W) of the l2 (squared), l1 or huber error between ε and ε̂."""
+    if loss == "l2":
+        err = F.mse_loss(eps_hat, eps, reduction="none")
+    elif loss == "l1":
+        err = F.l1_loss(eps_hat, eps, reduction="none")
+    elif loss == "huber":
+        err = F.huber_loss(eps_hat, eps, reduction="none", delta=1.0)
+    else:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return err.flatten(1).mean(1)  # (B,)
+
+
+def loss_reducer(loss: str) -> Callable[[Batch], torch.Tensor]:
+    """A reducer that returns each job's denoising error."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return lambda b: denoising_error(b.eps, b.eps_hat, loss)
+
+
+def q_sample(x0: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε (DDPM eq. 4), ᾱ_t given per sample (B,)."""
+    a = alpha_bar.to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+class Scorer:
+    """Evaluates jobs against fixed latents, conditions and noise bank with one denoiser.
+
+    Nothing here draws randomness: the noise bank is an input. Inputs are moved to `device` once;
+    results stay on the device until `evaluate` returns them on the CPU.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        alphas_cumprod: torch.Tensor,
+        noise_bank: torch.Tensor,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 32,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.denoiser = denoiser
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.batch_size = batch_size
+        # ᾱ kept in float64 for the schedule math, cast per batch
+        self.alphas_cumprod = alphas_cumprod.to(device=self.device, dtype=torch.float64)
+        self.noise_bank = noise_bank.to(device=self.device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        latents: torch.Tensor,
+        conds: torch.Tensor,
+        jobs: Jobs,
+        reduce: Callable[[Batch], torch.Tensor] | str = "l2",
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Run every job; returns reduce's output per job, concatenated on the CPU: (J, ...)."""
+        if isinstance(reduce, str):
+            reduce = loss_reducer(reduce)
+        if len(jobs) == 0:
+            return torch.empty(0)
+        check_noise(self.noise_bank, tuple(latents.shape[1:]), int(jobs.noise.max()) + 1)
+        latents = latents.to(self.device, torch.float32)
+        conds = conds.to(self.device)
+        if conds.is_floating_point():
+            conds = conds.to(self.dtype)
+        idx = {k: getattr(jobs, k).to(self.device) for k in ("image", "cond", "t", "noise")}
+        results = []
+        for start in range(0, len(jobs), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            t = idx["t"][sl]
+            x0 = latents[idx["image"][sl]]  # (B, C, H, W)
+            eps = self.noise_bank[idx["noise"][sl]]  # (B, C, H, W)
+            x_t = q_sample(x0, self.alphas_cumprod[t], eps)
+            out = self.denoiser(x_t.to(self.dtype), t, conds[idx["cond"][sl]]).float()
+            results.append(reduce(Batch(x0=x0, x_t=x_t, eps=eps, out=out, t=t)))
+            if progress is not None:
+                progress(len(t))
+        return torch.cat(results).cpu()  # the only host-device sync

@@ -1,0 +1,45 @@
+"""Noise banks: the fixed ε shared by every candidate, saved to disk or drawn from a seed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+REFERENCE_SEED = 42
+REFERENCE_ROWS = 1024
+
+
+def make_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """n standard normal draws of `shape` from a private generator: (n, *shape) float32."""
+    g = torch.Generator().manual_seed(seed)  # same stream as torch.manual_seed(seed) on the CPU
+    return torch.randn(n, *shape, generator=g)
+
+
+def reference_noise(img_size: int, channels: int = 4, downsample: int = 8,
+                    n: int = REFERENCE_ROWS, seed: int = REFERENCE_SEED) -> torch.Tensor:
+    """The bank scripts/save_noise.py writes: 1024 draws of (4, S/8, S/8) seeded with 42."""
+    if img_size % downsample:
+        raise ValueError(f"image size must be divisible by {downsample}, got {img_size}")
+    s = img_size // downsample
+    return make_noise(n, (channels, s, s), seed)
+
+
+def load_noise(path: str | Path) -> torch.Tensor:
+    """A noise bank saved with torch.save: a float tensor (N, C, H, W)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"noise file {path} does not exist; write one with scripts/save_noise.py --img_size S")
+    noise = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(noise, torch.Tensor) or noise.dim() != 4 or not noise.is_floating_point():
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ValueError(f"noise file {path} must hold a float tensor (N, C, H, W), found {got}")
+    return noise.float()
+
+
+def check_noise(noise: torch.Tensor, latent_shape: tuple[int, ...], n_needed: int, source: str = "noise bank") -> None:
+    """Raise ValueError unless the bank is (>= n_needed, *latent_shape)."""
+    if tuple(noise.shape[1:]) != tuple(latent_shape):
+        raise ValueError(f"{source} has shape {tuple(noise.shape)}, expected (N, {', '.join(map(str, latent_shape))})"
+                         " to match the model's latents at this image size")
+    if noise.shape[0] < n_needed:
+        raise ValueError(f"{source} has {noise.shape[0]} rows, the schedule needs at least {n_needed}")

@@ -1,0 +1,85 @@
+"""Dataset runs: classify every image of a shard, one atomic record per image, resumable."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .engine import Jobs, Scorer
+from .records import existing_indices, load_record, record_path, save_record
+
+
+@dataclass
+class RunStats:
+    """Counts of a run: images classified now, skipped as done, and the running accuracy."""
+
+    done: int = 0
+    skipped: int = 0
+    correct: int = 0
+    counted: int = 0
+    evaluations: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / max(self.counted, 1)
+
+
+def run_dataset(
+    dataset,
+    indices: Sequence[int],
+    folder: str | Path,
+    encode_images: Callable[[torch.Tensor], torch.Tensor],
+    scorer: Scorer,
+    conds: torch.Tensor,
+    candidate_class: Sequence[int],
+    classify: Callable,
+    loss: str = "l2",
+    image_batch: int = 1,
+    load_stats: bool = False,
+    desc: str = "",
+    show_progress: bool = True,
+) -> RunStats:
+    """Classify dataset[indices] that have no record yet in `folder`; write {errors, pred, label} each.
+
+    `classify(evaluate, n_images, n_candidates)` runs a schedule (adaptive_classify or the statistical
+    one) given `evaluate(jobs) -> errors`; the record's pred is candidate_class[winning candidate].
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(dataset)
+    done = existing_indices(folder)
+    stats = RunStats()
+    todo = []
+    for i in indices:
+        if i in done:
+            stats.skipped += 1
+            if load_stats:
+                rec = load_record(record_path(folder, i, n))
+                stats.correct += int(rec["pred"] == rec["label"])
+                stats.counted += 1
+        else:
+            todo.append(i)
+    bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
+    for start in range(0, len(todo), image_batch):
+        group = todo[start : start + image_batch]
+        items = [dataset[i] for i in group]
+        latents = encode_images(torch.stack([x for x, _ in items]))
+
+        def evaluate(jobs: Jobs) -> torch.Tensor:
+            stats.evaluations += len(jobs)
+            return scorer.evaluate(latents, conds, jobs, loss)
+
+        results = classify(evaluate, len(group), len(conds))
+        for i, (_, label), r in zip(group, items, results):
+            pred = int(candidate_class[r.pred])
+            save_record({"errors": r.errors, "pred": pred, "label": int(label)}, record_path(folder, i, n))
+            stats.done += 1
+            stats.correct += int(pred == int(label))
+            stats.counted += 1
+        bar.update(len(group))
+        bar.set_postfix(acc=f"{stats.accuracy:.1f}", evals_per_img=f"{stats.evaluations / max(stats.done, 1):.0f}")
+    bar.close()
+    return stats

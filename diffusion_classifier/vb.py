@@ -1,0 +1,197 @@
+"""Variational-bound terms of a learned-variance diffusion model (improved DDPM, Nichol & Dhariwal 2021; DiT)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+LN2 = math.log(2.0)
+# diffusers' DDPMScheduler defaults, used when a config leaves a field out.
+DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
+DEFAULT_BETA_START = 1e-4
+DEFAULT_BETA_END = 0.02
+DEFAULT_BETA_SCHEDULE = "linear"
+COSINE_MAX_BETA = 0.999
+
+
+def linear_betas(T: int = 1000, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    """Linear beta schedule (Ho et al. 2020), float64 (T,)."""
+    return torch.linspace(start, end, T, dtype=torch.float64)
+
+
+def _cosine_betas(T: int, max_beta: float = COSINE_MAX_BETA) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17) as betas capped at max_beta, float64 (T,)."""
+
+    def alpha_bar(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1.0 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def betas_from_config(config: Mapping) -> torch.Tensor:
+    """Float64 betas (T,) of a diffusers scheduler config: trained_betas, linear, scaled_linear, squaredcos_cap_v2."""
+    if config.get("rescale_betas_zero_snr", False):
+        raise ValueError("scheduler config: expected rescale_betas_zero_snr false, found true (not supported)")
+    trained = config.get("trained_betas")
+    if trained is not None:
+        return torch.as_tensor(trained, dtype=torch.float64).flatten()
+    T = int(config.get("num_train_timesteps", DEFAULT_NUM_TRAIN_TIMESTEPS))
+    start = float(config.get("beta_start", DEFAULT_BETA_START))
+    end = float(config.get("beta_end", DEFAULT_BETA_END))
+    kind = config.get("beta_schedule", DEFAULT_BETA_SCHEDULE)
+    if kind == "linear":
+        return linear_betas(T, start, end)
+    if kind == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, T, dtype=torch.float64) ** 2  # latent-diffusion schedule
+    if kind == "squaredcos_cap_v2":
+        return _cosine_betas(T)
+    raise ValueError(
+        f"scheduler config: expected beta_schedule 'linear', 'scaled_linear' or 'squaredcos_cap_v2', found {kind!r}"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class DiffusionSchedule:
+    """Per-timestep constants of q(x_t|x_0) and the posterior q(x_{t-1}|x_t,x_0), all float64 (T,)."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    sqrt_recip_alphas_cumprod: torch.Tensor
+    sqrt_recipm1_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+
+    @property
+    def T(self) -> int:
+        """Number of diffusion steps."""
+        return self.betas.shape[0]
+
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor) -> DiffusionSchedule:
+        """Schedule from betas (T,), T >= 2, each in (0, 1]; computed in float64."""
+        betas = torch.as_tensor(betas).detach().to(device="cpu", dtype=torch.float64)
+        if betas.ndim != 1 or betas.shape[0] < 2:
+            raise ValueError(f"betas: expected a 1-D tensor of at least 2 steps, found shape {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError(f"betas: expected values in (0, 1], found range [{betas.min():.6g}, {betas.max():.6g}]")
+        alphas = 1.0 - betas
+        ac = torch.cumprod(alphas, dim=0)
+        ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+        post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+        # post_var[0] is 0, so its log is replaced by that of step 1.
+        post_lv_clipped = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+        return cls(
+            betas=betas,
+            alphas=alphas,
+            alphas_cumprod=ac,
+            alphas_cumprod_prev=ac_prev,
+            sqrt_recip_alphas_cumprod=torch.sqrt(1.0 / ac),
+            sqrt_recipm1_alphas_cumprod=torch.sqrt(1.0 / ac - 1.0),
+            posterior_variance=post_var,
+            posterior_log_variance_clipped=post_lv_clipped,
+            posterior_mean_coef1=betas * torch.sqrt(ac_prev) / (1.0 - ac),
+            posterior_mean_coef2=(1.0 - ac_prev) * torch.sqrt(alphas) / (1.0 - ac),
+        )
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) so it broadcasts against `like` (B, ...)."""
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps (DDPM eq. 4), in x0's dtype; alpha_bar_t is (B,)."""
+    if noise.shape != x0.shape:
+        raise ValueError(f"q_sample: expected noise of shape {tuple(x0.shape)}, found {tuple(noise.shape)}")
+    if alpha_bar_t.ndim != 1 or alpha_bar_t.shape[0] != x0.shape[0]:
+        raise ValueError(f"q_sample: expected alpha_bar_t of shape ({x0.shape[0]},), found {tuple(alpha_bar_t.shape)}")
+    ab = _per_sample(alpha_bar_t, x0).to(x0.device)
+    # square roots in the schedule's precision, the blend in x0's dtype
+    return ab.sqrt().to(x0.dtype) * x0 + (1.0 - ab).sqrt().to(x0.dtype) * noise.to(x0.dtype)
+
+
+def split_learned_variance(model_output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2C, H, W) output of a learned-variance model -> (eps_hat, v), each (B, C, H, W), v in [-1, 1]."""
+    if model_output.ndim < 2 or model_output.shape[1] != 2 * channels:
+        raise ValueError(
+            f"model output: expected {2 * channels} channels (eps and variance for {channels}), "
+            f"found shape {tuple(model_output.shape)}"
+        )
+    return model_output[:, :channels], model_output[:, channels:]
+
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Tanh approximation of the standard normal CDF (Page 1977), as in improved DDPM."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """Elementwise log-probability (nats) of x in [-1, 1] quantised to 256 bins under N(means, e^(2 log_scales))."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))  # lowest bin extends to -inf
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))  # highest bin extends to +inf
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+
+
+def vb_terms(
+    schedule: DiffusionSchedule,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    eps_hat: torch.Tensor,
+    v: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per-sample float64 (B,) mse, l1, vb (KL(q(x_{t-1}|x_t,x_0) || p_theta), bits/dim), nll (decoder, bits/dim)."""
+    shape = x0.shape
+    for name, tensor in (("x_t", x_t), ("eps", eps), ("eps_hat", eps_hat), ("v", v)):
+        if tensor.shape != shape:
+            raise ValueError(f"vb_terms: expected {name} of shape {tuple(shape)} (as x0), found {tuple(tensor.shape)}")
+    if t.ndim != 1 or t.shape[0] != shape[0]:
+        raise ValueError(f"vb_terms: expected t of shape ({shape[0]},), found {tuple(t.shape)}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= schedule.T):
+        found = f"[{int(t.min())}, {int(t.max())}]"
+        raise ValueError(f"vb_terms: expected timesteps in [0, {schedule.T - 1}], found {found}")
+
+    # float64 throughout; MPS has no float64, so it falls back to the CPU
+    device = torch.device("cpu") if x0.device.type == "mps" else x0.device
+    x0, x_t, eps, eps_hat, v = (a.to(device=device, dtype=torch.float64) for a in (x0, x_t, eps, eps_hat, v))
+    t = t.to(device=device, dtype=torch.long)
+
+    def at(values: torch.Tensor) -> torch.Tensor:
+        return _per_sample(values.to(device)[t], x0)  # (B, 1, 1, 1)
+
+    dims = tuple(range(1, x0.ndim))
+    diff = eps - eps_hat
+    mse = (diff**2).mean(dim=dims)
+    l1 = diff.abs().mean(dim=dims)
+
+    # learned-range variance: interpolate log sigma^2 between log beta_t and the clipped posterior log-variance
+    frac = (v + 1.0) / 2.0
+    model_logvar = frac * torch.log(at(schedule.betas)) + (1.0 - frac) * at(schedule.posterior_log_variance_clipped)
+    x0_hat = at(schedule.sqrt_recip_alphas_cumprod) * x_t - at(schedule.sqrt_recipm1_alphas_cumprod) * eps_hat
+    coef1, coef2 = at(schedule.posterior_mean_coef1), at(schedule.posterior_mean_coef2)
+    model_mean = coef1 * x0_hat + coef2 * x_t
+    true_mean = coef1 * x0 + coef2 * x_t
+    true_logvar = at(schedule.posterior_log_variance_clipped)
+
+    kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dim=dims) / LN2
+    log_probs = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
+    nll = -log_probs.mean(dim=dims) / LN2
+    return {"mse": mse, "l1": l1, "vb": kl, "nll": nll}

@@ -1,0 +1,138 @@
+"""Zero-shot classification with a text-conditional diffusion model (Stable Diffusion or the tiny digits model)."""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from diffusion_classifier.adaptive import adaptive_classify, validate_schedule
+from diffusion_classifier.classifier import noise_rows
+from diffusion_classifier.datasets import DATASETS, get_dataset, sd_transform, subset_indices
+from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
+from diffusion_classifier.noise import load_noise, make_noise
+from diffusion_classifier.prompts import check_classidx, read_prompts
+from diffusion_classifier.records import check_manifest, environment_info, sd_run_name, shard
+from diffusion_classifier.runner import run_dataset
+from diffusion_classifier.statistical import statistical_classify
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # the reference's flags, with its defaults
+    p.add_argument("--dataset", default="pets", choices=sorted(DATASETS), help="dataset to classify")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split")
+    p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="Stable Diffusion version ('tiny': the shipped digits model)")
+    p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
+    p.add_argument("--batch_size", "-b", type=int, default=32, help="denoiser evaluations per batch")
+    p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
+    p.add_argument("--prompt_path", type=Path, default=None, help="prompts CSV (prompt,classname,classidx); default: prompts/<dataset>_prompts.csv")
+    p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
+    p.add_argument("--subset_path", type=Path, default=None, help=".npy of dataset indices to evaluate")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
+    p.add_argument("--interpolation", default="bicubic", choices=["bicubic", "bilinear", "lanczos"], help="resize filter")
+    p.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
+    p.add_argument("--n_workers", type=int, default=1, help="number of shards")
+    p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
+    p.add_argument("--load_stats", action="store_true", help="count already finished images into the running accuracy")
+    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="error between ε and ε̂")
+    p.add_argument("--to_keep", nargs="+", type=int, required=True, help="candidates kept after each stage; last must be 1")
+    p.add_argument("--n_samples", nargs="+", type=int, required=True, help="timesteps sampled at each stage")
+    # beyond the reference
+    p.add_argument("--model", default=None, help="local diffusers pipeline folder or hub id; overrides --version")
+    p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"), help="where datasets live (env DATASET_ROOT)")
+    p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
+    p.add_argument("--device", default=None, help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
+    p.add_argument("--image_batch", type=int, default=1, help="images whose evaluations are packed into shared batches")
+    p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
+                   help="reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference pruning")
+    p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
+    p.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    validate_schedule(args.to_keep, args.n_samples)
+    if args.batch_size < 1 or args.n_trials < 1 or args.image_batch < 1:
+        raise ValueError("--batch_size, --n_trials and --image_batch must be >= 1")
+    indices_shard = functools.partial(shard, n_workers=args.n_workers, worker_idx=args.worker_idx)
+    indices_shard([])  # checks --worker_idx against --n_workers before any loading
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    device = torch.device(args.device) if args.device else state.device
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+
+    prompt_path = args.prompt_path or ROOT / "prompts" / f"{args.dataset}_prompts.csv"
+    table = read_prompts(prompt_path)
+    validate_schedule(args.to_keep, args.n_samples, len(table))
+
+    source = resolve_sd_model(args.version, args.model)
+    model = load_text_conditional(source, device, dtype, args.attention)
+    img_size = args.img_size or model.native_size
+    latent_shape = model.latent_shape(img_size)
+
+    dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation))
+    check_classidx(table, len(dataset.classes), str(prompt_path))
+    indices = subset_indices(len(dataset), args.subset_path)
+    indices = indices_shard(indices)[state.process_index :: state.num_processes]
+
+    n_rows = noise_rows(args.to_keep, args.n_samples, args.n_trials, model.T)
+    if args.schedule == "statistical":
+        n_rows = args.n_trials * max(args.n_samples)
+    if args.noise_path is not None:
+        noise, noise_source = load_noise(args.noise_path), str(args.noise_path)
+    else:
+        noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
+    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    from diffusion_classifier.noise import check_noise
+
+    check_noise(scorer.noise_bank, latent_shape, n_rows, f"noise bank ({noise_source})")
+
+    version = args.version if args.model is None else Path(args.model.rstrip("/")).name
+    dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")
+    run = sd_run_name(version, args.n_trials, args.to_keep, args.n_samples, args.interpolation, args.loss, img_size)
+    if args.schedule == "statistical":
+        run += f"_stat_z{args.z:g}_min{args.min_samples}"
+    folder = args.log_dir / dataset_dir / run
+    settings = dict(model=source, dataset=args.dataset, split=args.split, img_size=img_size, n_trials=args.n_trials,
+                    to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, interpolation=args.interpolation,
+                    noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
+                    schedule=args.schedule, z=args.z if args.schedule == "statistical" else None,
+                    min_samples=args.min_samples if args.schedule == "statistical" else None,
+                    subset=str(args.subset_path) if args.subset_path else None)
+    if state.is_main_process:
+        check_manifest(folder, settings, {"versions": environment_info(), "dtype": str(dtype)})
+    state.wait_for_everyone()
+    check_manifest(folder, settings)
+
+    if args.schedule == "statistical":
+        classify = functools.partial(statistical_classify, max_samples=max(args.n_samples), n_trials=args.n_trials,
+                                     z=args.z, min_samples=args.min_samples, T=model.T)
+    else:
+        classify = functools.partial(adaptive_classify, to_keep=args.to_keep, n_samples=args.n_samples,
+                                     n_trials=args.n_trials, T=model.T)
+    embeds = model.encode_prompts(table.prompts)
+    stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,
+                        args.loss, args.image_batch, args.load_stats, desc=f"{args.dataset} {run}",
+                        show_progress=not args.no_progress)
+    if stats.counted:
+        print(f"{folder}: accuracy {stats.accuracy:.2f}% over {stats.counted} images "
+              f"({stats.done} classified now, {stats.skipped} already done"
+              + (f", {stats.evaluations / stats.done:.0f} evaluations per image" if stats.done else "") + ")")
+    return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
+            "evaluations": stats.evaluations}
+
+
+if __name__ == "__main__":
+    main()
