@@ -10,10 +10,10 @@ import torch
 
 from diffusion_classifier.adaptive import adaptive_classify, validate_schedule
 from diffusion_classifier.classifier import noise_rows
-from diffusion_classifier.datasets import DATASETS, get_dataset, sd_transform, subset_indices
+from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
-from diffusion_classifier.noise import load_noise, make_noise
+from diffusion_classifier.noise import check_noise, load_noise, make_noise
 from diffusion_classifier.prompts import check_classidx, read_prompts
 from diffusion_classifier.records import check_manifest, environment_info, sd_run_name, shard
 from diffusion_classifier.runner import run_dataset
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_samples", nargs="+", type=int, required=True, help="timesteps sampled at each stage")
     # beyond the reference
     p.add_argument("--model", default=None, help="local diffusers pipeline folder or hub id; overrides --version")
-    p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"), help="where datasets live (env DATASET_ROOT)")
+    p.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")), help="where datasets live (env DATASET_ROOT)")
     p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
     p.add_argument("--device", default=None, help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
 
     from accelerate import PartialState
 
-    state = PartialState()
+    on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    state = PartialState(cpu=on_cpu)  # one process per launched rank (gloo on CPU, nccl on GPUs)
     device = torch.device(args.device) if args.device else state.device
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
 
@@ -83,7 +84,8 @@ def main(argv=None) -> dict:
     latent_shape = model.latent_shape(img_size)
 
     dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation))
-    check_classidx(table, len(dataset.classes), str(prompt_path))
+    n_classes = len(dataset.classes) if args.dataset == "imagefolder" else num_classes(args.dataset)
+    check_classidx(table, n_classes, str(prompt_path))
     indices = subset_indices(len(dataset), args.subset_path)
     indices = indices_shard(indices)[state.process_index :: state.num_processes]
 
@@ -94,10 +96,8 @@ def main(argv=None) -> dict:
         noise, noise_source = load_noise(args.noise_path), str(args.noise_path)
     else:
         noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
+    check_noise(noise, latent_shape, n_rows, f"noise bank ({noise_source})")
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
-    from diffusion_classifier.noise import check_noise
-
-    check_noise(scorer.noise_bank, latent_shape, n_rows, f"noise bank ({noise_source})")
 
     version = args.version if args.model is None else Path(args.model.rstrip("/")).name
     dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")

@@ -112,7 +112,7 @@ def adaptive_classify(
                 else:
                     data[c] = {"t": t_i[mask], "pred_errors": err_i[mask]}
             means = torch.stack([data[c]["pred_errors"].mean() for c in remaining[i]])
-            best = torch.topk(-means, k=stage.keep).indices.tolist()
+            best = torch.argsort(means, stable=True)[: stage.keep].tolist()  # ties: lower index first
             remaining[i] = [remaining[i][j] for j in best]
     for i in range(n_images):
         assert len(remaining[i]) == 1

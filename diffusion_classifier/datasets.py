@@ -11,7 +11,6 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 from torchvision import datasets as tvd
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .prompts import DATA_DIR, DATASET_PROMPTS
 
@@ -161,9 +160,8 @@ def _torchvision(name: str, cls, expected: Path, fetch_args: str, make: Callable
     except RuntimeError as e:
         if "not found" not in str(e):
             raise
-        raise _not_found(
-            name, expected, f"torchvision can fetch it with torchvision.datasets.{cls.__name__}(DIR{fetch_args}, download=True)"
-        ) from None
+        how = f"torchvision can fetch it with torchvision.datasets.{cls.__name__}(DIR{fetch_args}, download=True)"
+        raise _not_found(name, expected, how) from None
 
 
 def _split(name: str, split: str, choices: dict[str, str]) -> str:
@@ -182,6 +180,9 @@ class FixedClassFolder(tvd.ImageFolder):
         super().__init__(str(root), transform=transform, allow_empty=ignore_unknown)
         if len(self.samples) == 0:
             raise FileNotFoundError(f"no images found in the expected class folders under {root}")
+        # every known class, in label order, even when a partial copy lacks some folders
+        self.classes = sorted(self._fixed, key=self._fixed.get)
+        self.class_to_idx = dict(self._fixed)
 
     def find_classes(self, directory):
         present = sorted(p.name for p in Path(directory).iterdir() if p.is_dir())
@@ -342,10 +343,13 @@ DATASETS: dict[str, Callable] = {
 
 
 def get_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None):
-    """The (image, label) dataset `name` under root; labels match the classidx of its prompts CSV."""
+    """The (image, label) dataset `name` under root; labels match its prompts' classidx; .classes in label order."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return DATASETS[name](Path(root).expanduser(), split, transform)
+    ds = DATASETS[name](Path(root).expanduser(), split, transform)
+    if not hasattr(ds, "classes"):  # Caltech101 names them `categories`
+        ds.classes = list(DATASET_PROMPTS[name].classnames)
+    return ds
 
 
 def num_classes(name: str) -> int:

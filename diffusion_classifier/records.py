@@ -106,3 +106,36 @@ def shard(indices: list[int], n_workers: int = 1, worker_idx: int = 0) -> list[i
     if not 0 <= worker_idx < n_workers:
         raise ValueError(f"--worker_idx must be in 0..{n_workers - 1} for --n_workers {n_workers}, got {worker_idx}")
     return list(indices)[worker_idx::n_workers]
+
+
+def read_predictions(folder: str | Path, ext: str = ".pt") -> tuple[list[int], list[int], list[Path]]:
+    """(preds, labels, unreadable files) of every record in a run folder."""
+    preds, labels, bad = [], [], []
+    for path in sorted(Path(folder).glob(f"*{ext}")):
+        if not path.stem.isdigit():
+            continue
+        try:
+            rec = load_record(path)
+            preds.append(int(rec["pred"]))
+            labels.append(int(rec["label"]))
+        except Exception:  # noqa: BLE001 - a truncated or foreign file is counted, not fatal
+            bad.append(path)
+    return preds, labels, bad
+
+
+def accuracy_summary(preds, labels) -> dict:
+    """Top-1 accuracy, mean per-class accuracy and the per-class table, in percent."""
+    per_class: dict[int, list[int]] = {}
+    for p, y in zip(preds, labels):
+        per_class.setdefault(y, [0, 0])
+        per_class[y][0] += int(p == y)
+        per_class[y][1] += 1
+    n = len(labels)
+    table = {c: 100.0 * k / m for c, (k, m) in sorted(per_class.items())}
+    return {
+        "n": n,
+        "top1": 100.0 * sum(int(p == y) for p, y in zip(preds, labels)) / n if n else float("nan"),
+        "mean_per_class": sum(table.values()) / len(table) if table else float("nan"),
+        "per_class": table,
+        "per_class_counts": {c: m for c, (_, m) in sorted(per_class.items())},
+    }

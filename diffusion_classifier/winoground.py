@@ -9,9 +9,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
+
+from .engine import Jobs, Scorer
 
 HUB_URL = "https://huggingface.co/datasets/facebook/winoground"
 EXAMPLE_KEYS = (
@@ -26,6 +30,11 @@ Z95 = 1.96
 def _how_to_obtain(data_dir: Path) -> str:
     return (f"Winoground is gated on the hub: accept the terms at {HUB_URL}, download examples.jsonl "
             f"and images.zip into {data_dir}, and pass --data_dir {data_dir}")
+
+
+def how_to_obtain(data_dir: str | os.PathLike) -> str:
+    """The sentence on getting the gated data into `data_dir`, as the loader's errors say it."""
+    return _how_to_obtain(Path(data_dir))
 
 
 class WinogroundImages:
@@ -279,3 +288,256 @@ def save_json(path: str | os.PathLike, result) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ---------------------------------------------------------------- writing a local copy
+
+
+def write_winoground(data_dir: str | os.PathLike, records: list[dict], images: dict[str, Image.Image],
+                     zip_images: bool = False) -> Path:
+    """Write a copy that load_winoground reads: examples.jsonl plus images/<name>.png (or images.zip)."""
+    data_dir = Path(data_dir)
+    for i, record in enumerate(records):
+        missing = [k for k in EXAMPLE_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"example {i} lacks keys {', '.join(missing)}; expected all of {', '.join(EXAMPLE_KEYS)}")
+        absent = [record[k] for k in ("image_0", "image_1") if record[k] not in images]
+        if absent:
+            raise ValueError(f"example {i} names images {', '.join(absent)} that are not among the images given")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "examples.jsonl", "w", encoding="utf-8") as f:
+        # the loader's keys first; extra keys (provenance) are kept and ignored by load_winoground
+        f.writelines(json.dumps({**{k: record[k] for k in EXAMPLE_KEYS}, **record}) + "\n" for record in records)
+    if zip_images:
+        with zipfile.ZipFile(data_dir / "images.zip", "w") as z:
+            for name, im in images.items():
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+                z.writestr(f"images/{name}.png", buf.getvalue())  # the hub zip's layout
+    else:
+        (data_dir / "images").mkdir(exist_ok=True)
+        for name, im in images.items():
+            im.save(data_dir / "images" / f"{name}.png")
+    return data_dir
+
+
+# ---------------------------------------------------------------- diffusion scores
+
+# conditions of one example: caption_0, caption_1 and the empty prompt (the unconditional score)
+N_CONDS = 3
+UNCOND = 2
+
+
+def diffusion_timesteps(t_interval: int, T: int = 1000) -> list[int]:
+    """The evenly spaced timesteps every pair is scored on: range(t_interval // 2, T, t_interval)."""
+    if isinstance(t_interval, bool) or not isinstance(t_interval, int) or not 1 <= t_interval <= T:
+        raise ValueError(f"t_interval must be an int in 1..{T}, got {t_interval!r}")
+    return list(range(t_interval // 2, T, t_interval))
+
+
+def pair_noise_indices(n_samples: int, randomize_noise: bool, noise_period: int) -> torch.Tensor:
+    """Noise row of the k-th (t, trial): k with randomize_noise, else k % noise_period.
+
+    Without randomize_noise the reference reuses the first rows of its bank in every batch of
+    `noise_period` (its batch size) consecutive (t, trial); either way all pairs share the rows.
+    """
+    if noise_period < 1:
+        raise ValueError(f"noise_period must be >= 1, got {noise_period}")
+    k = torch.arange(n_samples)
+    return k if randomize_noise else k % noise_period
+
+
+def noise_rows_needed(n_samples: int, randomize_noise: bool, noise_period: int) -> int:
+    """Rows of the noise bank that pair_noise_indices reads."""
+    return n_samples if randomize_noise else min(n_samples, noise_period)
+
+
+def pair_jobs(timesteps: list[int], n_trials: int, randomize_noise: bool, noise_period: int,
+              n_conds: int = N_CONDS, n_images: int = 2) -> Jobs:
+    """Jobs for every (condition, image) pair × every (t, trial), condition-major; output reshapes to
+    (n_conds, n_images, n_t, n_trials). The k-th (t, trial) is t = timesteps[k // n_trials]."""
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    n = len(timesteps) * n_trials
+    t = torch.as_tensor(timesteps, dtype=torch.long).repeat_interleave(n_trials)  # (n,)
+    noise = pair_noise_indices(n, randomize_noise, noise_period)  # (n,)
+    cond, image = torch.meshgrid(torch.arange(n_conds), torch.arange(n_images), indexing="ij")
+    pairs = n_conds * n_images
+    return Jobs.build(image=image.reshape(-1).repeat_interleave(n), cond=cond.reshape(-1).repeat_interleave(n),
+                      t=t.repeat(pairs), noise=noise.repeat(pairs))
+
+
+def diffusion_example_scores(scorer: Scorer, latents: torch.Tensor, conds: torch.Tensor, timesteps: list[int],
+                             n_trials: int = 1, randomize_noise: bool = False, noise_period: int = 32,
+                             loss: str = "l2") -> dict:
+    """One example's diffusion scores s(c, i) = -E_{t,ε}[err(c, i)] with the same (t, ε) for every pair.
+
+    latents: (2, C, H, W) for image_0, image_1; conds: (3, ...) for caption_0, caption_1, "".
+    Returns errors (3, 2, n_t, n_trials) float32, scores (2, 2) [caption, image] and uncond (2,)
+    [image] = -mean error of the empty prompt, both float64.
+    """
+    if latents.shape[0] != 2 or conds.shape[0] != N_CONDS:
+        raise ValueError(f"expected 2 image latents and {N_CONDS} conditions (caption_0, caption_1, empty prompt), "
+                         f"got {latents.shape[0]} and {conds.shape[0]}")
+    jobs = pair_jobs(timesteps, n_trials, randomize_noise, noise_period)
+    errors = scorer.evaluate(latents, conds, jobs, loss).float().reshape(N_CONDS, 2, len(timesteps), n_trials)
+    neg_mean = -errors.double().mean(dim=(2, 3))  # (3, 2)
+    return {"errors": errors, "t": torch.as_tensor(timesteps, dtype=torch.long),
+            "scores": neg_mean[:2].clone(), "uncond": neg_mean[UNCOND].clone()}
+
+
+# ---------------------------------------------------------------- CLIP scores
+
+CLIP_VERSIONS = {
+    "ViT-B/32": "openai/clip-vit-base-patch32",
+    "ViT-B/16": "openai/clip-vit-base-patch16",
+    "ViT-L/14": "openai/clip-vit-large-patch14",
+    "ViT-L/14@336px": "openai/clip-vit-large-patch14-336",
+}
+OPENCLIP_VERSION = "ViT-H-14"
+OPENCLIP_PRETRAINED = "laion2b_s32b_b79k"
+
+
+def resolve_clip_model(version: str = "ViT-L/14", model: str | None = None) -> str:
+    """The transformers CLIP hub id or folder: `model` if given, else the id of the OpenAI CLIP `version`."""
+    if model:
+        return str(model)
+    if version not in CLIP_VERSIONS:
+        raise ValueError(f"unknown CLIP version {version!r}; expected one of {', '.join(CLIP_VERSIONS)} (or --model_path)")
+    return CLIP_VERSIONS[version]
+
+
+def _logits_to_scores(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """(image, caption) logits -> (2, 2) scores indexed [caption, image], float64 on the CPU."""
+    return logits_per_image.detach().float().cpu().double().T.contiguous()
+
+
+def load_clip(model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Callable:
+    """A transformers CLIP model as `score(images, captions) -> (2, 2)` image-text logits [caption, image]."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    device = torch.device(device)
+    local = Path(model).expanduser().exists()
+    if not local and not _looks_like_hub_id(model):
+        raise FileNotFoundError(f"CLIP folder {model!r} does not exist; expected a transformers CLIP folder "
+                                f"(config.json, weights, tokenizer and preprocessor files) or a hub id")
+    try:
+        clip = CLIPModel.from_pretrained(model, torch_dtype=dtype).to(device).eval().requires_grad_(False)
+        processor = CLIPProcessor.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        if local:
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise FileNotFoundError(f"CLIP folder {model!r} lacks its parts ({type(e).__name__}: {first}); expected "
+                                    f"a transformers CLIP folder with its tokenizer and image processor") from None
+        raise FileNotFoundError(f"cannot load CLIP model {model!r}: it is not a local folder and not in the Hugging "
+                                f"Face cache, and the hub is unreachable; on a machine with network run "
+                                f"`huggingface-cli download {model}` (or pass --model_path /path/to/folder)") from None
+
+    @torch.no_grad()
+    def score(images: list[Image.Image], captions: list[str]) -> torch.Tensor:
+        inputs = processor(text=list(captions), images=list(images), return_tensors="pt", padding=True, truncation=True)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        return _logits_to_scores(clip(**inputs).logits_per_image)  # logits_per_image: (image, caption)
+
+    return score
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return not os.path.isabs(model) and not model.startswith((".", "~")) and model.count("/") == 1
+
+
+def load_openclip(arch: str = OPENCLIP_VERSION, pretrained: str = OPENCLIP_PRETRAINED,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Callable:
+    """An OpenCLIP model as `score(images, captions) -> (2, 2)` logits [caption, image]; `pretrained` is a tag or checkpoint."""
+    try:
+        import open_clip
+    except ImportError:
+        raise ImportError("--model openclip needs the open_clip package: pip install open_clip_torch "
+                          "(or pip install 'diffusion-classifier[clip]')") from None
+    device = torch.device(device)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except RuntimeError as e:  # open_clip reports unknown architectures / tags as RuntimeError
+        raise ValueError(f"open_clip cannot build {arch!r} with pretrained {pretrained!r}: {str(e).splitlines()[0]}") from None
+    except OSError as e:  # missing checkpoint files, unreachable hub
+        raise FileNotFoundError(f"cannot load OpenCLIP {arch} weights {pretrained!r} ({type(e).__name__}); the hub is "
+                                f"unreachable or the file is missing: pass --model_path /path/to/checkpoint") from None
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def score(images: list[Image.Image], captions: list[str]) -> torch.Tensor:
+        pixels = torch.stack([preprocess(im) for im in images]).to(device, dtype)  # (2, 3, H, W)
+        tokens = tokenizer(list(captions)).to(device)
+        img = model.encode_image(pixels).float()
+        txt = model.encode_text(tokens).float()
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        return _logits_to_scores(model.logit_scale.exp().float() * img @ txt.T)  # (image, caption)
+
+    return score
+
+
+# ---------------------------------------------------------------- runs
+
+
+def record_file(folder: str | os.PathLike, example_id: int) -> Path:
+    """Where an example's scores are stored: <folder>/<id>.pt."""
+    return Path(folder) / f"{example_id}.pt"
+
+
+def run_examples(examples: list[WinogroundExample], folder: str | os.PathLike,
+                 score_example: Callable[[WinogroundExample], dict], desc: str = "",
+                 show_progress: bool = True) -> tuple[list[dict], int]:
+    """Score the examples without a record in `folder`, saving {id, tag, scores, ...} atomically each.
+
+    `score_example(ex)` returns at least `scores` (2, 2) [caption, image]. Returns every example's
+    record (finished ones are read back, not recomputed) in example order, and how many were computed now.
+    """
+    from tqdm.auto import tqdm
+
+    from .records import load_record, save_record
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    records, computed = [], 0
+    bar = tqdm(examples, desc=desc, disable=not show_progress, dynamic_ncols=True)
+    for ex in bar:
+        path = record_file(folder, ex.id)
+        if path.is_file():
+            records.append(load_record(path))
+            continue
+        record = {"id": int(ex.id), "tag": ex.collapsed_tag, **score_example(ex)}
+        assert tuple(record["scores"].shape) == (2, 2), record["scores"].shape
+        save_record(record, path)
+        records.append(record)
+        computed += 1
+    bar.close()
+    return records, computed
+
+
+def summarize(records: list[dict]) -> dict:
+    """Text/image/group scores of saved records; with unconditional scores also the normalised ones."""
+    if not records:
+        raise ValueError("no Winoground records to summarise; expected at least one scored example")
+    scores = np.stack([_as_scores(r["scores"]) for r in records])  # (N, 2, 2)
+    tags = [r["tag"] for r in records]
+    summary = {"n": len(records), "scores": winoground_scores(scores, tags), "normalized": None}
+    if all(r.get("uncond") is not None for r in records):
+        uncond = np.stack([np.asarray(r["uncond"], dtype=np.float64) for r in records])  # (N, 2)
+        summary["normalized"] = winoground_scores(normalized_image_scores(scores, uncond), tags)
+    return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """format_scores lines; the normalised image and group scores follow their raw lines when present."""
+    raw = format_scores(summary["scores"])
+    if summary.get("normalized") is None:
+        return raw
+    lines = []
+    for line, norm in zip(raw, format_scores(summary["normalized"])):
+        lines.append(line)
+        if " text score:" not in line:  # the text score cannot change: shifts within one image cancel
+            lines.append(norm.replace(" score:", " score (normalized):"))
+    return lines

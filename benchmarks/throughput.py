@@ -1,0 +1,551 @@
+"""Denoiser evaluations per second: the package's engine against the reference's per-image loop.
+
+Both run in one process on the same model, images, noise, schedule and dtype. The reference loop
+classifies one image at a time, in batches of 32 jobs, with a host-device sync per batch; the engine
+(`adaptive_classify` + `Scorer.evaluate`) packs the jobs of several images into larger batches and
+syncs once per stage. It prints evaluations per second of each, their ratio, model FLOPs per
+evaluation, achieved FLOP/s (and, on CUDA, the fraction of the GPU's peak and the peak memory), and
+checks that both give the same predictions and errors.
+
+    python benchmarks/throughput.py --model tiny
+    python benchmarks/throughput.py --model sd2 --img_size 128 --n_images 2 --n_prompts 4 --to_keep 2 1 --n_samples 1 2
+    python benchmarks/throughput.py --model sd2 --device cuda --dtype float16 --batch_size 32 64 128
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
+
+from diffusion_classifier.adaptive import adaptive_classify, n_evaluations, reference_stages  # noqa: E402
+from diffusion_classifier.engine import Scorer  # noqa: E402
+from diffusion_classifier.models import DTYPES, SD_VERSIONS  # noqa: E402
+from diffusion_classifier.noise import make_noise  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("sd2_configs", HERE / "sd2_configs.py")
+configs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(configs)
+
+# dense fp16/bf16 tensor-core and fp32 (non-tensor-core) peaks in TFLOP/s, SXM parts
+PEAK_TFLOPS = {
+    "H200": {"half": 989.0, "float32": 67.0},
+    "H100": {"half": 989.0, "float32": 67.0},
+    "A100": {"half": 312.0, "float32": 19.5},
+}
+
+
+@dataclass
+class Workload:
+    """Everything both loops share: the UNet, latents, prompt embeddings, ᾱ table and noise bank."""
+
+    unet: torch.nn.Module
+    latents: torch.Tensor  # (N, C, H, W) float32, on the CPU
+    conds: torch.Tensor  # (K, L, D) in the model dtype
+    alphas_cumprod: torch.Tensor  # (T,) float64
+    noise: torch.Tensor  # (rows, C, H, W) float32
+    labels: list[int] | None  # true classes of the images, when they are real ones
+    description: str
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference's per-image loop, re-created from its description
+
+
+def reference_errors(unet, latent, text_embeds, alphas_cumprod, noise, ts, noise_idxs, text_idxs,
+                     batch_size: int = 32, loss: str = "l2") -> torch.Tensor:
+    """One image's errors for a list of (t, noise index, prompt index) jobs, batch by batch: (J,) float32.
+
+    `latent` (1,C,H,W), `noise` and `alphas_cumprod` are already on the device in the model dtype, as
+    in the reference; each batch's errors are copied to the host before the next batch starts.
+    """
+    device = latent.device
+    out = torch.zeros(len(ts))
+    for start in range(0, len(ts), batch_size):
+        end = min(start + batch_size, len(ts))
+        t = torch.tensor(ts[start:end], device=device)
+        eps = noise[noise_idxs[start:end]]  # (B, C, H, W)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        noised = latent * a**0.5 + eps * (1 - a) ** 0.5
+        # the reference passed t as half in fp16 (exact up to 2048); int64 keeps bf16 exact too
+        pred = unet(noised, t, encoder_hidden_states=text_embeds[text_idxs[start:end]]).sample
+        if loss == "l2":
+            err = F.mse_loss(eps, pred, reduction="none").mean(dim=(1, 2, 3))
+        elif loss == "l1":
+            err = F.l1_loss(eps, pred, reduction="none").mean(dim=(1, 2, 3))
+        elif loss == "huber":
+            err = F.huber_loss(eps, pred, reduction="none", delta=1.0).mean(dim=(1, 2, 3))
+        else:
+            raise ValueError(f"loss must be l2, l1 or huber, got {loss!r}")
+        out[start:end] = err.cpu()  # host-device sync per batch
+    return out
+
+
+def reference_image(unet, latent, text_embeds, alphas_cumprod, noise, to_keep, n_samples, n_trials: int = 1,
+                    batch_size: int = 32, loss: str = "l2", T: int = 1000) -> tuple[int, dict]:
+    """The reference's adaptive evaluation of one image: (predicted prompt index, {prompt: {'t', 'pred_errors'}})."""
+    m = max(n_samples)
+    grid = list(range(T // m // 2, T, T // m))[:m]
+    evaluated: set[int] = set()
+    remaining = list(range(len(text_embeds)))
+    data: dict[int, dict[str, torch.Tensor]] = {}
+    for n, keep in zip(n_samples, to_keep):
+        step = len(grid) // n
+        new_ts = [t for t in grid[step // 2 :: step][:n] if t not in evaluated]
+        ts, noise_idxs, text_idxs = [], [], []
+        for p in remaining:
+            for t_idx, t in enumerate(new_ts, start=len(evaluated)):
+                ts += [t] * n_trials
+                noise_idxs += list(range(n_trials * t_idx, n_trials * (t_idx + 1)))
+                text_idxs += [p] * n_trials
+        evaluated.update(new_ts)
+        errors = reference_errors(unet, latent, text_embeds, alphas_cumprod, noise, ts, noise_idxs, text_idxs,
+                                  batch_size, loss)
+        ts_all, idx_all = torch.tensor(ts, dtype=torch.long), torch.tensor(text_idxs, dtype=torch.long)
+        for p in remaining:
+            mask = idx_all == p
+            if p in data:
+                data[p] = {"t": torch.cat([data[p]["t"], ts_all[mask]]),
+                           "pred_errors": torch.cat([data[p]["pred_errors"], errors[mask]])}
+            else:
+                data[p] = {"t": ts_all[mask], "pred_errors": errors[mask]}
+        scores = torch.stack([-data[p]["pred_errors"].mean() for p in remaining])
+        best = torch.topk(scores, k=keep).indices.tolist()
+        remaining = [remaining[i] for i in best]
+    assert len(remaining) == 1
+    return remaining[0], data
+
+
+def reference_classify(unet, latents, conds, alphas_cumprod, noise, to_keep, n_samples, n_trials: int = 1,
+                       batch_size: int = 32, loss: str = "l2", device=torch.device("cpu"),
+                       dtype: torch.dtype = torch.float32) -> list[tuple[int, dict]]:
+    """The reference's loop over a dataset: one image at a time, everything in the model dtype."""
+    device = torch.device(device)
+    ab = alphas_cumprod.to(device=device, dtype=dtype)
+    bank = noise.to(device=device, dtype=dtype)
+    embeds = conds.to(device=device, dtype=dtype)
+    results = []
+    with torch.inference_mode():
+        for i in range(len(latents)):
+            latent = latents[i : i + 1].to(device=device, dtype=dtype)
+            results.append(reference_image(unet, latent, embeds, ab, bank, to_keep, n_samples, n_trials,
+                                           batch_size, loss, len(alphas_cumprod)))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+def unet_denoiser(unet: Callable) -> Callable:
+    """The engine's denoiser interface over a diffusers UNet (or its compiled wrapper)."""
+    return lambda x_t, t, cond: unet(x_t, t, encoder_hidden_states=cond).sample
+
+
+def engine_classify(scorer: Scorer, latents, conds, to_keep, n_samples, n_trials: int = 1, image_batch: int = 1,
+                    loss: str = "l2", T: int = 1000) -> list:
+    """adaptive_classify over groups of `image_batch` images, each group's jobs packed into shared batches."""
+    results = []
+    for start in range(0, len(latents), image_batch):
+        group = latents[start : start + image_batch]
+        evaluate = lambda jobs, group=group: scorer.evaluate(group, conds, jobs, loss)  # noqa: E731
+        results += adaptive_classify(evaluate, len(group), len(conds), to_keep, n_samples, n_trials, T)
+    return results
+
+
+def compare_results(reference: list[tuple[int, dict]], engine: list) -> dict:
+    """How far the engine's predictions and errors are from the reference loop's."""
+    same, diff, scale, compared = 0, 0.0, 0.0, 0
+    for (pred, data), res in zip(reference, engine):
+        same += int(pred == res.pred)
+        for c, entry in data.items():
+            if c not in res.errors:
+                continue  # pruned differently (only possible when predictions disagree)
+            a, b = entry["pred_errors"].double(), res.errors[c]["pred_errors"].double()
+            n = min(len(a), len(b))
+            assert torch.equal(entry["t"][:n], res.errors[c]["t"][:n]), "timesteps out of order"
+            if n:
+                diff = max(diff, (a[:n] - b[:n]).abs().max().item())
+                scale = max(scale, a[:n].abs().max().item())
+                compared += n
+    return {"same_predictions": same, "n_images": len(reference), "max_abs_diff": diff,
+            "max_rel_diff": diff / scale if scale else 0.0, "errors_compared": compared}
+
+
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}  # relative, on the errors
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs, timing, device facts
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    b, h, lq, d = query_shape
+    lk, dv = key_shape[-2], value_shape[-1]
+    return 2 * b * h * lq * lk * d + 2 * b * h * lq * lk * dv  # Q·Kᵀ and softmax(·)·V
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs (2 per multiply-add) of one call of fn, from torch's FLOP counter, CPU attention included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # the CPU flash-attention kernel is missing from torch's FLOP table
+    custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_tflops(device_name: str, dtype: torch.dtype) -> float | None:
+    """Dense peak TFLOP/s of a known GPU for this dtype, or None."""
+    kind = "float32" if dtype == torch.float32 else "half"
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in device_name.upper():
+            return peaks[kind]
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], object]:
+    """Wall times of `repeats` calls after `warmup` untimed ones, and the last call's output."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times, out
+
+
+def set_attention(unet: torch.nn.Module, kind: str) -> None:
+    """sdpa: torch's fused scaled_dot_product_attention; classic: explicit bmm + softmax."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if kind not in ("sdpa", "classic"):
+        raise ValueError(f"attention must be 'sdpa' or 'classic', got {kind!r}")
+    unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+
+# ---------------------------------------------------------------------------------------------
+# workloads
+
+
+def _alphas_cumprod(scheduler: dict) -> torch.Tensor:
+    from diffusion_classifier.vb import betas_from_config
+
+    return torch.cumprod(1.0 - betas_from_config(scheduler), 0)
+
+
+def _build_unet(config: dict, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):  # initialise in place: fast on a GPU, no host copy
+        unet = UNet2DConditionModel.from_config(config)
+    return unet.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def _noise_rows(to_keep, n_samples, n_trials: int, T: int) -> int:
+    return n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
+
+
+def sd2_workload(img_size: int, n_images: int, n_prompts: int, rows: int, device: torch.device,
+                 dtype: torch.dtype, seed: int = 0, encode_text: bool = False) -> Workload:
+    """The Stable Diffusion 2 base UNet with random weights, random latents and prompt embeddings."""
+    if img_size % configs.SD2_BASE_VAE_DOWNSAMPLE:
+        raise ValueError(f"--img_size must be a multiple of {configs.SD2_BASE_VAE_DOWNSAMPLE} for SD2, got {img_size}")
+    s = img_size // configs.SD2_BASE_VAE_DOWNSAMPLE
+    shape = (configs.SD2_BASE_LATENT_CHANNELS, s, s)
+    unet = _build_unet(configs.SD2_BASE_UNET, device, dtype, seed)
+    text = configs.SD2_BASE_TEXT_ENCODER
+    g = torch.Generator().manual_seed(seed + 2)
+    if encode_text:
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        torch.manual_seed(seed + 3)
+        with torch.device(device):
+            encoder = CLIPTextModel(CLIPTextConfig(**text)).to(dtype).eval()
+        ids = torch.randint(0, text["vocab_size"], (n_prompts, text["max_position_embeddings"]), generator=g)
+        with torch.inference_mode():
+            conds = encoder(ids.to(device))[0].to(dtype).cpu()
+        del encoder
+    else:
+        conds = torch.randn(n_prompts, text["max_position_embeddings"], text["hidden_size"], generator=g).to(dtype)
+    return Workload(unet, make_noise(n_images, shape, seed + 1), conds, _alphas_cumprod(configs.SD2_BASE_SCHEDULER),
+                    make_noise(rows, shape, seed), None,
+                    f"Stable Diffusion 2 base UNet (random weights), {img_size}px images, latents {shape}")
+
+
+def tiny_workload(n_images: int, n_prompts: int, rows: int, device: torch.device, dtype: torch.dtype,
+                  seed: int = 0) -> Workload:
+    """The shipped digits model on test digits; a same-shaped random model if it is not there yet."""
+    folder = Path(SD_VERSIONS["tiny"])
+    if (folder / "model_index.json").is_file():
+        from diffusion_classifier.digits import load_digits_arrays
+        from diffusion_classifier.models import load_text_conditional
+        from diffusion_classifier.prompts import read_prompts
+
+        model = load_text_conditional(str(folder), device, dtype)
+        table = read_prompts(ROOT / "prompts" / "digits_prompts.csv")
+        if n_prompts > len(table.prompts):
+            raise ValueError(f"--n_prompts must be at most the {len(table.prompts)} digit prompts, got {n_prompts}")
+        images, labels = load_digits_arrays("test")
+        pixels = torch.from_numpy(images[:n_images]).float().div(255).mul(2).sub(1)  # (N, 8, 8) in [-1, 1]
+        pixels = pixels[:, None].expand(-1, 3, -1, -1)  # grey -> RGB
+        latents = model.encode_images(pixels.to(device)).cpu()
+        conds = model.encode_prompts(table.prompts[:n_prompts]).cpu()
+        return Workload(model.unet, latents, conds, model.alphas_cumprod,
+                        make_noise(rows, tuple(latents.shape[1:]), seed), labels[:n_images].tolist(),
+                        f"shipped digits model {folder.name}, test digits 0..{len(latents) - 1}")
+    print(f"the shipped digits model {folder} does not exist yet: using a random model with its shapes instead")
+    cfg = configs.TINY_DIGITS_UNET
+    shape = (cfg["in_channels"], cfg["sample_size"], cfg["sample_size"])
+    g = torch.Generator().manual_seed(seed + 2)
+    conds = torch.randn(n_prompts, *configs.TINY_DIGITS_CONTEXT, generator=g).to(dtype)
+    return Workload(_build_unet(cfg, device, dtype, seed), make_noise(n_images, shape, seed + 1), conds,
+                    _alphas_cumprod(configs.SD2_BASE_SCHEDULER), make_noise(rows, shape, seed), None,
+                    "random stand-in for the digits model, pixel space 3x8x8")
+
+
+def folder_workload(folder: str, img_size: int | None, n_images: int, n_prompts: int, rows: int,
+                    device: torch.device, dtype: torch.dtype, seed: int = 0) -> Workload:
+    """Any Stable-Diffusion-format folder: random latents, prompts 'a photo of class i.'."""
+    from diffusion_classifier.models import load_text_conditional
+
+    model = load_text_conditional(folder, device, dtype)
+    shape = model.latent_shape(img_size or model.native_size)
+    conds = model.encode_prompts([f"a photo of class {i}." for i in range(n_prompts)]).cpu()
+    return Workload(model.unet, make_noise(n_images, shape, seed + 1), conds, model.alphas_cumprod,
+                    make_noise(rows, shape, seed), None, f"model folder {folder}, latents {shape}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def _fmt_rate(flops_per_s: float) -> str:
+    return f"{flops_per_s / 1e12:.2f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:.1f} GFLOP/s"
+
+
+def _row(name: str, batch: int, image_batch: int, times: list[float], evaluations: int, flops_per_eval: int,
+         device: torch.device, peak: float | None) -> dict:
+    seconds = statistics.median(times)
+    rate = evaluations / seconds
+    row = {"variant": name, "batch_size": batch, "image_batch": image_batch, "times_s": times, "seconds": seconds,
+           "best_s": min(times), "evals_per_s": rate, "flops_per_s": rate * flops_per_eval}
+    if peak:
+        row["fraction_of_peak"] = row["flops_per_s"] / (peak * 1e12)
+    if device.type == "cuda":
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def _print_row(row: dict) -> None:
+    extra = ""
+    if "fraction_of_peak" in row:
+        extra += f"  {100 * row['fraction_of_peak']:5.1f}% of peak"
+    if "peak_memory_gib" in row:
+        extra += f"  peak mem {row['peak_memory_gib']:.2f} GiB"
+    print(f"  {row['variant']:<28} batch {row['batch_size']:>4}  images/call {row['image_batch']:>3}  "
+          f"{row['seconds']:8.2f} s (best {row['best_s']:.2f})  {row['evals_per_s']:9.1f} evals/s  "
+          f"{_fmt_rate(row['flops_per_s'])}{extra}", flush=True)
+
+
+def run_benchmark(work: Workload, to_keep, n_samples, n_trials: int, loss: str, device: torch.device,
+                  dtype: torch.dtype, ref_batch_size: int, batch_sizes: list[int], image_batches: list[int],
+                  warmup: int, repeats: int, attention: str = "sdpa", channels_last: bool = False,
+                  compile_model: bool = False, compile_mode: str | None = None, inference_mode: bool = False,
+                  peak: float | None = None) -> dict:
+    """Time the reference loop, then the engine for each (batch size, images per call); compare their outputs."""
+    unet, T = work.unet, len(work.alphas_cumprod)
+    n_images, n_prompts = len(work.latents), len(work.conds)
+    evaluations = n_images * n_evaluations(n_prompts, to_keep, n_samples, n_trials, T)
+    shape = tuple(work.latents.shape[1:])
+
+    def forward(b: int) -> None:
+        x = work.noise[:1].expand(b, *shape).to(device, dtype)
+        unet(x, torch.full((b,), T // 2, device=device), encoder_hidden_states=work.conds[:1].expand(b, -1, -1).to(device))
+
+    set_attention(unet, "sdpa")  # the reference ran a fused kernel (xformers)
+    b_flops = 2
+    flops_per_eval = count_flops(lambda: forward(b_flops)) // b_flops
+    with torch.inference_mode():
+        forward(2)  # first-call allocations, kernel selection
+    out = {"evaluations": evaluations, "flops_per_eval": flops_per_eval, "engine": []}
+    print(f"{evaluations} evaluations ({n_images} images x {evaluations // n_images}), "
+          f"{flops_per_eval / 1e9:.3f} GFLOP per evaluation", flush=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, ref = time_runs(lambda: reference_classify(unet, work.latents, work.conds, work.alphas_cumprod, work.noise,
+                                                      to_keep, n_samples, n_trials, ref_batch_size, loss, device, dtype),
+                           device, warmup, repeats)
+    out["reference"] = _row("reference loop (per image)", ref_batch_size, 1, times, evaluations, flops_per_eval,
+                            device, peak)
+    _print_row(out["reference"])
+
+    set_attention(unet, attention)
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    model = torch.compile(unet, mode=compile_mode, dynamic=False) if compile_model else unet
+    name = "engine" + "".join(f" +{k}" for k, on in [("channels_last", channels_last), ("compile", compile_model),
+                                                     ("inference_mode", inference_mode),
+                                                     (attention, attention != "sdpa")] if on)
+    best, best_results = None, None
+    for b in batch_sizes:
+        scorer = Scorer(unet_denoiser(model), work.alphas_cumprod, work.noise, device, dtype, b)
+        for ib in image_batches:
+            def call():
+                if inference_mode:
+                    with torch.inference_mode():
+                        return engine_classify(scorer, work.latents, work.conds, to_keep, n_samples, n_trials, ib, loss, T)
+                return engine_classify(scorer, work.latents, work.conds, to_keep, n_samples, n_trials, ib, loss, T)
+
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            # torch.compile specialises on each batch shape: one untimed run compiles them all
+            times, results = time_runs(call, device, max(warmup, int(compile_model)), repeats)
+            row = _row(name, b, ib, times, evaluations, flops_per_eval, device, peak)
+            row["agreement"] = compare_results(ref, results)
+            out["engine"].append(row)
+            _print_row(row)
+            if best is None or row["seconds"] < best["seconds"]:
+                best, best_results = row, results
+    if channels_last:
+        unet.to(memory_format=torch.contiguous_format)
+    set_attention(unet, "sdpa")
+
+    out["best"] = best
+    out["speedup"] = out["reference"]["seconds"] / best["seconds"]
+    agree = best["agreement"]
+    agree["within_tolerance"] = agree["max_rel_diff"] <= TOLERANCE.get(dtype, 1e-1)
+    out["agreement"] = agree
+    if work.labels is not None:
+        out["accuracy_reference"] = 100 * sum(p == y for (p, _), y in zip(ref, work.labels)) / n_images
+        out["accuracy_engine"] = 100 * sum(r.pred == y for r, y in zip(best_results, work.labels)) / n_images
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="tiny",
+                   help="tiny: the shipped digits model; sd2: the SD 2 base UNet with random weights; or a SD-format folder")
+    p.add_argument("--img_size", type=int, default=None, help="image size; default: 512 for sd2, the model's own otherwise")
+    p.add_argument("--n_images", type=int, default=None, help="images to classify; default 32 (tiny) or 4 (sd2)")
+    p.add_argument("--n_prompts", type=int, default=10, help="candidate prompts per image")
+    p.add_argument("--to_keep", nargs="+", type=int, default=[5, 1], help="prompts kept after each stage")
+    p.add_argument("--n_samples", nargs="+", type=int, default=[10, 50], help="timesteps of each stage")
+    p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
+    p.add_argument("--loss", default="l2", choices=["l2", "l1", "huber"], help="error between ε and ε̂")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model dtype; default float32 on CPU, float16 on CUDA")
+    p.add_argument("--device", default=None, help="torch device; default cuda if available, else cpu")
+    p.add_argument("--batch_size", nargs="+", type=int, default=None,
+                   help="engine batch sizes to try; default 32 128 512 (tiny), 32 (sd2 on CPU), 32 64 128 (sd2 on CUDA)")
+    p.add_argument("--image_batch", nargs="+", type=int, default=None,
+                   help="images per adaptive_classify call to try; default all of them")
+    p.add_argument("--ref_batch_size", type=int, default=32, help="batch size of the reference loop (its default)")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "classic"], help="attention kernel of the engine")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser for the engine")
+    p.add_argument("--compile_mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
+    p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the engine")
+    p.add_argument("--inference_mode", action="store_true", help="run the engine under torch.inference_mode")
+    p.add_argument("--encode_text", action="store_true",
+                   help="sd2: embed random token ids with a random SD2 text encoder instead of drawing embeddings")
+    p.add_argument("--warmup", type=int, default=None, help="untimed full runs before timing; default 1 (0 for sd2 on CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (the median counts); default 3 (1 for sd2 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads; default torch's choice")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="GPU peak TFLOP/s for this dtype; default by device name (H100/H200 989, A100 312 at 16 bits)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, latents and noise bank")
+    p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sd2 = args.model == "sd2"
+    slow = sd2 and device.type == "cpu"
+    n_images = args.n_images or (4 if sd2 else 32)
+    batch_sizes = args.batch_size or ([32] if slow else [32, 64, 128] if sd2 else [32, 128, 512])
+    image_batches = args.image_batch or [n_images]
+    warmup = args.warmup if args.warmup is not None else (0 if slow else 1)
+    repeats = args.repeats if args.repeats is not None else (1 if slow else 3)
+    for name, v in [("--n_images", n_images), ("--n_prompts", args.n_prompts), ("--n_trials", args.n_trials),
+                    ("--ref_batch_size", args.ref_batch_size), ("--repeats", repeats),
+                    ("--batch_size", min(batch_sizes)), ("--image_batch", min(image_batches))]:
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    from diffusion_classifier.adaptive import validate_schedule
+
+    validate_schedule(args.to_keep, args.n_samples, args.n_prompts)
+    rows = _noise_rows(args.to_keep, args.n_samples, args.n_trials, 1000)
+
+    if sd2:
+        work = sd2_workload(args.img_size or 512, n_images, args.n_prompts, rows, device, dtype, args.seed,
+                            args.encode_text)
+    elif args.model == "tiny":
+        work = tiny_workload(n_images, args.n_prompts, rows, device, dtype, args.seed)
+    else:
+        work = folder_workload(args.model, args.img_size, n_images, args.n_prompts, rows, device, dtype, args.seed)
+    peak = args.peak_tflops
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    if peak is None and device.type == "cuda":
+        peak = peak_tflops(device_name, dtype)
+    print(f"{work.description}; {device_name}, {dtype}; {args.n_prompts} prompts, schedule keep {args.to_keep} "
+          f"samples {args.n_samples}, {args.n_trials} trial(s), loss {args.loss}; torch {torch.__version__}", flush=True)
+    if device.type == "cuda" and peak is None:
+        print("unknown GPU peak: pass --peak_tflops to get the fraction of peak")
+
+    out = run_benchmark(work, args.to_keep, args.n_samples, args.n_trials, args.loss, device, dtype,
+                        args.ref_batch_size, batch_sizes, image_batches, warmup, repeats, args.attention,
+                        args.channels_last, args.compile, args.compile_mode, args.inference_mode, peak)
+    best, agree = out["best"], out["agreement"]
+    print(f"best engine setting: batch {best['batch_size']}, {best['image_batch']} images per call: "
+          f"{best['evals_per_s']:.1f} vs {out['reference']['evals_per_s']:.1f} evals/s = "
+          f"{out['speedup']:.2f}x the reference loop")
+    print(f"agreement: same prediction for {agree['same_predictions']}/{agree['n_images']} images; errors max abs "
+          f"diff {agree['max_abs_diff']:.3g} (relative {agree['max_rel_diff']:.3g}) over {agree['errors_compared']} "
+          f"errors: {'within' if agree['within_tolerance'] else 'OUTSIDE'} {dtype} tolerance")
+    if "accuracy_engine" in out:
+        print(f"accuracy on these digits: reference {out['accuracy_reference']:.1f}%, engine {out['accuracy_engine']:.1f}%")
+    out["settings"] = {"model": args.model, "img_size": args.img_size, "n_images": n_images, "n_prompts": args.n_prompts,
+                       "to_keep": args.to_keep, "n_samples": args.n_samples, "n_trials": args.n_trials,
+                       "loss": args.loss, "dtype": str(dtype), "device": device_name, "attention": args.attention,
+                       "compile": args.compile, "channels_last": args.channels_last,
+                       "inference_mode": args.inference_mode, "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "peak_tflops": peak, "workload": work.description}
+    if args.json:
+        from diffusion_classifier.records import write_json
+
+        write_json(out, args.json)
+    return out
+
+
+if __name__ == "__main__":
+    main()

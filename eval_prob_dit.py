@@ -1,0 +1,220 @@
+"""Classification with a class-conditional DiT (DiT-XL/2 on ImageNet, or the tiny digits model).
+
+Per-class mode (the reference's): `--cls C` scores class C against every image and stores the raw
+numbers per (t, trial) in LOG_DIR/<dataset>[_<extra>]/<run>/<C>/<idx>.pt, with
+<run> = <model>_<t_interval>int_<n_trials>trials[_randnoise][_vb|_spatial|_eps|_eps_and_var];
+one run per class, then `scripts/print_dit_acc.py LOG_DIR/<dataset>/<run>` picks the lowest class.
+Adaptive mode: `--to_keep K.. --n_samples N..` scores every class of each image in one run with
+staged pruning and writes {errors, pred, label} per image to LOG_DIR/<dataset>[_<extra>]/<run>, with
+<run> = <model>_<n_trials>trials_<keeps>keep_<samples>samples[_<loss>][_stat_z<z>_min<m>][_null],
+read by `scripts/print_acc.py`. <model> is the last component of the model id or folder.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from diffusion_classifier.adaptive import adaptive_classify, validate_schedule
+from diffusion_classifier.classifier import noise_rows
+from diffusion_classifier.datasets import dit_transform, get_dataset, num_classes, subset_indices
+from diffusion_classifier.dit import (
+    NullNormalizedScorer,
+    adaptive_run_name,
+    candidate_classes,
+    make_reducer,
+    per_class_noise_needed,
+    per_class_run_name,
+    per_class_timesteps,
+    run_per_class,
+    save_mode,
+    schedule_from_alphas_cumprod,
+)
+from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.models import DTYPES, load_class_conditional, resolve_dit_model
+from diffusion_classifier.noise import check_noise, load_noise, make_noise
+from diffusion_classifier.records import check_manifest, environment_info, shard
+from diffusion_classifier.runner import run_dataset
+from diffusion_classifier.statistical import statistical_classify
+
+DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # the reference's flags, with its defaults
+    p.add_argument("--cls", type=int, default=None, help="per-class mode: the class (model label) scored against every image")
+    p.add_argument("--t_interval", type=int, default=5, help="per-class mode: timesteps range(t_interval//2, T, t_interval) (paper: 4)")
+    p.add_argument("--dataset", default="imagenet", choices=DIT_DATASETS, help="dataset to classify")
+    p.add_argument("--split", default="test", choices=["train", "test"],
+                   help="dataset split (ImageNet's test is its val set, the one the paper reports)")
+    p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=None,
+                   help="image size the model takes; default 256 for DiT-XL/2, the model's own for --model")
+    p.add_argument("--spatial", action="store_true", help="per-class mode: store the per-pixel l2 map (mean over channels) [n_t, n_trials, H, W]")
+    p.add_argument("--save_eps", action="store_true", help="per-class mode: store ε̂ [n_t, n_trials, C, H, W] in the model's dtype")
+    p.add_argument("--save_eps_and_var", action="store_true", help="per-class mode: store the whole output [n_t, n_trials, 2C, H, W]")
+    p.add_argument("--save_vb", action="store_true",
+                   help="per-class mode: store mse, l1, KL (bits/dim), decoder NLL (bits/dim) [n_t, n_trials, 4]")
+    p.add_argument("--batch_size", "-b", type=int, default=32, help="denoiser evaluations per batch")
+    p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
+    p.add_argument("--imgs_to_eval", type=int, default=None, help="evaluate only the first N images (of the subset)")
+    p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
+    p.add_argument("--subset_path", type=Path, default=None, help=".npy of dataset indices to evaluate")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
+    p.add_argument("--randomize_noise", action="store_true",
+                   help="per-class mode: the i-th (t, trial) uses noise row i; otherwise each batch reuses rows 0..batch_size-1")
+    p.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
+    # beyond the reference
+    p.add_argument("--model", default=None, help="DiT pipeline folder or hub id ('tiny': the shipped digits DiT); default facebook/DiT-XL-2-<size>")
+    p.add_argument("--vae", default=None,
+                   help="VAE hub id or folder; default: the pipeline's own (the hub DiT-XL/2 pipelines ship stabilityai/sd-vae-ft-ema)")
+    p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"), help="where datasets live (env DATASET_ROOT)")
+    p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
+    p.add_argument("--device", default=None, help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
+    p.add_argument("--n_workers", type=int, default=1, help="number of shards")
+    p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
+    p.add_argument("--image_batch", type=int, default=1, help="images whose evaluations are packed into shared batches")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    # adaptive mode
+    p.add_argument("--to_keep", nargs="+", type=int, default=None, help="adaptive mode: classes kept after each stage; last must be 1")
+    p.add_argument("--n_samples", nargs="+", type=int, default=None, help="adaptive mode: timesteps sampled at each stage")
+    p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
+                   help="adaptive mode: staged pruning by --to_keep/--n_samples, or paired-difference pruning up to max(--n_samples)")
+    p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
+    p.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
+    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="adaptive mode: error between ε and ε̂")
+    p.add_argument("--null_normalize", action="store_true",
+                   help="adaptive mode: subtract the null class's error on the same (t, ε) from every class's error; "
+                        "all classes share their (t, ε), so predictions and pruning do not change: it only makes the stored "
+                        "errors relative to the unconditional model, at one extra evaluation per (t, ε)")
+    p.add_argument("--load_stats", action="store_true", help="adaptive mode: count finished images into the running accuracy")
+    return p.parse_args(argv)
+
+
+def check_flags(args: argparse.Namespace) -> str:
+    """Validate flag combinations; returns 'per_class' or 'adaptive'."""
+    mode = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
+    for name in ("batch_size", "n_trials", "image_batch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.imgs_to_eval is not None and args.imgs_to_eval < 1:
+        raise ValueError(f"--imgs_to_eval must be >= 1, got {args.imgs_to_eval}")
+    shard([], args.n_workers, args.worker_idx)  # checks --worker_idx against --n_workers
+    if (args.to_keep is None) != (args.n_samples is None):
+        raise ValueError("adaptive mode needs both --to_keep and --n_samples")
+    if args.to_keep is None:
+        if args.cls is None:
+            raise ValueError("pass --cls C (per-class mode) or --to_keep and --n_samples (adaptive mode)")
+        if args.null_normalize or args.schedule != "reference" or args.loss != "l2":
+            raise ValueError("--null_normalize, --schedule and --loss are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
+        return "per_class"
+    validate_schedule(args.to_keep, args.n_samples)
+    if args.cls is not None:
+        raise ValueError("--cls is per-class mode; adaptive mode (--to_keep/--n_samples) scores every class")
+    if mode != "l2" or args.randomize_noise:
+        raise ValueError("--spatial, --save_eps, --save_eps_and_var, --save_vb and --randomize_noise are per-class-mode flags")
+    return "adaptive"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    run_mode = check_flags(args)
+    kind = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    device = torch.device(args.device) if args.device else state.device
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+
+    source = resolve_dit_model(args.image_size or 256, args.model)
+    model = load_class_conditional(source, device, dtype, args.vae)
+    img_size = args.image_size or model.native_size
+    latent_shape = model.latent_shape(img_size)
+    model_name = Path(source.rstrip("/")).name
+
+    dataset = get_dataset(args.dataset, args.dataset_root or Path("."), args.split, dit_transform(img_size))
+    indices = subset_indices(len(dataset), args.subset_path)[: args.imgs_to_eval]
+    indices = shard(indices, args.n_workers, args.worker_idx)[state.process_index :: state.num_processes]
+    dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")
+
+    if run_mode == "per_class":
+        if not 0 <= args.cls < model.num_classes:
+            raise ValueError(f"--cls must be in 0..{model.num_classes - 1} for this model, got {args.cls}")
+        if kind == "vb" and not model.learned_variance:
+            raise ValueError(f"--save_vb needs a learned-variance model (2C output channels); {source} outputs "
+                             f"{model.transformer.config.out_channels} channels for {latent_shape[0]}")
+        timesteps = per_class_timesteps(args.t_interval, model.T)
+        n_rows = per_class_noise_needed(len(timesteps) * args.n_trials, args.batch_size, args.randomize_noise)
+    elif args.schedule == "statistical":
+        n_rows = args.n_trials * max(args.n_samples)
+    else:
+        n_rows = noise_rows(args.to_keep, args.n_samples, args.n_trials, model.T)
+    if args.noise_path is not None:
+        noise, noise_source = load_noise(args.noise_path), str(args.noise_path)
+    else:
+        noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
+    check_noise(noise, latent_shape, n_rows, f"noise bank ({noise_source})")
+    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    settings = dict(model=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
+                    n_trials=args.n_trials, noise=noise_source)
+    info = {"versions": environment_info(), "dtype": str(dtype)}
+
+    if run_mode == "per_class":
+        run = per_class_run_name(model_name, args.t_interval, args.n_trials, kind, args.randomize_noise)
+        folder = args.log_dir / dataset_dir / run
+        # without --randomize_noise a job's noise row depends on the batch size
+        settings.update(t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,
+                        batch_size=None if args.randomize_noise else args.batch_size)
+        if state.is_main_process:
+            check_manifest(folder, settings, info)
+        state.wait_for_everyone()
+        check_manifest(folder, settings)
+        reduce = make_reducer(kind, schedule_from_alphas_cumprod(model.alphas_cumprod), dtype)
+        stats = run_per_class(dataset, indices, folder / str(args.cls), model.encode_images, scorer, args.cls,
+                              timesteps, args.n_trials, args.randomize_noise, kind, reduce, args.image_batch,
+                              desc=f"{args.dataset} {run} class {args.cls}", show_progress=not args.no_progress)
+        print(f"{folder / str(args.cls)}: {stats['done']} images scored now, {stats['skipped']} already done "
+              f"({len(timesteps) * args.n_trials} evaluations per image)")
+        return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats}
+
+    # a folder dataset's .classes lists only the class folders present; named datasets have a fixed count
+    n_labels = len(dataset.classes) if args.dataset == "imagefolder" else num_classes(args.dataset)
+    classes, labels = candidate_classes(args.dataset, n_labels, model.num_classes)
+    run = adaptive_run_name(model_name, args.n_trials, args.to_keep, args.n_samples, args.loss, args.schedule,
+                            args.z, args.min_samples, args.null_normalize)
+    folder = args.log_dir / dataset_dir / run
+    settings.update(to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, schedule=args.schedule,
+                    z=args.z if args.schedule == "statistical" else None,
+                    min_samples=args.min_samples if args.schedule == "statistical" else None,
+                    null_normalize=args.null_normalize, classes=classes)
+    validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
+    if state.is_main_process:
+        check_manifest(folder, settings, info)
+    state.wait_for_everyone()
+    check_manifest(folder, settings)
+    if args.schedule == "statistical":
+        classify = functools.partial(statistical_classify, max_samples=max(args.n_samples), n_trials=args.n_trials,
+                                     z=args.z, min_samples=args.min_samples, T=model.T)
+    else:
+        classify = functools.partial(adaptive_classify, to_keep=args.to_keep, n_samples=args.n_samples,
+                                     n_trials=args.n_trials, T=model.T)
+    runner_scorer = NullNormalizedScorer(scorer, model.null_class) if args.null_normalize else scorer
+    stats = run_dataset(dataset, indices, folder, model.encode_images, runner_scorer, torch.tensor(classes), labels,
+                        classify, args.loss, args.image_batch, args.load_stats, desc=f"{args.dataset} {run}",
+                        show_progress=not args.no_progress)
+    evaluations = stats.evaluations + (runner_scorer.extra_evaluations if args.null_normalize else 0)
+    if stats.counted:
+        print(f"{folder}: accuracy {stats.accuracy:.2f}% over {stats.counted} images "
+              f"({stats.done} classified now, {stats.skipped} already done"
+              + (f", {evaluations / stats.done:.0f} evaluations per image" if stats.done else "") + ")")
+    return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
+            "evaluations": evaluations}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Winoground with a diffusion model (each (caption, image) pair scored by its denoising error) or with CLIP."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
+from diffusion_classifier.engine import Scorer
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
+from diffusion_classifier.noise import check_noise, load_noise, make_noise
+from diffusion_classifier.records import check_manifest, environment_info
+from diffusion_classifier.winoground import (
+    CLIP_VERSIONS,
+    OPENCLIP_PRETRAINED,
+    OPENCLIP_VERSION,
+    diffusion_example_scores,
+    diffusion_timesteps,
+    how_to_obtain,
+    load_clip,
+    load_openclip,
+    load_winoground,
+    noise_rows_needed,
+    resolve_clip_model,
+    run_examples,
+    save_json,
+    summarize,
+    summary_lines,
+)
+
+DEFAULT_VERSION = {"sd": "2-0", "clip": "ViT-L/14", "openclip": OPENCLIP_VERSION}
+RESULT_FILE = "results.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # the reference's flags
+    p.add_argument("--model", default="sd", choices=["sd", "clip", "openclip"], help="scorer: a diffusion model or CLIP")
+    p.add_argument("--version", default=None,
+                   help=f"model version; default per --model: {DEFAULT_VERSION}. sd: {', '.join(SD_VERSIONS)} ('tiny': the "
+                        f"shipped digits model); clip: {', '.join(CLIP_VERSIONS)}; openclip: an open_clip architecture")
+    p.add_argument("--t_interval", type=int, default=5, help="sd: score on timesteps range(t_interval//2, T, t_interval)")
+    p.add_argument("--batch_size", type=int, default=32,
+                   help="sd: denoiser evaluations per batch; without --randomize_noise also the number of noise rows reused")
+    p.add_argument("--n_trials", type=int, default=1, help="sd: noise draws per timestep")
+    p.add_argument("--noise_path", type=Path, default=None, help="sd: saved noise bank (N, C, H, W); default: drawn from --seed")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
+    p.add_argument("--randomize_noise", action="store_true",
+                   help="sd: the k-th (t, trial) uses noise row k; otherwise row k %% batch_size (the reference's reuse)")
+    p.add_argument("--interpolation", default="bilinear", choices=list(INTERPOLATIONS), help="sd: resize filter")
+    p.add_argument("--extra", default=None, help="suffix of the log folder: winoground_<extra>")
+    p.add_argument("--seed", type=int, default=0, help="sd: seed of the noise bank when --noise_path is not given")
+    # beyond the reference
+    p.add_argument("--data_dir", type=Path, default=os.environ.get("WINOGROUND_DIR"),
+                   help="local Winoground copy: examples.jsonl plus images/ or images.zip (env WINOGROUND_DIR)")
+    p.add_argument("--model_path", default=None,
+                   help="local model instead of --version's hub id: SD pipeline folder (sd), transformers CLIP folder "
+                        "(clip) or open_clip checkpoint (openclip)")
+    p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
+    p.add_argument("--device", default=None, help="torch device; default: cuda if available, else cpu")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--img_size", type=int, default=None, help="sd: image size; default: the model's own (512 for SD 2.0, 8 for tiny)")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="sd: attention kernel")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return p.parse_args(argv)
+
+
+def run_name(model: str, version: str, t_interval: int, n_trials: int, randomize_noise: bool,
+             interpolation: str, img_size: int | None, native_size: int | None) -> str:
+    """The reference's folder name (sd_v<version>_t<interval>_<n>trials[_randnoise], <model>_<version>), plus our suffixes."""
+    if model != "sd":
+        return f"{model}_{version.replace('/', '_')}"
+    name = f"sd_v{version}_t{t_interval}_{n_trials}trials"
+    if randomize_noise:
+        name += "_randnoise"
+    if interpolation != "bilinear":
+        name += f"_{interpolation}"
+    if img_size != native_size:
+        name += f"_{img_size}"
+    return name
+
+
+def sd_scorer(args, device: torch.device, dtype: torch.dtype):
+    """Load the diffusion model; return (score_example, settings, version label, run-name size fields)."""
+    source = resolve_sd_model(args.version, args.model_path)
+    model = load_text_conditional(source, device, dtype, args.attention)
+    img_size = args.img_size or model.native_size
+    latent_shape = model.latent_shape(img_size)
+    timesteps = diffusion_timesteps(args.t_interval, model.T)
+    n_samples = len(timesteps) * args.n_trials
+    n_rows = noise_rows_needed(n_samples, args.randomize_noise, args.batch_size)
+    if args.noise_path is not None:
+        noise, noise_source = load_noise(args.noise_path), str(args.noise_path)
+    else:
+        noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
+    check_noise(noise, latent_shape, n_rows, f"noise bank ({noise_source})")
+    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    transform = sd_transform(img_size, args.interpolation)
+
+    def score_example(ex) -> dict:
+        pixels = torch.stack([transform(ex.open_image(k)) for k in (0, 1)])  # (2, 3, S, S) in [-1, 1]
+        latents = model.encode_images(pixels)  # (2, C, h, w)
+        conds = model.encode_prompts([ex.caption_0, ex.caption_1, ""])  # (3, L, D); "" for the unconditional score
+        return diffusion_example_scores(scorer, latents, conds, timesteps, args.n_trials, args.randomize_noise,
+                                        args.batch_size)
+
+    settings = dict(model="sd", source=source, img_size=img_size, interpolation=args.interpolation,
+                    t_interval=args.t_interval, T=model.T, n_trials=args.n_trials, randomize_noise=args.randomize_noise,
+                    noise=noise_source, noise_period=None if args.randomize_noise else args.batch_size, loss="l2")
+    return score_example, settings, (img_size, model.native_size)
+
+
+def clip_scorer(args, device: torch.device, dtype: torch.dtype):
+    """Load CLIP (transformers) or OpenCLIP; return (score_example, settings)."""
+    if args.model == "clip":
+        source = resolve_clip_model(args.version, args.model_path)
+        score = load_clip(source, device, dtype)
+    else:
+        source = args.model_path or OPENCLIP_PRETRAINED
+        score = load_openclip(args.version, source, device, dtype)
+
+    def score_example(ex) -> dict:
+        return {"scores": score([ex.open_image(0), ex.open_image(1)], [ex.caption_0, ex.caption_1])}
+
+    return score_example, dict(model=args.model, source=source, version=args.version)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.t_interval < 1 or args.batch_size < 1 or args.n_trials < 1:
+        raise ValueError(f"--t_interval, --batch_size and --n_trials must be >= 1, got {args.t_interval}, "
+                         f"{args.batch_size}, {args.n_trials}")
+    args.version = args.version or DEFAULT_VERSION[args.model]
+    if args.model == "sd" and args.version not in SD_VERSIONS:
+        raise ValueError(f"unknown Stable Diffusion version {args.version!r}; expected one of {', '.join(SD_VERSIONS)}")
+    if args.model == "clip" and args.model_path is None and args.version not in CLIP_VERSIONS:
+        raise ValueError(f"unknown CLIP version {args.version!r}; expected one of {', '.join(CLIP_VERSIONS)} (or --model_path)")
+    if args.data_dir is None:
+        raise FileNotFoundError(f"no Winoground data given: pass --data_dir DIR or set WINOGROUND_DIR; "
+                                f"{how_to_obtain('DIR')}")
+    examples = load_winoground(args.data_dir, args.limit)  # before the model: a missing copy fails fast
+
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    version = args.version if args.model_path is None else Path(str(args.model_path).rstrip("/")).name
+    if args.model == "sd":
+        score_example, settings, (img_size, native) = sd_scorer(args, device, dtype)
+    else:
+        score_example, settings = clip_scorer(args, device, dtype)
+        img_size = native = None
+    name = run_name(args.model, version, args.t_interval, args.n_trials, args.randomize_noise, args.interpolation,
+                    img_size, native)
+    folder = args.log_dir / ("winoground" + (f"_{args.extra}" if args.extra else "")) / name
+    check_manifest(folder, settings, {"versions": environment_info(), "dtype": str(dtype)})
+    print(f"Run folder: {folder}")
+
+    records, computed = run_examples(examples, folder, score_example, desc=f"winoground {name}",
+                                     show_progress=not args.no_progress)
+    summary = summarize(records)
+    lines = summary_lines(summary)
+    for line in lines:
+        print(line)
+    result = {"folder": str(folder), "computed": computed, "skipped": len(records) - computed, **summary,
+              "lines": lines}
+    save_json(folder / RESULT_FILE, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

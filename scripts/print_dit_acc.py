@@ -1,0 +1,50 @@
+"""Accuracy of a per-class DiT run folder: per image, the class with the lowest mean error wins.
+
+Each class's stored numbers are averaged over (t, trial); accuracy is printed for L2, L1, VLB (the KL
+column) and L2+VLB where the records hold them (--save_vb records hold all four, plain ones only L2),
+over the images that every class folder has.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion_classifier.dit import class_to_label, load_per_class_scores, per_class_accuracy  # noqa: E402
+
+
+def dataset_labels(name: str, root, split: str, indices: list[int]) -> dict[int, int]:
+    """Labels of dataset images, for records written without one (the reference's bare tensors)."""
+    from diffusion_classifier.datasets import get_dataset
+
+    dataset = get_dataset(name, root or Path("."), split)
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return {i: int(targets[i]) for i in indices}
+    return {i: int(dataset[i][1]) for i in indices}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("folder", type=Path, help="per-class run folder: <folder>/<cls>/<idx>.pt")
+    p.add_argument("--dataset", default="imagenet",
+                   choices=["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits"],
+                   help="dataset of the run: maps model classes to its labels (ImageNet-A, ObjectNet)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="split, for records that carry no label")
+    p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"),
+                   help="where datasets live (env DATASET_ROOT), for records that carry no label")
+    args = p.parse_args(argv)
+    classes, images, scores, labels = load_per_class_scores(args.folder)
+    missing = [i for i in images if i not in labels]
+    if missing:
+        labels.update(dataset_labels(args.dataset, args.dataset_root, args.split, missing))
+    acc = per_class_accuracy(scores, classes, [labels[i] for i in images], class_to_label(args.dataset))
+    print(f"{args.folder}: {len(images)} images scored by all {len(classes)} classes")
+    for metric, value in acc.items():
+        print(f"  {metric:<7} accuracy: {value:.2f}%")
+    return {"n_images": len(images), "n_classes": len(classes), "accuracy": acc}
+
+
+if __name__ == "__main__":
+    main()

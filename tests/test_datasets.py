@@ -1,0 +1,255 @@
+"""Datasets: labels line up with the prompts' classidx, missing data gives a clear error, transforms are exact."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_classifier.datasets import (
+    DATASETS,
+    IMAGENET_WNIDS,
+    RemappedLabels,
+    adm_center_crop,
+    align_labels,
+    dit_transform,
+    get_dataset,
+    imagenet_a_indices,
+    num_classes,
+    objectnet_imagenet_indices,
+    sd_transform,
+    subset_indices,
+)
+from diffusion_classifier.digits import DigitsDataset
+from diffusion_classifier.prompts import dataset_prompts
+
+
+def _image_folder(root, classes, per_class=2, size=(6, 4)):
+    """Folders of tiny images; pixel value encodes (class position, image number)."""
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for j in range(per_class):
+            Image.new("RGB", size, (10 * k, j, 0)).save(root / c / f"img{j}.png")
+
+
+def _labels(ds):
+    return [ds[i][1] for i in range(len(ds))]
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar11'; known: pets, flowers, .*digits"):
+        get_dataset("cifar11", "/nonexistent", "test")
+
+
+@pytest.mark.parametrize("with_split", [True, False])
+def test_imagefolder_sorted_classes(tmp_path, with_split):
+    base = tmp_path / "test" if with_split else tmp_path
+    _image_folder(base, ["zebra", "ant", "cow"])
+    ds = get_dataset("imagefolder", tmp_path, "test")
+    assert ds.classes == ["ant", "cow", "zebra"]
+    assert _labels(ds) == [0, 0, 1, 1, 2, 2]
+    img, label = ds[4]
+    assert img.getpixel((0, 0)) == (0, 0, 0) and label == 2  # "zebra" was written first, as class position 0
+
+
+def test_imagefolder_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"imagefolder data not found at {tmp_path}"):
+        get_dataset("imagefolder", tmp_path, "test")
+
+
+def test_digits_labels_match_prompts():
+    ds = get_dataset("digits", "/unused", "test", transform=None)
+    ref = DigitsDataset("test")
+    assert _labels(ds) == ref.targets
+    assert sorted(set(ref.targets)) == list(range(10))
+    table = dataset_prompts("digits")
+    assert table.classidx == list(range(10))
+    assert table.classnames == list(ds.classes)
+
+
+@pytest.mark.parametrize("name, cls", [("cifar10", "CIFAR10"), ("pets", "OxfordIIITPet"), ("mnist", "MNIST"),
+                                       ("food", "Food101"), ("eurosat", "EuroSAT")])
+def test_torchvision_missing_data(tmp_path, name, cls):
+    with pytest.raises(FileNotFoundError) as e:
+        get_dataset(name, tmp_path, "test")
+    msg = str(e.value)
+    assert msg.startswith(f"{name} data not found at {tmp_path}/")
+    assert f"torchvision.datasets.{cls}(DIR" in msg and "DATASET_ROOT" in msg and "\n" not in msg
+
+
+def test_caltech_missing_data_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="caltech101/101_ObjectCategories"):
+        get_dataset("caltech101", tmp_path, "test")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="pets split must be one of train, test, got 'val'"):
+        get_dataset("pets", "/nonexistent", "val")
+
+
+def test_imagenet_missing_names_layout(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        get_dataset("imagenet", tmp_path, "test")  # 'test' reads the val folder
+    assert str(e.value).startswith(f"imagenet data not found at {tmp_path / 'imagenet' / 'val'}:")
+    assert "<wnid>" in str(e.value)
+
+
+def test_imagenet_labels_are_wnid_positions(tmp_path):
+    wnids = [IMAGENET_WNIDS[5], IMAGENET_WNIDS[999], IMAGENET_WNIDS[0]]
+    _image_folder(tmp_path / "imagenet" / "val", wnids, per_class=1)
+    ds = get_dataset("imagenet", tmp_path, "val")
+    assert _labels(ds) == [0, 5, 999]  # a partial copy keeps the 1000-class labels
+    assert ds.classes == IMAGENET_WNIDS
+
+
+def test_imagenetv2_label_is_folder_number(tmp_path):
+    root = tmp_path / "imagenetv2-matched-frequency-format-val"
+    folders = ["0", "1", "10", "2"]
+    _image_folder(root, folders, per_class=1)
+    ds = get_dataset("imagenetv2", tmp_path, "test")
+    # the red value of each image says which folder it was written to
+    pairs = sorted((folders[img.getpixel((0, 0))[0] // 10], label) for img, label in (ds[i] for i in range(len(ds))))
+    assert pairs == [("0", 0), ("1", 1), ("10", 10), ("2", 2)]  # not the sorted-string positions 0, 1, 2, 3
+
+
+def test_imagenetv2_rejects_other_folders(tmp_path):
+    _image_folder(tmp_path / "imagenetv2-matched-frequency-format-val", ["0", "n01440764"], per_class=1)
+    with pytest.raises(ValueError, match="unexpected class folder"):
+        get_dataset("imagenetv2", tmp_path, "test")
+
+
+def test_imagenet_a_labels(tmp_path):
+    idx = imagenet_a_indices()
+    assert len(idx) == 200 and idx == sorted(idx) and idx[0] == 6
+    wnids = [IMAGENET_WNIDS[idx[199]], IMAGENET_WNIDS[idx[0]], IMAGENET_WNIDS[idx[17]]]
+    _image_folder(tmp_path / "imagenet-a", wnids, per_class=1)
+    ds = get_dataset("imagenetA", tmp_path, "test")
+    assert _labels(ds) == [0, 17, 199]
+    assert len(ds.classes) == 200 and ds.classes[17] == wnids[2]
+    assert num_classes("imagenetA") == 200 == len(dataset_prompts("imagenetA"))
+
+
+def test_objectnet_uses_mapped_folders_only(tmp_path):
+    classes = dataset_prompts("objectnet").classnames
+    assert classes[0] == "alarm_clock" and classes[112] == "wok"
+    _image_folder(tmp_path / "objectnet" / "images", ["wok", "air_freshener", "alarm_clock"], per_class=2)
+    ds = get_dataset("objectnet", tmp_path, "test")
+    assert _labels(ds) == [0, 0, 112, 112]  # air_freshener is not an ImageNet class: skipped
+    assert ds.classes == list(classes)
+    assert num_classes("objectnet") == 113
+
+
+def test_objectnet_imagenet_map():
+    m = objectnet_imagenet_indices()
+    assert len(m) == 113
+    flat = [i for ids in m for i in ids]
+    assert len(flat) == len(set(flat)) == 125
+    assert m[0] == [409, 530]  # alarm clock: analog clock, digital clock
+
+
+def test_align_labels_remaps_by_name():
+    class Fake(torch.utils.data.Dataset):
+        classes = ["Truck", "Airplane", "Automobile", "Bird", "Cat", "Deer", "Dog", "Frog", "Horse", "Ship"]
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return None, i
+
+    ds = align_labels(Fake(), Fake.classes, "cifar10")
+    assert isinstance(ds, RemappedLabels)
+    assert _labels(ds) == [9, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    same = Fake()
+    assert align_labels(same, dataset_prompts("cifar10").classnames, "cifar10") is same
+    with pytest.raises(ValueError, match="unmatched: Cow"):
+        align_labels(same, ["Cow"] + Fake.classes[1:], "cifar10")
+
+
+def test_num_classes():
+    assert [num_classes(n) for n in ["pets", "flowers", "food", "aircraft", "imagenet", "cifar100", "digits"]] == \
+        [37, 102, 101, 100, 1000, 100, 10]
+    with pytest.raises(ValueError, match="imagefolder has no fixed class count"):
+        num_classes("imagefolder")
+    for name in set(DATASETS) - {"imagefolder"}:
+        assert num_classes(name) == len(set(dataset_prompts(name).classidx)), name
+
+
+def test_pets_torchvision_labels_match_prompts(tmp_path):
+    names = dataset_prompts("pets").classnames
+    base = tmp_path / "oxford-iiit-pet"
+    (base / "images").mkdir(parents=True)
+    (base / "annotations").mkdir()
+    lines = []
+    for k in reversed(range(37)):  # file order must not matter: class ids decide the labels
+        image_id = names[k].replace(" ", "_") + "_1"
+        Image.new("RGB", (4, 4), (k, 0, 0)).save(base / "images" / f"{image_id}.jpg")
+        lines.append(f"{image_id} {k + 1} 1 1")
+    (base / "annotations" / "test.txt").write_text("\n".join(lines) + "\n")
+    ds = get_dataset("pets", tmp_path, "test")
+    assert [label for _, label in (ds[i] for i in range(len(ds)))] == list(reversed(range(37)))
+    assert [c.lower() for c in ds.classes] == names
+
+
+def test_eurosat_torchvision_labels_match_prompts(tmp_path):
+    table = dataset_prompts("eurosat")
+    _image_folder(tmp_path / "eurosat" / "2750", table.classnames[::-1], per_class=1)
+    ds = get_dataset("eurosat", tmp_path, "test")
+    assert [table.classnames[label] for label in _labels(ds)] == [ds.samples[i][0].split("/")[-2] for i in range(10)]
+    assert _labels(ds) == list(range(10))
+
+
+def _reference_adm_crop(img, size):
+    """The same recipe written independently: BOX halving, bicubic rescale, PIL box crop."""
+    w, h = img.size
+    while min(w, h) >= 2 * size:
+        w, h = w // 2, h // 2
+        img = img.resize((w, h), Image.BOX)
+    s = size / min(w, h)
+    w, h = round(w * s), round(h * s)
+    img = img.resize((w, h), Image.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+@pytest.mark.parametrize("wh, size", [((300, 200), 64), ((33, 70), 16), ((16, 16), 16), ((10, 7), 8)])
+def test_adm_center_crop(wh, size):
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (wh[1], wh[0], 3), dtype=np.uint8))
+    out = adm_center_crop(img, size)
+    assert out.size == (size, size)
+    assert np.array_equal(np.asarray(out), np.asarray(_reference_adm_crop(img, size)))
+
+
+def test_dit_transform():
+    x = dit_transform(16)(Image.new("L", (40, 24), 255))
+    assert x.shape == (3, 16, 16)
+    assert torch.allclose(x, torch.ones_like(x))
+
+
+def test_sd_transform_range_and_shape():
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (30, 50), dtype=np.uint8), mode="L")
+    x = sd_transform(16)(img)
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.min() < -0.5 and x.max() > 0.5
+    black = sd_transform(8, "bilinear")(Image.new("RGB", (8, 8)))
+    assert torch.equal(black, -torch.ones(3, 8, 8))
+    with pytest.raises(ValueError, match="interpolation must be one of bicubic, bilinear, lanczos, got 'nearest'"):
+        sd_transform(8, "nearest")
+
+
+def test_subset_indices(tmp_path):
+    assert subset_indices(4) == [0, 1, 2, 3]
+    np.save(tmp_path / "ok.npy", np.array([3, 0, 2]))
+    assert subset_indices(4, tmp_path / "ok.npy") == [3, 0, 2]
+    np.save(tmp_path / "big.npy", np.array([1, 4]))
+    with pytest.raises(ValueError, match=r"indices must lie in 0\.\.3 for a dataset of 4 images, found 1\.\.4"):
+        subset_indices(4, tmp_path / "big.npy")
+    np.save(tmp_path / "f.npy", np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="expected a 1-D integer array"):
+        subset_indices(4, tmp_path / "f.npy")
+    np.save(tmp_path / "2d.npy", np.zeros((2, 2), dtype=int))
+    with pytest.raises(ValueError, match=r"found shape \(2, 2\)"):
+        subset_indices(4, tmp_path / "2d.npy")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        subset_indices(4, tmp_path / "missing.npy")

@@ -1,0 +1,275 @@
+"""eval_prob_dit and print_dit_acc end to end on the tiny DiT fixture, against direct transformer calls."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import eval_prob_dit  # noqa: E402
+from diffusion_classifier.datasets import dit_transform  # noqa: E402
+from diffusion_classifier.digits import DigitsDataset  # noqa: E402
+from diffusion_classifier.dit import (  # noqa: E402
+    per_class_jobs,
+    per_class_noise_rows,
+    per_class_timesteps,
+    schedule_from_alphas_cumprod,
+)
+from diffusion_classifier.noise import make_noise  # noqa: E402
+from diffusion_classifier.records import load_record, save_record  # noqa: E402
+from diffusion_classifier.vb import linear_betas, vb_terms  # noqa: E402
+
+SEED = 7
+T_INTERVAL = 100  # timesteps 50, 150, ..., 950
+N_T = 10
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(tiny_dit, log_dir, *flags) -> dict:
+    return eval_prob_dit.main(["--model", str(tiny_dit), "--dataset", "digits", "--log_dir", str(log_dir),
+                               "--seed", str(SEED), "--t_interval", str(T_INTERVAL), "--no_progress", *map(str, flags)])
+
+
+@pytest.fixture(scope="module")
+def transformer(tiny_dit):
+    from diffusers import DiTTransformer2DModel
+
+    return DiTTransformer2DModel.from_pretrained(tiny_dit / "transformer").eval()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return DigitsDataset("test", transform=dit_transform(8))
+
+
+def direct_output(transformer, x0, t, cls, eps):
+    """The transformer called on one noised image, outside the engine: (2C, H, W)."""
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t]
+    x_t = math.sqrt(ac) * x0 + math.sqrt(1 - ac) * eps
+    with torch.no_grad():
+        out = transformer(x_t[None].float(), timestep=torch.tensor([t]), class_labels=torch.tensor([cls])).sample[0]
+    return x_t, out
+
+
+@pytest.mark.parametrize("flag,kind,tail", [
+    (None, "l2", ()),
+    ("--save_vb", "vb", (4,)),
+    ("--spatial", "spatial", (8, 8)),
+    ("--save_eps", "eps", (3, 8, 8)),
+    ("--save_eps_and_var", "eps_and_var", (6, 8, 8)),
+])
+def test_per_class_records_match_direct_computation(tiny_dit, transformer, digits, tmp_path, flag, kind, tail):
+    n_trials, batch, cls, idx = 2, 8, 4, 1
+    res = run(tiny_dit, tmp_path, "--cls", cls, "--imgs_to_eval", 2, "--n_trials", n_trials, "--batch_size", batch,
+              *([flag] if flag else []))
+    folder = Path(res["class_folder"])
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["000.pt", "001.pt"]
+    rec = load_record(folder / "001.pt")
+    assert rec["kind"] == kind and rec["cls"] == cls and rec["label"] == digits[idx][1]
+    assert tuple(rec["data"].shape) == (N_T, n_trials, *tail)
+    assert rec["t"].tolist() == list(range(50, 1000, 100))
+
+    x0 = digits[idx][0]
+    noise = make_noise(batch, (3, 8, 8), SEED)
+    for ti, trial in [(0, 0), (3, 1), (9, 1)]:
+        pos = ti * n_trials + trial  # position among the image's jobs; its batch reuses rows 0..batch-1
+        t, eps = 50 + 100 * ti, noise[pos % batch]
+        x_t, out = direct_output(transformer, x0, t, cls, eps)
+        got = rec["data"][ti, trial]
+        if kind == "l2":
+            expected = ((out[:3] - eps) ** 2).mean()
+        elif kind == "spatial":
+            expected = ((out[:3] - eps) ** 2).mean(0)
+        elif kind == "eps":
+            expected = out[:3]
+        elif kind == "eps_and_var":
+            expected = out
+        else:
+            # KL of the improved-DDPM learned-range variance, written out here from its formula
+            betas = linear_betas().double()
+            ac = torch.cumprod(1 - betas, 0)
+            ac_prev = ac[t - 1]
+            post_var = betas[t] * (1 - ac_prev) / (1 - ac[t])
+            lv_post = math.log(post_var)
+            eps_hat, v = out[:3].double(), out[3:].double()
+            frac = (v + 1) / 2
+            lv_model = frac * math.log(betas[t]) + (1 - frac) * lv_post
+            x0_hat = x_t.double() / math.sqrt(ac[t]) - math.sqrt(1 / ac[t] - 1) * eps_hat
+            c1 = betas[t] * math.sqrt(ac_prev) / (1 - ac[t])
+            c2 = (1 - ac_prev) * math.sqrt(1 - betas[t]) / (1 - ac[t])
+            mu_model, mu_true = c1 * x0_hat + c2 * x_t.double(), c1 * x0.double() + c2 * x_t.double()
+            kl = 0.5 * (-1 + lv_model - lv_post + torch.exp(lv_post - lv_model) + (mu_true - mu_model) ** 2 * torch.exp(-lv_model))
+            diff = eps_hat - eps.double()
+            nll = vb_terms(schedule_from_alphas_cumprod(ac), x0[None], x_t[None], torch.tensor([t]), eps[None],
+                           out[None, :3], out[None, 3:])["nll"][0]
+            expected = torch.stack([(diff**2).mean(), diff.abs().mean(), kl.mean() / math.log(2), nll])
+        torch.testing.assert_close(got.double(), expected.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_two_save_flags_raise(tiny_dit, tmp_path):
+    with pytest.raises(ValueError, match="at most one of .*--spatial.*--save_vb"):
+        run(tiny_dit, tmp_path, "--cls", 0, "--spatial", "--save_vb")
+
+
+def test_flag_errors(tiny_dit, tmp_path):
+    with pytest.raises(ValueError, match="pass --cls C"):
+        run(tiny_dit, tmp_path)
+    with pytest.raises(ValueError, match="--cls must be in 0..9"):
+        run(tiny_dit, tmp_path, "--cls", 10, "--imgs_to_eval", 1)
+    with pytest.raises(ValueError, match="--cls is per-class mode"):
+        run(tiny_dit, tmp_path, "--cls", 1, "--to_keep", 1, "--n_samples", 5)
+    with pytest.raises(ValueError, match="needs both --to_keep and --n_samples"):
+        run(tiny_dit, tmp_path, "--to_keep", 1)
+
+
+def test_resume_skips_existing_and_manifest_guards(tiny_dit, tmp_path):
+    first = run(tiny_dit, tmp_path, "--cls", 2, "--imgs_to_eval", 2)
+    folder = Path(first["class_folder"])
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
+    second = run(tiny_dit, tmp_path, "--cls", 2, "--imgs_to_eval", 3)
+    assert (first["done"], second["done"], second["skipped"]) == (2, 1, 2)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt") if p.name in stamps} == stamps
+    assert len(list(folder.glob("*.pt"))) == 3
+    with pytest.raises(ValueError, match="other settings.*batch_size"):
+        run(tiny_dit, tmp_path, "--cls", 2, "--imgs_to_eval", 3, "--batch_size", 4)
+
+
+def test_noise_row_rule():
+    assert per_class_noise_rows(7, 3, randomize_noise=False).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert per_class_noise_rows(7, 3, randomize_noise=True).tolist() == list(range(7))
+    jobs = per_class_jobs(2, [5, 15], n_trials=2, batch_size=3, randomize_noise=False)
+    assert jobs.t.tolist() == [5, 5, 15, 15] * 2
+    assert jobs.noise.tolist() == [0, 1, 2, 0] * 2  # per image, counted from its first job
+    assert jobs.image.tolist() == [0] * 4 + [1] * 4
+    assert per_class_timesteps(4) == list(range(2, 1000, 4)) and len(per_class_timesteps(4)) == 250
+
+
+def test_randomize_noise_changes_only_rows_past_the_first_batch(tiny_dit, tmp_path):
+    a = run(tiny_dit, tmp_path, "--cls", 5, "--imgs_to_eval", 1, "--batch_size", 4)
+    b = run(tiny_dit, tmp_path, "--cls", 5, "--imgs_to_eval", 1, "--batch_size", 4, "--randomize_noise")
+    assert a["folder"] != b["folder"]
+    ea = load_record(Path(a["class_folder"]) / "000.pt")["data"][:, 0]
+    eb = load_record(Path(b["class_folder"]) / "000.pt")["data"][:, 0]
+    torch.testing.assert_close(ea[:4], eb[:4])  # both use rows 0..3 in the first batch
+    assert (ea[4:] - eb[4:]).abs().min() > 0  # later jobs: rows 0..3 again vs rows 4..9
+
+
+def write_vb_record(path, mean4, label):
+    """A --save_vb record [n_t=2, 1, 4] whose mean over t is mean4."""
+    m = torch.tensor(mean4, dtype=torch.float64)
+    data = torch.stack([m - 0.2, m + 0.2])[:, None, :]
+    save_record({"kind": "vb", "data": data, "t": torch.tensor([10, 20]), "cls": 0, "label": label}, path)
+
+
+def test_print_dit_acc_on_crafted_records(tmp_path, capsys):
+    # (mse, l1, vb, nll) per image per class; L2 and VLB disagree on images 0 and 1
+    table = {
+        0: (0, [(1.0, 0.1, 0.5, 0), (2.0, 0.5, 0.1, 0), (3.0, 0.5, 0.9, 0)]),  # L2 ok, VLB wrong, L1 ok, sum ok
+        1: (1, [(1.0, 0.5, 0.9, 0), (1.5, 0.1, 0.1, 0), (2.0, 0.5, 0.5, 0)]),  # L2 wrong, VLB ok, L1 ok, sum ok
+        2: (2, [(2.0, 0.1, 0.9, 0), (2.0, 0.5, 0.9, 0), (1.0, 0.5, 0.1, 0)]),  # L2 ok, VLB ok, L1 wrong, sum ok
+        3: (0, [(2.0, 0.1, 0.1, 0), (1.0, 0.5, 0.5, 0), (3.0, 0.5, 0.9, 0)]),  # L2 wrong, VLB ok, L1 ok, sum wrong
+    }
+    for idx, (label, rows) in table.items():
+        for cls, row in enumerate(rows):
+            write_vb_record(tmp_path / str(cls) / f"{idx}.pt", row, label)
+    write_vb_record(tmp_path / "0" / "4.pt", (0, 0, 0, 0), 0)  # only class 0 has image 4: not counted
+    out = load_script("print_dit_acc").main([str(tmp_path), "--dataset", "digits"])
+    assert (out["n_images"], out["n_classes"]) == (4, 3)
+    assert out["accuracy"] == {"L2": 50.0, "L1": 75.0, "VLB": 75.0, "L2+VLB": 75.0}
+    assert "4 images scored by all 3 classes" in capsys.readouterr().out
+
+
+def test_print_dit_acc_bare_l2_tensors_take_labels_from_the_dataset(tmp_path, digits):
+    labels = [digits.targets[i] for i in range(3)]
+    for cls in range(10):
+        for idx in range(3):
+            err = torch.full((4, 1), 1.0 if cls == labels[idx] or idx == 2 and cls == 0 else 2.0)
+            save_record(err, tmp_path / str(cls) / f"{idx}.pt")
+    out = load_script("print_dit_acc").main([str(tmp_path), "--dataset", "digits"])
+    expected = 100.0 * (2 + int(labels[2] == 0)) / 3  # image 2 ties with class 0, which wins argmin
+    assert out["accuracy"] == {"L2": pytest.approx(expected)}
+
+
+def test_adaptive_without_pruning_equals_per_class_evaluation(tiny_dit, tmp_path):
+    n_img = 3
+    for cls in range(10):
+        run(tiny_dit, tmp_path, "--cls", cls, "--imgs_to_eval", n_img, "--randomize_noise", "--batch_size", 16)
+    per_class = tmp_path / "digits" / f"{tiny_dit.name}_{T_INTERVAL}int_1trials_randnoise"
+    res = run(tiny_dit, tmp_path, "--to_keep", 1, "--n_samples", N_T, "--imgs_to_eval", n_img, "--batch_size", 16)
+    assert res["evaluations"] == n_img * 10 * N_T
+    for idx in range(n_img):
+        rec = load_record(Path(res["folder"]) / f"{idx:03d}.pt")
+        full = torch.stack([load_record(per_class / str(c) / f"{idx:03d}.pt")["data"][:, 0] for c in range(10)])
+        for c in range(10):
+            assert rec["errors"][c]["t"].tolist() == list(range(50, 1000, 100))
+            torch.testing.assert_close(rec["errors"][c]["pred_errors"], full[c], rtol=1e-5, atol=1e-6)
+        assert rec["pred"] == int(full.double().mean(1).argmin())
+    acc = load_script("print_dit_acc").main([str(per_class), "--dataset", "digits"])["accuracy"]["L2"]
+    assert acc == pytest.approx(res["accuracy"])
+
+
+def test_null_normalize_keeps_predictions_and_subtracts_a_shared_term(tiny_dit, tmp_path):
+    flags = ("--to_keep", 3, 1, "--n_samples", 5, 10, "--imgs_to_eval", 2)
+    raw = run(tiny_dit, tmp_path, *flags)
+    norm = run(tiny_dit, tmp_path, *flags, "--null_normalize")
+    assert norm["folder"].endswith("_null") and raw["evaluations"] == 2 * (10 * 5 + 3 * 5)
+    assert norm["evaluations"] == raw["evaluations"] + 2 * 10  # one null evaluation per (t, ε)
+    for idx in range(2):
+        r = load_record(Path(raw["folder"]) / f"00{idx}.pt")
+        n = load_record(Path(norm["folder"]) / f"00{idx}.pt")
+        assert r["pred"] == n["pred"] and sorted(r["errors"]) == sorted(n["errors"])
+        best = r["pred"]  # evaluated on every (t, ε) of the schedule
+        shift = r["errors"][best]["pred_errors"] - n["errors"][best]["pred_errors"]  # the null error per (t, ε)
+        assert len(shift) == 10
+        assert shift.abs().min() > 0
+        for c in r["errors"]:
+            k = len(r["errors"][c]["pred_errors"])
+            torch.testing.assert_close(r["errors"][c]["pred_errors"] - n["errors"][c]["pred_errors"], shift[:k])
+
+
+def test_statistical_schedule_runs_with_fewer_evaluations(tiny_dit, tmp_path):
+    res = run(tiny_dit, tmp_path, "--to_keep", 1, "--n_samples", 20, "--schedule", "statistical",
+              "--min_samples", 5, "--z", 1, "--imgs_to_eval", 2)
+    assert "stat_z1_min5" in res["folder"]
+    rec = load_record(Path(res["folder"]) / "000.pt")
+    n_per_class = {c: len(e["pred_errors"]) for c, e in rec["errors"].items()}
+    assert min(n_per_class.values()) >= 5 and n_per_class[rec["pred"]] == max(n_per_class.values())
+    assert res["evaluations"] <= 2 * 10 * 20
+
+
+def test_schedule_from_alphas_cumprod_recovers_betas():
+    betas = linear_betas()
+    sched = schedule_from_alphas_cumprod(torch.cumprod(1 - betas, 0))
+    torch.testing.assert_close(sched.betas, betas, rtol=1e-9, atol=1e-12)
+
+
+def test_save_vb_needs_learned_variance(tmp_path):
+    import json
+
+    from diffusers import DiTTransformer2DModel
+
+    from conftest import write_scheduler
+
+    torch.manual_seed(0)
+    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=3, num_layers=1,
+                          sample_size=8, patch_size=2, num_embeds_ada_norm=10).save_pretrained(tmp_path / "m" / "transformer")
+    write_scheduler(tmp_path / "m", "linear", 1e-4, 0.02)
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
+         "scheduler": ["diffusers", "DDPMScheduler"], "vae": [None, None]}))
+    with pytest.raises(ValueError, match="--save_vb needs a learned-variance model"):
+        run(tmp_path / "m", tmp_path, "--cls", 0, "--save_vb", "--imgs_to_eval", 1)

@@ -1,0 +1,142 @@
+"""Prompt tables: rows equal the reference CSVs, the shipped CSVs are what the script writes, errors are clear."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffusion_classifier.prompts import (
+    DATASET_PROMPTS,
+    PromptTable,
+    check_classidx,
+    dataset_prompts,
+    read_prompts,
+    write_prompts_csv,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = Path("/work/shared/data/reference_prompts")
+# our dataset name -> reference file name (the reference ships CIFAR-100's rows as "blurry" prompts)
+REFERENCE_FILES = {n: f"{n}_prompts.csv" for n in
+                   ["aircraft", "cifar10", "flowers", "food", "imagenet", "mnist", "objectnet", "pets", "stl10"]}
+REFERENCE_FILES["cifar100"] = "cifar100_blurry_prompts.csv"
+ALL = ["pets", "flowers", "stl10", "mnist", "cifar10", "cifar100", "food", "caltech101", "imagenet", "objectnet",
+       "aircraft", "imagenetv2", "imagenetA", "eurosat", "digits"]
+
+
+def _reference_rows(path):
+    with open(path, newline="") as f:
+        return [(r["prompt"], r["classname"], int(r["classidx"])) for r in csv.DictReader(f)]
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference prompt CSVs not on this machine")
+@pytest.mark.parametrize("name", sorted(REFERENCE_FILES))
+def test_rows_equal_reference(name):
+    ref = REFERENCE / REFERENCE_FILES[name]
+    assert dataset_prompts(name).rows() == _reference_rows(ref)
+    assert read_prompts(ref).rows() == _reference_rows(ref)
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference prompt CSVs not on this machine")
+@pytest.mark.parametrize("name", sorted(REFERENCE_FILES))
+def test_written_bytes_equal_reference(name, tmp_path):
+    write_prompts_csv(tmp_path / "p.csv", dataset_prompts(name))
+    assert (tmp_path / "p.csv").read_bytes() == (REFERENCE / REFERENCE_FILES[name]).read_bytes()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shipped_csv_is_what_write_prompts_produces(name, tmp_path):
+    assert name in DATASET_PROMPTS
+    write_prompts_csv(tmp_path / "p.csv", dataset_prompts(name))
+    assert (REPO / "prompts" / f"{name}_prompts.csv").read_bytes() == (tmp_path / "p.csv").read_bytes()
+
+
+def test_script_writes_selected_datasets(tmp_path):
+    subprocess.run([sys.executable, str(REPO / "scripts" / "write_prompts.py"), "--out_dir", str(tmp_path),
+                    "--dataset", "pets", "digits"], check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_prompts.csv", "pets_prompts.csv"]
+    assert (tmp_path / "pets_prompts.csv").read_bytes() == (REPO / "prompts" / "pets_prompts.csv").read_bytes()
+
+
+def test_digits_rows_mirror_mnist():
+    t = dataset_prompts("digits")
+    assert t.classidx == list(range(10))
+    assert t.prompts[7] == "a photo of the number: '7'."
+    assert t.classnames[7] == "seven"
+    assert t.prompts == dataset_prompts("mnist").prompts
+
+
+def test_imagenet_variants():
+    imagenet = dataset_prompts("imagenet")
+    assert dataset_prompts("imagenetv2").rows() == imagenet.rows()
+    a = dataset_prompts("imagenetA")
+    assert a.classidx == list(range(200))
+    # ImageNet-A's first class is n01498041 stingray (ImageNet-1k index 6), its last n12267677 acorn (988)
+    assert a.classnames[0] == imagenet.classnames[6] == "stingray"
+    assert a.classnames[-1] == imagenet.classnames[988] == "acorn"
+
+
+def test_eurosat_follows_torchvision_folder_order():
+    t = dataset_prompts("eurosat")
+    assert t.classnames == sorted(t.classnames)  # torchvision's EuroSAT is an ImageFolder: sorted folder names
+    assert t.prompts[0] == "a centered satellite photo of annual crop land."
+
+
+def test_pets_order_is_the_breed_id_order():
+    names = dataset_prompts("pets").classnames
+    assert names == sorted(names, key=str.lower)  # Oxford-IIIT class ids follow case-insensitive breed order
+
+
+def test_flowers_order_agrees_with_torchvision():
+    from torchvision.datasets import Flowers102
+
+    ours = dataset_prompts("flowers").classnames
+    differ = [i for i, (a, b) in enumerate(zip(ours, Flowers102.classes)) if a != b]
+    assert differ == [15, 59, 92]  # spellings only: globe flower, pink and yellow dahlia, air plant
+
+
+def test_roundtrip_with_quotes_and_extra_columns(tmp_path):
+    rows = [('a "quoted", comma prompt.', "x", 1), ("plain.", "y", 0)]
+    write_prompts_csv(tmp_path / "p.csv", rows)
+    assert read_prompts(tmp_path / "p.csv").rows() == rows
+    (tmp_path / "q.csv").write_text("classidx,extra,prompt,classname\n3,zz,hello,h\n")
+    assert read_prompts(tmp_path / "q.csv") == PromptTable(["hello"], ["h"], [3])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        read_prompts(tmp_path / "nope.csv")
+
+
+def test_missing_column_names_missing_and_found(tmp_path):
+    (tmp_path / "p.csv").write_text("prompt,label\na,1\n")
+    with pytest.raises(ValueError) as e:
+        read_prompts(tmp_path / "p.csv")
+    msg = str(e.value)
+    assert "missing column(s) classname, classidx" in msg and "found prompt, label" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5", ""])
+def test_bad_classidx_names_row(tmp_path, value):
+    (tmp_path / "p.csv").write_text(f"prompt,classname,classidx\na,a,0\nb,b,{value}\n")
+    with pytest.raises(ValueError, match=r"data row 2 \(line 3\) has classidx"):
+        read_prompts(tmp_path / "p.csv")
+
+
+def test_empty_and_header_only(tmp_path):
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(ValueError, match="empty file"):
+        read_prompts(tmp_path / "e.csv")
+    (tmp_path / "h.csv").write_text("prompt,classname,classidx\n")
+    with pytest.raises(ValueError, match="no rows"):
+        read_prompts(tmp_path / "h.csv")
+
+
+def test_check_classidx():
+    t = PromptTable(["a", "b", "c"], ["a", "b", "c"], [0, 9, 12])
+    check_classidx(t, 13)
+    msg = r"cifar10\.csv: classidx 12 \(row 3\) is out of range: the dataset has 10 classes"
+    with pytest.raises(ValueError, match=msg):
+        check_classidx(t, 10, source="cifar10.csv")
