@@ -1,0 +1,79 @@
+"""Accuracy of the shipped tiny models on the whole digits test split, against a discriminative baseline.
+
+Rows: (a) the text-conditional model with a paper-style adaptive schedule, (b) the same model scoring
+every class at every sampled timestep, (c) the class-conditional DiT (all classes, evenly spaced
+timesteps), (d) logistic regression on pixels. Prints a markdown table; --json writes the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from digits_common import ROOT, describe, digits_test, markdown_table, run
+
+from diffusion_classifier.digits import load_digits_arrays
+from diffusion_classifier.models import DIT_MODELS, SD_VERSIONS, load_class_conditional, load_text_conditional
+from diffusion_classifier.prompts import read_prompts
+
+
+def logistic_regression() -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    xtr, ytr = load_digits_arrays("train")
+    xte, yte = load_digits_arrays("test")
+    start = time.perf_counter()
+    clf = LogisticRegression(max_iter=5000, C=0.1).fit(xtr.reshape(len(xtr), -1) / 255.0, ytr)
+    fit = time.perf_counter() - start
+    start = time.perf_counter()
+    acc = 100.0 * (clf.predict(xte.reshape(len(xte), -1) / 255.0) == yte).mean()
+    return {"accuracy": acc, "evals_per_image": 0, "seconds_per_image": (time.perf_counter() - start) / len(yte),
+            "fit_seconds": fit, "n_images": len(yte)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--adaptive", nargs=2, default=["5 1", "10 50"], metavar=("TO_KEEP", "N_SAMPLES"),
+                   help="the adaptive schedule of row (a), as quoted lists")
+    p.add_argument("--full_samples", type=int, default=50, help="timesteps of the no-pruning rows (b) and (c)")
+    p.add_argument("--loss", default="l2", choices=["l2", "l1", "huber"], help="error of the text model")
+    p.add_argument("--batch_size", type=int, default=500, help="denoiser evaluations per batch")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+
+    rows = []
+    sd = load_text_conditional(SD_VERSIONS["tiny"])
+    table = read_prompts(ROOT / "prompts" / "digits_prompts.csv")
+    conds = sd.encode_prompts(table.prompts)
+    latents, labels = digits_test(sd, args.limit)
+    adaptive = {"to_keep": [int(v) for v in args.adaptive[0].split()], "n_samples": [int(v) for v in args.adaptive[1].split()]}
+    full = {"to_keep": [1], "n_samples": [args.full_samples]}
+    for tag, spec in (("(a) text model, adaptive", adaptive), ("(b) text model, no pruning", full)):
+        r = run(sd, conds, table.classidx, latents, labels, spec, args.batch_size, args.seed, args.loss)
+        rows.append((f"{tag}: {describe(spec)}", r))
+        print(rows[-1][0], r, flush=True)
+
+    dit = load_class_conditional(DIT_MODELS["tiny"])
+    latents, labels = digits_test(dit, args.limit)
+    r = run(dit, torch.arange(dit.num_classes), list(range(dit.num_classes)), latents, labels, full, args.batch_size, args.seed)
+    rows.append((f"(c) DiT: {describe(full)}", r))
+    print(rows[-1][0], r, flush=True)
+    r = logistic_regression()
+    rows.append(("(d) logistic regression on pixels", r))
+    print(rows[-1][0], r, flush=True)
+
+    print()
+    print(markdown_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({name: r for name, r in rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

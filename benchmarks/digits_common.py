@@ -1,0 +1,77 @@
+"""Shared pieces of the digits benchmarks: the test split as latents, and one timed schedule run."""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffusion_classifier.adaptive import adaptive_classify  # noqa: E402
+from diffusion_classifier.datasets import sd_transform  # noqa: E402
+from diffusion_classifier.digits import DigitsDataset  # noqa: E402
+from diffusion_classifier.engine import Scorer  # noqa: E402
+from diffusion_classifier.noise import make_noise  # noqa: E402
+from diffusion_classifier.statistical import statistical_classify  # noqa: E402
+
+
+def digits_test(model, limit: int | None = None):
+    """(latents (N, C, 8, 8), labels (N,)) of the digits test split, encoded by `model`."""
+    ds = DigitsDataset("test", transform=sd_transform(model.native_size))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    pixels = torch.stack([ds[i][0] for i in range(n)])
+    return model.encode_images(pixels), torch.tensor(ds.targets[:n])
+
+
+def schedule_fn(spec: dict, T: int):
+    """A classify(evaluate, n_images, n_candidates) from {'to_keep','n_samples'} or {'z','max_samples','min_samples'}."""
+    if "z" in spec:
+        return functools.partial(statistical_classify, max_samples=spec["max_samples"], z=spec["z"],
+                                 min_samples=spec.get("min_samples", 10), T=T)
+    return functools.partial(adaptive_classify, to_keep=spec["to_keep"], n_samples=spec["n_samples"], T=T)
+
+
+def noise_rows(spec: dict) -> int:
+    return spec.get("max_samples") or max(spec["n_samples"])
+
+
+def run(model, conds, candidate_class, latents, labels, spec: dict, batch_size: int = 500, seed: int = 0,
+        loss: str = "l2", chunk: int = 120) -> dict:
+    """Accuracy, denoiser evaluations per image and seconds per image of one schedule on all images."""
+    noise = make_noise(noise_rows(spec), tuple(latents.shape[1:]), seed)
+    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, model.device, model.dtype, batch_size)
+    classify = schedule_fn(spec, model.T)
+    n_evals, preds = 0, []
+    start = time.perf_counter()
+    for i in range(0, len(latents), chunk):
+        x = latents[i : i + chunk]
+
+        def evaluate(jobs):
+            nonlocal n_evals
+            n_evals += len(jobs)
+            return scorer.evaluate(x, conds, jobs, loss)
+
+        preds += [candidate_class[r.pred] for r in classify(evaluate, len(x), len(conds))]
+    seconds = time.perf_counter() - start
+    correct = sum(int(p == int(y)) for p, y in zip(preds, labels))
+    return {"accuracy": 100.0 * correct / len(labels), "evals_per_image": n_evals / len(labels),
+            "seconds_per_image": seconds / len(labels), "n_images": len(labels)}
+
+
+def describe(spec: dict) -> str:
+    if "z" in spec:
+        return f"statistical z={spec['z']:g} (max {spec['max_samples']}, min {spec.get('min_samples', 10)})"
+    if spec["to_keep"] == [1]:
+        return f"all classes x {spec['n_samples'][0]} timesteps"
+    return "keep " + " ".join(map(str, spec["to_keep"])) + " / samples " + " ".join(map(str, spec["n_samples"]))
+
+
+def markdown_table(rows: list[tuple[str, dict]]) -> str:
+    lines = ["| method | top-1 (%) | evaluations / image | s / image |", "|---|---:|---:|---:|"]
+    for name, r in rows:
+        lines.append(f"| {name} | {r['accuracy']:.2f} | {r['evals_per_image']:.0f} | {r['seconds_per_image']:.4f} |")
+    return "\n".join(lines)
