@@ -43,8 +43,12 @@ from diffusion_classifier.statistical import statistical_classify
 DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits"]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Flag defaults in the help, the description as written."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # the reference's flags, with its defaults
     p.add_argument("--cls", type=int, default=None, help="per-class mode: the class (model label) scored against every image")
     p.add_argument("--t_interval", type=int, default=5, help="per-class mode: timesteps range(t_interval//2, T, t_interval) (paper: 4)")
@@ -160,6 +164,7 @@ def main(argv=None) -> dict:
         noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
     check_noise(noise, latent_shape, n_rows, f"noise bank ({noise_source})")
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    # what changes a record's numbers; --subset_path/--imgs_to_eval only pick images, so a run can grow
     settings = dict(model=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
                     n_trials=args.n_trials, noise=noise_source)
     info = {"versions": environment_info(), "dtype": str(dtype)}

@@ -83,7 +83,7 @@ def run_name(model: str, version: str, t_interval: int, n_trials: int, randomize
 
 
 def sd_scorer(args, device: torch.device, dtype: torch.dtype):
-    """Load the diffusion model; return (score_example, settings, version label, run-name size fields)."""
+    """Load the diffusion model; return (score_example, manifest settings, (img_size, native size))."""
     source = resolve_sd_model(args.version, args.model_path)
     model = load_text_conditional(source, device, dtype, args.attention)
     img_size = args.img_size or model.native_size

@@ -52,7 +52,7 @@ TEMPLATES = (
 )
 # Per-model settings of the committed weights (the defaults of the retrain command).
 SD_DEFAULTS = dict(steps=2000, batch=64, lr=1e-3, beta_schedule="scaled_linear")
-DIT_DEFAULTS = dict(steps=3000, batch=128, lr=1e-3, beta_schedule="linear")
+DIT_DEFAULTS = dict(steps=2000, batch=128, lr=1e-3, beta_schedule="scaled_linear")
 BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
 # Test accuracy measured on the committed weights (see each model card for the evaluation).
 MEASURED = {"sd": "not measured yet", "dit": "not measured yet"}
@@ -124,14 +124,14 @@ def check_tokenizer(tok) -> None:
                 raise RuntimeError(f"caption {cap!r} needs {len(ids)} tokens > {MAX_LENGTH}")
 
 
-def make_scheduler(beta_schedule: str, variance_type: str):
+def make_scheduler(beta_schedule: str, variance_type: str, clip_sample: bool, steps_offset: int):
     """1000-step DDPM scheduler, epsilon prediction."""
     from diffusers import DDPMScheduler
 
     beta_start, beta_end = BETA_RANGES[beta_schedule]
     return DDPMScheduler(
         num_train_timesteps=1000, beta_start=beta_start, beta_end=beta_end, beta_schedule=beta_schedule,
-        variance_type=variance_type, clip_sample=True, prediction_type="epsilon",
+        variance_type=variance_type, clip_sample=clip_sample, steps_offset=steps_offset, prediction_type="epsilon",
     )
 
 
@@ -299,7 +299,7 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
     gen = torch.Generator().manual_seed(seed)
     tok = build_tokenizer(out / "tokenizer")
     unet, text_encoder = build_sd(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-    scheduler = make_scheduler(beta_schedule, "fixed_small")
+    scheduler = make_scheduler(beta_schedule, "fixed_small", clip_sample=False, steps_offset=1)  # what StableDiffusionPipeline expects
     tables = schedule_tables(scheduler)
     x_all, y_all = train_images()
 
@@ -368,7 +368,7 @@ def train_dit(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, 
     # labels itself in train mode, independently in every block; we drop once, consistently, below.
     for block in model.transformer_blocks:
         block.norm1.emb.class_embedder.dropout_prob = 0.0
-    scheduler = make_scheduler(beta_schedule, "learned_range")
+    scheduler = make_scheduler(beta_schedule, "learned_range", clip_sample=True, steps_offset=0)
     tables = schedule_tables(scheduler)
     x_all, y_all = train_images()
 
@@ -419,9 +419,12 @@ def train_dit(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, 
     )
 
 
-def retrain_command(which: str, steps: int, seed: int) -> str:
+def retrain_command(which: str, s: dict) -> str:
     """The command that reproduces a model folder."""
-    return f"python3 scripts/train_tiny_models.py --model {which} --steps {steps} --seed {seed}"
+    return (
+        f"python3 scripts/train_tiny_models.py --model {which} --steps {s['steps']} --batch {s['batch']} --lr {s['lr']}"
+        f" --beta-schedule {s['beta_schedule']} --seed {s['seed']} --threads {s['threads']}"
+    )
 
 
 def write_sd_card(out: Path, s: dict) -> None:
@@ -450,7 +453,7 @@ A tiny text-conditioned pixel-space diffusion model in the Stable Diffusion pipe
 - **Schedule**: DDPM, 1000 steps, `{s["beta_schedule"]}` betas {b0}..{b1}, epsilon prediction
   (chosen because it classifies better than the alternative; see the evaluation below).
 - **Training**: {s["steps"]} steps, batch {s["batch"]}, AdamW lr {s["lr"]} (100 warmup steps, cosine to 5%),
-  weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU (1 thread).
+  weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU ({s["threads"]} thread(s)).
   Loss: eps MSE with uniform timesteps. Final loss (moving average of the training loss): {s["loss"]:.4f}.
   Wall time: {s["wall"] / 60:.1f} min.
 - **Weights**: safetensors, {s["bytes"] / 1e6:.2f} MB.
@@ -462,7 +465,7 @@ A tiny text-conditioned pixel-space diffusion model in the Stable Diffusion pipe
 ## Retrain
 
 ```
-{retrain_command("sd", s["steps"], s["seed"])}
+{retrain_command("sd", s)}
 ```
 """
     (out / "README.md").write_text(text)
@@ -493,7 +496,7 @@ A tiny class-conditional pixel-space diffusion transformer in the DiT pipeline l
   + (1 - frac) * log of the clipped posterior variance, frac = (v + 1) / 2) and the discretised-Gaussian decoder NLL
   (256 bins) at t = 0.
 - **Training**: {s["steps"]} steps, batch {s["batch"]}, AdamW lr {s["lr"]} (100 warmup steps, cosine to 5%),
-  weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU (1 thread).
+  weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU ({s["threads"]} thread(s)).
   Final loss (moving average of the training loss): {s["loss"]:.4f} (of which eps MSE {s["mse"]:.4f}).
   Wall time: {s["wall"] / 60:.1f} min.
 - **Weights**: safetensors, {s["bytes"] / 1e6:.2f} MB.
@@ -505,7 +508,7 @@ A tiny class-conditional pixel-space diffusion transformer in the DiT pipeline l
 ## Retrain
 
 ```
-{retrain_command("dit", s["steps"], s["seed"])}
+{retrain_command("dit", s)}
 ```
 """
     (out / "README.md").write_text(text)
@@ -537,6 +540,7 @@ def main() -> None:
             steps=args.steps or defaults["steps"], batch=args.batch or defaults["batch"], lr=args.lr or defaults["lr"],
             beta_schedule=args.beta_schedule or defaults["beta_schedule"], seed=args.seed,
         )
+        stats["threads"] = args.threads
         card(out, stats)
         print(json.dumps({name: stats}, indent=1))
 

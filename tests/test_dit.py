@@ -220,6 +220,8 @@ def test_adaptive_without_pruning_equals_per_class_evaluation(tiny_dit, tmp_path
         assert rec["pred"] == int(full.double().mean(1).argmin())
     acc = load_script("print_dit_acc").main([str(per_class), "--dataset", "digits"])["accuracy"]["L2"]
     assert acc == pytest.approx(res["accuracy"])
+    summary = load_script("print_acc").main([res["folder"], "--no_table"])[0]  # the SD path's reader
+    assert (summary["n"], summary["top1"]) == (n_img, pytest.approx(res["accuracy"]))
 
 
 def test_null_normalize_keeps_predictions_and_subtracts_a_shared_term(tiny_dit, tmp_path):
@@ -273,3 +275,29 @@ def test_save_vb_needs_learned_variance(tmp_path):
          "scheduler": ["diffusers", "DDPMScheduler"], "vae": [None, None]}))
     with pytest.raises(ValueError, match="--save_vb needs a learned-variance model"):
         run(tmp_path / "m", tmp_path, "--cls", 0, "--save_vb", "--imgs_to_eval", 1)
+
+
+def test_dataset_label_mapping_for_imagenet_a_and_objectnet():
+    from diffusion_classifier.datasets import imagenet_a_indices
+    from diffusion_classifier.dit import candidate_classes, class_to_label, per_class_accuracy
+
+    classes, labels = candidate_classes("imagenetA", 200, 1000)
+    assert classes == imagenet_a_indices() and labels == list(range(200))
+    obj_classes, obj_labels = candidate_classes("objectnet", 113, 1000)
+    assert len(set(obj_labels)) == 113 and len(obj_classes) == len(set(obj_classes)) >= 113
+    with pytest.raises(ValueError, match="model has 10 classes"):
+        candidate_classes("imagenetA", 200, 10)
+    assert class_to_label("digits") is None
+    # two images of ImageNet-A label 0 and 1; the second's winner is a class outside ImageNet-A: wrong
+    a0, a1 = imagenet_a_indices()[:2]
+    outside = next(c for c in range(1000) if c not in set(imagenet_a_indices()))
+    scores = {"L2": torch.tensor([[0.1, 0.5, 0.9], [0.5, 0.9, 0.1]], dtype=torch.float64)}
+    acc = per_class_accuracy(scores, [a0, a1, outside], [0, 1], class_to_label("imagenetA"))
+    assert acc == {"L2": 50.0}
+
+
+def test_print_dit_acc_rejects_records_without_errors(tmp_path):
+    save_record({"kind": "eps", "data": torch.zeros(2, 1, 3, 8, 8), "t": torch.tensor([1, 2]), "cls": 0, "label": 0},
+                tmp_path / "0" / "0.pt")
+    with pytest.raises(ValueError, match="kind 'eps' hold no errors"):
+        load_script("print_dit_acc").main([str(tmp_path), "--dataset", "digits"])
