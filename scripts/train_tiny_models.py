@@ -55,7 +55,21 @@ SD_DEFAULTS = dict(steps=2000, batch=64, lr=1e-3, beta_schedule="scaled_linear")
 DIT_DEFAULTS = dict(steps=2000, batch=128, lr=1e-3, beta_schedule="scaled_linear")
 BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
 # Test accuracy measured on the committed weights (see each model card for the evaluation).
-MEASURED = {"sd": "not measured yet", "dit": "not measured yet"}
+EVAL_PROTOCOL = (
+    "Measured on the committed weights over the 359 test images (never trained on). Paired evaluation: per image,\n"
+    "50 evenly spaced timesteps t = 10, 30, ..., 990 (`range(10, 1000, 20)`), one noise per timestep\n"
+    "(`torch.randn(50, 3, 8, 8)` seeded with 42, the same bank for every image and every class); per (t, class)\n"
+    "the error is the mean over C, H, W of (eps - eps_hat)^2 (l2) or |eps - eps_hat| (l1); the prediction is the\n"
+    "class with the lowest mean error over the 50 timesteps (10 classes x 50 timesteps = 500 evaluations per image)."
+)
+MEASURED = {
+    "sd": EVAL_PROTOCOL + "\n\n| prompts | l2 | l1 |\n| --- | --- | --- |\n"
+    "| `a photo of the number: '{d}'.` (the digits prompts CSV) | 99.2% | 98.6% |\n"
+    "| `{word}` (`zero` ... `nine`) | 99.4% | 98.6% |",
+    "dit": EVAL_PROTOCOL + " Only the eps channels enter the error.\n\n| conditioning | l2 | l1 |\n| --- | --- | --- |\n"
+    "| class labels 0..9 | 89.7% | 86.6% |\n\n"
+    "The same architecture trained 3000 steps with the `linear` (1e-4..0.02) schedule reached 88.0% (l2) / 86.1% (l1).",
+}
 
 
 def captions_for(label: int) -> list[str]:
@@ -451,7 +465,8 @@ A tiny text-conditioned pixel-space diffusion model in the Stable Diffusion pipe
   `a photo of the number seven.`, `the digit 7`, `a handwritten seven`, `7`, `seven`), and the empty
   caption with probability {CAPTION_DROP} (so `""` scores unconditionally).
 - **Schedule**: DDPM, 1000 steps, `{s["beta_schedule"]}` betas {b0}..{b1}, epsilon prediction
-  (chosen because it classifies better than the alternative; see the evaluation below).
+  (chosen over `linear` 1e-4..0.02, which destroys an 8x8 image earlier: on the companion digits-dit model,
+  `scaled_linear` classified better, 89.7% vs 88.0%; not measured on this model).
 - **Training**: {s["steps"]} steps, batch {s["batch"]}, AdamW lr {s["lr"]} (100 warmup steps, cosine to 5%),
   weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU ({s["threads"]} thread(s)).
   Loss: eps MSE with uniform timesteps. Final loss (moving average of the training loss): {s["loss"]:.4f}.

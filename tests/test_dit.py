@@ -301,3 +301,16 @@ def test_print_dit_acc_rejects_records_without_errors(tmp_path):
                 tmp_path / "0" / "0.pt")
     with pytest.raises(ValueError, match="kind 'eps' hold no errors"):
         load_script("print_dit_acc").main([str(tmp_path), "--dataset", "digits"])
+
+
+@pytest.mark.skipif(not (ROOT / "diffusion_classifier" / "tiny_models" / "digits-dit" / "model_index.json").is_file(),
+                    reason="the shipped digits DiT is not built yet")
+def test_shipped_tiny_model_runs_at_its_native_size(tmp_path):
+    import json
+
+    res = eval_prob_dit.main(["--model", "tiny", "--dataset", "digits", "--log_dir", str(tmp_path), "--cls", "3",
+                              "--imgs_to_eval", "1", "--t_interval", "250", "--save_vb", "--no_progress"])
+    assert Path(res["folder"]).name == "digits-dit_250int_1trials_vb"
+    assert json.loads((Path(res["folder"]) / "manifest.json").read_text())["settings"]["img_size"] == 8
+    rec = load_record(Path(res["class_folder"]) / "000.pt")
+    assert tuple(rec["data"].shape) == (4, 1, 4) and bool((rec["data"][..., 2] >= 0).all())  # KL >= 0
