@@ -6,8 +6,12 @@ adaptive runs (staged pruning and the statistical schedule): accuracy and forwar
 `throughput`: DiT-XL/2-256 built from its published config with random weights, forward passes per
 second through the scoring engine at a given batch size, on --device (cpu or cuda).
 
-    python benchmarks/dit_adaptive.py accuracy --model tiny
+    OMP_NUM_THREADS=1 python benchmarks/dit_adaptive.py accuracy --model tiny
     python benchmarks/dit_adaptive.py throughput --device cpu --batch_size 4 --n_batches 2
+    python benchmarks/dit_adaptive.py throughput --device cuda --batch_size 64 --n_batches 4
+
+(On a CPU shared with other jobs, one thread per process avoids thread oversubscription, which slowed the
+tiny model about tenfold.)
 """
 from __future__ import annotations
 
@@ -85,7 +89,7 @@ def accuracy_benchmark(args) -> list[dict]:
                      "passes": res["evaluations"] / max(res["done"], 1), "seconds": seconds / max(res["done"], 1), "n": n})
 
     print(f"\ndigits test split, model {model_dir.name}, {rows[0]['n']} images, seed {args.seed}, batch {args.batch_size}")
-    print(f"| schedule | accuracy % | forward passes / image | fewer passes than full | wall s / image |")
+    print("| schedule | accuracy % | forward passes / image | fewer passes than full | wall s / image |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['schedule']} | {r['accuracy']:.2f} | {r['passes']:.0f} | {full_passes / r['passes']:.1f}x | "
