@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import string
 from pathlib import Path
 
 import pytest
 import torch
+
+torch.set_num_threads(1)  # tiny models: one thread is as fast, and avoids oversubscribing shared CI cores
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a photo of a frog."]
 
