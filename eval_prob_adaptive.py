@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
     p.add_argument("--image_batch", type=int, default=1, help="images whose evaluations are packed into shared batches")
+    p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batches, faster after)")
     p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
                    help="reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference pruning")
     p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
@@ -80,6 +82,10 @@ def main(argv=None) -> dict:
 
     source = resolve_sd_model(args.version, args.model)
     model = load_text_conditional(source, device, dtype, args.attention)
+    if args.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.unet = torch.compile(model.unet)
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
 

@@ -264,7 +264,9 @@ def _build_unet(config: dict, device: torch.device, dtype: torch.dtype, seed: in
     torch.manual_seed(seed)
     with torch.device(device):  # initialise in place: fast on a GPU, no host copy
         unet = UNet2DConditionModel.from_config(config)
-    return unet.to(dtype=dtype).eval().requires_grad_(False) if dtype != torch.float32 else unet.eval().requires_grad_(False)
+    if dtype != torch.float32:
+        unet = unet.to(dtype=dtype)
+    return unet.eval().requires_grad_(False)
 
 
 def _noise_rows(to_keep, n_samples, n_trials: int, T: int) -> int:
@@ -318,7 +320,7 @@ def tiny_workload(n_images: int, n_prompts: int, rows: int, device: torch.device
         conds = model.encode_prompts(table.prompts[:n_prompts]).cpu()
         return Workload(model.unet, latents, conds, model.alphas_cumprod,
                         make_noise(rows, tuple(latents.shape[1:]), seed), labels[:n_images].tolist(),
-                        f"shipped digits model {folder.name}, test digits 0..{len(latents) - 1}")
+                        f"shipped digits model {folder.name}, the first {len(latents)} test digits")
     print(f"the shipped digits model {folder} does not exist yet: using a random model with its shapes instead")
     cfg = configs.TINY_DIGITS_UNET
     shape = (cfg["in_channels"], cfg["sample_size"], cfg["sample_size"])
