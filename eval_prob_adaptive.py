@@ -8,16 +8,15 @@ from pathlib import Path
 
 import torch
 
-from diffusion_classifier.adaptive import adaptive_classify, validate_schedule
-from diffusion_classifier.classifier import noise_rows
+from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
-from diffusion_classifier.noise import check_noise, load_noise, make_noise
+from diffusion_classifier.noise import noise_bank
 from diffusion_classifier.prompts import check_classidx, read_prompts
-from diffusion_classifier.records import check_manifest, environment_info, sd_run_name, shard
+from diffusion_classifier.records import claim_run_folder, environment_info, sd_run_name, shard
 from diffusion_classifier.runner import run_dataset
-from diffusion_classifier.statistical import statistical_classify
+from diffusion_classifier.statistical import make_schedule
 
 ROOT = Path(__file__).resolve().parent
 
@@ -95,14 +94,9 @@ def main(argv=None) -> dict:
     indices = subset_indices(len(dataset), args.subset_path)
     indices = indices_shard(indices)[state.process_index :: state.num_processes]
 
-    n_rows = noise_rows(args.to_keep, args.n_samples, args.n_trials, model.T)
-    if args.schedule == "statistical":
-        n_rows = args.n_trials * max(args.n_samples)
-    if args.noise_path is not None:
-        noise, noise_source = load_noise(args.noise_path), str(args.noise_path)
-    else:
-        noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
-    check_noise(noise, latent_shape, n_rows, f"noise bank ({noise_source})")
+    classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
+                                     args.min_samples, model.T)
+    noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
 
     version = args.version if args.model is None else Path(args.model.rstrip("/")).name
@@ -117,17 +111,8 @@ def main(argv=None) -> dict:
                     schedule=args.schedule, z=args.z if args.schedule == "statistical" else None,
                     min_samples=args.min_samples if args.schedule == "statistical" else None,
                     subset=str(args.subset_path) if args.subset_path else None)
-    if state.is_main_process:
-        check_manifest(folder, settings, {"versions": environment_info(), "dtype": str(dtype)})
-    state.wait_for_everyone()
-    check_manifest(folder, settings)
+    claim_run_folder(folder, settings, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
-    if args.schedule == "statistical":
-        classify = functools.partial(statistical_classify, max_samples=max(args.n_samples), n_trials=args.n_trials,
-                                     z=args.z, min_samples=args.min_samples, T=model.T)
-    else:
-        classify = functools.partial(adaptive_classify, to_keep=args.to_keep, n_samples=args.n_samples,
-                                     n_trials=args.n_trials, T=model.T)
     embeds = model.encode_prompts(table.prompts)
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,
                         args.loss, args.image_batch, args.load_stats, desc=f"{args.dataset} {run}",

@@ -12,14 +12,12 @@ read by `scripts/print_acc.py`. <model> is the last component of the model id or
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 from pathlib import Path
 
 import torch
 
-from diffusion_classifier.adaptive import adaptive_classify, validate_schedule
-from diffusion_classifier.classifier import noise_rows
+from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.datasets import dit_transform, get_dataset, num_classes, subset_indices
 from diffusion_classifier.dit import (
     NullNormalizedScorer,
@@ -35,10 +33,10 @@ from diffusion_classifier.dit import (
 )
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.models import DTYPES, load_class_conditional, resolve_dit_model
-from diffusion_classifier.noise import check_noise, load_noise, make_noise
-from diffusion_classifier.records import check_manifest, environment_info, shard
+from diffusion_classifier.noise import noise_bank
+from diffusion_classifier.records import claim_run_folder, environment_info, shard
 from diffusion_classifier.runner import run_dataset
-from diffusion_classifier.statistical import statistical_classify
+from diffusion_classifier.statistical import make_schedule
 
 DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits"]
 
@@ -154,15 +152,10 @@ def main(argv=None) -> dict:
                              f"{model.transformer.config.out_channels} channels for {latent_shape[0]}")
         timesteps = per_class_timesteps(args.t_interval, model.T)
         n_rows = per_class_noise_needed(len(timesteps) * args.n_trials, args.batch_size, args.randomize_noise)
-    elif args.schedule == "statistical":
-        n_rows = args.n_trials * max(args.n_samples)
     else:
-        n_rows = noise_rows(args.to_keep, args.n_samples, args.n_trials, model.T)
-    if args.noise_path is not None:
-        noise, noise_source = load_noise(args.noise_path), str(args.noise_path)
-    else:
-        noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
-    check_noise(noise, latent_shape, n_rows, f"noise bank ({noise_source})")
+        classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
+                                         args.min_samples, model.T)
+    noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
     # what changes a record's numbers; --subset_path/--imgs_to_eval only pick images, so a run can grow
     settings = dict(model=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
@@ -175,10 +168,7 @@ def main(argv=None) -> dict:
         # without --randomize_noise a job's noise row depends on the batch size
         settings.update(t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,
                         batch_size=None if args.randomize_noise else args.batch_size)
-        if state.is_main_process:
-            check_manifest(folder, settings, info)
-        state.wait_for_everyone()
-        check_manifest(folder, settings)
+        claim_run_folder(folder, settings, info, state)
         reduce = make_reducer(kind, schedule_from_alphas_cumprod(model.alphas_cumprod), dtype)
         stats = run_per_class(dataset, indices, folder / str(args.cls), model.encode_images, scorer, args.cls,
                               timesteps, args.n_trials, args.randomize_noise, kind, reduce, args.image_batch,
@@ -198,16 +188,7 @@ def main(argv=None) -> dict:
                     min_samples=args.min_samples if args.schedule == "statistical" else None,
                     null_normalize=args.null_normalize, classes=classes)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
-    if state.is_main_process:
-        check_manifest(folder, settings, info)
-    state.wait_for_everyone()
-    check_manifest(folder, settings)
-    if args.schedule == "statistical":
-        classify = functools.partial(statistical_classify, max_samples=max(args.n_samples), n_trials=args.n_trials,
-                                     z=args.z, min_samples=args.min_samples, T=model.T)
-    else:
-        classify = functools.partial(adaptive_classify, to_keep=args.to_keep, n_samples=args.n_samples,
-                                     n_trials=args.n_trials, T=model.T)
+    claim_run_folder(folder, settings, info, state)
     runner_scorer = NullNormalizedScorer(scorer, model.null_class) if args.null_normalize else scorer
     stats = run_dataset(dataset, indices, folder, model.encode_images, runner_scorer, torch.tensor(classes), labels,
                         classify, args.loss, args.image_batch, args.load_stats, desc=f"{args.dataset} {run}",

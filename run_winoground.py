@@ -10,7 +10,7 @@ import torch
 from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
-from diffusion_classifier.noise import check_noise, load_noise, make_noise
+from diffusion_classifier.noise import noise_bank
 from diffusion_classifier.records import check_manifest, environment_info
 from diffusion_classifier.winoground import (
     CLIP_VERSIONS,
@@ -91,11 +91,7 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype):
     timesteps = diffusion_timesteps(args.t_interval, model.T)
     n_samples = len(timesteps) * args.n_trials
     n_rows = noise_rows_needed(n_samples, args.randomize_noise, args.batch_size)
-    if args.noise_path is not None:
-        noise, noise_source = load_noise(args.noise_path), str(args.noise_path)
-    else:
-        noise, noise_source = make_noise(n_rows, latent_shape, args.seed), f"seed {args.seed}"
-    check_noise(noise, latent_shape, n_rows, f"noise bank ({noise_source})")
+    noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
     transform = sd_transform(img_size, args.interpolation)
 

@@ -1,7 +1,6 @@
 """Shared pieces of the digits benchmarks: the test split as latents, and one timed schedule run."""
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from pathlib import Path
@@ -11,12 +10,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_classifier.adaptive import adaptive_classify  # noqa: E402
 from diffusion_classifier.datasets import sd_transform  # noqa: E402
 from diffusion_classifier.digits import DigitsDataset  # noqa: E402
 from diffusion_classifier.engine import Scorer  # noqa: E402
 from diffusion_classifier.noise import make_noise  # noqa: E402
-from diffusion_classifier.statistical import statistical_classify  # noqa: E402
+from diffusion_classifier.statistical import make_schedule  # noqa: E402
 
 
 def digits_test(model, limit: int | None = None):
@@ -28,23 +26,19 @@ def digits_test(model, limit: int | None = None):
 
 
 def schedule_fn(spec: dict, T: int):
-    """A classify(evaluate, n_images, n_candidates) from {'to_keep','n_samples'} or {'z','max_samples','min_samples'}."""
+    """(classify, noise rows) from {'to_keep','n_samples'} or {'z','max_samples','min_samples'}."""
     if "z" in spec:
-        return functools.partial(statistical_classify, max_samples=spec["max_samples"], z=spec["z"],
-                                 min_samples=spec.get("min_samples", 10), T=T)
-    return functools.partial(adaptive_classify, to_keep=spec["to_keep"], n_samples=spec["n_samples"], T=T)
-
-
-def noise_rows(spec: dict) -> int:
-    return spec.get("max_samples") or max(spec["n_samples"])
+        return make_schedule("statistical", [1], [spec["max_samples"]], z=spec["z"],
+                             min_samples=spec.get("min_samples", 10), T=T)
+    return make_schedule("reference", spec["to_keep"], spec["n_samples"], T=T)
 
 
 def run(model, conds, candidate_class, latents, labels, spec: dict, batch_size: int = 500, seed: int = 0,
         loss: str = "l2", chunk: int = 120) -> dict:
     """Accuracy, denoiser evaluations per image and seconds per image of one schedule on all images."""
-    noise = make_noise(noise_rows(spec), tuple(latents.shape[1:]), seed)
+    classify, n_rows = schedule_fn(spec, model.T)
+    noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, model.device, model.dtype, batch_size)
-    classify = schedule_fn(spec, model.T)
     n_evals, preds = 0, []
     start = time.perf_counter()
     for i in range(0, len(latents), chunk):

@@ -7,10 +7,11 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .adaptive import AdaptiveResult, adaptive_classify, reference_stages, validate_schedule
+from .adaptive import AdaptiveResult, validate_schedule
 from .engine import Scorer
 from .models import DTYPES, SD_VERSIONS, TextConditionalModel, load_text_conditional
 from .noise import make_noise
+from .statistical import make_schedule
 
 
 @dataclass
@@ -28,11 +29,6 @@ def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     return torch.softmax(-mean_errors.double() / temperature, dim=-1).float()
-
-
-def noise_rows(to_keep, n_samples, n_trials: int, T: int) -> int:
-    """Noise rows the reference schedule indexes: n_trials per distinct timestep."""
-    return n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
 
 
 def preprocess(images, size: int, interpolation: str = "bicubic") -> torch.Tensor:
@@ -90,12 +86,12 @@ class DiffusionClassifier:
         size = img_size or m.native_size
         validate_schedule(to_keep, n_samples, len(prompts), m.T)
         latents = m.encode_images(preprocess(images, size, interpolation))
+        classify, n_rows = make_schedule("reference", to_keep, n_samples, n_trials, T=m.T)
         if noise is None:
-            noise = make_noise(noise_rows(to_keep, n_samples, n_trials, m.T), tuple(latents.shape[1:]), seed)
+            noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
         scorer = Scorer(m.denoiser, m.alphas_cumprod, noise, m.device, m.dtype, self.batch_size)
         embeds = self.embed(prompts)
-        results = adaptive_classify(lambda jobs: scorer.evaluate(latents, embeds, jobs, loss),
-                                    len(latents), len(prompts), to_keep, n_samples, n_trials, m.T)
+        results = classify(lambda jobs: scorer.evaluate(latents, embeds, jobs, loss), len(latents), len(prompts))
         return [self._prediction(r, len(prompts), temperature) for r in results]
 
     @staticmethod

@@ -43,3 +43,13 @@ def check_noise(noise: torch.Tensor, latent_shape: tuple[int, ...], n_needed: in
                          " to match the model's latents at this image size")
     if noise.shape[0] < n_needed:
         raise ValueError(f"{source} has {noise.shape[0]} rows, the schedule needs at least {n_needed}")
+
+
+def noise_bank(n_rows: int, latent_shape: tuple[int, ...], seed: int, noise_path=None) -> tuple[torch.Tensor, str]:
+    """(bank, where it came from): the saved bank at noise_path, else n_rows draws from seed; checked."""
+    if noise_path is not None:
+        noise, source = load_noise(noise_path), str(noise_path)
+    else:
+        noise, source = make_noise(n_rows, latent_shape, seed), f"seed {seed}"
+    check_noise(noise, latent_shape, n_rows, f"noise bank ({source})")
+    return noise, source

@@ -78,6 +78,15 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None)
     write_json(path, {"settings": settings, **(info or {})})
 
 
+def claim_run_folder(folder: str | Path, settings: dict, info: dict | None = None, state=None) -> None:
+    """check_manifest for every process of a run: the main one writes the manifest, the others check it."""
+    if state is None or state.is_main_process:
+        check_manifest(folder, settings, info)
+    if state is not None:
+        state.wait_for_everyone()
+        check_manifest(folder, settings)
+
+
 def environment_info() -> dict:
     """Versions worth keeping beside results."""
     import platform

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .adaptive import AdaptiveResult
+from .adaptive import AdaptiveResult, adaptive_classify
 from .engine import Jobs
 
 
@@ -98,3 +98,19 @@ def statistical_classify(
         means = {c: float(data[c]["pred_errors"].mean()) for c in alive[i]}
         results.append(AdaptiveResult(pred=min(means, key=means.get), errors=data))
     return results
+
+
+def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int = 10,
+                  T: int = 1000) -> tuple[Callable, int]:
+    """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'."""
+    import functools
+
+    from .adaptive import reference_stages
+
+    if schedule == "statistical":
+        return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
+                                  min_samples=min_samples, T=T), n_trials * max(n_samples))
+    if schedule == "reference":
+        rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
+        return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T), rows
+    raise ValueError(f"schedule must be 'reference' or 'statistical', got {schedule!r}")
