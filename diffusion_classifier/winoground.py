@@ -392,6 +392,7 @@ CLIP_VERSIONS = {
     "ViT-B/32": "openai/clip-vit-base-patch32",
     "ViT-B/16": "openai/clip-vit-base-patch16",
     "ViT-L/14": "openai/clip-vit-large-patch14",
+    "ViT-L14": "openai/clip-vit-large-patch14",  # the reference's spelling
     "ViT-L/14@336px": "openai/clip-vit-large-patch14-336",
 }
 OPENCLIP_VERSION = "ViT-H-14"
