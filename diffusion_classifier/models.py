@@ -148,8 +148,35 @@ class _VAE:
             raise ValueError(f"image size must be divisible by the VAE's downsampling factor {self.downsample}, got {img_size}")
 
 
+class _ModelGeometry:
+    """What both model kinds share: the ᾱ table, the native size and the image -> latent mapping."""
+
+    autoencoder: _VAE
+    alphas_cumprod: torch.Tensor
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def native_size(self) -> int:
+        return self.backbone.config.sample_size * self.autoencoder.downsample
+
+    @property
+    def T(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def latent_shape(self, img_size: int) -> tuple[int, int, int]:
+        self.autoencoder.check_size(img_size)
+        s = img_size // self.autoencoder.downsample
+        return (self.autoencoder.channels, s, s)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(pixels)
+
+
 @dataclass
-class TextConditionalModel:
+class TextConditionalModel(_ModelGeometry):
     """A Stable-Diffusion-format model: UNet, CLIP text encoder and tokenizer, VAE (or pixels), ᾱ table."""
 
     unet: torch.nn.Module
@@ -162,17 +189,8 @@ class TextConditionalModel:
     source: str
 
     @property
-    def native_size(self) -> int:
-        return self.unet.config.sample_size * self.autoencoder.downsample
-
-    @property
-    def T(self) -> int:
-        return len(self.alphas_cumprod)
-
-    def latent_shape(self, img_size: int) -> tuple[int, int, int]:
-        self.autoencoder.check_size(img_size)
-        s = img_size // self.autoencoder.downsample
-        return (self.autoencoder.channels, s, s)
+    def backbone(self) -> torch.nn.Module:
+        return self.unet
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -183,9 +201,6 @@ class TextConditionalModel:
                                  max_length=self.tokenizer.model_max_length, return_tensors="pt")
             out.append(self.text_encoder(tok.input_ids.to(self.device))[0])
         return torch.cat(out).to(self.dtype)
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.encode(pixels)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(x_t, t, encoder_hidden_states=cond).sample
@@ -219,7 +234,7 @@ def load_text_conditional(
 
 
 @dataclass
-class ClassConditionalModel:
+class ClassConditionalModel(_ModelGeometry):
     """A DiT-format model: class-conditional transformer (maybe learned variance), VAE (or pixels), ᾱ."""
 
     transformer: torch.nn.Module
@@ -244,22 +259,14 @@ class ClassConditionalModel:
         return self.transformer.config.out_channels == 2 * self.transformer.config.in_channels
 
     @property
-    def native_size(self) -> int:
-        return self.transformer.config.sample_size * self.autoencoder.downsample
-
-    @property
-    def T(self) -> int:
-        return len(self.alphas_cumprod)
+    def backbone(self) -> torch.nn.Module:
+        return self.transformer
 
     def latent_shape(self, img_size: int) -> tuple[int, int, int]:
-        self.autoencoder.check_size(img_size)
-        s = img_size // self.autoencoder.downsample
-        if s != self.transformer.config.sample_size:
+        shape = super().latent_shape(img_size)
+        if shape[1] != self.transformer.config.sample_size:  # DiT's position embedding fixes the size
             raise ValueError(f"this DiT takes {self.native_size}px images (latent {self.transformer.config.sample_size}), got {img_size}")
-        return (self.autoencoder.channels, s, s)
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.encode(pixels)
+        return shape
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.transformer(x_t, timestep=t, class_labels=cond).sample
