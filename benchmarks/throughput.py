@@ -31,10 +31,11 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
-from diffusion_classifier.adaptive import adaptive_classify, n_evaluations, reference_stages  # noqa: E402
+from diffusion_classifier.adaptive import adaptive_classify, n_evaluations  # noqa: E402
 from diffusion_classifier.engine import Scorer  # noqa: E402
 from diffusion_classifier.models import DTYPES, SD_VERSIONS  # noqa: E402
 from diffusion_classifier.noise import make_noise  # noqa: E402
+from diffusion_classifier.statistical import make_schedule  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("sd2_configs", HERE / "sd2_configs.py")
 configs = importlib.util.module_from_spec(_spec)
@@ -267,10 +268,6 @@ def _build_unet(config: dict, device: torch.device, dtype: torch.dtype, seed: in
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)
     return unet.eval().requires_grad_(False)
-
-
-def _noise_rows(to_keep, n_samples, n_trials: int, T: int) -> int:
-    return n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
 
 
 def sd2_workload(img_size: int, n_images: int, n_prompts: int, rows: int, device: torch.device,
@@ -569,7 +566,7 @@ def main(argv=None) -> dict:
     from diffusion_classifier.adaptive import validate_schedule
 
     validate_schedule(args.to_keep, args.n_samples, args.n_prompts)
-    rows = _noise_rows(args.to_keep, args.n_samples, args.n_trials, 1000)
+    _, rows = make_schedule("reference", args.to_keep, args.n_samples, args.n_trials, T=1000)
 
     if sd2:
         work = sd2_workload(args.img_size or 512, n_images, args.n_prompts, rows, device, dtype, args.seed,

@@ -7,11 +7,12 @@ covers [0, T) evenly; evaluation stops when one candidate remains or `max_sample
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 
-from .adaptive import AdaptiveResult, adaptive_classify
+from .adaptive import AdaptiveResult, adaptive_classify, reference_stages
 from .engine import Jobs
 
 
@@ -103,10 +104,6 @@ def statistical_classify(
 def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int = 10,
                   T: int = 1000) -> tuple[Callable, int]:
     """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'."""
-    import functools
-
-    from .adaptive import reference_stages
-
     if schedule == "statistical":
         return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
                                   min_samples=min_samples, T=T), n_trials * max(n_samples))
