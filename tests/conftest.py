@@ -1,6 +1,7 @@
 """Tiny seeded pipelines built in code and saved to folders, loaded the way users load real ones."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import string
@@ -11,6 +12,17 @@ import torch
 
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and avoids oversubscribing shared CI cores
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a photo of a frog."]
 

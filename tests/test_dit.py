@@ -1,7 +1,6 @@
 """eval_prob_dit and print_dit_acc end to end on the tiny DiT fixture, against direct transformer calls."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
@@ -15,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import eval_prob_dit  # noqa: E402
+from conftest import load_script  # noqa: E402
 from diffusion_classifier.datasets import dit_transform  # noqa: E402
 from diffusion_classifier.digits import DigitsDataset  # noqa: E402
 from diffusion_classifier.dit import (  # noqa: E402
@@ -30,13 +30,6 @@ from diffusion_classifier.vb import linear_betas, vb_terms  # noqa: E402
 SEED = 7
 T_INTERVAL = 100  # timesteps 50, 150, ..., 950
 N_T = 10
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run(tiny_dit, log_dir, *flags) -> dict:

@@ -1,7 +1,6 @@
 """eval_prob_adaptive end to end on tiny pipelines, against an independent plain re-implementation."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import eval_prob_adaptive
+from conftest import load_script
 from diffusion_classifier.records import load_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,13 +23,6 @@ CSV = (
     "two,two,2\n"
     "three,three,3\n"
 )
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture

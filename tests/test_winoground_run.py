@@ -1,7 +1,6 @@
 """run_winoground end to end on tiny models and a tiny local Winoground copy, against direct computations."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
@@ -13,7 +12,7 @@ import torch
 from PIL import Image
 
 import run_winoground
-from conftest import write_char_tokenizer
+from conftest import load_script, write_char_tokenizer
 from diffusion_classifier.records import load_record
 from diffusion_classifier.winoground import (
     diffusion_timesteps,
@@ -308,13 +307,6 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("WINOGROUND_DIR", str(missing))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_winoground.main(["--log_dir", str(tmp_path)])  # the env default is used
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_make_digits_winoground_deterministic(tmp_path, capsys):
