@@ -17,23 +17,21 @@ from pathlib import Path
 
 import torch
 
-from diffusion_classifier.adaptive import validate_schedule
+from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
 from diffusion_classifier.datasets import dit_transform, get_dataset, num_classes, subset_indices
 from diffusion_classifier.dit import (
     NullNormalizedScorer,
     adaptive_run_name,
     candidate_classes,
     make_reducer,
-    per_class_noise_needed,
     per_class_run_name,
-    per_class_timesteps,
     run_per_class,
     save_mode,
     schedule_from_alphas_cumprod,
 )
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.models import DTYPES, load_class_conditional, resolve_dit_model
-from diffusion_classifier.noise import noise_bank
+from diffusion_classifier.noise import noise_bank, periodic_noise_needed
 from diffusion_classifier.records import claim_run_folder, environment_info, shard
 from diffusion_classifier.runner import run_dataset
 from diffusion_classifier.statistical import make_schedule
@@ -150,8 +148,8 @@ def main(argv=None) -> dict:
         if kind == "vb" and not model.learned_variance:
             raise ValueError(f"--save_vb needs a learned-variance model (2C output channels); {source} outputs "
                              f"{model.transformer.config.out_channels} channels for {latent_shape[0]}")
-        timesteps = per_class_timesteps(args.t_interval, model.T)
-        n_rows = per_class_noise_needed(len(timesteps) * args.n_trials, args.batch_size, args.randomize_noise)
+        timesteps = interval_timesteps(args.t_interval, model.T)
+        n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, args.batch_size, args.randomize_noise)
     else:
         classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
                                          args.min_samples, model.T)

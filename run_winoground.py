@@ -7,22 +7,21 @@ from pathlib import Path
 
 import torch
 
+from diffusion_classifier.adaptive import interval_timesteps
 from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
-from diffusion_classifier.noise import noise_bank
+from diffusion_classifier.noise import noise_bank, periodic_noise_needed
 from diffusion_classifier.records import check_manifest, environment_info
 from diffusion_classifier.winoground import (
     CLIP_VERSIONS,
     OPENCLIP_PRETRAINED,
     OPENCLIP_VERSION,
     diffusion_example_scores,
-    diffusion_timesteps,
     how_to_obtain,
     load_clip,
     load_openclip,
     load_winoground,
-    noise_rows_needed,
     resolve_clip_model,
     run_examples,
     save_json,
@@ -88,9 +87,9 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype):
     model = load_text_conditional(source, device, dtype, args.attention)
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
-    timesteps = diffusion_timesteps(args.t_interval, model.T)
+    timesteps = interval_timesteps(args.t_interval, model.T)
     n_samples = len(timesteps) * args.n_trials
-    n_rows = noise_rows_needed(n_samples, args.randomize_noise, args.batch_size)
+    n_rows = periodic_noise_needed(n_samples, args.batch_size, args.randomize_noise)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
     transform = sd_transform(img_size, args.interpolation)

@@ -50,7 +50,8 @@ def parse_schedule(text: str) -> dict:
 def accuracy_benchmark(args) -> list[dict]:
     """Full per-class evaluation vs adaptive schedules on the digits test split."""
     import eval_prob_dit
-    from diffusion_classifier.dit import load_per_class_scores, per_class_accuracy, per_class_timesteps
+    from diffusion_classifier.adaptive import interval_timesteps
+    from diffusion_classifier.dit import load_per_class_scores, per_class_accuracy
     from diffusion_classifier.models import resolve_dit_model
 
     model_dir = Path(resolve_dit_model(None, args.model))
@@ -75,7 +76,7 @@ def accuracy_benchmark(args) -> list[dict]:
     seconds = time.perf_counter() - start
     classes, images, scores, labels = load_per_class_scores(folder)
     full_acc = per_class_accuracy(scores, classes, [labels[i] for i in images])["L2"]
-    full_passes = n_classes * len(per_class_timesteps(args.t_interval))
+    full_passes = n_classes * len(interval_timesteps(args.t_interval))
     rows.append({"schedule": f"full per-class, t_interval {args.t_interval}", "accuracy": full_acc,
                  "passes": full_passes, "seconds": seconds / len(images), "n": len(images)})
 

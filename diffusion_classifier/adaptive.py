@@ -39,6 +39,13 @@ def validate_schedule(to_keep, n_samples, n_candidates: int | None = None, T: in
         raise ValueError(f"--to_keep {to_keep[0]} is larger than the {n_candidates} candidates (prompts or classes)")
 
 
+def interval_timesteps(t_interval: int, T: int = 1000) -> list[int]:
+    """The reference's full-evaluation timesteps (DiT per-class runs, Winoground): range(t_interval // 2, T, t_interval)."""
+    if isinstance(t_interval, bool) or not isinstance(t_interval, int) or not 1 <= t_interval <= T:
+        raise ValueError(f"--t_interval must be an int in 1..{T}, got {t_interval!r}")
+    return list(range(t_interval // 2, T, t_interval))
+
+
 def reference_stages(to_keep, n_samples, T: int = 1000) -> list[Stage]:
     """The reference's stages: an evenly spaced grid of max(n_samples) timesteps, subsampled per stage."""
     validate_schedule(to_keep, n_samples, T=T)

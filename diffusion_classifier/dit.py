@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .engine import Batch, Jobs, Scorer, denoising_error
+from .noise import periodic_noise_rows
 from .records import load_record
 from .vb import DiffusionSchedule, split_learned_variance, vb_terms
 
@@ -37,37 +38,13 @@ def save_mode(spatial: bool = False, save_eps: bool = False, save_eps_and_var: b
     return chosen[0] if chosen else "l2"
 
 
-def per_class_timesteps(t_interval: int, T: int = 1000) -> list[int]:
-    """The reference's evaluation timesteps: range(t_interval // 2, T, t_interval)."""
-    if not 1 <= t_interval <= T:
-        raise ValueError(f"--t_interval must be in 1..{T}, got {t_interval}")
-    return list(range(t_interval // 2, T, t_interval))
-
-
-def per_class_noise_rows(n_jobs: int, batch_size: int, randomize_noise: bool) -> torch.Tensor:
-    """Noise row of each of an image's jobs: job i uses row i with randomize_noise, else i mod batch_size.
-
-    Without randomize_noise the reference gives every batch the first rows of the bank, so a job's row
-    is its position within its batch of `batch_size` (numbers then depend on the batch size).
-    """
-    if batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
-    rows = torch.arange(n_jobs, dtype=torch.long)
-    return rows if randomize_noise else rows % batch_size
-
-
-def per_class_noise_needed(n_jobs: int, batch_size: int, randomize_noise: bool) -> int:
-    """Rows of the noise bank the per-class jobs index."""
-    return n_jobs if randomize_noise else min(n_jobs, batch_size)
-
-
 def per_class_jobs(n_images: int, timesteps: Sequence[int], n_trials: int, batch_size: int,
                    randomize_noise: bool, cond: int = 0) -> Jobs:
     """Jobs of n_images images against one condition: per image, each t repeated n_trials times (t-major)."""
     if n_trials < 1:
         raise ValueError(f"--n_trials must be >= 1, got {n_trials}")
     ts = torch.as_tensor(list(timesteps), dtype=torch.long).repeat_interleave(n_trials)  # (n_t * n_trials,)
-    noise = per_class_noise_rows(len(ts), batch_size, randomize_noise)
+    noise = periodic_noise_rows(len(ts), batch_size, randomize_noise)
     image = torch.arange(n_images, dtype=torch.long).repeat_interleave(len(ts))
     return Jobs.build(image, torch.full_like(image, cond), ts.repeat(n_images), noise.repeat(n_images))
 

@@ -53,3 +53,21 @@ def noise_bank(n_rows: int, latent_shape: tuple[int, ...], seed: int, noise_path
         noise, source = make_noise(n_rows, latent_shape, seed), f"seed {seed}"
     check_noise(noise, latent_shape, n_rows, f"noise bank ({source})")
     return noise, source
+
+
+def periodic_noise_rows(n: int, period: int, randomize_noise: bool) -> torch.Tensor:
+    """Noise row of the k-th (t, trial) of a full evaluation: k with randomize_noise, else k % period.
+
+    Without randomize_noise the reference gives every batch the first rows of its bank, so the row is
+    the position within a batch of `period` (its batch size) consecutive (t, trial): numbers then depend
+    on the batch size.
+    """
+    if period < 1:
+        raise ValueError(f"the noise period (--batch_size) must be >= 1, got {period}")
+    k = torch.arange(n, dtype=torch.long)
+    return k if randomize_noise else k % period
+
+
+def periodic_noise_needed(n: int, period: int, randomize_noise: bool) -> int:
+    """Rows of the noise bank that periodic_noise_rows reads."""
+    return n if randomize_noise else min(n, period)

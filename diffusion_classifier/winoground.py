@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .engine import Jobs, Scorer
+from .noise import periodic_noise_rows
 
 HUB_URL = "https://huggingface.co/datasets/facebook/winoground"
 EXAMPLE_KEYS = (
@@ -328,30 +329,6 @@ N_CONDS = 3
 UNCOND = 2
 
 
-def diffusion_timesteps(t_interval: int, T: int = 1000) -> list[int]:
-    """The evenly spaced timesteps every pair is scored on: range(t_interval // 2, T, t_interval)."""
-    if isinstance(t_interval, bool) or not isinstance(t_interval, int) or not 1 <= t_interval <= T:
-        raise ValueError(f"t_interval must be an int in 1..{T}, got {t_interval!r}")
-    return list(range(t_interval // 2, T, t_interval))
-
-
-def pair_noise_indices(n_samples: int, randomize_noise: bool, noise_period: int) -> torch.Tensor:
-    """Noise row of the k-th (t, trial): k with randomize_noise, else k % noise_period.
-
-    Without randomize_noise the reference reuses the first rows of its bank in every batch of
-    `noise_period` (its batch size) consecutive (t, trial); either way all pairs share the rows.
-    """
-    if noise_period < 1:
-        raise ValueError(f"noise_period must be >= 1, got {noise_period}")
-    k = torch.arange(n_samples)
-    return k if randomize_noise else k % noise_period
-
-
-def noise_rows_needed(n_samples: int, randomize_noise: bool, noise_period: int) -> int:
-    """Rows of the noise bank that pair_noise_indices reads."""
-    return n_samples if randomize_noise else min(n_samples, noise_period)
-
-
 def pair_jobs(timesteps: list[int], n_trials: int, randomize_noise: bool, noise_period: int,
               n_conds: int = N_CONDS, n_images: int = 2) -> Jobs:
     """Jobs for every (condition, image) pair × every (t, trial), condition-major; output reshapes to
@@ -360,7 +337,7 @@ def pair_jobs(timesteps: list[int], n_trials: int, randomize_noise: bool, noise_
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     n = len(timesteps) * n_trials
     t = torch.as_tensor(timesteps, dtype=torch.long).repeat_interleave(n_trials)  # (n,)
-    noise = pair_noise_indices(n, randomize_noise, noise_period)  # (n,)
+    noise = periodic_noise_rows(n, noise_period, randomize_noise)  # (n,)
     cond, image = torch.meshgrid(torch.arange(n_conds), torch.arange(n_images), indexing="ij")
     pairs = n_conds * n_images
     return Jobs.build(image=image.reshape(-1).repeat_interleave(n), cond=cond.reshape(-1).repeat_interleave(n),

@@ -15,15 +15,14 @@ sys.path.insert(0, str(ROOT))
 
 import eval_prob_dit  # noqa: E402
 from conftest import load_script  # noqa: E402
+from diffusion_classifier.adaptive import interval_timesteps  # noqa: E402
 from diffusion_classifier.datasets import dit_transform  # noqa: E402
 from diffusion_classifier.digits import DigitsDataset  # noqa: E402
 from diffusion_classifier.dit import (  # noqa: E402
     per_class_jobs,
-    per_class_noise_rows,
-    per_class_timesteps,
     schedule_from_alphas_cumprod,
 )
-from diffusion_classifier.noise import make_noise  # noqa: E402
+from diffusion_classifier.noise import make_noise, periodic_noise_rows  # noqa: E402
 from diffusion_classifier.records import load_record, save_record  # noqa: E402
 from diffusion_classifier.vb import linear_betas, vb_terms  # noqa: E402
 
@@ -142,13 +141,13 @@ def test_resume_skips_existing_and_manifest_guards(tiny_dit, tmp_path):
 
 
 def test_noise_row_rule():
-    assert per_class_noise_rows(7, 3, randomize_noise=False).tolist() == [0, 1, 2, 0, 1, 2, 0]
-    assert per_class_noise_rows(7, 3, randomize_noise=True).tolist() == list(range(7))
+    assert periodic_noise_rows(7, 3, randomize_noise=False).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert periodic_noise_rows(7, 3, randomize_noise=True).tolist() == list(range(7))
     jobs = per_class_jobs(2, [5, 15], n_trials=2, batch_size=3, randomize_noise=False)
     assert jobs.t.tolist() == [5, 5, 15, 15] * 2
     assert jobs.noise.tolist() == [0, 1, 2, 0] * 2  # per image, counted from its first job
     assert jobs.image.tolist() == [0] * 4 + [1] * 4
-    assert per_class_timesteps(4) == list(range(2, 1000, 4)) and len(per_class_timesteps(4)) == 250
+    assert interval_timesteps(4) == list(range(2, 1000, 4)) and len(interval_timesteps(4)) == 250
 
 
 def test_randomize_noise_changes_only_rows_past_the_first_batch(tiny_dit, tmp_path):

@@ -13,9 +13,9 @@ from PIL import Image
 
 import run_winoground
 from conftest import load_script, write_char_tokenizer
+from diffusion_classifier.adaptive import interval_timesteps
 from diffusion_classifier.records import load_record
 from diffusion_classifier.winoground import (
-    diffusion_timesteps,
     format_scores,
     load_winoground,
     pair_jobs,
@@ -126,10 +126,10 @@ def direct_errors(model_dir: Path, ex, timesteps, n_trials, noise, noise_rows) -
 
 
 def test_pair_jobs_share_noise_and_timesteps():
-    assert diffusion_timesteps(5)[:3] == [2, 7, 12] and len(diffusion_timesteps(5)) == 200
-    assert diffusion_timesteps(250) == [125, 375, 625, 875]
+    assert interval_timesteps(5)[:3] == [2, 7, 12] and len(interval_timesteps(5)) == 200
+    assert interval_timesteps(250) == [125, 375, 625, 875]
     with pytest.raises(ValueError, match="t_interval must be an int in 1..1000, got 0"):
-        diffusion_timesteps(0)
+        interval_timesteps(0)
     jobs = pair_jobs([10, 30], n_trials=2, randomize_noise=False, noise_period=3)
     assert len(jobs) == 6 * 4
     assert jobs.cond.tolist() == [0] * 8 + [1] * 8 + [2] * 8
