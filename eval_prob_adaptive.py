@@ -11,11 +11,11 @@ import torch
 from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
-from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
 from diffusion_classifier.noise import noise_bank
 from diffusion_classifier.prompts import check_classidx, read_prompts
 from diffusion_classifier.records import claim_run_folder, environment_info, sd_run_name, shard
-from diffusion_classifier.runner import run_dataset
+from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.statistical import make_schedule
 
 ROOT = Path(__file__).resolve().parent
@@ -68,12 +68,8 @@ def main(argv=None) -> dict:
     indices_shard = functools.partial(shard, n_workers=args.n_workers, worker_idx=args.worker_idx)
     indices_shard([])  # checks --worker_idx against --n_workers before any loading
 
-    from accelerate import PartialState
-
-    on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
-    state = PartialState(cpu=on_cpu)  # one process per launched rank (gloo on CPU, nccl on GPUs)
-    device = torch.device(args.device) if args.device else state.device
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    state, device = launch_state(args.device)
+    dtype = default_dtype(args.dtype, device)
 
     prompt_path = args.prompt_path or ROOT / "prompts" / f"{args.dataset}_prompts.csv"
     table = read_prompts(prompt_path)
@@ -89,8 +85,7 @@ def main(argv=None) -> dict:
     latent_shape = model.latent_shape(img_size)
 
     dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation))
-    n_classes = len(dataset.classes) if args.dataset == "imagefolder" else num_classes(args.dataset)
-    check_classidx(table, n_classes, str(prompt_path))
+    check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
     indices = subset_indices(len(dataset), args.subset_path)
     indices = indices_shard(indices)[state.process_index :: state.num_processes]
 

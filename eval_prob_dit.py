@@ -30,10 +30,10 @@ from diffusion_classifier.dit import (
     schedule_from_alphas_cumprod,
 )
 from diffusion_classifier.engine import LOSSES, Scorer
-from diffusion_classifier.models import DTYPES, load_class_conditional, resolve_dit_model
+from diffusion_classifier.models import DTYPES, default_dtype, load_class_conditional, resolve_dit_model
 from diffusion_classifier.noise import noise_bank, periodic_noise_needed
 from diffusion_classifier.records import claim_run_folder, environment_info, shard
-from diffusion_classifier.runner import run_dataset
+from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.statistical import make_schedule
 
 DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits"]
@@ -125,11 +125,8 @@ def main(argv=None) -> dict:
     run_mode = check_flags(args)
     kind = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
 
-    from accelerate import PartialState
-
-    state = PartialState()
-    device = torch.device(args.device) if args.device else state.device
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    state, device = launch_state(args.device)
+    dtype = default_dtype(args.dtype, device)
 
     source = resolve_dit_model(args.image_size or 256, args.model)
     model = load_class_conditional(source, device, dtype, args.vae)
@@ -175,9 +172,7 @@ def main(argv=None) -> dict:
               f"({len(timesteps) * args.n_trials} evaluations per image)")
         return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats}
 
-    # a folder dataset's .classes lists only the class folders present; named datasets have a fixed count
-    n_labels = len(dataset.classes) if args.dataset == "imagefolder" else num_classes(args.dataset)
-    classes, labels = candidate_classes(args.dataset, n_labels, model.num_classes)
+    classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes)
     run = adaptive_run_name(model_name, args.n_trials, args.to_keep, args.n_samples, args.loss, args.schedule,
                             args.z, args.min_samples, args.null_normalize)
     folder = args.log_dir / dataset_dir / run

@@ -10,7 +10,7 @@ import torch
 from diffusion_classifier.adaptive import interval_timesteps
 from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
-from diffusion_classifier.models import DTYPES, SD_VERSIONS, load_text_conditional, resolve_sd_model
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
 from diffusion_classifier.noise import noise_bank, periodic_noise_needed
 from diffusion_classifier.records import check_manifest, environment_info
 from diffusion_classifier.winoground import (
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     examples = load_winoground(args.data_dir, args.limit)  # before the model: a missing copy fails fast
 
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = default_dtype(args.dtype, device)
     version = args.version if args.model_path is None else Path(str(args.model_path).rstrip("/")).name
     if args.model == "sd":
         score_example, settings, (img_size, native) = sd_scorer(args, device, dtype)

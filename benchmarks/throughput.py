@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 from diffusion_classifier.adaptive import adaptive_classify, n_evaluations  # noqa: E402
 from diffusion_classifier.engine import Scorer  # noqa: E402
-from diffusion_classifier.models import DTYPES, SD_VERSIONS  # noqa: E402
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype  # noqa: E402
 from diffusion_classifier.noise import make_noise  # noqa: E402
 from diffusion_classifier.statistical import make_schedule  # noqa: E402
 
@@ -543,7 +543,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = default_dtype(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.variants:

@@ -352,10 +352,16 @@ def get_dataset(name: str, root: str | Path, split: str, transform: Callable | N
     return ds
 
 
-def num_classes(name: str) -> int:
-    """Number of classes of a known dataset (the length of its prompts' class list)."""
+def num_classes(name: str, dataset=None) -> int:
+    """Number of classes of a known dataset (the length of its prompts' class list).
+
+    An image folder has no fixed count: it is len(dataset.classes) of the built `dataset` (its class
+    folders), whereas a named dataset's count holds even when a partial copy lacks some classes.
+    """
     if name == "imagefolder":
-        raise ValueError("imagefolder has no fixed class count; use len(dataset.classes) of the built dataset")
+        if dataset is None:
+            raise ValueError("imagefolder has no fixed class count; pass the built dataset to count its class folders")
+        return len(dataset.classes)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return len(DATASET_PROMPTS[name].classnames)

@@ -29,6 +29,11 @@ DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def default_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The --dtype flag's dtype, or by default float16 on a GPU and float32 elsewhere (slow or unsupported there)."""
+    return DTYPES[name] if name else (torch.float16 if device.type == "cuda" else torch.float32)
+
+
 def resolve_sd_model(version: str = "2-0", model: str | None = None) -> str:
     """The hub id or folder to load: `model` if given, else the id of the SD `version`."""
     if model:

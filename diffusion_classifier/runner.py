@@ -12,6 +12,19 @@ from .engine import Jobs, Scorer
 from .records import existing_indices, load_record, record_path, save_record
 
 
+def launch_state(device: str | None = None):
+    """(accelerate's PartialState of this process, its torch device): one process per launched rank.
+
+    The process group is gloo when the run is on the CPU (also with --device cpu on a GPU machine) and
+    nccl on GPUs; without --device each process takes the GPU accelerate assigns it, else the CPU.
+    """
+    from accelerate import PartialState
+
+    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    state = PartialState(cpu=on_cpu)
+    return state, torch.device(device) if device else state.device
+
+
 @dataclass
 class RunStats:
     """Counts of a run: images classified now, skipped as done, and the running accuracy."""
