@@ -343,6 +343,51 @@ def build_dit(patch: int, heads: int, head_dim: int, layers: int):
     )
 
 
+def fit(modules, images, tables: dict, steps: int, batch: int, lr: float, gen: torch.Generator, desc: str,
+        draw_cond, losses, device: str = "cpu") -> tuple[dict[str, float], float]:
+    """The training loop both models share; returns (moving averages of the loss terms, wall seconds).
+
+    AdamW (weight decay 0.01) with warmup and cosine decay of the lr, grad-norm clip 1, and an EMA of the
+    weights, which is copied into the modules at the end (they are left in eval mode). Each step draws from
+    the CPU generator, in this order: the images (randomly shifted), `draw_cond(labels)` (the conditioning,
+    with its dropout), the timesteps and the noise; `losses(x0, cond, t, eps, x_t)` returns the named terms,
+    of which "loss" is minimised.
+    """
+    x_all, y_all = images
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    ema = Ema(modules)
+    for m in modules:
+        m.train()
+    avg: dict[str, float] = {}
+    start = time.time()
+    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr)
+        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
+        x0 = to_rgb(random_shift(x_all[idx], SHIFT_PROB, gen))
+        cond = draw_cond(y_all[idx])
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+        xt = gather(tables["sqrt_abar"], t) * x0 + gather(tables["sqrt_1m_abar"], t) * eps
+        terms = losses(x0, cond, t, eps, xt)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update()
+        for k, v in terms.items():
+            avg[k] = v.item() if k not in avg else 0.99 * avg[k] + 0.01 * v.item()
+        bar.set_postfix({k: f"{v:.4f}" for k, v in avg.items()})
+    wall = time.time() - start
+    ema.copy_to_params()
+    for m in modules:
+        m.eval()
+    return avg, wall
+
+
 def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, seed: int) -> dict:
     """Train digits-sd and save it in the Stable Diffusion pipeline layout under out."""
     import diffusers
@@ -359,37 +404,20 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
     ids = tok(prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
     n_templates, empty_row = len(TEMPLATES), len(prompts) - 1
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    ema = Ema([unet, text_encoder])
-    unet.train(), text_encoder.train()
-    loss_avg, start = None, time.time()
-    bar = tqdm(range(steps), desc="digits-sd", dynamic_ncols=True)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr)
-        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
-        x0 = to_rgb(random_shift(x_all[idx], SHIFT_PROB, gen))
-        row = y_all[idx] * n_templates + torch.randint(0, n_templates, (batch,), generator=gen)
-        row[torch.rand(batch, generator=gen) < CAPTION_DROP] = empty_row
-        t = torch.randint(0, 1000, (batch,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        xt = gather(tables["sqrt_abar"], t) * x0 + gather(tables["sqrt_1m_abar"], t) * eps
-        # encode each distinct prompt of the batch once
-        uniq, inverse = torch.unique(row, return_inverse=True)
+    def draw_caption(labels: torch.Tensor) -> torch.Tensor:
+        """Prompt row of each image: one of its class's wordings, or the empty caption."""
+        row = labels * n_templates + torch.randint(0, n_templates, (len(labels),), generator=gen)
+        row[torch.rand(len(labels), generator=gen) < CAPTION_DROP] = empty_row
+        return row
+
+    def losses(x0, row, t, eps, xt) -> dict[str, torch.Tensor]:
+        uniq, inverse = torch.unique(row, return_inverse=True)  # encode each distinct prompt of the batch once
         ctx = text_encoder(ids[uniq]).last_hidden_state  # (P, L, D)
         eps_hat = unet(xt, t, encoder_hidden_states=ctx[inverse]).sample
-        loss = F.mse_loss(eps_hat, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
-        loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
-        bar.set_postfix(loss=f"{loss_avg:.4f}")
-    wall = time.time() - start
-    ema.copy_to_params()
-    unet.eval(), text_encoder.eval()
+        return {"loss": F.mse_loss(eps_hat, eps)}
+
+    avg, wall = fit([unet, text_encoder], (x_all, y_all), tables, steps, batch, lr, gen, "digits-sd", draw_caption,
+                    losses)
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
@@ -404,7 +432,7 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return dict(
         steps=steps, batch=batch, lr=lr, beta_schedule=beta_schedule, seed=seed, n_train=len(x_all),
-        loss=loss_avg, wall=wall, unet_params=count_params(unet), text_params=count_params(text_encoder),
+        loss=avg["loss"], wall=wall, unet_params=count_params(unet), text_params=count_params(text_encoder),
         vocab=len(tok), bytes=folder_size(out),
     )
 
@@ -431,38 +459,21 @@ def train_dit(
     tables = {k: v.to(device) for k, v in schedule_tables(scheduler).items()}
     x_all, y_all = train_images() if images is None else images
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    ema = Ema([model])
-    model.train()
-    loss_avg, mse_avg, start = None, None, time.time()
-    bar = tqdm(range(steps), desc="digits-dit", dynamic_ncols=True)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr)
-        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
-        x0 = to_rgb(random_shift(x_all[idx], SHIFT_PROB, gen))
-        y = y_all[idx].clone()
-        y[torch.rand(batch, generator=gen) < CAPTION_DROP] = NUM_CLASSES  # null class
-        t = torch.randint(0, 1000, (batch,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        x0, y, t, eps = x0.to(device), y.to(device), t.to(device), eps.to(device)
-        xt = gather(tables["sqrt_abar"], t) * x0 + gather(tables["sqrt_1m_abar"], t) * eps
+    def draw_label(labels: torch.Tensor) -> torch.Tensor:
+        """Class label of each image, or the null class."""
+        y = labels.clone()
+        y[torch.rand(len(labels), generator=gen) < CAPTION_DROP] = NUM_CLASSES
+        return y.to(device)
+
+    def losses(x0, y, t, eps, xt) -> dict[str, torch.Tensor]:
         out_t = model(xt, timestep=t, class_labels=y).sample  # (N, 6, H, W)
         eps_hat, v = out_t[:, :3], out_t[:, 3:]
         mse = F.mse_loss(eps_hat, eps)
         vb = vb_term(tables, x0, xt, t, eps_hat.detach(), v).mean()  # stop-gradient on the mean
-        loss = mse + VB_WEIGHT * vb
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update()
-        loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
-        mse_avg = mse.item() if mse_avg is None else 0.99 * mse_avg + 0.01 * mse.item()
-        bar.set_postfix(loss=f"{loss_avg:.4f}", mse=f"{mse_avg:.4f}")
-    wall = time.time() - start
-    ema.copy_to_params()
-    model.eval().cpu()
+        return {"loss": mse + VB_WEIGHT * vb, "mse": mse}
+
+    avg, wall = fit([model], (x_all, y_all), tables, steps, batch, lr, gen, "digits-dit", draw_label, losses, device)
+    model.cpu()
 
     model.save_pretrained(out / "transformer", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
@@ -475,7 +486,7 @@ def train_dit(
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return dict(
         steps=steps, batch=batch, lr=lr, beta_schedule=beta_schedule, seed=seed, n_train=len(x_all),
-        loss=loss_avg, mse=mse_avg, wall=wall, params=count_params(model), bytes=folder_size(out),
+        loss=avg["loss"], mse=avg["mse"], wall=wall, params=count_params(model), bytes=folder_size(out),
         patch=patch, heads=heads, head_dim=head_dim, layers=layers, device=device,
     )
 
