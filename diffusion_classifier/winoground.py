@@ -28,14 +28,10 @@ KINDS = ("text", "image", "group")
 Z95 = 1.96
 
 
-def _how_to_obtain(data_dir: Path) -> str:
-    return (f"Winoground is gated on the hub: accept the terms at {HUB_URL}, download examples.jsonl "
-            f"and images.zip into {data_dir}, and pass --data_dir {data_dir}")
-
-
 def how_to_obtain(data_dir: str | os.PathLike) -> str:
     """The sentence on getting the gated data into `data_dir`, as the loader's errors say it."""
-    return _how_to_obtain(Path(data_dir))
+    return (f"Winoground is gated on the hub: accept the terms at {HUB_URL}, download examples.jsonl "
+            f"and images.zip into {data_dir}, and pass --data_dir {data_dir}")
 
 
 class WinogroundImages:
@@ -53,7 +49,7 @@ class WinogroundImages:
             self.folder = None
         else:
             raise FileNotFoundError(f"no Winoground images: expected a folder {self.folder} or a zip "
-                                    f"{self.zip_path}; {_how_to_obtain(self.data_dir)}")
+                                    f"{self.zip_path}; {how_to_obtain(self.data_dir)}")
 
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
@@ -158,10 +154,10 @@ def load_winoground(data_dir: str | os.PathLike, limit: int | None = None) -> li
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"Winoground data directory {data_dir} does not exist; {_how_to_obtain(data_dir)}")
+        raise FileNotFoundError(f"Winoground data directory {data_dir} does not exist; {how_to_obtain(data_dir)}")
     jsonl = data_dir / "examples.jsonl"
     if not jsonl.is_file():
-        raise FileNotFoundError(f"Winoground metadata {jsonl} not found; {_how_to_obtain(data_dir)}")
+        raise FileNotFoundError(f"Winoground metadata {jsonl} not found; {how_to_obtain(data_dir)}")
     images = WinogroundImages(data_dir)
 
     examples = []
