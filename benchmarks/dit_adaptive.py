@@ -55,11 +55,8 @@ def accuracy_benchmark(args) -> list[dict]:
     from diffusion_classifier.models import resolve_dit_model
 
     model_dir = Path(resolve_dit_model(None, args.model))
-    deadline = time.time() + 60 * args.wait_minutes
-    while not (model_dir / "model_index.json").is_file():
-        if time.time() > deadline:
-            raise FileNotFoundError(f"no DiT pipeline at {model_dir} (waited {args.wait_minutes} min for model_index.json)")
-        time.sleep(30)
+    if not (model_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"no DiT pipeline at {model_dir}: expected its model_index.json")
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="dit_bench_"))
     base = ["--model", args.model, "--dataset", "digits", "--split", "test", "--log_dir", str(log_dir),
             "--seed", str(args.seed), "--batch_size", str(args.batch_size), "--no_progress",
@@ -162,7 +159,6 @@ def main(argv=None):
     a.add_argument("--image_batch", type=int, default=8, help="images packed into shared batches")
     a.add_argument("--seed", type=int, default=0, help="noise seed")
     a.add_argument("--log_dir", type=Path, default=None, help="where run folders go (default: a fresh temporary folder)")
-    a.add_argument("--wait_minutes", type=float, default=0, help="wait this long for the model folder to appear")
     t = sub.add_parser("throughput", help="DiT-XL/2 forward passes per second (random weights)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
