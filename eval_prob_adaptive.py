@@ -13,6 +13,7 @@ from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
 from diffusion_classifier.noise import noise_bank
+from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.prompts import check_classidx, read_prompts
 from diffusion_classifier.records import claim_run_folder, environment_info, sd_run_name, shard
 from diffusion_classifier.runner import launch_state, run_dataset
@@ -28,7 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split")
     p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="Stable Diffusion version ('tiny': the shipped digits model)")
     p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
-    p.add_argument("--batch_size", "-b", type=int, default=32, help="denoiser evaluations per batch")
+    p.add_argument("--batch_size", "-b", type=int, default=None,
+                   help="denoiser evaluations per batch (the reference's default: 32); not given: chosen for the device "
+                        "(CPU: 128); the predictions do not depend on it")
     p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
     p.add_argument("--prompt_path", type=Path, default=None, help="prompts CSV (prompt,classname,classidx); default: prompts/<dataset>_prompts.csv")
     p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
@@ -49,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
-    p.add_argument("--image_batch", type=int, default=1, help="images whose evaluations are packed into shared batches")
+    p.add_argument("--image_batch", type=int, default=None,
+                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (16)")
     p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batches, faster after)")
     p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
@@ -63,13 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     validate_schedule(args.to_keep, args.n_samples)
-    if args.batch_size < 1 or args.n_trials < 1 or args.image_batch < 1:
+    if args.n_trials < 1 or any(v is not None and v < 1 for v in (args.batch_size, args.image_batch)):
         raise ValueError("--batch_size, --n_trials and --image_batch must be >= 1")
     indices_shard = functools.partial(shard, n_workers=args.n_workers, worker_idx=args.worker_idx)
     indices_shard([])  # checks --worker_idx against --n_workers before any loading
 
     state, device = launch_state(args.device)
     dtype = default_dtype(args.dtype, device)
+    batch_size, image_batch = resolve_packing(device, args.batch_size, args.image_batch)
 
     prompt_path = args.prompt_path or ROOT / "prompts" / f"{args.dataset}_prompts.csv"
     table = read_prompts(prompt_path)
@@ -92,7 +97,7 @@ def main(argv=None) -> dict:
     classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
                                      args.min_samples, model.T)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size, pad_to_batch=args.compile)
 
     version = args.version if args.model is None else Path(args.model.rstrip("/")).name
     dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")
@@ -110,7 +115,7 @@ def main(argv=None) -> dict:
 
     embeds = model.encode_prompts(table.prompts)
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,
-                        args.loss, args.image_batch, args.load_stats, desc=f"{args.dataset} {run}",
+                        args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run}",
                         show_progress=not args.no_progress)
     if stats.counted:
         print(f"{folder}: accuracy {stats.accuracy:.2f}% over {stats.counted} images "

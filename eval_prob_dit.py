@@ -32,6 +32,7 @@ from diffusion_classifier.dit import (
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.models import DTYPES, default_dtype, load_class_conditional, resolve_dit_model
 from diffusion_classifier.noise import noise_bank, periodic_noise_needed
+from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import claim_run_folder, environment_info, shard
 from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.statistical import make_schedule
@@ -58,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save_eps_and_var", action="store_true", help="per-class mode: store the whole output [n_t, n_trials, 2C, H, W]")
     p.add_argument("--save_vb", action="store_true",
                    help="per-class mode: store mse, l1, KL (bits/dim), decoder NLL (bits/dim) [n_t, n_trials, 4]")
-    p.add_argument("--batch_size", "-b", type=int, default=32, help="denoiser evaluations per batch")
+    p.add_argument("--batch_size", "-b", type=int, default=None,
+                   help="denoiser evaluations per batch (the reference's default: 32); not given: 32 where it sets the "
+                        "noise (per-class mode without --randomize_noise), else chosen for the device (CPU: 128)")
     p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
     p.add_argument("--imgs_to_eval", type=int, default=None, help="evaluate only the first N images (of the subset)")
     p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
@@ -77,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
     p.add_argument("--n_workers", type=int, default=1, help="number of shards")
     p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
-    p.add_argument("--image_batch", type=int, default=1, help="images whose evaluations are packed into shared batches")
+    p.add_argument("--image_batch", type=int, default=None,
+                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (16)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     # adaptive mode
     p.add_argument("--to_keep", nargs="+", type=int, default=None, help="adaptive mode: classes kept after each stage; last must be 1")
@@ -99,7 +103,7 @@ def check_flags(args: argparse.Namespace) -> str:
     """Validate flag combinations; returns 'per_class' or 'adaptive'."""
     mode = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
     for name in ("batch_size", "n_trials", "image_batch"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.imgs_to_eval is not None and args.imgs_to_eval < 1:
         raise ValueError(f"--imgs_to_eval must be >= 1, got {args.imgs_to_eval}")
@@ -127,6 +131,9 @@ def main(argv=None) -> dict:
 
     state, device = launch_state(args.device)
     dtype = default_dtype(args.dtype, device)
+    # without --randomize_noise the per-class mode reuses noise rows with period batch_size
+    batch_size, image_batch = resolve_packing(device, args.batch_size, args.image_batch,
+                                              batch_sets_noise=run_mode == "per_class" and not args.randomize_noise)
 
     source = resolve_dit_model(args.image_size or 256, args.model)
     model = load_class_conditional(source, device, dtype, args.vae)
@@ -146,12 +153,12 @@ def main(argv=None) -> dict:
             raise ValueError(f"--save_vb needs a learned-variance model (2C output channels); {source} outputs "
                              f"{model.transformer.config.out_channels} channels for {latent_shape[0]}")
         timesteps = interval_timesteps(args.t_interval, model.T)
-        n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, args.batch_size, args.randomize_noise)
+        n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
     else:
         classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
                                          args.min_samples, model.T)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
     # what changes a record's numbers; --subset_path/--imgs_to_eval only pick images, so a run can grow
     settings = dict(model=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
                     n_trials=args.n_trials, noise=noise_source)
@@ -162,11 +169,11 @@ def main(argv=None) -> dict:
         folder = args.log_dir / dataset_dir / run
         # without --randomize_noise a job's noise row depends on the batch size
         settings.update(t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,
-                        batch_size=None if args.randomize_noise else args.batch_size)
+                        batch_size=None if args.randomize_noise else batch_size)
         claim_run_folder(folder, settings, info, state)
         reduce = make_reducer(kind, schedule_from_alphas_cumprod(model.alphas_cumprod), dtype)
         stats = run_per_class(dataset, indices, folder / str(args.cls), model.encode_images, scorer, args.cls,
-                              timesteps, args.n_trials, args.randomize_noise, kind, reduce, args.image_batch,
+                              timesteps, args.n_trials, args.randomize_noise, kind, reduce, image_batch,
                               desc=f"{args.dataset} {run} class {args.cls}", show_progress=not args.no_progress)
         print(f"{folder / str(args.cls)}: {stats['done']} images scored now, {stats['skipped']} already done "
               f"({len(timesteps) * args.n_trials} evaluations per image)")
@@ -184,7 +191,7 @@ def main(argv=None) -> dict:
     claim_run_folder(folder, settings, info, state)
     runner_scorer = NullNormalizedScorer(scorer, model.null_class) if args.null_normalize else scorer
     stats = run_dataset(dataset, indices, folder, model.encode_images, runner_scorer, torch.tensor(classes), labels,
-                        classify, args.loss, args.image_batch, args.load_stats, desc=f"{args.dataset} {run}",
+                        classify, args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run}",
                         show_progress=not args.no_progress)
     evaluations = stats.evaluations + (runner_scorer.extra_evaluations if args.null_normalize else 0)
     if stats.counted:

@@ -12,6 +12,7 @@ from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
 from diffusion_classifier.noise import noise_bank, periodic_noise_needed
+from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_manifest, environment_info
 from diffusion_classifier.winoground import (
     CLIP_VERSIONS,
@@ -41,8 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"model version; default per --model: {DEFAULT_VERSION}. sd: {', '.join(SD_VERSIONS)} ('tiny': the "
                         f"shipped digits model); clip: {', '.join(CLIP_VERSIONS)}; openclip: an open_clip architecture")
     p.add_argument("--t_interval", type=int, default=5, help="sd: score on timesteps range(t_interval//2, T, t_interval)")
-    p.add_argument("--batch_size", type=int, default=32,
-                   help="sd: denoiser evaluations per batch; without --randomize_noise also the number of noise rows reused")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="sd: denoiser evaluations per batch (the reference's default: 32); without --randomize_noise also "
+                        "the number of noise rows reused, so 32 when not given; with it, chosen for the device (CPU: 128)")
     p.add_argument("--n_trials", type=int, default=1, help="sd: noise draws per timestep")
     p.add_argument("--noise_path", type=Path, default=None, help="sd: saved noise bank (N, C, H, W); default: drawn from --seed")
     p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
@@ -124,7 +126,7 @@ def clip_scorer(args, device: torch.device, dtype: torch.dtype):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.t_interval < 1 or args.batch_size < 1 or args.n_trials < 1:
+    if args.t_interval < 1 or (args.batch_size is not None and args.batch_size < 1) or args.n_trials < 1:
         raise ValueError(f"--t_interval, --batch_size and --n_trials must be >= 1, got {args.t_interval}, "
                          f"{args.batch_size}, {args.n_trials}")
     args.version = args.version or DEFAULT_VERSION[args.model]
@@ -139,6 +141,7 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = default_dtype(args.dtype, device)
+    args.batch_size, _ = resolve_packing(device, args.batch_size, batch_sets_noise=not args.randomize_noise)
     version = args.version if args.model_path is None else Path(str(args.model_path).rstrip("/")).name
     if args.model == "sd":
         score_example, settings, (img_size, native) = sd_scorer(args, device, dtype)

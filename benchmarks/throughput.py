@@ -501,6 +501,113 @@ def run_benchmark(work: Workload, to_keep, n_samples, n_trials: int, loss: str, 
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# whole-process mode: the reference's command line, run by our script with no extra flags, against
+# the re-created reference loop run as a script of its own; both are timed from process start to exit
+
+
+def reference_process(version: str, dataset: str, split: str, to_keep, n_samples, subset_path: Path,
+                      out_folder: Path, seed: int = 0, device: str | None = None) -> None:
+    """What the reference's script does, re-created: load, then one image at a time, one record each.
+
+    Same model loading, pre-processing, prompts and noise bank (seed `seed`) as eval_prob_adaptive.py
+    at its defaults; each record is {pred, label, errors} like the reference's.
+    """
+    import os
+
+    import numpy as np
+
+    from diffusion_classifier.datasets import get_dataset, sd_transform
+    from diffusion_classifier.models import load_text_conditional, resolve_sd_model
+    from diffusion_classifier.noise import noise_bank
+    from diffusion_classifier.prompts import read_prompts
+    from diffusion_classifier.records import save_record
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = default_dtype(None, dev)
+    model = load_text_conditional(resolve_sd_model(version, None), dev, dtype)
+    img_size = model.native_size
+    data = get_dataset(dataset, Path(os.environ.get("DATASET_ROOT", "datasets")), split, sd_transform(img_size, "bicubic"))
+    table = read_prompts(ROOT / "prompts" / f"{dataset}_prompts.csv")
+    _, rows = make_schedule("reference", to_keep, n_samples, 1, T=model.T)
+    noise, _ = noise_bank(rows, model.latent_shape(img_size), seed)
+    embeds = model.encode_prompts(table.prompts)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    for i in np.load(subset_path).tolist():
+        image, label = data[i]
+        latent = model.encode_images(image[None])
+        (pred, errors), = reference_classify(model.unet, latent, embeds, model.alphas_cumprod, noise, to_keep,
+                                             n_samples, 1, 32, "l2", dev, dtype)
+        save_record({"pred": int(table.classidx[pred]), "label": int(label), "errors": errors},
+                    out_folder / f"{i}.pt")
+
+
+def _timed_process(cmd: list[str], env: dict) -> float:
+    import subprocess
+
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def whole_process_benchmark(version: str, dataset: str, split: str, n_images: int, to_keep, n_samples,
+                            repeats: int, work_dir: Path, threads: int | None = None) -> dict:
+    """Wall time of `eval_prob_adaptive.py` at its defaults vs the re-created reference script, same images.
+
+    Both are separate Python processes (imports, loading, records included), timed interleaved, the
+    median of `repeats` each; their records are compared for predictions and errors.
+    """
+    import os
+
+    import numpy as np
+
+    from diffusion_classifier.records import load_record
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    subset = work_dir / "subset.npy"
+    np.save(subset, np.arange(n_images))
+    schedule = ["--to_keep", *map(str, to_keep), "--n_samples", *map(str, n_samples)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    # the reference's own flags only; LOG_DIR (an environment variable) keeps the runs apart
+    ours = [sys.executable, "eval_prob_adaptive.py", "--version", version, "--dataset", dataset, "--split", split,
+            *schedule, "--subset_path", str(subset)]
+    ref = [sys.executable, str(Path(__file__).resolve()), "--reference_process", "--model", version,
+           "--dataset", dataset, "--split", split, *schedule]
+    times = {"ours": [], "reference": []}
+    for k in range(repeats):
+        env["LOG_DIR"] = str(work_dir / f"ours{k}")
+        times["ours"].append(_timed_process(ours, env))
+        times["reference"].append(_timed_process(ref + ["--subset_path", str(subset), "--out", str(work_dir / f"ref{k}")],
+                                                 env))
+        print(f"  repeat {k}: ours {times['ours'][-1]:.2f} s, reference {times['reference'][-1]:.2f} s", flush=True)
+    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["reference"])
+    (folder,) = [p.parent for p in (work_dir / "ours0").rglob("manifest.json")]
+    same, diff, compared = 0, 0.0, 0
+    for i in range(n_images):
+        a = load_record(work_dir / "ref0" / f"{i}.pt")
+        (b_path,) = [p for p in folder.glob("*.pt") if int(p.stem) == i]
+        b = load_record(b_path)
+        same += int(a["pred"] == b["pred"])
+        for c, entry in a["errors"].items():
+            if c in b["errors"] and len(entry["pred_errors"]) == len(b["errors"][c]["pred_errors"]):
+                d = (entry["pred_errors"].double() - b["errors"][c]["pred_errors"].double()).abs().max().item()
+                diff, compared = max(diff, d), compared + len(entry["pred_errors"])
+    from diffusion_classifier.prompts import read_prompts
+
+    n_prompts = len(read_prompts(ROOT / "prompts" / f"{dataset}_prompts.csv").prompts)
+    evaluations = n_images * n_evaluations(n_prompts, to_keep, n_samples)
+    return {"mode": "whole_process", "command": " ".join(ours[1:]), "reference_command": " ".join(ref[1:]),
+            "n_images": n_images, "evaluations": evaluations, "times_s": times, "ours_s": ours_s, "reference_s": ref_s,
+            "ours_evals_per_s": evaluations / ours_s, "reference_evals_per_s": evaluations / ref_s,
+            "speedup": ref_s / ours_s, "same_predictions": same, "max_abs_diff": diff, "errors_compared": compared,
+            "threads": threads}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -537,11 +644,27 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="GPU peak TFLOP/s for this dtype; default by device name (H100/H200 989, A100 312 at 16 bits)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, latents and noise bank")
     p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    p.add_argument("--whole_process", action="store_true",
+                   help="time whole processes: eval_prob_adaptive.py at its defaults (the reference's command line, "
+                        "--version --model --dataset digits) against the re-created reference script, same images, "
+                        "noise and schedule")
+    p.add_argument("--dataset", default="digits", help="whole-process mode: dataset (digits ships with the package)")
+    p.add_argument("--split", default="test", help="whole-process mode: dataset split")
+    p.add_argument("--work_dir", type=Path, default=None, help="whole-process mode: run folders; default a temporary one")
+    p.add_argument("--reference_process", action="store_true", help=argparse.SUPPRESS)  # one re-created reference run
+    p.add_argument("--subset_path", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.reference_process:
+        reference_process(args.model, args.dataset, args.split, args.to_keep, args.n_samples, args.subset_path,
+                          args.out, args.seed, args.device)
+        return {}
+    if args.whole_process:
+        return whole_process_main(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = default_dtype(args.dtype, device)
     if args.threads:
@@ -602,6 +725,29 @@ def main(argv=None) -> dict:
                        "variants": [variant_name(v) for v in variants], "batch_sizes": batch_sizes,
                        "image_batches": image_batches, "warmup": warmup, "repeats": repeats, "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "peak_tflops": peak, "workload": work.description}
+    if args.json:
+        from diffusion_classifier.records import write_json
+
+        write_json(args.json, out)
+    return out
+
+
+def whole_process_main(args: argparse.Namespace) -> dict:
+    import tempfile
+
+    n_images = args.n_images or 16
+    repeats = args.repeats or 3
+    with tempfile.TemporaryDirectory() as tmp:
+        work_dir = args.work_dir or Path(tmp)
+        print(f"whole process, {args.model} on {n_images} {args.dataset} {args.split} images, keep {args.to_keep} "
+              f"samples {args.n_samples}, {repeats} repeat(s) interleaved", flush=True)
+        out = whole_process_benchmark(args.model, args.dataset, args.split, n_images, args.to_keep, args.n_samples,
+                                      repeats, work_dir, args.threads)
+    print(f"ours:      {out['command']}\n           {out['ours_s']:.2f} s, {out['ours_evals_per_s']:.4g} evals/s")
+    print(f"reference: {out['reference_s']:.2f} s, {out['reference_evals_per_s']:.4g} evals/s (whole process)")
+    print(f"whole process: {out['speedup']:.2f}x the reference; same prediction for {out['same_predictions']}/"
+          f"{out['n_images']} images, errors max abs diff {out['max_abs_diff']:.3g} over {out['errors_compared']}")
+    out["torch"] = torch.__version__
     if args.json:
         from diffusion_classifier.records import write_json
 

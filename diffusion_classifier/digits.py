@@ -1,6 +1,10 @@
 """scikit-learn's handwritten digits (1,797 images, 8x8) with a fixed, seeded train/test split."""
 from __future__ import annotations
 
+import gzip
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -24,15 +28,32 @@ def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED, test_fraction: flo
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (images float64 (1797, 8, 8) in 0..16, labels (1797,)).
+
+    Read straight from the CSV that scikit-learn ships, as its load_digits does, so that a run does
+    not pay for importing scikit-learn (and SciPy) on start-up; load_digits itself if the file moved.
+    """
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
 def load_digits_arrays(split: str):
     """(images uint8 (N, 8, 8) in 0..255, labels int64 (N,)) of the given split ('train' or 'test')."""
     if split not in ("train", "test"):
         raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)  # 17 grey levels -> 0..255
-    labels = data.target.astype(np.int64)
+    raw, target = _sklearn_digits()
+    images = np.rint(raw * (255.0 / 16.0)).astype(np.uint8)  # 17 grey levels -> 0..255
+    labels = target.astype(np.int64)
     train, test = split_indices(labels)
     idx = train if split == "train" else test
     return images[idx], labels[idx]

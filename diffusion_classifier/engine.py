@@ -107,6 +107,7 @@ class Scorer:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int = 32,
+        pad_to_batch: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -114,6 +115,9 @@ class Scorer:
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
+        # static shapes: a short last batch is filled up with copies of its last job (results dropped),
+        # so a compiled denoiser (CUDA graphs) sees one batch shape and never recompiles
+        self.pad_to_batch = pad_to_batch
         # ᾱ kept in float64 for the schedule math, cast per batch
         self.alphas_cumprod = alphas_cumprod.to(device=self.device, dtype=torch.float64)
         self.noise_bank = noise_bank.to(device=self.device, dtype=torch.float32)
@@ -141,12 +145,19 @@ class Scorer:
         results = []
         for start in range(0, len(jobs), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            t = idx["t"][sl]
-            x0 = latents[idx["image"][sl]]  # (B, C, H, W)
-            eps = self.noise_bank[idx["noise"][sl]]  # (B, C, H, W)
+            rows = {k: v[sl] for k, v in idx.items()}
+            n = len(rows["t"])
+            if self.pad_to_batch and n < self.batch_size:
+                fill = torch.full((self.batch_size - n,), n - 1, device=self.device)
+                rows = {k: torch.cat([v, v[fill]]) for k, v in rows.items()}
+            t = rows["t"]
+            x0 = latents[rows["image"]]  # (B, C, H, W)
+            eps = self.noise_bank[rows["noise"]]  # (B, C, H, W)
             x_t = q_sample(x0, self.alphas_cumprod[t], eps)
-            out = self.denoiser(x_t.to(self.dtype), t, conds[idx["cond"][sl]]).float()
+            out = self.denoiser(x_t.to(self.dtype), t, conds[rows["cond"]]).float()
+            if n < len(t):  # padded: the reducer sees the real jobs only
+                x0, x_t, eps, out, t = x0[:n], x_t[:n], eps[:n], out[:n], t[:n]
             results.append(reduce(Batch(x0=x0, x_t=x_t, eps=eps, out=out, t=t)))
             if progress is not None:
-                progress(len(t))
+                progress(n)
         return torch.cat(results).cpu()  # the only host-device sync
