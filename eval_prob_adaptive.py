@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
     p.add_argument("--batch_size", "-b", type=int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: chosen for the device "
-                        "(CPU: 128); the predictions do not depend on it")
+                        "(the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones); the predictions do not depend on it")
     p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
     p.add_argument("--prompt_path", type=Path, default=None, help="prompts CSV (prompt,classname,classidx); default: prompts/<dataset>_prompts.csv")
     p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
     p.add_argument("--image_batch", type=int, default=None,
-                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (16)")
+                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (batch size // 8, at most 16)")
     p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batches, faster after)")
     p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
@@ -74,7 +75,6 @@ def main(argv=None) -> dict:
 
     state, device = launch_state(args.device)
     dtype = default_dtype(args.dtype, device)
-    batch_size, image_batch = resolve_packing(device, args.batch_size, args.image_batch)
 
     prompt_path = args.prompt_path or ROOT / "prompts" / f"{args.dataset}_prompts.csv"
     table = read_prompts(prompt_path)
@@ -88,6 +88,7 @@ def main(argv=None) -> dict:
         model.unet = torch.compile(model.unet)
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
+    batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch)
 
     dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation))
     check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))

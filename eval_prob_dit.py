@@ -12,6 +12,7 @@ read by `scripts/print_acc.py`. <model> is the last component of the model id or
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="per-class mode: store mse, l1, KL (bits/dim), decoder NLL (bits/dim) [n_t, n_trials, 4]")
     p.add_argument("--batch_size", "-b", type=int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: 32 where it sets the "
-                        "noise (per-class mode without --randomize_noise), else chosen for the device (CPU: 128)")
+                        "noise (per-class mode without --randomize_noise), else chosen for the device (the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones)")
     p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
     p.add_argument("--imgs_to_eval", type=int, default=None, help="evaluate only the first N images (of the subset)")
     p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
@@ -81,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_workers", type=int, default=1, help="number of shards")
     p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
     p.add_argument("--image_batch", type=int, default=None,
-                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (16)")
+                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (batch size // 8, at most 16)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     # adaptive mode
     p.add_argument("--to_keep", nargs="+", type=int, default=None, help="adaptive mode: classes kept after each stage; last must be 1")
@@ -131,14 +132,14 @@ def main(argv=None) -> dict:
 
     state, device = launch_state(args.device)
     dtype = default_dtype(args.dtype, device)
-    # without --randomize_noise the per-class mode reuses noise rows with period batch_size
-    batch_size, image_batch = resolve_packing(device, args.batch_size, args.image_batch,
-                                              batch_sets_noise=run_mode == "per_class" and not args.randomize_noise)
 
     source = resolve_dit_model(args.image_size or 256, args.model)
     model = load_class_conditional(source, device, dtype, args.vae)
     img_size = args.image_size or model.native_size
     latent_shape = model.latent_shape(img_size)
+    # without --randomize_noise the per-class mode reuses noise rows with period batch_size
+    batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch,
+                                              batch_sets_noise=run_mode == "per_class" and not args.randomize_noise)
     model_name = Path(source.rstrip("/")).name
 
     dataset = get_dataset(args.dataset, args.dataset_root or Path("."), args.split, dit_transform(img_size))

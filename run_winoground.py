@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--t_interval", type=int, default=5, help="sd: score on timesteps range(t_interval//2, T, t_interval)")
     p.add_argument("--batch_size", type=int, default=None,
                    help="sd: denoiser evaluations per batch (the reference's default: 32); without --randomize_noise also "
-                        "the number of noise rows reused, so 32 when not given; with it, chosen for the device (CPU: 128)")
+                        "the number of noise rows reused, so 32 when not given; with it, chosen for the device (the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones)")
     p.add_argument("--n_trials", type=int, default=1, help="sd: noise draws per timestep")
     p.add_argument("--noise_path", type=Path, default=None, help="sd: saved noise bank (N, C, H, W); default: drawn from --seed")
     p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
@@ -89,6 +90,9 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype):
     model = load_text_conditional(source, device, dtype, args.attention)
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
+    # without --randomize_noise the batch size is the period of the reused noise rows: 32 unless given
+    args.batch_size, _ = resolve_packing(device, math.prod(latent_shape), args.batch_size,
+                                         batch_sets_noise=not args.randomize_noise)
     timesteps = interval_timesteps(args.t_interval, model.T)
     n_samples = len(timesteps) * args.n_trials
     n_rows = periodic_noise_needed(n_samples, args.batch_size, args.randomize_noise)
@@ -141,7 +145,6 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = default_dtype(args.dtype, device)
-    args.batch_size, _ = resolve_packing(device, args.batch_size, batch_sets_noise=not args.randomize_noise)
     version = args.version if args.model_path is None else Path(str(args.model_path).rstrip("/")).name
     if args.model == "sd":
         score_example, settings, (img_size, native) = sd_scorer(args, device, dtype)

@@ -218,7 +218,7 @@ def load_text_conditional(
     attention: str = "sdpa",
 ) -> TextConditionalModel:
     """Load a Stable-Diffusion-format pipeline folder or hub id (only what scoring needs)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     what = "Stable Diffusion model"
@@ -233,6 +233,8 @@ def load_text_conditional(
     tokenizer = _load(CLIPTokenizer, model, what, subfolder="tokenizer")
     vae = None
     if _has_component(index, "vae"):
+        from diffusers import AutoencoderKL  # imports every autoencoder family: only when there is one to load
+
         vae = _frozen(_load(AutoencoderKL, model, what, subfolder="vae", torch_dtype=dtype), device)
     return TextConditionalModel(unet, text_encoder, tokenizer, _VAE(vae), _alphas_cumprod(model, what),
                                 device, dtype, model)

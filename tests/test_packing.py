@@ -23,17 +23,20 @@ N_IMAGES = 20  # more than one default group of images, the last one short
 
 
 def test_resolve_packing_honours_given_values_and_periodic_noise():
-    cpu = torch.device("cpu")
-    assert resolve_packing(cpu) == (auto_batch_size(cpu), auto_image_batch(cpu))
-    assert (auto_batch_size(cpu), auto_image_batch(cpu)) != (REFERENCE_BATCH_SIZE, 1)  # packed by default
-    assert resolve_packing(cpu, 32, 1) == (32, 1)  # the user's values, even where they equal the reference's
-    assert resolve_packing(cpu, 7) == (7, auto_image_batch(cpu))
-    assert resolve_packing(cpu, None, 3, batch_sets_noise=True) == (REFERENCE_BATCH_SIZE, 3)
-    assert resolve_packing(cpu, 64, None, batch_sets_noise=True)[0] == 64
-    assert resolve_packing("cuda:0")[0] >= 1 and resolve_packing("mps")[1] >= 1  # every device gets a packing
+    cpu, tiny, sd512 = torch.device("cpu"), 3 * 8 * 8, 4 * 64 * 64
+    assert resolve_packing(cpu, tiny) == (256, 16)  # small latents: packed by default
+    assert resolve_packing(cpu, sd512) == (REFERENCE_BATCH_SIZE, 4)  # no more latent memory per batch than the reference
+    assert resolve_packing(cpu, 4 * 32 * 32) == (128, 16)
+    assert resolve_packing(cpu, 4 * 128 * 128)[0] == REFERENCE_BATCH_SIZE  # never fewer jobs than the reference's 32
+    assert resolve_packing(cpu, tiny, 32, 1) == (32, 1)  # the user's values, even where they equal the reference's
+    assert resolve_packing(cpu, tiny, 7) == (7, auto_image_batch(cpu, 7))
+    assert resolve_packing(cpu, tiny, None, 3, batch_sets_noise=True) == (REFERENCE_BATCH_SIZE, 3)
+    assert resolve_packing(cpu, tiny, 64, None, batch_sets_noise=True)[0] == 64
+    for device in ("cuda:0", "mps", cpu):  # every device gets a packing of several images
+        assert resolve_packing(device, tiny)[1] > 1 and auto_batch_size(device, tiny) >= REFERENCE_BATCH_SIZE
     for bad in (0, -3, 2.5, True):
         with pytest.raises(InputError, match="--batch_size must be an integer >= 1"):
-            resolve_packing(cpu, bad)
+            resolve_packing(cpu, tiny, bad)
 
 
 def _adaptive(tmp: Path, name: str, *flags: str) -> Path:
