@@ -1,0 +1,42 @@
+"""benchmarks/throughput.py --whole_process: our script at its defaults vs the re-created reference script."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffusion_classifier.adaptive import n_evaluations
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("throughput_bench_whole", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_whole_process_mode_agrees_and_times_both(bench, tmp_path):
+    out_path = tmp_path / "whole.json"
+    out = bench.main(["--whole_process", "--model", "tiny", "--n_images", "3", "--to_keep", "2", "1",
+                      "--n_samples", "2", "4", "--repeats", "1", "--threads", "1", "--work_dir", str(tmp_path / "runs"),
+                      "--json", str(out_path)])
+    saved = json.loads(out_path.read_text())
+    evaluations = 3 * n_evaluations(10, [2, 1], [2, 4])
+    assert saved["evaluations"] == out["evaluations"] == evaluations
+    # the command is the reference's: no packing or speed flags, only the reference's own
+    assert "--batch_size" not in saved["command"] and "--image_batch" not in saved["command"]
+    assert saved["same_predictions"] == 3
+    assert saved["errors_compared"] == evaluations  # every error of both runs was paired with the other's
+    assert saved["max_abs_diff"] < 1e-4
+    ours, ref = saved["times_s"]["ours"], saved["times_s"]["reference"]
+    assert len(ours) == len(ref) == 1 and min(ours + ref) > 0
+    assert math.isfinite(saved["speedup"]) and saved["speedup"] == pytest.approx(ref[0] / ours[0])
+    # both wrote one record per image
+    assert len(list((tmp_path / "runs" / "ref0").glob("*.pt"))) == 3
+    assert len(list((tmp_path / "runs" / "ours0").rglob("*.pt"))) == 3
