@@ -19,8 +19,9 @@ REFERENCE_BATCH_SIZE = 32  # the reference's --batch_size, the value the scripts
 # The automatic batch holds as many latent elements as the reference's batch of 32 Stable Diffusion
 # 512 px latents (4x64x64), so it needs no more memory than the reference did, and never fewer than
 # the reference's 32 jobs. Measured on the CPU with the shipped tiny model (3x8x8, 300 evaluations
-# per image, 32 test digits, one thread, CPU seconds of the whole run): batch 32 / 1 image per call
-# 14.2 s, 128 / 16 10.6 s, 256 / 16 9.2 s, 256 / 32 9.2 s, 512 / 32 9.7 s; hence the cap at 256.
+# per image, 32 test digits, one thread, CPU seconds of eval_prob_adaptive's main, two interleaved
+# repeats): batch 32 / 1 image per call 14.2, 12.2 s; 128 / 16 10.6, 8.2 s; 256 / 16 9.2, 7.8 s;
+# 256 / 32 9.2, 8.1 s; 512 / 32 9.7, 8.8 s; hence the cap at 256 and 16 images.
 BATCH_ELEMENTS = REFERENCE_BATCH_SIZE * 4 * 64 * 64
 MAX_AUTO_BATCH = 256
 MAX_AUTO_IMAGE_BATCH = 16
