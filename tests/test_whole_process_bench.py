@@ -37,6 +37,9 @@ def test_whole_process_mode_agrees_and_times_both(bench, tmp_path):
     ours, ref = saved["times_s"]["ours"], saved["times_s"]["reference"]
     assert len(ours) == len(ref) == 1 and min(ours + ref) > 0
     assert math.isfinite(saved["speedup"]) and saved["speedup"] == pytest.approx(ref[0] / ours[0])
+    cpu = saved["cpu_times_s"]
+    assert min(cpu["ours"] + cpu["reference"]) > 0
+    assert saved["cpu_time_ratio"] == pytest.approx(cpu["reference"][0] / cpu["ours"][0])
     # both wrote one record per image
     assert len(list((tmp_path / "runs" / "ref0").glob("*.pt"))) == 3
     assert len(list((tmp_path / "runs" / "ours0").rglob("*.pt"))) == 3
