@@ -149,8 +149,8 @@ def test_resume_after_interruption(setup, tiny_sd, monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(engine.Scorer, "evaluate", dying)
-    with pytest.raises(KeyboardInterrupt):
-        eval_prob_adaptive.main(base_args(tmp, tiny_sd))
+    with pytest.raises(KeyboardInterrupt):  # one image per call, so the records reach the disk image by image
+        eval_prob_adaptive.main(base_args(tmp, tiny_sd, "--image_batch", "1"))
     monkeypatch.setattr(engine.Scorer, "evaluate", real)
     folder = next((tmp / "logs" / "digits").iterdir())
     finished = sorted(p.name for p in folder.glob("*.pt"))
