@@ -190,6 +190,8 @@ class NullNormalizedScorer:
 def record_data(record) -> tuple[str, torch.Tensor]:
     """(kind, data) of a per-class record; a bare tensor (reference layout) is l2 [n_t, n_trials] or vb [n_t, n_trials, 4]."""
     if isinstance(record, dict):
+        if "kind" not in record or "data" not in record:
+            raise ValueError(f"expected a per-class record with keys kind and data, found keys {', '.join(map(str, record))}")
         return record["kind"], record["data"]
     if isinstance(record, torch.Tensor) and record.dim() == 2:
         return "l2", record
@@ -281,29 +283,47 @@ def run_per_class(
     """
     from tqdm.auto import tqdm
 
-    from .records import existing_indices, record_path, save_record
+    from .errors import InputError
+    from .records import RecordFolder, first_line, record_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    done = existing_indices(folder)
-    todo = [i for i in indices if i not in done]
+
+    def same_class(path: Path, record) -> None:
+        if isinstance(record, dict) and "cls" in record and int(record["cls"]) != int(cls):
+            raise InputError(f"{folder} is the folder of class {cls} but {path.name} holds a record of class "
+                             f"{int(record['cls'])}; each class writes to <run>/<cls>/: move the misplaced records "
+                             f"to their class folder")
+
     n_t = len(timesteps)
     t_saved = torch.as_tensor(list(timesteps), dtype=torch.long)
     conds = torch.tensor([cls], dtype=torch.long)
-    stats = {"done": 0, "skipped": len(indices) - len(todo), "evaluations": 0}
-    bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
-    for start in range(0, len(todo), image_batch):
-        group = todo[start : start + image_batch]
-        items = [dataset[i] for i in group]
-        latents = encode_images(torch.stack([x for x, _ in items]))  # (G, C, H, W)
-        jobs = per_class_jobs(len(group), timesteps, n_trials, scorer.batch_size, randomize_noise)
-        out = scorer.evaluate(latents, conds, jobs, reduce)  # (G * n_t * n_trials, ...)
-        out = out.view(len(group), n_t, n_trials, *out.shape[1:])
-        for k, (i, (_, label)) in enumerate(zip(group, items)):
-            record = {"kind": kind, "data": out[k].clone(), "t": t_saved, "cls": int(cls), "label": int(label)}
-            save_record(record, record_path(folder, i, len(dataset)))
-        stats["done"] += len(group)
-        stats["evaluations"] += len(jobs)
-        bar.update(len(group))
-    bar.close()
+    stats = {"done": 0, "skipped": 0, "evaluations": 0, "repaired": 0, "elsewhere": 0}
+    def problem(record) -> str | None:
+        try:
+            record_data(record)
+        except (KeyError, ValueError) as e:
+            return f"not a per-class record ({first_line(e)})"
+        return None
+
+    with RecordFolder(folder, problem, same_class) as records:
+        todo = [i for i in indices if records.usable(record_path(folder, i, len(dataset))) is None]
+        stats["skipped"] = len(indices) - len(todo)
+        bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
+        pending = iter(todo)
+        while group := records.claim_next(pending, image_batch, lambda i: record_path(folder, i, len(dataset))):
+            items = [dataset[i] for i in group]
+            latents = encode_images(torch.stack([x for x, _ in items]))  # (G, C, H, W)
+            jobs = per_class_jobs(len(group), timesteps, n_trials, scorer.batch_size, randomize_noise)
+            out = scorer.evaluate(latents, conds, jobs, reduce)  # (G * n_t * n_trials, ...)
+            out = out.view(len(group), n_t, n_trials, *out.shape[1:])
+            for k, (i, (_, label)) in enumerate(zip(group, items)):
+                record = {"kind": kind, "data": out[k].clone(), "t": t_saved, "cls": int(cls), "label": int(label)}
+                records.save(record, record_path(folder, i, len(dataset)))
+            stats["done"] += len(group)
+            stats["evaluations"] += len(jobs)
+            bar.update(len(group))
+        bar.close()
+        stats["repaired"] = records.repaired
+        stats["elsewhere"] = records.busy + records.done_elsewhere
     return stats

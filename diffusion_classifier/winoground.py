@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -463,32 +464,62 @@ def record_file(folder: str | os.PathLike, example_id: int) -> Path:
 
 def run_examples(examples: list[WinogroundExample], folder: str | os.PathLike,
                  score_example: Callable[[WinogroundExample], dict], desc: str = "",
-                 show_progress: bool = True) -> tuple[list[dict], int]:
+                 show_progress: bool = True, counts: dict | None = None) -> tuple[list[dict], int]:
     """Score the examples without a record in `folder`, saving {id, tag, scores, ...} atomically each.
 
     `score_example(ex)` returns at least `scores` (2, 2) [caption, image]. Returns every example's
     record (finished ones are read back, not recomputed) in example order, and how many were computed now.
+    A broken record is moved aside and recomputed.
+    Examples another process is scoring are waited for. `counts`, if given, receives `repaired`.
     """
     from tqdm.auto import tqdm
 
-    from .records import load_record, save_record
+    from .records import RecordFolder
+
+    def problem(record) -> str | None:
+        if not isinstance(record, dict) or not {"id", "tag", "scores"} <= set(record):
+            return "expected a dict with keys id, tag and scores"
+        if tuple(torch.as_tensor(record["scores"]).shape) != (2, 2):
+            return f"expected scores of shape (2, 2), found {tuple(torch.as_tensor(record['scores']).shape)}"
+        return None
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    records, computed = [], 0
-    bar = tqdm(examples, desc=desc, disable=not show_progress, dynamic_ncols=True)
-    for ex in bar:
-        path = record_file(folder, ex.id)
-        if path.is_file():
-            records.append(load_record(path))
-            continue
-        record = {"id": int(ex.id), "tag": ex.collapsed_tag, **score_example(ex)}
-        assert tuple(record["scores"].shape) == (2, 2), record["scores"].shape
-        save_record(record, path)
-        records.append(record)
-        computed += 1
-    bar.close()
-    return records, computed
+    computed = 0
+    found: dict[int, dict] = {}
+    with RecordFolder(folder, problem) as store:
+        todo = []
+        for ex in examples:
+            record = store.usable(record_file(folder, ex.id))
+            if record is None:
+                todo.append(ex)
+            else:
+                found[ex.id] = record
+        bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
+        pending = iter(todo)
+        while True:
+            group = store.claim_next(pending, 1, lambda e: record_file(folder, e.id))
+            if not group:
+                # the rest is held by other processes: wait for their records (or take over a dead one's claims)
+                for ex in todo:
+                    if ex.id not in found and (record := store.usable(record_file(folder, ex.id))) is not None:
+                        found[ex.id] = record
+                pending = iter([ex for ex in todo if ex.id not in found])
+                if not any(ex.id not in found for ex in todo):
+                    break
+                time.sleep(1.0)
+                continue
+            ex = group[0]
+            record = {"id": int(ex.id), "tag": ex.collapsed_tag, **score_example(ex)}
+            assert tuple(record["scores"].shape) == (2, 2), record["scores"].shape
+            store.save(record, record_file(folder, ex.id))
+            found[ex.id] = record
+            computed += 1
+            bar.update(1)
+        bar.close()
+        if counts is not None:
+            counts.update(repaired=store.repaired)
+    return [found[ex.id] for ex in examples], computed
 
 
 def summarize(records: list[dict]) -> dict:
