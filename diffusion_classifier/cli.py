@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Callable
@@ -41,7 +42,11 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
     argv = [a for a in argv if a != "--debug"]
     interrupts.install()
     try:
-        main(argv)
+        if inspect.signature(main).parameters:
+            main(argv)
+        else:  # a main() that parses sys.argv itself
+            sys.argv[1:] = argv
+            main()
     except interrupts.Interrupted as e:
         if debug:
             import traceback

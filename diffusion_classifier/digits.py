@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import InputError
+
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 NATIVE_SIZE = 8
@@ -27,7 +29,7 @@ def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED, test_fraction: flo
 def load_digits_arrays(split: str):
     """(images uint8 (N, 8, 8) in 0..255, labels int64 (N,)) of the given split ('train' or 'test')."""
     if split not in ("train", "test"):
-        raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"digits split must be 'train' or 'test', got {split!r}")
     from sklearn.datasets import load_digits
 
     data = load_digits()
