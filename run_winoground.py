@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
         print(line)
     result = {"folder": str(folder), "computed": computed, "skipped": len(records) - computed,
               "repaired": counts.get("repaired", 0), **summary, "lines": lines}
-    print(f"{folder}: {computed} examples scored now, {len(records) - computed} already done, "
+    print(f"{folder}: {computed} examples computed now, {len(records) - computed} already done, "
           f"{result['repaired']} repaired")
     save_json(folder / RESULT_FILE, result)
     return result

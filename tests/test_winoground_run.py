@@ -200,7 +200,7 @@ def test_resume_skips_finished_examples(wino, tiny_sd_pixels, tmp_path, capsys, 
     torch.testing.assert_close(redone["scores"], before["1.pt"][1]["scores"], rtol=0, atol=0)
     assert second["scores"] == first["scores"] and second["lines"] == first["lines"]
 
-    with pytest.raises(ValueError, match=r"holds a run with other settings \(noise: 'seed 0' -> 'seed 1'\)"):
+    with pytest.raises(ValueError, match=r"holds a run made with other settings \(1 differ: noise: folder \"seed 0\", command \"seed 1\"\)"):
         run_winoground.main([*map(str, args), "--seed", "1", "--no_progress"])
 
 
