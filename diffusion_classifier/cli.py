@@ -40,7 +40,7 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
-    interrupts.install()
+    previous = interrupts.install()
     try:
         if inspect.signature(main).parameters:
             main(argv)
@@ -63,4 +63,6 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
         sys.stdout.flush()
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
+    finally:
+        interrupts.restore(previous)
     sys.exit(0)

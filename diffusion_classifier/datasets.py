@@ -98,8 +98,12 @@ def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
     path = Path(subset_path)
     if not path.is_file():
         raise MissingError(f"subset file not found: {path} (expected a .npy array of dataset indices)")
-    arr = np.load(path, allow_pickle=False)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         f"expected a 1-D integer array saved with numpy.save") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{path}: expected a 1-D integer array of indices, found shape {arr.shape} dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= n):
         raise InputError(

@@ -37,10 +37,15 @@ def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
     raise Interrupted(signum)
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through Interrupted (main thread only, as Python requires)."""
-    for sig in EXIT_CODES:
-        signal.signal(sig, _handler)
+def install() -> dict:
+    """Route SIGINT and SIGTERM through Interrupted (main thread only, as Python requires); the old handlers."""
+    return {sig: signal.signal(sig, _handler) for sig in EXIT_CODES}
+
+
+def restore(previous: dict) -> None:
+    """Put back the handlers install() replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

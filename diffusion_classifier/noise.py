@@ -34,10 +34,11 @@ def load_noise(path: str | Path) -> torch.Tensor:
     try:
         noise = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a pickle of other objects, a truncated or foreign file
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise InputError(f"noise file {path} cannot be loaded with torch.load(weights_only=True) "
-                         f"({type(e).__name__}: {first[:200]}); expected a float tensor (N, C, H, W) saved with "
-                         f"torch.save, as scripts/save_noise.py writes") from None
+        from .records import load_failure
+
+        raise InputError(f"noise file {path} cannot be loaded with torch.load(weights_only=True): {load_failure(e)}; "
+                         f"expected a float tensor (N, C, H, W) saved with torch.save, as scripts/save_noise.py "
+                         f"writes") from None
     if not isinstance(noise, torch.Tensor) or noise.dim() != 4 or not noise.is_floating_point():
         got = (f"a {noise.dtype} tensor of shape {tuple(noise.shape)}" if isinstance(noise, torch.Tensor)
                else f"a {type(noise).__name__}")

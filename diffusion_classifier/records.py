@@ -205,9 +205,22 @@ def accuracy_summary(preds, labels) -> dict:
 # ---------------------------------------------------------------- healing resume and claims
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """'Type: first line of the message', shortened: an exception inside a one-line message."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def load_failure(e: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        return "it holds Python objects other than tensors, numbers, lists and dicts"
+    if isinstance(e, RuntimeError) and ("zip archive" in str(e) or "central directory" in str(e)):
+        return "it is truncated or not a torch.save file (its zip archive cannot be read)"
+    return f"it is not a torch.save file ({first_line(e)})"
 
 
 def inspect_record(path: str | Path, required=()) -> tuple[object | None, str | None]:
@@ -221,7 +234,7 @@ def inspect_record(path: str | Path, required=()) -> tuple[object | None, str | 
     try:
         record = load_record(path)
     except Exception as e:  # noqa: BLE001 - truncated copies, foreign files: all are "unreadable"
-        return None, f"unreadable with torch.load(weights_only=True) ({first_line(e)})"
+        return None, f"unreadable with torch.load(weights_only=True): {load_failure(e)}"
     if callable(required):
         problem = required(record)
         return (None, problem) if problem else (record, None)
