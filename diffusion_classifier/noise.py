@@ -1,6 +1,7 @@
 """Noise banks: the fixed ε shared by every candidate, saved to disk or drawn from a seed."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,7 +33,9 @@ def load_noise(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise MissingError(f"noise file {path} does not exist; write one with scripts/save_noise.py --img_size S")
     try:
-        noise = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on foreign pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            noise = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a pickle of other objects, a truncated or foreign file
         from .records import load_failure
 

@@ -21,6 +21,7 @@ CLAIM_SUFFIX = ".claim"
 FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 _records_written = 0
+_HELD: set[Path] = set()  # claim files this process holds, over all Claims objects
 
 
 def atomic_write_bytes(path: str | Path, write) -> None:
@@ -289,7 +290,7 @@ class Claims:
         self.timeout = claim_timeout() if timeout is None else timeout
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.held: set[Path] = set()
+        self.held: set[Path] = set()  # this object's claims (all of the process's are in _HELD)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -311,7 +312,7 @@ class Claims:
             return old, (text, mtime)  # still being written, or garbage: judged by age
         if host == self.host:
             if pid == self.pid:
-                return claim not in self.held, (text, mtime)  # left by an earlier process with our pid
+                return claim not in _HELD, (text, mtime)  # left by an earlier process with our pid
             return not _pid_alive(pid), (text, mtime)
         return old, (text, mtime)
 
@@ -351,6 +352,7 @@ class Claims:
             with critical(), os.fdopen(fd, "w") as f:
                 f.write(self._info())
             self.held.add(claim)
+            _HELD.add(claim)
             self._start_refresh()
             return True
         return False
@@ -359,11 +361,13 @@ class Claims:
         claim = Path(str(path) + CLAIM_SUFFIX)
         if claim in self.held:
             self.held.discard(claim)
+            _HELD.discard(claim)
             claim.unlink(missing_ok=True)
 
     def release_all(self) -> None:
         for claim in list(self.held):
             self.held.discard(claim)
+            _HELD.discard(claim)
             claim.unlink(missing_ok=True)
         self._stop.set()
 

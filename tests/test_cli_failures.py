@@ -353,3 +353,74 @@ def test_three_processes_share_one_folder(tmp_path):
     assert sum(done) == n, finals  # every image computed exactly once over the three processes
     assert sum(evaluations) == n * n_evaluations(10, [1], [5]), finals  # the denoiser work of one run
     print("images per process:", done)
+
+
+# ---------------------------------------------------------------- claims, and healing in the DiT and Winoground loops
+
+
+def test_claims_exclusive_and_stale_takeover(tmp_path):
+    from diffusion_classifier.records import Claims
+
+    record = tmp_path / "007.pt"
+    claim = tmp_path / "007.pt.claim"
+    a, b = Claims(timeout=60), Claims(timeout=60)
+    assert a.acquire(record) and not b.acquire(record)  # held by a live holder: refused
+    info = json.loads(claim.read_text())
+    assert info["pid"] == os.getpid() and info["host"] == a.host
+    a.release(record)
+    assert not claim.exists() and b.acquire(record)
+    b.release_all()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cases = [  # (pid, host, age in seconds, taken over?)
+        (dead.pid, a.host, 0, True),  # a dead process on this host
+        (os.getppid(), a.host, 3600, False),  # a live process on this host, however old
+        (12345, "another-host", 0, False),  # another host, refreshed recently
+        (12345, "another-host", 3600, True),  # another host, not refreshed for longer than the timeout
+    ]
+    for pid, host, age, taken in cases:
+        claim.write_text(json.dumps({"pid": pid, "host": host, "time": time.time() - age}))
+        os.utime(claim, (time.time() - age, time.time() - age))
+        assert a.acquire(record) is taken, (pid, host, age)
+        if taken:
+            assert json.loads(claim.read_text())["pid"] == os.getpid()
+        a.release_all()
+        claim.unlink(missing_ok=True)
+
+
+def test_dit_per_class_and_winoground_heal_broken_records(tmp_path, capsys):
+    import eval_prob_dit
+    import run_winoground
+    from conftest import load_script
+
+    np.save(tmp_path / "subset.npy", np.arange(3))
+    args = ["--model", "tiny", "--dataset", "digits", "--t_interval", "500", "--cls", "2", "--subset_path",
+            tmp_path / "subset.npy", "--log_dir", tmp_path / "logs", "--no_progress"]
+    args = list(map(str, args))
+    first = eval_prob_dit.main(args)
+    folder = Path(first["class_folder"])
+    broken = record_path(folder, 1, N_DIGITS_TEST)
+    good = load_record(broken)
+    broken.write_bytes(b"not a record")
+    proc = run_in_process(capsys, command("scripts/print_dit_acc.py", first["folder"], "--dataset", "digits"))
+    assert proc.returncode == 0 and f"skipped 1 unreadable record(s), their images left out: 2/{broken.name}" in proc.stdout
+    second = eval_prob_dit.main(args)
+    err = capsys.readouterr().err
+    assert second["done"] == 1 and second["skipped"] == 2 and second["repaired"] == 1
+    assert f"warning: {broken}: unreadable with torch.load(weights_only=True)" in err
+    assert (folder / f"{broken.name}.corrupt").read_bytes() == b"not a record"
+    torch.testing.assert_close(load_record(broken)["data"], good["data"])  # recomputed: the same numbers
+
+    data = tmp_path / "wino"
+    load_script("make_digits_winoground").main(["--out", str(data), "--n", "2"])
+    wargs = ["--version", "tiny", "--data_dir", str(data), "--log_dir", str(tmp_path / "logs"), "--t_interval", "500",
+             "--no_progress"]
+    first = run_winoground.main(wargs)
+    broken = Path(first["folder"]) / "1.pt"
+    torch.save({"id": 1, "tag": "Object"}, broken)  # no scores
+    second = run_winoground.main(wargs)
+    assert second["computed"] == 1 and second["repaired"] == 1 and second["lines"] == first["lines"]
+    assert f"warning: {broken}: expected a dict with keys id, tag and scores; moved aside to 1.pt.corrupt, " \
+           f"recomputing it" in capsys.readouterr().err
+    assert "scores" in load_record(broken) and (broken.parent / "1.pt.corrupt").is_file()
