@@ -41,6 +41,7 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     previous = interrupts.install()
+    written_before = records.records_written()
     try:
         if inspect.signature(main).parameters:
             main(argv)
@@ -53,7 +54,7 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
 
             traceback.print_exc()
         sys.stdout.flush()
-        n = records.records_written()
+        n = records.records_written() - written_before
         print(f"interrupted by {e}: {n} {unit} finished in this run are saved, none is half-written; "
               f"re-run the same command to resume", file=sys.stderr)
         sys.exit(e.exit_code)
