@@ -10,13 +10,15 @@ from pathlib import Path
 import torch
 
 from diffusion_classifier.adaptive import validate_schedule
+from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.errors import InputError
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
-from diffusion_classifier.noise import noise_bank
+from diffusion_classifier.noise import load_noise, noise_bank
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.prompts import check_classidx, read_prompts
-from diffusion_classifier.records import claim_run_folder, environment_info, sd_run_name, shard
+from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, sd_run_name, shard
 from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.statistical import make_schedule
 
@@ -69,7 +71,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     validate_schedule(args.to_keep, args.n_samples)
     if args.n_trials < 1 or any(v is not None and v < 1 for v in (args.batch_size, args.image_batch)):
-        raise ValueError("--batch_size, --n_trials and --image_batch must be >= 1")
+        raise InputError("--batch_size, --n_trials and --image_batch must be >= 1")
     indices_shard = functools.partial(shard, n_workers=args.n_workers, worker_idx=args.worker_idx)
     indices_shard([])  # checks --worker_idx against --n_workers before any loading
 
@@ -79,6 +81,9 @@ def main(argv=None) -> dict:
     prompt_path = args.prompt_path or ROOT / "prompts" / f"{args.dataset}_prompts.csv"
     table = read_prompts(prompt_path)
     validate_schedule(args.to_keep, args.n_samples, len(table))
+    if args.noise_path is not None:
+        load_noise(args.noise_path)  # a bad noise file fails before the model loads
+    check_writable(args.log_dir)
 
     source = resolve_sd_model(args.version, args.model)
     model = load_text_conditional(source, device, dtype, args.attention)
@@ -118,13 +123,10 @@ def main(argv=None) -> dict:
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,
                         args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run}",
                         show_progress=not args.no_progress)
-    if stats.counted:
-        print(f"{folder}: accuracy {stats.accuracy:.2f}% over {stats.counted} images "
-              f"({stats.done} classified now, {stats.skipped} already done"
-              + (f", {stats.evaluations / stats.done:.0f} evaluations per image" if stats.done else "") + ")")
+    print(stats.summary(folder))
     return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
-            "evaluations": stats.evaluations}
+            "evaluations": stats.evaluations, "repaired": stats.repaired}
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
+from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import dit_transform, get_dataset, num_classes, subset_indices
 from diffusion_classifier.dit import (
     NullNormalizedScorer,
@@ -31,10 +32,11 @@ from diffusion_classifier.dit import (
     schedule_from_alphas_cumprod,
 )
 from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.errors import InputError
 from diffusion_classifier.models import DTYPES, default_dtype, load_class_conditional, resolve_dit_model
-from diffusion_classifier.noise import noise_bank, periodic_noise_needed
+from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.records import claim_run_folder, environment_info, shard
+from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, shard
 from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.statistical import make_schedule
 
@@ -105,23 +107,23 @@ def check_flags(args: argparse.Namespace) -> str:
     mode = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
     for name in ("batch_size", "n_trials", "image_batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.imgs_to_eval is not None and args.imgs_to_eval < 1:
-        raise ValueError(f"--imgs_to_eval must be >= 1, got {args.imgs_to_eval}")
+        raise InputError(f"--imgs_to_eval must be >= 1, got {args.imgs_to_eval}")
     shard([], args.n_workers, args.worker_idx)  # checks --worker_idx against --n_workers
     if (args.to_keep is None) != (args.n_samples is None):
-        raise ValueError("adaptive mode needs both --to_keep and --n_samples")
+        raise InputError("adaptive mode needs both --to_keep and --n_samples")
     if args.to_keep is None:
         if args.cls is None:
-            raise ValueError("pass --cls C (per-class mode) or --to_keep and --n_samples (adaptive mode)")
+            raise InputError("pass --cls C (per-class mode) or --to_keep and --n_samples (adaptive mode)")
         if args.null_normalize or args.schedule != "reference" or args.loss != "l2":
-            raise ValueError("--null_normalize, --schedule and --loss are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
+            raise InputError("--null_normalize, --schedule and --loss are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
         return "per_class"
     validate_schedule(args.to_keep, args.n_samples)
     if args.cls is not None:
-        raise ValueError("--cls is per-class mode; adaptive mode (--to_keep/--n_samples) scores every class")
+        raise InputError("--cls is per-class mode; adaptive mode (--to_keep/--n_samples) scores every class")
     if mode != "l2" or args.randomize_noise:
-        raise ValueError("--spatial, --save_eps, --save_eps_and_var, --save_vb and --randomize_noise are per-class-mode flags")
+        raise InputError("--spatial, --save_eps, --save_eps_and_var, --save_vb and --randomize_noise are per-class-mode flags")
     return "adaptive"
 
 
@@ -130,6 +132,9 @@ def main(argv=None) -> dict:
     run_mode = check_flags(args)
     kind = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
 
+    if args.noise_path is not None:
+        load_noise(args.noise_path)  # a bad noise file fails before the model loads
+    check_writable(args.log_dir)
     state, device = launch_state(args.device)
     dtype = default_dtype(args.dtype, device)
 
@@ -141,6 +146,9 @@ def main(argv=None) -> dict:
     batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch,
                                               batch_sets_noise=run_mode == "per_class" and not args.randomize_noise)
     model_name = Path(source.rstrip("/")).name
+    if run_mode == "per_class" and not 0 <= args.cls < model.num_classes:
+        raise InputError(f"--cls must be in 0..{model.num_classes - 1} for this model ({model.num_classes} classes), "
+                         f"got {args.cls}")
 
     dataset = get_dataset(args.dataset, args.dataset_root or Path("."), args.split, dit_transform(img_size))
     indices = subset_indices(len(dataset), args.subset_path)[: args.imgs_to_eval]
@@ -148,10 +156,8 @@ def main(argv=None) -> dict:
     dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")
 
     if run_mode == "per_class":
-        if not 0 <= args.cls < model.num_classes:
-            raise ValueError(f"--cls must be in 0..{model.num_classes - 1} for this model, got {args.cls}")
         if kind == "vb" and not model.learned_variance:
-            raise ValueError(f"--save_vb needs a learned-variance model (2C output channels); {source} outputs "
+            raise InputError(f"--save_vb needs a learned-variance model (2C output channels); {source} outputs "
                              f"{model.transformer.config.out_channels} channels for {latent_shape[0]}")
         timesteps = interval_timesteps(args.t_interval, model.T)
         n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
@@ -176,8 +182,10 @@ def main(argv=None) -> dict:
         stats = run_per_class(dataset, indices, folder / str(args.cls), model.encode_images, scorer, args.cls,
                               timesteps, args.n_trials, args.randomize_noise, kind, reduce, image_batch,
                               desc=f"{args.dataset} {run} class {args.cls}", show_progress=not args.no_progress)
-        print(f"{folder / str(args.cls)}: {stats['done']} images scored now, {stats['skipped']} already done "
-              f"({len(timesteps) * args.n_trials} evaluations per image)")
+        print(f"{folder / str(args.cls)}: {stats['done']} images scored now, {stats['skipped']} already done"
+              + (f", {stats['elsewhere']} left to other processes" if stats["elsewhere"] else "")
+              + f" ({stats['evaluations']} denoiser evaluations, {len(timesteps) * args.n_trials} per image, "
+              f"{stats['repaired']} repaired)")
         return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats}
 
     classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes)
@@ -194,14 +202,11 @@ def main(argv=None) -> dict:
     stats = run_dataset(dataset, indices, folder, model.encode_images, runner_scorer, torch.tensor(classes), labels,
                         classify, args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run}",
                         show_progress=not args.no_progress)
-    evaluations = stats.evaluations + (runner_scorer.extra_evaluations if args.null_normalize else 0)
-    if stats.counted:
-        print(f"{folder}: accuracy {stats.accuracy:.2f}% over {stats.counted} images "
-              f"({stats.done} classified now, {stats.skipped} already done"
-              + (f", {evaluations / stats.done:.0f} evaluations per image" if stats.done else "") + ")")
+    extra = runner_scorer.extra_evaluations if args.null_normalize else 0
+    print(stats.summary(folder, extra))
     return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
-            "evaluations": evaluations}
+            "evaluations": stats.evaluations + extra, "repaired": stats.repaired}
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

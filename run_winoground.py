@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 
 from diffusion_classifier.adaptive import interval_timesteps
+from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
+from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
-from diffusion_classifier.noise import noise_bank, periodic_noise_needed
+from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.records import check_manifest, environment_info
+from diffusion_classifier.records import check_manifest, check_writable, environment_info
 from diffusion_classifier.winoground import (
     CLIP_VERSIONS,
     OPENCLIP_PRETRAINED,
@@ -131,17 +133,20 @@ def clip_scorer(args, device: torch.device, dtype: torch.dtype):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.t_interval < 1 or (args.batch_size is not None and args.batch_size < 1) or args.n_trials < 1:
-        raise ValueError(f"--t_interval, --batch_size and --n_trials must be >= 1, got {args.t_interval}, "
+        raise InputError(f"--t_interval, --batch_size and --n_trials must be >= 1, got {args.t_interval}, "
                          f"{args.batch_size}, {args.n_trials}")
     args.version = args.version or DEFAULT_VERSION[args.model]
     if args.model == "sd" and args.version not in SD_VERSIONS:
-        raise ValueError(f"unknown Stable Diffusion version {args.version!r}; expected one of {', '.join(SD_VERSIONS)}")
+        raise InputError(f"unknown Stable Diffusion version {args.version!r}; expected one of {', '.join(SD_VERSIONS)}")
     if args.model == "clip" and args.model_path is None and args.version not in CLIP_VERSIONS:
-        raise ValueError(f"unknown CLIP version {args.version!r}; expected one of {', '.join(CLIP_VERSIONS)} (or --model_path)")
+        raise InputError(f"unknown CLIP version {args.version!r}; expected one of {', '.join(CLIP_VERSIONS)} (or --model_path)")
     if args.data_dir is None:
-        raise FileNotFoundError(f"no Winoground data given: pass --data_dir DIR or set WINOGROUND_DIR; "
+        raise MissingError(f"no Winoground data given: pass --data_dir DIR or set WINOGROUND_DIR; "
                                 f"{how_to_obtain('DIR')}")
     examples = load_winoground(args.data_dir, args.limit)  # before the model: a missing copy fails fast
+    if args.model == "sd" and args.noise_path is not None:
+        load_noise(args.noise_path)  # a bad noise file fails before the model loads
+    check_writable(args.log_dir)
 
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = default_dtype(args.dtype, device)
@@ -157,17 +162,20 @@ def main(argv=None) -> dict:
     check_manifest(folder, settings, {"versions": environment_info(), "dtype": str(dtype)})
     print(f"Run folder: {folder}")
 
+    counts = {}
     records, computed = run_examples(examples, folder, score_example, desc=f"winoground {name}",
-                                     show_progress=not args.no_progress)
+                                     show_progress=not args.no_progress, counts=counts)
     summary = summarize(records)
     lines = summary_lines(summary)
     for line in lines:
         print(line)
-    result = {"folder": str(folder), "computed": computed, "skipped": len(records) - computed, **summary,
-              "lines": lines}
+    result = {"folder": str(folder), "computed": computed, "skipped": len(records) - computed,
+              "repaired": counts.get("repaired", 0), **summary, "lines": lines}
+    print(f"{folder}: {computed} examples computed now, {len(records) - computed} already done, "
+          f"{result['repaired']} repaired")
     save_json(folder / RESULT_FILE, result)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, unit="examples")

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from .engine import Jobs
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -22,27 +23,27 @@ def validate_schedule(to_keep, n_samples, n_candidates: int | None = None, T: in
     """Raise ValueError unless (to_keep, n_samples) is a schedule the adaptive evaluation can run."""
     to_keep, n_samples = list(to_keep), list(n_samples)
     if len(to_keep) != len(n_samples):
-        raise ValueError(f"--to_keep and --n_samples must have the same length, got {len(to_keep)} and {len(n_samples)}")
+        raise InputError(f"--to_keep and --n_samples must have the same length, got {len(to_keep)} and {len(n_samples)}")
     if not to_keep:
-        raise ValueError("--to_keep and --n_samples need at least one stage")
+        raise InputError("--to_keep and --n_samples need at least one stage")
     if to_keep[-1] != 1:
-        raise ValueError(f"the last --to_keep must be 1 (one prediction), got {to_keep[-1]}")
+        raise InputError(f"the last --to_keep must be 1 (one prediction), got {to_keep[-1]}")
     if any(k < 1 for k in to_keep) or any(n < 1 for n in n_samples):
-        raise ValueError(f"--to_keep and --n_samples must be positive, got {to_keep} and {n_samples}")
+        raise InputError(f"--to_keep and --n_samples must be positive, got {to_keep} and {n_samples}")
     if any(b > a for a, b in zip(to_keep, to_keep[1:])):
-        raise ValueError(f"--to_keep must not increase from stage to stage, got {to_keep}")
+        raise InputError(f"--to_keep must not increase from stage to stage, got {to_keep}")
     if any(b < a for a, b in zip(n_samples, n_samples[1:])):
-        raise ValueError(f"--n_samples must not decrease from stage to stage, got {n_samples}")
+        raise InputError(f"--n_samples must not decrease from stage to stage, got {n_samples}")
     if max(n_samples) > T:
-        raise ValueError(f"--n_samples must be at most the {T} training timesteps, got {max(n_samples)}")
+        raise InputError(f"--n_samples must be at most the {T} training timesteps, got {max(n_samples)}")
     if n_candidates is not None and to_keep[0] > n_candidates:
-        raise ValueError(f"--to_keep {to_keep[0]} is larger than the {n_candidates} candidates (prompts or classes)")
+        raise InputError(f"--to_keep {to_keep[0]} is larger than the {n_candidates} candidates (prompts or classes)")
 
 
 def interval_timesteps(t_interval: int, T: int = 1000) -> list[int]:
     """The reference's full-evaluation timesteps (DiT per-class runs, Winoground): range(t_interval // 2, T, t_interval)."""
     if isinstance(t_interval, bool) or not isinstance(t_interval, int) or not 1 <= t_interval <= T:
-        raise ValueError(f"--t_interval must be an int in 1..{T}, got {t_interval!r}")
+        raise InputError(f"--t_interval must be an int in 1..{T}, got {t_interval!r}")
     return list(range(t_interval // 2, T, t_interval))
 
 

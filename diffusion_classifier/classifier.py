@@ -9,6 +9,7 @@ from PIL import Image
 
 from .adaptive import AdaptiveResult, validate_schedule
 from .engine import Scorer
+from .errors import InputError
 from .models import DTYPES, SD_VERSIONS, TextConditionalModel, load_text_conditional
 from .noise import make_noise
 from .statistical import make_schedule
@@ -27,7 +28,7 @@ class Prediction:
 def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor:
     """p(c|x) ∝ exp(-E[err]/τ): Bayes' rule with a uniform prior; τ rescales the Monte Carlo ELBO."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise InputError(f"temperature must be positive, got {temperature}")
     return torch.softmax(-mean_errors.double() / temperature, dim=-1).float()
 
 

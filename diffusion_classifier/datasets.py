@@ -12,6 +12,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision import datasets as tvd
 
+from .errors import InputError, MissingError
 from .prompts import DATA_DIR, DATASET_PROMPTS
 
 ROOT_HINT = "pass --dataset_root DIR or set DATASET_ROOT"
@@ -56,7 +57,7 @@ class ADMCenterCrop:
 def sd_transform(size: int, interpolation: str = "bicubic") -> Callable:
     """Stable Diffusion pre-processing: resize, centre crop, RGB, [0, 1] tensor, then [-1, 1]."""
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        raise InputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     return T.Compose([
         T.Resize(size, interpolation=INTERPOLATIONS[interpolation]),
         T.CenterCrop(size),
@@ -96,12 +97,16 @@ def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
         return list(range(n))
     path = Path(subset_path)
     if not path.is_file():
-        raise FileNotFoundError(f"subset file not found: {path} (expected a .npy array of dataset indices)")
-    arr = np.load(path, allow_pickle=False)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{path}: expected a 1-D integer array of indices, found shape {arr.shape} dtype {arr.dtype}")
+        raise MissingError(f"subset file not found: {path} (expected a .npy array of dataset indices)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         f"expected a 1-D integer array saved with numpy.save") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{path}: expected a 1-D integer array of indices, found shape {arr.shape} dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ValueError(
+        raise InputError(
             f"{path}: indices must lie in 0..{n - 1} for a dataset of {n} images, found {arr.min()}..{arr.max()}"
         )
     return [int(i) for i in arr]
@@ -138,7 +143,7 @@ def align_labels(dataset, native_classes: list[str], name: str):
     native = [_norm(c) for c in native_classes]
     if sorted(native) != sorted(pos):
         unknown = [c for c, n in zip(native_classes, native) if n not in pos]
-        raise ValueError(
+        raise InputError(
             f"{name}: the dataset's {len(native_classes)} classes do not match the {len(expected)} prompt classes"
             f" (unmatched: {', '.join(unknown[:5]) or 'none'})"
         )
@@ -150,7 +155,7 @@ def align_labels(dataset, native_classes: list[str], name: str):
 
 def _not_found(name: str, path: Path, how: str) -> FileNotFoundError:
     """The one-line error for data that is not on disk."""
-    return FileNotFoundError(f"{name} data not found at {path}: {ROOT_HINT}; {how}")
+    return MissingError(f"{name} data not found at {path}: {ROOT_HINT}; {how}")
 
 
 def _torchvision(name: str, cls, expected: Path, fetch_args: str, make: Callable):
@@ -167,7 +172,7 @@ def _torchvision(name: str, cls, expected: Path, fetch_args: str, make: Callable
 def _split(name: str, split: str, choices: dict[str, str]) -> str:
     """Map our split name to the dataset's own split name."""
     if split not in choices:
-        raise ValueError(f"{name} split must be one of {', '.join(choices)}, got {split!r}")
+        raise InputError(f"{name} split must be one of {', '.join(choices)}, got {split!r}")
     return choices[split]
 
 
@@ -179,7 +184,7 @@ class FixedClassFolder(tvd.ImageFolder):
         self._ignore_unknown = ignore_unknown
         super().__init__(str(root), transform=transform, allow_empty=ignore_unknown)
         if len(self.samples) == 0:
-            raise FileNotFoundError(f"no images found in the expected class folders under {root}")
+            raise MissingError(f"no images found in the expected class folders under {root}")
         # every known class, in label order, even when a partial copy lacks some folders
         self.classes = sorted(self._fixed, key=self._fixed.get)
         self.class_to_idx = dict(self._fixed)
@@ -188,7 +193,7 @@ class FixedClassFolder(tvd.ImageFolder):
         present = sorted(p.name for p in Path(directory).iterdir() if p.is_dir())
         unknown = [c for c in present if c not in self._fixed]
         if unknown and not self._ignore_unknown:
-            raise ValueError(
+            raise InputError(
                 f"{directory}: unexpected class folder(s) {', '.join(unknown[:5])}"
                 f"{' ...' if len(unknown) > 5 else ''}; expected folders among the {len(self._fixed)} known classes"
             )
@@ -345,7 +350,7 @@ DATASETS: dict[str, Callable] = {
 def get_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None):
     """The (image, label) dataset `name` under root; labels match its prompts' classidx; .classes in label order."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     ds = DATASETS[name](Path(root).expanduser(), split, transform)
     if not hasattr(ds, "classes"):  # Caltech101 names them `categories`
         ds.classes = list(DATASET_PROMPTS[name].classnames)
@@ -360,8 +365,8 @@ def num_classes(name: str, dataset=None) -> int:
     """
     if name == "imagefolder":
         if dataset is None:
-            raise ValueError("imagefolder has no fixed class count; pass the built dataset to count its class folders")
+            raise InputError("imagefolder has no fixed class count; pass the built dataset to count its class folders")
         return len(dataset.classes)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return len(DATASET_PROMPTS[name].classnames)

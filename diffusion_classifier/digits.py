@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import InputError
+
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 NATIVE_SIZE = 8
@@ -50,7 +52,7 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
 def load_digits_arrays(split: str):
     """(images uint8 (N, 8, 8) in 0..255, labels int64 (N,)) of the given split ('train' or 'test')."""
     if split not in ("train", "test"):
-        raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"digits split must be 'train' or 'test', got {split!r}")
     raw, target = _sklearn_digits()
     images = np.rint(raw * (255.0 / 16.0)).astype(np.uint8)  # 17 grey levels -> 0..255
     labels = target.astype(np.int64)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .engine import Batch, Jobs, Scorer, denoising_error
+from .errors import InputError, MissingError
 from .noise import periodic_noise_rows
 from .records import load_record
 from .vb import DiffusionSchedule, split_learned_variance, vb_terms
@@ -33,7 +34,7 @@ def save_mode(spatial: bool = False, save_eps: bool = False, save_eps_and_var: b
     chosen = [m for m, on in (("spatial", spatial), ("eps", save_eps), ("eps_and_var", save_eps_and_var),
                               ("vb", save_vb)) if on]
     if len(chosen) > 1:
-        raise ValueError(f"give at most one of --spatial, --save_eps, --save_eps_and_var, --save_vb; got "
+        raise InputError(f"give at most one of --spatial, --save_eps, --save_eps_and_var, --save_vb; got "
                          f"{', '.join(SAVE_MODES[m] for m in chosen)}")
     return chosen[0] if chosen else "l2"
 
@@ -42,7 +43,7 @@ def per_class_jobs(n_images: int, timesteps: Sequence[int], n_trials: int, batch
                    randomize_noise: bool, cond: int = 0) -> Jobs:
     """Jobs of n_images images against one condition: per image, each t repeated n_trials times (t-major)."""
     if n_trials < 1:
-        raise ValueError(f"--n_trials must be >= 1, got {n_trials}")
+        raise InputError(f"--n_trials must be >= 1, got {n_trials}")
     ts = torch.as_tensor(list(timesteps), dtype=torch.long).repeat_interleave(n_trials)  # (n_t * n_trials,)
     noise = periodic_noise_rows(len(ts), batch_size, randomize_noise)
     image = torch.arange(n_images, dtype=torch.long).repeat_interleave(len(ts))
@@ -89,7 +90,7 @@ def make_reducer(mode: str, schedule: DiffusionSchedule | None = None,
     if mode == "vb":
         assert schedule is not None, "the vb reducer needs the diffusion schedule"
         return vb_reducer(schedule)  # (B, 4)
-    raise ValueError(f"record kind must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
+    raise InputError(f"record kind must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
 
 
 # ---------------------------------------------------------------- run names
@@ -143,7 +144,7 @@ def candidate_classes(dataset: str, n_dataset_classes: int, num_model_classes: i
     else:
         classes = labels = list(range(n_dataset_classes))
     if max(classes) >= num_model_classes:
-        raise ValueError(f"dataset {dataset} needs model classes up to {max(classes)}, "
+        raise InputError(f"dataset {dataset} needs model classes up to {max(classes)}, "
                          f"the model has {num_model_classes} classes")
     return list(classes), list(labels)
 
@@ -190,13 +191,15 @@ class NullNormalizedScorer:
 def record_data(record) -> tuple[str, torch.Tensor]:
     """(kind, data) of a per-class record; a bare tensor (reference layout) is l2 [n_t, n_trials] or vb [n_t, n_trials, 4]."""
     if isinstance(record, dict):
+        if "kind" not in record or "data" not in record:
+            raise InputError(f"expected a per-class record with keys kind and data, found keys {', '.join(map(str, record))}")
         return record["kind"], record["data"]
     if isinstance(record, torch.Tensor) and record.dim() == 2:
         return "l2", record
     if isinstance(record, torch.Tensor) and record.dim() == 3 and record.shape[-1] == len(VB_COLUMNS):
         return "vb", record
     found = tuple(record.shape) if isinstance(record, torch.Tensor) else type(record).__name__
-    raise ValueError(f"expected a per-class record (dict, or tensor [n_t, n_trials] / [n_t, n_trials, 4]), found {found}")
+    raise InputError(f"expected a per-class record (dict, or tensor [n_t, n_trials] / [n_t, n_trials, 4]), found {found}")
 
 
 def record_scores(kind: str, data: torch.Tensor) -> dict[str, float]:
@@ -206,34 +209,51 @@ def record_scores(kind: str, data: torch.Tensor) -> dict[str, float]:
     if kind == "vb":
         m = data.double().flatten(0, -2).mean(0)  # (4,) mse, l1, vb, nll
         return {"L2": float(m[0]), "L1": float(m[1]), "VLB": float(m[2]), "L2+VLB": float(m[0] + m[2])}
-    raise ValueError(f"records of kind {kind!r} hold no errors to classify with; run with the default or --save_vb")
+    raise InputError(f"records of kind {kind!r} hold no errors to classify with; run with the default or --save_vb")
 
 
 def class_folders(folder: str | Path) -> dict[int, Path]:
     """The class subfolders of a per-class run folder, by class id."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"run folder {folder} does not exist")
+        raise MissingError(f"run folder {folder} does not exist")
     found = {int(p.name): p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
     if not found:
-        raise FileNotFoundError(f"run folder {folder} has no class folders (expected <folder>/<cls>/<idx>.pt)")
+        raise MissingError(f"run folder {folder} has no class folders (expected <folder>/<cls>/<idx>.pt)")
     return dict(sorted(found.items()))
 
 
-def load_per_class_scores(folder: str | Path) -> tuple[list[int], list[int], dict[str, torch.Tensor], dict[int, int]]:
-    """(classes, images every class folder has, metric -> scores (n_images, n_classes), labels found in records)."""
+def load_per_class_scores(folder: str | Path, unreadable: list[Path] | None = None,
+                          ) -> tuple[list[int], list[int], dict[str, torch.Tensor], dict[int, int]]:
+    """(classes, images every class folder has, metric -> scores (n_images, n_classes), labels found in records).
+
+    With `unreadable` (a list), records that cannot be loaded are appended to it and their images left
+    out; without it they raise.
+    """
     folders = class_folders(folder)
     files = {c: {int(p.stem): p for p in f.glob("*.pt") if p.stem.isdigit()} for c, f in folders.items()}
     common = sorted(set.intersection(*(set(v) for v in files.values())))
     classes = list(folders)
+    loaded: dict[tuple[int, int], object] = {}
+    for c in classes:
+        for idx in common:
+            try:
+                record = load_record(files[c][idx])
+                loaded[c, idx] = record_data(record), record
+            except Exception:  # noqa: BLE001 - truncated copies, foreign files
+                if unreadable is None:
+                    raise
+                unreadable.append(files[c][idx])
+    bad_images = {int(p.stem) for p in unreadable or []}
+    common = [i for i in common if i not in bad_images]
     tables: dict[str, torch.Tensor] = {}
     labels: dict[int, int] = {}
     for j, c in enumerate(classes):
         for i, idx in enumerate(common):
-            record = load_record(files[c][idx])
+            data, record = loaded[c, idx]
             if isinstance(record, dict) and "label" in record:
                 labels[idx] = int(record["label"])
-            scores = record_scores(*record_data(record))
+            scores = record_scores(*data)
             if not tables and i == 0 and j == 0:
                 tables = {m: torch.full((len(common), len(classes)), float("nan"), dtype=torch.float64) for m in scores}
             for m in [m for m in tables if m not in scores]:  # a metric counts only where every record has it
@@ -281,29 +301,46 @@ def run_per_class(
     """
     from tqdm.auto import tqdm
 
-    from .records import existing_indices, record_path, save_record
+    from .records import RecordFolder, first_line, record_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    done = existing_indices(folder)
-    todo = [i for i in indices if i not in done]
+
+    def same_class(path: Path, record) -> None:
+        if isinstance(record, dict) and "cls" in record and int(record["cls"]) != int(cls):
+            raise InputError(f"{folder} is the folder of class {cls} but {path.name} holds a record of class "
+                             f"{int(record['cls'])}; each class writes to <run>/<cls>/: move the misplaced records "
+                             f"to their class folder")
+
     n_t = len(timesteps)
     t_saved = torch.as_tensor(list(timesteps), dtype=torch.long)
     conds = torch.tensor([cls], dtype=torch.long)
-    stats = {"done": 0, "skipped": len(indices) - len(todo), "evaluations": 0}
-    bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
-    for start in range(0, len(todo), image_batch):
-        group = todo[start : start + image_batch]
-        items = [dataset[i] for i in group]
-        latents = encode_images(torch.stack([x for x, _ in items]))  # (G, C, H, W)
-        jobs = per_class_jobs(len(group), timesteps, n_trials, scorer.batch_size, randomize_noise)
-        out = scorer.evaluate(latents, conds, jobs, reduce)  # (G * n_t * n_trials, ...)
-        out = out.view(len(group), n_t, n_trials, *out.shape[1:])
-        for k, (i, (_, label)) in enumerate(zip(group, items)):
-            record = {"kind": kind, "data": out[k].clone(), "t": t_saved, "cls": int(cls), "label": int(label)}
-            save_record(record, record_path(folder, i, len(dataset)))
-        stats["done"] += len(group)
-        stats["evaluations"] += len(jobs)
-        bar.update(len(group))
-    bar.close()
+    stats = {"done": 0, "skipped": 0, "evaluations": 0, "repaired": 0, "elsewhere": 0}
+    def problem(record) -> str | None:
+        try:
+            record_data(record)
+        except (KeyError, ValueError) as e:
+            return f"not a per-class record ({first_line(e)})"
+        return None
+
+    with RecordFolder(folder, problem, same_class) as records:
+        todo = [i for i in indices if records.usable(record_path(folder, i, len(dataset))) is None]
+        stats["skipped"] = len(indices) - len(todo)
+        bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
+        pending = iter(todo)
+        while group := records.claim_next(pending, image_batch, lambda i: record_path(folder, i, len(dataset))):
+            items = [dataset[i] for i in group]
+            latents = encode_images(torch.stack([x for x, _ in items]))  # (G, C, H, W)
+            jobs = per_class_jobs(len(group), timesteps, n_trials, scorer.batch_size, randomize_noise)
+            out = scorer.evaluate(latents, conds, jobs, reduce)  # (G * n_t * n_trials, ...)
+            out = out.view(len(group), n_t, n_trials, *out.shape[1:])
+            for k, (i, (_, label)) in enumerate(zip(group, items)):
+                record = {"kind": kind, "data": out[k].clone(), "t": t_saved, "cls": int(cls), "label": int(label)}
+                records.save(record, record_path(folder, i, len(dataset)))
+            stats["done"] += len(group)
+            stats["evaluations"] += len(jobs)
+            bar.update(len(group))
+        bar.close()
+        stats["repaired"] = records.repaired
+        stats["elsewhere"] = records.busy + records.done_elsewhere
     return stats

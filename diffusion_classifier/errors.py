@@ -16,3 +16,18 @@ class InputError(UserError, ValueError):
 
 class MissingError(UserError, FileNotFoundError):
     """A model, dataset or file that is not where it was expected."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package that a chosen option needs is not installed."""
+
+
+class StorageError(UserError, OSError):
+    """A result could not be written (disk full, folder not writable); nothing finished was lost."""
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (`warning: ...`) about input that is used anyway."""
+    import sys
+
+    print(f"warning: {' '.join(message.split())}", file=sys.stderr)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError, MissingError, MissingPackageError
+
 TINY_MODELS = Path(__file__).parent / "tiny_models"
 
 SD_VERSIONS = {
@@ -39,7 +41,7 @@ def resolve_sd_model(version: str = "2-0", model: str | None = None) -> str:
     if model:
         return SD_VERSIONS["tiny"] if model == "tiny" else model
     if version not in SD_VERSIONS:
-        raise ValueError(f"unknown Stable Diffusion version {version!r}; expected one of {', '.join(SD_VERSIONS)}")
+        raise InputError(f"unknown Stable Diffusion version {version!r}; expected one of {', '.join(SD_VERSIONS)}")
     return SD_VERSIONS[version]
 
 
@@ -48,7 +50,7 @@ def resolve_dit_model(image_size: int | None = 256, model: str | None = None) ->
     if model:
         return DIT_MODELS["tiny"] if model == "tiny" else model
     if image_size not in DIT_MODELS:
-        raise ValueError(f"no published DiT-XL/2 for --image-size {image_size}; pass --model PATH_OR_ID")
+        raise InputError(f"no published DiT-XL/2 for --image-size {image_size}; pass --model PATH_OR_ID")
     return DIT_MODELS[image_size]
 
 
@@ -58,9 +60,9 @@ def _is_local(model: str) -> bool:
 
 def _not_found(model: str, what: str, err: Exception) -> FileNotFoundError:
     if _is_local(model):
-        return FileNotFoundError(f"{what} folder {model!r} does not exist or lacks its parts ({err.__class__.__name__}: "
+        return MissingError(f"{what} folder {model!r} does not exist or lacks its parts ({err.__class__.__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''}); expected a diffusers pipeline folder")
-    return FileNotFoundError(
+    return MissingError(
         f"cannot load {what} {model!r}: it is not a local folder and not in the Hugging Face cache, and the hub is "
         f"unreachable; on a machine with network run `huggingface-cli download {model}` (or pass --model /path/to/folder)"
     )
@@ -79,10 +81,10 @@ def _pipeline_index(model: str, what: str) -> dict:
     if local.is_dir():
         path = local / "model_index.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{what} folder {model!r} has no model_index.json; expected a diffusers pipeline folder")
+            raise MissingError(f"{what} folder {model!r} has no model_index.json; expected a diffusers pipeline folder")
         return json.loads(path.read_text())
     if _is_local(model):
-        raise FileNotFoundError(f"{what} folder {model!r} does not exist; expected a diffusers pipeline folder")
+        raise MissingError(f"{what} folder {model!r} does not exist; expected a diffusers pipeline folder")
     from diffusers import DiffusionPipeline
 
     try:
@@ -121,10 +123,10 @@ def _set_attention(module: torch.nn.Module, attention: str) -> None:
         try:
             import xformers  # noqa: F401
         except ImportError:
-            raise ValueError("attention 'xformers' needs the xformers package: pip install xformers") from None
+            raise MissingPackageError("attention 'xformers' needs the xformers package: pip install xformers") from None
         module.enable_xformers_memory_efficient_attention()
     else:
-        raise ValueError(f"attention must be 'sdpa' or 'xformers', got {attention!r}")
+        raise InputError(f"attention must be 'sdpa' or 'xformers', got {attention!r}")
 
 
 class _VAE:
@@ -150,7 +152,7 @@ class _VAE:
 
     def check_size(self, img_size: int) -> None:
         if img_size % self.downsample:
-            raise ValueError(f"image size must be divisible by the VAE's downsampling factor {self.downsample}, got {img_size}")
+            raise InputError(f"image size must be divisible by the VAE's downsampling factor {self.downsample}, got {img_size}")
 
 
 class _ModelGeometry:
@@ -226,7 +228,7 @@ def load_text_conditional(
     index = _pipeline_index(model, what)
     for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
         if not _has_component(index, part):
-            raise FileNotFoundError(f"{what} {model!r} has no {part} in its model_index.json; expected a Stable Diffusion pipeline")
+            raise MissingError(f"{what} {model!r} has no {part} in its model_index.json; expected a Stable Diffusion pipeline")
     unet = _frozen(_load(UNet2DConditionModel, model, what, subfolder="unet", torch_dtype=dtype), device)
     _set_attention(unet, attention)
     text_encoder = _frozen(_load(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
@@ -272,7 +274,7 @@ class ClassConditionalModel(_ModelGeometry):
     def latent_shape(self, img_size: int) -> tuple[int, int, int]:
         shape = super().latent_shape(img_size)
         if shape[1] != self.transformer.config.sample_size:  # DiT's position embedding fixes the size
-            raise ValueError(f"this DiT takes {self.native_size}px images (latent {self.transformer.config.sample_size}), got {img_size}")
+            raise InputError(f"this DiT takes {self.native_size}px images (latent {self.transformer.config.sample_size}), got {img_size}")
         return shape
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -292,7 +294,7 @@ def load_class_conditional(
     device = torch.device(device)
     index = _pipeline_index(model, what)
     if not _has_component(index, "transformer"):
-        raise FileNotFoundError(f"{what} {model!r} has no transformer in its model_index.json; expected a DiT pipeline")
+        raise MissingError(f"{what} {model!r} has no transformer in its model_index.json; expected a DiT pipeline")
     transformer = _frozen(_load(DiTTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
     ae = None
     if vae is not None:

@@ -1,9 +1,12 @@
 """Noise banks: the fixed ε shared by every candidate, saved to disk or drawn from a seed."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
+
+from .errors import InputError, MissingError
 
 REFERENCE_SEED = 42
 REFERENCE_ROWS = 1024
@@ -19,7 +22,7 @@ def reference_noise(img_size: int, channels: int = 4, downsample: int = 8,
                     n: int = REFERENCE_ROWS, seed: int = REFERENCE_SEED) -> torch.Tensor:
     """The bank scripts/save_noise.py writes: 1024 draws of (4, S/8, S/8) seeded with 42."""
     if img_size % downsample:
-        raise ValueError(f"image size must be divisible by {downsample}, got {img_size}")
+        raise InputError(f"image size must be divisible by {downsample}, got {img_size}")
     s = img_size // downsample
     return make_noise(n, (channels, s, s), seed)
 
@@ -28,21 +31,32 @@ def load_noise(path: str | Path) -> torch.Tensor:
     """A noise bank saved with torch.save: a float tensor (N, C, H, W)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"noise file {path} does not exist; write one with scripts/save_noise.py --img_size S")
-    noise = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingError(f"noise file {path} does not exist; write one with scripts/save_noise.py --img_size S")
+    try:
+        with warnings.catch_warnings():  # torch's notes on foreign pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            noise = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a pickle of other objects, a truncated or foreign file
+        from .records import load_failure
+
+        raise InputError(f"noise file {path} cannot be loaded with torch.load(weights_only=True): {load_failure(e)}; "
+                         f"expected a float tensor (N, C, H, W) saved with torch.save, as scripts/save_noise.py "
+                         f"writes") from None
     if not isinstance(noise, torch.Tensor) or noise.dim() != 4 or not noise.is_floating_point():
-        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ValueError(f"noise file {path} must hold a float tensor (N, C, H, W), found {got}")
+        got = (f"a {noise.dtype} tensor of shape {tuple(noise.shape)}" if isinstance(noise, torch.Tensor)
+               else f"a {type(noise).__name__}")
+        raise InputError(f"noise file {path} must hold a float tensor (N, C, H, W), found {got}; "
+                         f"scripts/save_noise.py writes one")
     return noise.float()
 
 
 def check_noise(noise: torch.Tensor, latent_shape: tuple[int, ...], n_needed: int, source: str = "noise bank") -> None:
-    """Raise ValueError unless the bank is (>= n_needed, *latent_shape)."""
+    """Raise InputError unless the bank is (>= n_needed, *latent_shape)."""
     if tuple(noise.shape[1:]) != tuple(latent_shape):
-        raise ValueError(f"{source} has shape {tuple(noise.shape)}, expected (N, {', '.join(map(str, latent_shape))})"
+        raise InputError(f"{source} has shape {tuple(noise.shape)}, expected (N, {', '.join(map(str, latent_shape))})"
                          " to match the model's latents at this image size")
     if noise.shape[0] < n_needed:
-        raise ValueError(f"{source} has {noise.shape[0]} rows, the schedule needs at least {n_needed}")
+        raise InputError(f"{source} has {noise.shape[0]} rows, the schedule needs at least {n_needed}")
 
 
 def noise_bank(n_rows: int, latent_shape: tuple[int, ...], seed: int, noise_path=None) -> tuple[torch.Tensor, str]:
@@ -63,7 +77,7 @@ def periodic_noise_rows(n: int, period: int, randomize_noise: bool) -> torch.Ten
     on the batch size.
     """
     if period < 1:
-        raise ValueError(f"the noise period (--batch_size) must be >= 1, got {period}")
+        raise InputError(f"the noise period (--batch_size) must be >= 1, got {period}")
     k = torch.arange(n, dtype=torch.long)
     return k if randomize_noise else k % period
 

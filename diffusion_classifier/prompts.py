@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from .errors import InputError, MissingError, warn
 
 DATA_DIR = Path(__file__).parent / "data"
 COLUMNS = ("prompt", "classname", "classidx")
@@ -74,7 +77,7 @@ DATASET_PROMPTS: dict[str, PromptSpec] = _load_specs()
 def dataset_prompts(dataset: str) -> PromptTable:
     """The prompt table of a known dataset (the rows scripts/write_prompts.py writes)."""
     if dataset not in DATASET_PROMPTS:
-        raise ValueError(f"no prompts known for dataset {dataset!r}; known: {', '.join(DATASET_PROMPTS)}")
+        raise InputError(f"no prompts known for dataset {dataset!r}; known: {', '.join(DATASET_PROMPTS)}")
     return DATASET_PROMPTS[dataset].table()
 
 
@@ -82,45 +85,63 @@ def read_prompts(path: str | Path) -> PromptTable:
     """Read a prompts CSV with columns prompt, classname, classidx (others ignored, any order)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingError(
             f"prompts file not found: {path} (expected a CSV with columns prompt,classname,classidx; "
             f"scripts/write_prompts.py writes them)"
         )
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise ValueError(f"{path}: empty file; expected a header prompt,classname,classidx and at least one row")
-        found = list(reader.fieldnames)
-        missing = [c for c in COLUMNS if c not in found]
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {', '.join(missing)}; expected prompt,classname,classidx, "
-                f"found {', '.join(found) if any(found) else '(none)'}"
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is accepted
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         f"expected a UTF-8 CSV prompt,classname,classidx: re-save it as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None:
+        raise InputError(f"{path}: empty file; expected a header prompt,classname,classidx and at least one row")
+    found = list(reader.fieldnames)
+    missing = [c for c in COLUMNS if c not in found]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected prompt,classname,classidx, "
+            f"found {', '.join(found) if any(found) else '(none)'}"
+        )
+    prompts, names, idx, lines = [], [], [], []
+    for row_num, row in enumerate(reader, start=1):
+        if all(v is None or not str(v).strip() for v in row.values() if not isinstance(v, list)):
+            continue  # a blank (or whitespace-only, or commas-only) line
+        value = row["classidx"]
+        text_idx = value.strip() if value is not None else ""
+        if not (text_idx.isascii() and text_idx.isdigit()):
+            raise InputError(
+                f"{path}: data row {row_num} (line {reader.line_num}) has classidx {value!r}; "
+                f"expected a non-negative integer"
             )
-        prompts, names, idx = [], [], []
-        for row_num, row in enumerate(reader, start=1):
-            value = row["classidx"]
-            text = value.strip() if value is not None else ""
-            if not (text.isascii() and text.isdigit()):
-                raise ValueError(
-                    f"{path}: data row {row_num} (line {reader.line_num}) has classidx {value!r}; "
-                    f"expected a non-negative integer"
-                )
-            prompts.append(row["prompt"] or "")
-            names.append(row["classname"] or "")
-            idx.append(int(text))
+        prompts.append(row["prompt"] or "")
+        names.append(row["classname"] or "")
+        idx.append(int(text_idx))
+        lines.append(reader.line_num)
     if not prompts:
-        raise ValueError(f"{path}: header found but no rows; expected at least one prompt row")
+        raise InputError(f"{path}: header found but no rows; expected at least one prompt row")
+    first: dict[tuple[str, int], int] = {}
+    dups = []
+    for k, key in enumerate(zip(prompts, idx)):
+        if key in first:
+            dups.append((lines[first[key]], lines[k]))
+        else:
+            first[key] = k
+    if dups:
+        shown = ", ".join(f"line {b} repeats line {a}" for a, b in dups[:3]) + (", ..." if len(dups) > 3 else "")
+        warn(f"{path}: {len(dups)} duplicate prompt row(s) ({shown}); each copy is scored as a separate candidate "
+             f"(extra evaluations, and copies can take several --to_keep places)")
     return PromptTable(prompts, names, idx)
 
 
 def check_classidx(table: PromptTable, n_classes: int, source: str = "") -> None:
-    """Raise ValueError unless every classidx of the table lies in 0..n_classes-1."""
+    """Raise InputError unless every classidx of the table lies in 0..n_classes-1."""
     bad = [(i, c) for i, c in enumerate(table.classidx) if not 0 <= c < n_classes]
     if bad:
         where = f"{source}: " if source else ""
         row, value = bad[0]
-        raise ValueError(
+        raise InputError(
             f"{where}classidx {value} (row {row + 1}) is out of range: the dataset has {n_classes} classes, "
             f"so classidx must be in 0..{n_classes - 1}; {len(bad)} row(s) are outside it"
         )

@@ -1,35 +1,66 @@
 """Result records on disk: atomic writes, resumable run folders, a manifest that guards settings."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
 
+from .errors import InputError, StorageError, warn
+from .interrupts import critical
+
 MANIFEST = "manifest.json"
+CORRUPT_SUFFIX = ".corrupt"
+CLAIM_SUFFIX = ".claim"
+FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+_records_written = 0
+_HELD: set[Path] = set()  # claim files this process holds, over all Claims objects
 
 
 def atomic_write_bytes(path: str | Path, write) -> None:
-    """Write through `write(fileobj)` into a temporary file beside `path`, then rename over it."""
+    """Write through `write(fileobj)` into a temporary file beside `path`, then rename over it.
+
+    SIGINT/SIGTERM are held until the rename is done (interrupts.critical), and any failure removes the
+    temporary file, so `path` is always either the old file or the complete new one. A full disk is a
+    StorageError that says so.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with critical():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+        except BaseException as e:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in FULL_DISK:
+                raise StorageError(
+                    f"no space left on the device while writing {path} ({os.strerror(e.errno)}); the partial file "
+                    f"was removed and every record already written is intact: free space (or pass another --log_dir) "
+                    f"and re-run the same command to resume") from e
+            raise
 
 
 def save_record(obj, path: str | Path) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically; counts the records this process has written (records_written)."""
+    global _records_written
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    _records_written += 1
+
+
+def records_written() -> int:
+    """How many records save_record has written in this process."""
+    return _records_written
 
 
 def load_record(path: str | Path):
@@ -72,10 +103,32 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None)
         old = json.loads(path.read_text()).get("settings", {})
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
-            raise ValueError(f"{folder} holds a run with other settings ({shown}); use another --log_dir or --extra")
+            shown = "; ".join(f"{k}: folder {_short(old.get(k))}, command {_short(settings.get(k))}" for k in diff)
+            raise InputError(f"{folder} holds a run made with other settings ({len(diff)} differ: {shown}); "
+                             f"re-run with the folder's settings, or use another --log_dir or --extra")
         return
     write_json(path, {"settings": settings, **(info or {})})
+
+
+def _short(value, limit: int = 80) -> str:
+    """A setting's value for a one-line message, shortened in the middle when long (prompt lists)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} chars)"
+
+
+def check_writable(folder: str | Path, flag: str = "--log_dir") -> Path:
+    """Create `folder` if needed and prove a file can be written in it; InputError saying why not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise InputError(f"{flag} {folder} is not a writable folder ({reason}: {e.filename or folder}); "
+                         f"pass a folder you can write to with {flag}") from None
+    return folder
 
 
 def claim_run_folder(folder: str | Path, settings: dict, info: dict | None = None, state=None) -> None:
@@ -111,9 +164,9 @@ def existing_indices(folder: str | Path, ext: str = ".pt") -> set[int]:
 def shard(indices: list[int], n_workers: int = 1, worker_idx: int = 0) -> list[int]:
     """The reference's sharding: worker w takes indices[w::n_workers]."""
     if n_workers < 1:
-        raise ValueError(f"--n_workers must be >= 1, got {n_workers}")
+        raise InputError(f"--n_workers must be >= 1, got {n_workers}")
     if not 0 <= worker_idx < n_workers:
-        raise ValueError(f"--worker_idx must be in 0..{n_workers - 1} for --n_workers {n_workers}, got {worker_idx}")
+        raise InputError(f"--worker_idx must be in 0..{n_workers - 1} for --n_workers {n_workers}, got {worker_idx}")
     return list(indices)[worker_idx::n_workers]
 
 
@@ -148,3 +201,253 @@ def accuracy_summary(preds, labels) -> dict:
         "per_class": table,
         "per_class_counts": {c: m for c, (_, m) in sorted(per_class.items())},
     }
+
+
+# ---------------------------------------------------------------- healing resume and claims
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """'Type: first line of the message', shortened: an exception inside a one-line message."""
+    text = str(e).strip().splitlines()
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def load_failure(e: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        return "it holds Python objects other than tensors, numbers, lists and dicts"
+    if isinstance(e, RuntimeError) and ("zip archive" in str(e) or "central directory" in str(e)):
+        return "it is truncated or not a torch.save file (its zip archive cannot be read)"
+    return f"it is not a torch.save file ({first_line(e)})"
+
+
+def inspect_record(path: str | Path, required=()) -> tuple[object | None, str | None]:
+    """(record, None) if `path` holds a usable record, (None, why not) if it is broken, (None, None) if absent.
+
+    `required`: the keys a dict record must have, or a function record -> None or what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None, None
+    try:
+        record = load_record(path)
+    except Exception as e:  # noqa: BLE001 - truncated copies, foreign files: all are "unreadable"
+        return None, f"unreadable with torch.load(weights_only=True): {load_failure(e)}"
+    if callable(required):
+        problem = required(record)
+        return (None, problem) if problem else (record, None)
+    if required:
+        if not isinstance(record, dict):
+            return None, f"expected a dict with keys {', '.join(required)}, found {type(record).__name__}"
+        missing = [k for k in required if k not in record]
+        if missing:
+            return None, f"missing key(s) {', '.join(missing)}"
+    return record, None
+
+
+def quarantine(path: str | Path, reason: str) -> Path | None:
+    """Move a broken record aside to <name>.corrupt (or .corrupt.N), say so on stderr; the new name."""
+    path = Path(path)
+    dest = path.with_name(path.name + CORRUPT_SUFFIX)
+    k = 1
+    while dest.exists():
+        dest = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{k}")
+        k += 1
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return None
+    warn(f"{path}: {reason}; moved aside to {dest.name}, recomputing it")
+    return dest
+
+
+def claim_timeout() -> float:
+    """Seconds after which a claim that was not refreshed counts as abandoned (env DIFFUSION_CLASSIFIER_CLAIM_TIMEOUT)."""
+    return float(os.environ.get("DIFFUSION_CLASSIFIER_CLAIM_TIMEOUT", "900"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Claims:
+    """Claim files <record>.claim made by exclusive create: one process computes a record at a time.
+
+    A claim holds pid, host and time and is refreshed (mtime) while held. A claim is stale, and taken
+    over, when its pid is dead on this host, or when it was not refreshed for `timeout` seconds.
+    """
+
+    def __init__(self, timeout: float | None = None):
+        self.timeout = claim_timeout() if timeout is None else timeout
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.held: set[Path] = set()  # this object's claims (all of the process's are in _HELD)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _info(self) -> str:
+        return json.dumps({"pid": self.pid, "host": self.host, "time": time.time()})
+
+    def _stale(self, claim: Path) -> tuple[bool, tuple | None]:
+        try:
+            text, mtime = claim.read_text(), claim.stat().st_mtime
+        except FileNotFoundError:
+            return False, None
+        except OSError:
+            return False, None
+        old = time.time() - mtime > self.timeout
+        try:
+            info = json.loads(text)
+            pid, host = int(info["pid"]), str(info["host"])
+        except (ValueError, KeyError, TypeError):
+            return old, (text, mtime)  # still being written, or garbage: judged by age
+        if host == self.host:
+            if pid == self.pid:
+                return claim not in _HELD, (text, mtime)  # left by an earlier process with our pid
+            return not _pid_alive(pid), (text, mtime)
+        return old, (text, mtime)
+
+    def _take_over(self, claim: Path) -> bool:
+        stale, seen = self._stale(claim)
+        if not stale:
+            return False
+        lock = claim.with_name(claim.name + ".takeover")
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            try:
+                if time.time() - lock.stat().st_mtime > 60:
+                    lock.unlink(missing_ok=True)  # a takeover lock left by a killed process
+            except OSError:
+                pass
+            return False
+        try:
+            again, seen_again = self._stale(claim)
+            if not again or seen_again != seen:
+                return False
+            claim.unlink(missing_ok=True)
+            return True
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def acquire(self, path: str | Path) -> bool:
+        """Claim the record at `path`; False if another live process holds it."""
+        claim = Path(str(path) + CLAIM_SUFFIX)
+        for attempt in range(2):
+            try:
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if attempt == 0 and self._take_over(claim):
+                    continue
+                return False
+            with critical(), os.fdopen(fd, "w") as f:
+                f.write(self._info())
+            self.held.add(claim)
+            _HELD.add(claim)
+            self._start_refresh()
+            return True
+        return False
+
+    def release(self, path: str | Path) -> None:
+        claim = Path(str(path) + CLAIM_SUFFIX)
+        if claim in self.held:
+            self.held.discard(claim)
+            _HELD.discard(claim)
+            claim.unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        for claim in list(self.held):
+            self.held.discard(claim)
+            _HELD.discard(claim)
+            claim.unlink(missing_ok=True)
+        self._stop.set()
+
+    def _start_refresh(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._refresh, daemon=True)
+            self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(max(self.timeout / 4, 0.5)):
+            for claim in list(self.held):
+                try:
+                    os.utime(claim)
+                except OSError:
+                    pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release_all()
+
+
+class RecordFolder:
+    """Resume bookkeeping of one run folder: usable records, broken ones healed, claims while computing.
+
+    `required` are the keys a record must have (or a function, see inspect_record); `check(path, record)` may raise for a record that is
+    readable but does not belong here (e.g. another class's record in a DiT class folder).
+    """
+
+    def __init__(self, folder: str | Path, required=(), check=None):
+        self.folder = Path(folder)
+        self.required = required if callable(required) else tuple(required)
+        self.check = check
+        self.claims = Claims()
+        self.repaired = 0  # broken records moved aside and recomputed by this process
+        self.busy = 0  # records another live process was computing
+        self.done_elsewhere = 0  # records another process finished after this one looked
+
+    def usable(self, path: Path):
+        """The record at `path` if it is usable, else None (absent or broken)."""
+        record, _ = inspect_record(path, self.required)
+        if record is not None and self.check is not None:
+            self.check(path, record)
+        return record
+
+    def claim_next(self, items, k: int, path_of) -> list:
+        """Claim up to k of the remaining `items` (an iterator) whose record is missing or broken.
+
+        Items held by another process are left to it, items finished meanwhile are skipped, and a
+        broken record is moved aside (reported once) before its item is handed out for recomputing.
+        """
+        group = []
+        for item in items:
+            path = path_of(item)
+            if not self.claims.acquire(path):
+                self.busy += 1
+                continue
+            record, problem = inspect_record(path, self.required)
+            if record is not None:
+                self.claims.release(path)
+                self.done_elsewhere += 1
+                continue
+            if problem is not None and quarantine(path, problem) is not None:
+                self.repaired += 1
+            group.append(item)
+            if len(group) == k:
+                break
+        return group
+
+    def save(self, record, path: Path) -> None:
+        """Write a record atomically, then drop its claim."""
+        save_record(record, path)
+        self.claims.release(path)
+
+    def close(self) -> None:
+        self.claims.release_all()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

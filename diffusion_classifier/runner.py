@@ -9,7 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .engine import Jobs, Scorer
-from .records import existing_indices, load_record, record_path, save_record
+from .records import RecordFolder, record_path
+
+RECORD_KEYS = ("errors", "pred", "label")
 
 
 def launch_state(device: str | None = None):
@@ -34,10 +36,24 @@ class RunStats:
     correct: int = 0
     counted: int = 0
     evaluations: int = 0
+    repaired: int = 0  # broken records moved aside and recomputed
+    elsewhere: int = 0  # images another process was computing or finished meanwhile
 
     @property
     def accuracy(self) -> float:
         return 100.0 * self.correct / max(self.counted, 1)
+
+    def summary(self, folder, extra_evaluations: int = 0) -> str:
+        """The final line: accuracy, counts, denoiser evaluations of this process, repaired records."""
+        evaluations = self.evaluations + extra_evaluations
+        acc = f"accuracy {self.accuracy:.2f}% over {self.counted} images" if self.counted else "no images counted"
+        parts = [f"{self.done} classified now", f"{self.skipped} already done"]
+        if self.elsewhere:
+            parts.append(f"{self.elsewhere} left to other processes")
+        parts.append(f"{evaluations} denoiser evaluations"
+                     + (f", {evaluations / self.done:.0f} per image" if self.done else ""))
+        parts.append(f"{self.repaired} repaired")
+        return f"{folder}: {acc} ({', '.join(parts)})"
 
 
 def run_dataset(
@@ -63,36 +79,38 @@ def run_dataset(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
-    done = existing_indices(folder)
     stats = RunStats()
     todo = []
-    for i in indices:
-        if i in done:
+    with RecordFolder(folder, RECORD_KEYS) as records:
+        for i in indices:
+            rec = records.usable(record_path(folder, i, n))
+            if rec is None:
+                todo.append(i)  # missing, or broken: healed when claimed
+                continue
             stats.skipped += 1
             if load_stats:
-                rec = load_record(record_path(folder, i, n))
                 stats.correct += int(rec["pred"] == rec["label"])
                 stats.counted += 1
-        else:
-            todo.append(i)
-    bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
-    for start in range(0, len(todo), image_batch):
-        group = todo[start : start + image_batch]
-        items = [dataset[i] for i in group]
-        latents = encode_images(torch.stack([x for x, _ in items]))
+        bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
+        pending = iter(todo)
+        while group := records.claim_next(pending, image_batch, lambda i: record_path(folder, i, n)):
+            items = [dataset[i] for i in group]
+            latents = encode_images(torch.stack([x for x, _ in items]))
 
-        def evaluate(jobs: Jobs) -> torch.Tensor:
-            stats.evaluations += len(jobs)
-            return scorer.evaluate(latents, conds, jobs, loss)
+            def evaluate(jobs: Jobs) -> torch.Tensor:
+                stats.evaluations += len(jobs)
+                return scorer.evaluate(latents, conds, jobs, loss)
 
-        results = classify(evaluate, len(group), len(conds))
-        for i, (_, label), r in zip(group, items, results):
-            pred = int(candidate_class[r.pred])
-            save_record({"errors": r.errors, "pred": pred, "label": int(label)}, record_path(folder, i, n))
-            stats.done += 1
-            stats.correct += int(pred == int(label))
-            stats.counted += 1
-        bar.update(len(group))
-        bar.set_postfix(acc=f"{stats.accuracy:.1f}", evals_per_img=f"{stats.evaluations / max(stats.done, 1):.0f}")
-    bar.close()
+            results = classify(evaluate, len(group), len(conds))
+            for i, (_, label), r in zip(group, items, results):
+                pred = int(candidate_class[r.pred])
+                records.save({"errors": r.errors, "pred": pred, "label": int(label)}, record_path(folder, i, n))
+                stats.done += 1
+                stats.correct += int(pred == int(label))
+                stats.counted += 1
+            bar.update(len(group))
+            bar.set_postfix(acc=f"{stats.accuracy:.1f}", evals_per_img=f"{stats.evaluations / max(stats.done, 1):.0f}")
+        bar.close()
+        stats.repaired = records.repaired
+        stats.elsewhere = records.busy + records.done_elsewhere
     return stats

@@ -14,12 +14,13 @@ import torch
 
 from .adaptive import AdaptiveResult, adaptive_classify, reference_stages
 from .engine import Jobs
+from .errors import InputError
 
 
 def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:
     """The reference's evenly spaced grid of max_samples timesteps, in bit-reversed (van der Corput) order."""
     if not 1 <= max_samples <= T:
-        raise ValueError(f"max_samples must be in 1..{T}, got {max_samples}")
+        raise InputError(f"max_samples must be in 1..{T}, got {max_samples}")
     grid = list(range(T // max_samples // 2, T, T // max_samples))[:max_samples]
     bits = max(1, (max_samples - 1).bit_length())
     order = sorted(range(max_samples), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
@@ -54,9 +55,9 @@ def statistical_classify(
 ) -> list[AdaptiveResult]:
     """Classify n_images at once; errors per (t, trial) of the k-th timestep use noise rows n_trials*k+trial."""
     if z <= 0:
-        raise ValueError(f"z must be positive, got {z}")
+        raise InputError(f"z must be positive, got {z}")
     if not 1 <= min_samples <= max_samples:
-        raise ValueError(f"min_samples must be in 1..max_samples ({max_samples}), got {min_samples}")
+        raise InputError(f"min_samples must be in 1..max_samples ({max_samples}), got {min_samples}")
     timesteps = stratified_timesteps(max_samples, T)
     step = step or min_samples
     alive = [list(range(n_candidates)) for _ in range(n_images)]
@@ -110,4 +111,4 @@ def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float
     if schedule == "reference":
         rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
         return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T), rows
-    raise ValueError(f"schedule must be 'reference' or 'statistical', got {schedule!r}")
+    raise InputError(f"schedule must be 'reference' or 'statistical', got {schedule!r}")

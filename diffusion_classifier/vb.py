@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
+
 LN2 = math.log(2.0)
 # diffusers' DDPMScheduler defaults, used when a config leaves a field out.
 DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
@@ -34,7 +36,7 @@ def _cosine_betas(T: int, max_beta: float = COSINE_MAX_BETA) -> torch.Tensor:
 def betas_from_config(config: Mapping) -> torch.Tensor:
     """Float64 betas (T,) of a diffusers scheduler config: trained_betas, linear, scaled_linear, squaredcos_cap_v2."""
     if config.get("rescale_betas_zero_snr", False):
-        raise ValueError("scheduler config: expected rescale_betas_zero_snr false, found true (not supported)")
+        raise InputError("scheduler config: expected rescale_betas_zero_snr false, found true (not supported)")
     trained = config.get("trained_betas")
     if trained is not None:
         return torch.as_tensor(trained, dtype=torch.float64).flatten()
@@ -48,7 +50,7 @@ def betas_from_config(config: Mapping) -> torch.Tensor:
         return torch.linspace(start**0.5, end**0.5, T, dtype=torch.float64) ** 2  # latent-diffusion schedule
     if kind == "squaredcos_cap_v2":
         return _cosine_betas(T)
-    raise ValueError(
+    raise InputError(
         f"scheduler config: expected beta_schedule 'linear', 'scaled_linear' or 'squaredcos_cap_v2', found {kind!r}"
     )
 
@@ -78,9 +80,9 @@ class DiffusionSchedule:
         """Schedule from betas (T,), T >= 2, each in (0, 1]; computed in float64."""
         betas = torch.as_tensor(betas).detach().to(device="cpu", dtype=torch.float64)
         if betas.ndim != 1 or betas.shape[0] < 2:
-            raise ValueError(f"betas: expected a 1-D tensor of at least 2 steps, found shape {tuple(betas.shape)}")
+            raise InputError(f"betas: expected a 1-D tensor of at least 2 steps, found shape {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError(f"betas: expected values in (0, 1], found range [{betas.min():.6g}, {betas.max():.6g}]")
+            raise InputError(f"betas: expected values in (0, 1], found range [{betas.min():.6g}, {betas.max():.6g}]")
         alphas = 1.0 - betas
         ac = torch.cumprod(alphas, dim=0)
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
@@ -109,9 +111,9 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps (DDPM eq. 4), in x0's dtype; alpha_bar_t is (B,)."""
     if noise.shape != x0.shape:
-        raise ValueError(f"q_sample: expected noise of shape {tuple(x0.shape)}, found {tuple(noise.shape)}")
+        raise InputError(f"q_sample: expected noise of shape {tuple(x0.shape)}, found {tuple(noise.shape)}")
     if alpha_bar_t.ndim != 1 or alpha_bar_t.shape[0] != x0.shape[0]:
-        raise ValueError(f"q_sample: expected alpha_bar_t of shape ({x0.shape[0]},), found {tuple(alpha_bar_t.shape)}")
+        raise InputError(f"q_sample: expected alpha_bar_t of shape ({x0.shape[0]},), found {tuple(alpha_bar_t.shape)}")
     ab = _per_sample(alpha_bar_t, x0).to(x0.device)
     # square roots in the schedule's precision, the blend in x0's dtype
     return ab.sqrt().to(x0.dtype) * x0 + (1.0 - ab).sqrt().to(x0.dtype) * noise.to(x0.dtype)
@@ -120,7 +122,7 @@ def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, noise: torch.Tensor) -
 def split_learned_variance(model_output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 2C, H, W) output of a learned-variance model -> (eps_hat, v), each (B, C, H, W), v in [-1, 1]."""
     if model_output.ndim < 2 or model_output.shape[1] != 2 * channels:
-        raise ValueError(
+        raise InputError(
             f"model output: expected {2 * channels} channels (eps and variance for {channels}), "
             f"found shape {tuple(model_output.shape)}"
         )
@@ -162,12 +164,12 @@ def vb_terms(
     shape = x0.shape
     for name, tensor in (("x_t", x_t), ("eps", eps), ("eps_hat", eps_hat), ("v", v)):
         if tensor.shape != shape:
-            raise ValueError(f"vb_terms: expected {name} of shape {tuple(shape)} (as x0), found {tuple(tensor.shape)}")
+            raise InputError(f"vb_terms: expected {name} of shape {tuple(shape)} (as x0), found {tuple(tensor.shape)}")
     if t.ndim != 1 or t.shape[0] != shape[0]:
-        raise ValueError(f"vb_terms: expected t of shape ({shape[0]},), found {tuple(t.shape)}")
+        raise InputError(f"vb_terms: expected t of shape ({shape[0]},), found {tuple(t.shape)}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= schedule.T):
         found = f"[{int(t.min())}, {int(t.max())}]"
-        raise ValueError(f"vb_terms: expected timesteps in [0, {schedule.T - 1}], found {found}")
+        raise InputError(f"vb_terms: expected timesteps in [0, {schedule.T - 1}], found {found}")
 
     # float64 throughout; MPS has no float64, so it falls back to the CPU
     device = torch.device("cpu") if x0.device.type == "mps" else x0.device

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 
 from .engine import Jobs, Scorer
+from .errors import InputError, MissingError, MissingPackageError
 from .noise import periodic_noise_rows
 
 HUB_URL = "https://huggingface.co/datasets/facebook/winoground"
@@ -48,7 +50,7 @@ class WinogroundImages:
         elif self.zip_path.is_file():
             self.folder = None
         else:
-            raise FileNotFoundError(f"no Winoground images: expected a folder {self.folder} or a zip "
+            raise MissingError(f"no Winoground images: expected a folder {self.folder} or a zip "
                                     f"{self.zip_path}; {how_to_obtain(self.data_dir)}")
 
     def _open_zip(self) -> zipfile.ZipFile:
@@ -68,11 +70,11 @@ class WinogroundImages:
         if self.folder is not None:
             path = self.folder / f"{name}.png"
             if not path.is_file():
-                raise FileNotFoundError(f"Winoground image {name!r} not found: expected file {path}")
+                raise MissingError(f"Winoground image {name!r} not found: expected file {path}")
             return str(path)
         self._open_zip()
         if name not in self._members:
-            raise FileNotFoundError(f"Winoground image {name!r} not found: expected member "
+            raise MissingError(f"Winoground image {name!r} not found: expected member "
                                     f"images/{name}.png or {name}.png in {self.zip_path}")
         return f"{self.zip_path}:{self._members[name]}"
 
@@ -131,20 +133,20 @@ class WinogroundExample:
     def caption(self, k: int) -> str:
         """Caption k (0 or 1)."""
         if k not in (0, 1):
-            raise ValueError(f"caption index must be 0 or 1, got {k!r}")
+            raise InputError(f"caption index must be 0 or 1, got {k!r}")
         return self.caption_1 if k else self.caption_0
 
     def image_name(self, k: int) -> str:
         """Name of image k (0 or 1)."""
         if k not in (0, 1):
-            raise ValueError(f"image index must be 0 or 1, got {k!r}")
+            raise InputError(f"image index must be 0 or 1, got {k!r}")
         return self.image_1 if k else self.image_0
 
     def open_image(self, k: int) -> Image.Image:
         """Image k (0 or 1) as a PIL RGB image."""
         name = self.image_name(k)
         if self.images is None:
-            raise ValueError(f"example {self.id} has no image reader; expected one from load_winoground, found None")
+            raise InputError(f"example {self.id} has no image reader; expected one from load_winoground, found None")
         return self.images.open(name)
 
 
@@ -152,12 +154,12 @@ def load_winoground(data_dir: str | os.PathLike, limit: int | None = None) -> li
     """The examples of a local Winoground copy (examples.jsonl plus images/ or images.zip), in file order."""
     data_dir = Path(data_dir)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+        raise InputError(f"limit must be a positive int or None, got {limit!r}")
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"Winoground data directory {data_dir} does not exist; {how_to_obtain(data_dir)}")
+        raise MissingError(f"Winoground data directory {data_dir} does not exist; {how_to_obtain(data_dir)}")
     jsonl = data_dir / "examples.jsonl"
     if not jsonl.is_file():
-        raise FileNotFoundError(f"Winoground metadata {jsonl} not found; {how_to_obtain(data_dir)}")
+        raise MissingError(f"Winoground metadata {jsonl} not found; {how_to_obtain(data_dir)}")
     images = WinogroundImages(data_dir)
 
     examples = []
@@ -168,12 +170,12 @@ def load_winoground(data_dir: str | os.PathLike, limit: int | None = None) -> li
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{jsonl} line {lineno}: expected a JSON object, found invalid JSON ({e.msg})") from None
+                raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found invalid JSON ({e.msg})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{jsonl} line {lineno}: expected a JSON object, found {type(record).__name__}")
+                raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found {type(record).__name__}")
             missing = [k for k in EXAMPLE_KEYS if k not in record]
             if missing:
-                raise ValueError(f"{jsonl} line {lineno}: missing keys {', '.join(missing)}")
+                raise InputError(f"{jsonl} line {lineno}: missing keys {', '.join(missing)}")
             ex = WinogroundExample(**{k: record[k] for k in EXAMPLE_KEYS}, images=images)
             for k in (0, 1):
                 images.source(ex.image_name(k))  # fail now, not hours into an evaluation
@@ -189,7 +191,7 @@ def _as_scores(scores) -> np.ndarray:
         scores = scores.detach().cpu().double().numpy()
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim < 2 or s.shape[-2:] != (2, 2):
-        raise ValueError(f"Winoground scores must have shape (..., 2, 2) indexed [caption, image], got {s.shape}")
+        raise InputError(f"Winoground scores must have shape (..., 2, 2) indexed [caption, image], got {s.shape}")
     return s
 
 
@@ -224,10 +226,10 @@ def winoground_scores(scores, tags: list[str]) -> dict:
     """
     s = _as_scores(scores)
     if s.ndim != 3 or s.shape[0] == 0:
-        raise ValueError(f"Winoground scores must have shape (N, 2, 2) with N >= 1, got {s.shape}")
+        raise InputError(f"Winoground scores must have shape (N, 2, 2) with N >= 1, got {s.shape}")
     tags = list(tags)
     if len(tags) != s.shape[0]:
-        raise ValueError(f"expected one tag per example ({s.shape[0]}), got {len(tags)} tags")
+        raise InputError(f"expected one tag per example ({s.shape[0]}), got {len(tags)} tags")
     correct = {"text": text_correct(s), "image": image_correct(s), "group": group_correct(s)}
     tag_arr = np.asarray(tags, dtype=object)
     present = set(tags)
@@ -259,7 +261,7 @@ def normalized_image_scores(scores, uncond) -> np.ndarray:
         uncond = uncond.detach().cpu().double().numpy()
     u = np.asarray(uncond, dtype=np.float64)
     if u.shape != s.shape[:-1]:
-        raise ValueError(f"unconditional scores must have shape {s.shape[:-1]} (one per image), got {u.shape}")
+        raise InputError(f"unconditional scores must have shape {s.shape[:-1]} (one per image), got {u.shape}")
     return s - u[..., None, :]  # broadcast over captions
 
 
@@ -297,10 +299,10 @@ def write_winoground(data_dir: str | os.PathLike, records: list[dict], images: d
     for i, record in enumerate(records):
         missing = [k for k in EXAMPLE_KEYS if k not in record]
         if missing:
-            raise ValueError(f"example {i} lacks keys {', '.join(missing)}; expected all of {', '.join(EXAMPLE_KEYS)}")
+            raise InputError(f"example {i} lacks keys {', '.join(missing)}; expected all of {', '.join(EXAMPLE_KEYS)}")
         absent = [record[k] for k in ("image_0", "image_1") if record[k] not in images]
         if absent:
-            raise ValueError(f"example {i} names images {', '.join(absent)} that are not among the images given")
+            raise InputError(f"example {i} names images {', '.join(absent)} that are not among the images given")
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "examples.jsonl", "w", encoding="utf-8") as f:
         # the loader's keys first; extra keys (provenance) are kept and ignored by load_winoground
@@ -330,7 +332,7 @@ def pair_jobs(timesteps: list[int], n_trials: int, randomize_noise: bool, noise_
     """Jobs for every (condition, image) pair × every (t, trial), condition-major; output reshapes to
     (n_conds, n_images, n_t, n_trials). The k-th (t, trial) is t = timesteps[k // n_trials]."""
     if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+        raise InputError(f"n_trials must be >= 1, got {n_trials}")
     n = len(timesteps) * n_trials
     t = torch.as_tensor(timesteps, dtype=torch.long).repeat_interleave(n_trials)  # (n,)
     noise = periodic_noise_rows(n, noise_period, randomize_noise)  # (n,)
@@ -350,7 +352,7 @@ def diffusion_example_scores(scorer: Scorer, latents: torch.Tensor, conds: torch
     [image] = -mean error of the empty prompt, both float64.
     """
     if latents.shape[0] != 2 or conds.shape[0] != N_CONDS:
-        raise ValueError(f"expected 2 image latents and {N_CONDS} conditions (caption_0, caption_1, empty prompt), "
+        raise InputError(f"expected 2 image latents and {N_CONDS} conditions (caption_0, caption_1, empty prompt), "
                          f"got {latents.shape[0]} and {conds.shape[0]}")
     jobs = pair_jobs(timesteps, n_trials, randomize_noise, noise_period)
     errors = scorer.evaluate(latents, conds, jobs, loss).float().reshape(N_CONDS, 2, len(timesteps), n_trials)
@@ -377,7 +379,7 @@ def resolve_clip_model(version: str = "ViT-L/14", model: str | None = None) -> s
     if model:
         return str(model)
     if version not in CLIP_VERSIONS:
-        raise ValueError(f"unknown CLIP version {version!r}; expected one of {', '.join(CLIP_VERSIONS)} (or --model_path)")
+        raise InputError(f"unknown CLIP version {version!r}; expected one of {', '.join(CLIP_VERSIONS)} (or --model_path)")
     return CLIP_VERSIONS[version]
 
 
@@ -393,7 +395,7 @@ def load_clip(model: str, device: torch.device | str = "cpu", dtype: torch.dtype
     device = torch.device(device)
     local = Path(model).expanduser().exists()
     if not local and not _looks_like_hub_id(model):
-        raise FileNotFoundError(f"CLIP folder {model!r} does not exist; expected a transformers CLIP folder "
+        raise MissingError(f"CLIP folder {model!r} does not exist; expected a transformers CLIP folder "
                                 f"(config.json, weights, tokenizer and preprocessor files) or a hub id")
     try:
         clip = CLIPModel.from_pretrained(model, torch_dtype=dtype).to(device).eval().requires_grad_(False)
@@ -401,9 +403,9 @@ def load_clip(model: str, device: torch.device | str = "cpu", dtype: torch.dtype
     except (OSError, ValueError) as e:
         if local:
             first = str(e).splitlines()[0] if str(e) else ""
-            raise FileNotFoundError(f"CLIP folder {model!r} lacks its parts ({type(e).__name__}: {first}); expected "
+            raise MissingError(f"CLIP folder {model!r} lacks its parts ({type(e).__name__}: {first}); expected "
                                     f"a transformers CLIP folder with its tokenizer and image processor") from None
-        raise FileNotFoundError(f"cannot load CLIP model {model!r}: it is not a local folder and not in the Hugging "
+        raise MissingError(f"cannot load CLIP model {model!r}: it is not a local folder and not in the Hugging "
                                 f"Face cache, and the hub is unreachable; on a machine with network run "
                                 f"`huggingface-cli download {model}` (or pass --model_path /path/to/folder)") from None
 
@@ -427,16 +429,16 @@ def load_openclip(arch: str = OPENCLIP_VERSION, pretrained: str = OPENCLIP_PRETR
     try:
         import open_clip
     except ImportError:
-        raise ImportError("--model openclip needs the open_clip package: pip install open_clip_torch "
+        raise MissingPackageError("--model openclip needs the open_clip package: pip install open_clip_torch "
                           "(or pip install 'diffusion-classifier[clip]')") from None
     device = torch.device(device)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(arch)
     except RuntimeError as e:  # open_clip reports unknown architectures / tags as RuntimeError
-        raise ValueError(f"open_clip cannot build {arch!r} with pretrained {pretrained!r}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"open_clip cannot build {arch!r} with pretrained {pretrained!r}: {str(e).splitlines()[0]}") from None
     except OSError as e:  # missing checkpoint files, unreachable hub
-        raise FileNotFoundError(f"cannot load OpenCLIP {arch} weights {pretrained!r} ({type(e).__name__}); the hub is "
+        raise MissingError(f"cannot load OpenCLIP {arch} weights {pretrained!r} ({type(e).__name__}); the hub is "
                                 f"unreachable or the file is missing: pass --model_path /path/to/checkpoint") from None
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -463,38 +465,68 @@ def record_file(folder: str | os.PathLike, example_id: int) -> Path:
 
 def run_examples(examples: list[WinogroundExample], folder: str | os.PathLike,
                  score_example: Callable[[WinogroundExample], dict], desc: str = "",
-                 show_progress: bool = True) -> tuple[list[dict], int]:
+                 show_progress: bool = True, counts: dict | None = None) -> tuple[list[dict], int]:
     """Score the examples without a record in `folder`, saving {id, tag, scores, ...} atomically each.
 
     `score_example(ex)` returns at least `scores` (2, 2) [caption, image]. Returns every example's
     record (finished ones are read back, not recomputed) in example order, and how many were computed now.
+    A broken record is moved aside and recomputed.
+    Examples another process is scoring are waited for. `counts`, if given, receives `repaired`.
     """
     from tqdm.auto import tqdm
 
-    from .records import load_record, save_record
+    from .records import RecordFolder
+
+    def problem(record) -> str | None:
+        if not isinstance(record, dict) or not {"id", "tag", "scores"} <= set(record):
+            return "expected a dict with keys id, tag and scores"
+        if tuple(torch.as_tensor(record["scores"]).shape) != (2, 2):
+            return f"expected scores of shape (2, 2), found {tuple(torch.as_tensor(record['scores']).shape)}"
+        return None
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    records, computed = [], 0
-    bar = tqdm(examples, desc=desc, disable=not show_progress, dynamic_ncols=True)
-    for ex in bar:
-        path = record_file(folder, ex.id)
-        if path.is_file():
-            records.append(load_record(path))
-            continue
-        record = {"id": int(ex.id), "tag": ex.collapsed_tag, **score_example(ex)}
-        assert tuple(record["scores"].shape) == (2, 2), record["scores"].shape
-        save_record(record, path)
-        records.append(record)
-        computed += 1
-    bar.close()
-    return records, computed
+    computed = 0
+    found: dict[int, dict] = {}
+    with RecordFolder(folder, problem) as store:
+        todo = []
+        for ex in examples:
+            record = store.usable(record_file(folder, ex.id))
+            if record is None:
+                todo.append(ex)
+            else:
+                found[ex.id] = record
+        bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
+        pending = iter(todo)
+        while True:
+            group = store.claim_next(pending, 1, lambda e: record_file(folder, e.id))
+            if not group:
+                # the rest is held by other processes: wait for their records (or take over a dead one's claims)
+                for ex in todo:
+                    if ex.id not in found and (record := store.usable(record_file(folder, ex.id))) is not None:
+                        found[ex.id] = record
+                pending = iter([ex for ex in todo if ex.id not in found])
+                if not any(ex.id not in found for ex in todo):
+                    break
+                time.sleep(1.0)
+                continue
+            ex = group[0]
+            record = {"id": int(ex.id), "tag": ex.collapsed_tag, **score_example(ex)}
+            assert tuple(record["scores"].shape) == (2, 2), record["scores"].shape
+            store.save(record, record_file(folder, ex.id))
+            found[ex.id] = record
+            computed += 1
+            bar.update(1)
+        bar.close()
+        if counts is not None:
+            counts.update(repaired=store.repaired)
+    return [found[ex.id] for ex in examples], computed
 
 
 def summarize(records: list[dict]) -> dict:
     """Text/image/group scores of saved records; with unconditional scores also the normalised ones."""
     if not records:
-        raise ValueError("no Winoground records to summarise; expected at least one scored example")
+        raise InputError("no Winoground records to summarise; expected at least one scored example")
     scores = np.stack([_as_scores(r["scores"]) for r in records])  # (N, 2, 2)
     tags = [r["tag"] for r in records]
     summary = {"n": len(records), "scores": winoground_scores(scores, tags), "normalized": None}

@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusion_classifier.digits import load_digits_arrays  # noqa: E402
 from diffusion_classifier.prompts import dataset_prompts  # noqa: E402
 from diffusion_classifier.winoground import write_winoground  # noqa: E402
+from diffusion_classifier.cli import run as run_cli  # noqa: E402
+from diffusion_classifier.errors import InputError  # noqa: E402
 
 TAG = "Object"
 
@@ -34,7 +36,7 @@ def main(argv=None):
     parser.add_argument("--zip", action="store_true", help="store the images as images.zip instead of images/")
     args = parser.parse_args(argv)
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise InputError(f"--n must be >= 1, got {args.n}")
 
     images, labels = load_digits_arrays("test")  # (N, 8, 8) uint8, (N,)
     table = dataset_prompts("digits")  # "a photo of the number: 'd'.", the prompts of the digits classifier
@@ -54,4 +56,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -6,6 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.records import accuracy_summary, read_predictions  # noqa: E402
+from diffusion_classifier.cli import run as run_cli  # noqa: E402
+from diffusion_classifier.errors import MissingError  # noqa: E402
 
 
 def main(argv=None) -> list[dict]:
@@ -16,10 +18,11 @@ def main(argv=None) -> list[dict]:
     out = []
     for folder in args.folders:
         if not folder.is_dir():
-            raise FileNotFoundError(f"run folder {folder} does not exist")
+            raise MissingError(f"run folder {folder} does not exist")
         preds, labels, bad = read_predictions(folder)
         s = accuracy_summary(preds, labels)
-        print(f"{folder}: read {s['n']} records, skipped {len(bad)} unreadable")
+        print(f"{folder}: read {s['n']} records, skipped {len(bad)} unreadable"
+              + (f": {', '.join(p.name for p in bad)}" if bad else ""))
         if s["n"]:
             print(f"  top-1 accuracy: {s['top1']:.2f}%")
             print(f"  mean per-class accuracy: {s['mean_per_class']:.2f}%")
@@ -32,4 +35,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

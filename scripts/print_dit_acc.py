@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.dit import class_to_label, load_per_class_scores, per_class_accuracy  # noqa: E402
+from diffusion_classifier.cli import run as run_cli  # noqa: E402
 
 
 def dataset_labels(name: str, root, split: str, indices: list[int]) -> dict[int, int]:
@@ -35,16 +36,21 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"),
                    help="where datasets live (env DATASET_ROOT), for records that carry no label")
     args = p.parse_args(argv)
-    classes, images, scores, labels = load_per_class_scores(args.folder)
+    unreadable = []
+    classes, images, scores, labels = load_per_class_scores(args.folder, unreadable)
     missing = [i for i in images if i not in labels]
     if missing:
         labels.update(dataset_labels(args.dataset, args.dataset_root, args.split, missing))
     acc = per_class_accuracy(scores, classes, [labels[i] for i in images], class_to_label(args.dataset))
     print(f"{args.folder}: {len(images)} images scored by all {len(classes)} classes")
+    if unreadable:
+        names = ", ".join(str(p.relative_to(args.folder)) for p in unreadable)
+        print(f"  skipped {len(unreadable)} unreadable record(s), their images left out: {names}")
     for metric, value in acc.items():
         print(f"  {metric:<7} accuracy: {value:.2f}%")
-    return {"n_images": len(images), "n_classes": len(classes), "accuracy": acc}
+    return {"n_images": len(images), "n_classes": len(classes), "accuracy": acc,
+            "unreadable": [str(p) for p in unreadable]}
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

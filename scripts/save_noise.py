@@ -9,6 +9,7 @@ import torch  # noqa: E402
 
 from diffusion_classifier.noise import REFERENCE_ROWS, REFERENCE_SEED, reference_noise  # noqa: E402
 from diffusion_classifier.records import atomic_write_bytes  # noqa: E402
+from diffusion_classifier.cli import run as run_cli  # noqa: E402
 
 
 def main(argv=None) -> Path:
@@ -28,4 +29,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

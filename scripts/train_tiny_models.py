@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the script runs from any working directory
 
 from diffusion_classifier.digits import CLASSNAMES, NATIVE_SIZE, load_digits_arrays  # noqa: E402
+from diffusion_classifier.cli import run as run_cli  # noqa: E402
+from diffusion_classifier.errors import InputError  # noqa: E402
 
 DEFAULT_OUT = REPO / "diffusion_classifier" / "tiny_models"
 NUM_CLASSES = len(CLASSNAMES)
@@ -165,7 +167,7 @@ def validation_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: in
     from sklearn.model_selection import train_test_split
 
     if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"validation fraction must be in (0, 1), got {fraction}")
     fit, val = train_test_split(torch.arange(len(y)).numpy(), test_size=fraction, stratify=y.numpy(), random_state=seed)
     fit, val = torch.from_numpy(fit), torch.from_numpy(val)
     return (x[fit], y[fit]), (x[val], y[val])
@@ -657,4 +659,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusion_classifier.prompts import DATASET_PROMPTS, dataset_prompts, write_prompts_csv  # noqa: E402
+from diffusion_classifier.cli import run as run_cli  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "prompts"
 
@@ -24,4 +25,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -200,7 +200,7 @@ def test_resume_skips_finished_examples(wino, tiny_sd_pixels, tmp_path, capsys, 
     torch.testing.assert_close(redone["scores"], before["1.pt"][1]["scores"], rtol=0, atol=0)
     assert second["scores"] == first["scores"] and second["lines"] == first["lines"]
 
-    with pytest.raises(ValueError, match=r"holds a run with other settings \(noise: 'seed 0' -> 'seed 1'\)"):
+    with pytest.raises(ValueError, match=r"holds a run made with other settings \(1 differ: noise: folder \"seed 0\", command \"seed 1\"\)"):
         run_winoground.main([*map(str, args), "--seed", "1", "--no_progress"])
 
 
@@ -291,6 +291,46 @@ def test_openclip_path_and_missing_package(wino, tmp_path, capsys, monkeypatch):
     with pytest.raises(ImportError, match=r"needs the open_clip package: pip install open_clip_torch .*\[clip\]"):
         run_winoground.main(["--model", "openclip", "--data_dir", str(data), "--log_dir", str(tmp_path / "x"),
                              "--no_progress"])
+
+
+TINY_OPENCLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def test_openclip_real_package_tiny_model(wino, tmp_path, capsys):
+    """The OpenCLIP scorer through the real open_clip: a tiny architecture registered here, random weights."""
+    open_clip = pytest.importorskip("open_clip")
+    config_dir = tmp_path / "open_clip_configs"
+    config_dir.mkdir()
+    (config_dir / "dc-tiny-test.json").write_text(json.dumps(TINY_OPENCLIP))
+    open_clip.add_model_config(config_dir)
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("dc-tiny-test", pretrained=None)
+    with torch.no_grad():  # a non-trivial temperature, so the scale is tested too
+        model.logit_scale.fill_(float(np.log(7.0)))
+    ckpt = tmp_path / "tiny_openclip.pt"
+    torch.save(model.state_dict(), ckpt)
+
+    data = wino["folder"]
+    result, lines = run(capsys, "--model", "openclip", "--version", "dc-tiny-test", "--model_path", ckpt,
+                        "--data_dir", data, "--log_dir", tmp_path / "logs")
+    folder = tmp_path / "logs" / "winoground" / "openclip_tiny_openclip.pt"
+    assert Path(result["folder"]) == folder and result["computed"] == len(CAPTIONS)
+    tokenizer = open_clip.get_tokenizer("dc-tiny-test")
+    model.eval()
+    for ex in load_winoground(data):
+        with torch.no_grad():
+            img = model.encode_image(torch.stack([preprocess(ex.open_image(k)) for k in (0, 1)]))
+            txt = model.encode_text(tokenizer([ex.caption_0, ex.caption_1]))
+        img, txt = img / img.norm(dim=1, keepdim=True), txt / txt.norm(dim=1, keepdim=True)
+        expected = (7.0 * txt @ img.T).double()  # [caption, image]
+        got = load_record(folder / f"{ex.id}.pt")["scores"]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(got, got.T)  # the two captions really score differently
+    check_summary(result, lines, folder, load_winoground(data))
 
 
 # ---------------------------------------------------------------- data

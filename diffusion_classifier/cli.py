@@ -1,0 +1,69 @@
+"""The command-line boundary shared by every entry point: one-line user errors, clean interrupts.
+
+    if __name__ == "__main__":
+        run(main)
+
+- a UserError (errors.py) prints `error: <message>` as one line on stderr and exits with status 2;
+- SIGINT / SIGTERM stop after the record being written is complete, say how many records this run
+  finished and that re-running the same command resumes, and exit with 130 / 143;
+- any other exception is a bug and keeps its traceback;
+- `--debug` (taken off the command line before the script parses it) or DIFFUSION_CLASSIFIER_DEBUG=1
+  shows the traceback of user errors and interrupts too.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Callable
+
+from . import interrupts
+from .errors import UserError
+
+DEBUG_ENV = "DIFFUSION_CLASSIFIER_DEBUG"
+USER_ERROR_EXIT = 2
+
+
+def debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def one_line(message: str) -> str:
+    """The message with its lines joined: a user error is one line on stderr."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> None:
+    """Call main(argv) under the boundary and exit with its status; `unit` names what a record holds."""
+    from . import records
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    previous = interrupts.install()
+    written_before = records.records_written()
+    try:
+        if inspect.signature(main).parameters:
+            main(argv)
+        else:  # a main() that parses sys.argv itself
+            sys.argv[1:] = argv
+            main()
+    except interrupts.Interrupted as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stdout.flush()
+        n = records.records_written() - written_before
+        print(f"interrupted by {e}: {n} {unit} finished in this run are saved, none is half-written; "
+              f"re-run the same command to resume", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except UserError as e:
+        if debug:
+            raise
+        sys.stdout.flush()
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    finally:
+        interrupts.restore(previous)
+    sys.exit(0)
