@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--delta", type=float, default=None,
                    help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
                         "(replaces --z; see README)")
+    p.add_argument("--variance", default="iid", choices=["iid", "stratified"],
+                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
+                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
     p.add_argument("--timestep_weights", type=Path, default=None,
                    help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
     p.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.corruptions)")
@@ -94,6 +97,7 @@ def main(argv=None) -> dict:
 
     dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation),
                           corruption=args.corruption, severity=args.severity, delta=args.delta,
+                    variance=args.variance if args.variance != "iid" else None,
                     timestep_weights=weights_digest(args.timestep_weights) if tw else None)
     check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
     indices = subset_indices(len(dataset), args.subset_path)
@@ -101,7 +105,8 @@ def main(argv=None) -> dict:
 
     tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
     classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
-                                     args.min_samples, model.T, args.delta, tw.weights if tw else None)
+                                     args.min_samples, model.T, args.delta, tw.weights if tw else None,
+                                     args.variance)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
 
@@ -111,6 +116,8 @@ def main(argv=None) -> dict:
     run = sd_run_name(version, args.n_trials, args.to_keep, args.n_samples, args.interpolation, args.loss, img_size)
     if args.schedule == "statistical":
         run += (f"_stat_z{args.z:g}" if args.delta is None else f"_stat_d{args.delta:g}") + f"_min{args.min_samples}"
+    if args.schedule == "statistical" and args.variance != "iid":
+        run += f"_{args.variance}"
     if tw is not None:
         run += f"_tw{weights_digest(args.timestep_weights)}"
     folder = args.log_dir / dataset_dir / run

@@ -92,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--delta", type=float, default=None,
                    help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
                         "(replaces --z; see README)")
+    p.add_argument("--variance", default="iid", choices=["iid", "stratified"],
+                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
+                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
     p.add_argument("--timestep_weights", type=Path, default=None,
                    help="adaptive mode: JSON of learned timestep weights (scripts/fit_timestep_weights.py)")
     p.add_argument("--loss", default="l2", choices=list(LOSSES), help="adaptive mode: error between ε and ε̂")
@@ -161,7 +164,8 @@ def main(argv=None) -> dict:
     else:
         tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
         classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
-                                         args.min_samples, model.T, args.delta, tw.weights if tw else None)
+                                         args.min_samples, model.T, args.delta, tw.weights if tw else None,
+                                     args.variance)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
     # what changes a record's numbers; --subset_path/--imgs_to_eval only pick images, so a run can grow
@@ -189,6 +193,8 @@ def main(argv=None) -> dict:
                             args.z, args.min_samples, args.null_normalize)
     if args.delta is not None:
         run = run.replace(f"_stat_z{args.z:g}_", f"_stat_d{args.delta:g}_")
+    if args.schedule == "statistical" and args.variance != "iid":
+        run += f"_{args.variance}"
     if args.timestep_weights is not None:
         run += f"_tw{weights_digest(args.timestep_weights)}"
     folder = args.log_dir / dataset_dir / run
@@ -196,6 +202,7 @@ def main(argv=None) -> dict:
                     z=args.z if args.schedule == "statistical" else None,
                     min_samples=args.min_samples if args.schedule == "statistical" else None,
                     null_normalize=args.null_normalize, classes=classes, delta=args.delta,
+                    variance=args.variance if args.variance != "iid" else None,
                     timestep_weights=weights_digest(args.timestep_weights) if args.timestep_weights else None)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
     claim_run_folder(folder, settings, info, state)

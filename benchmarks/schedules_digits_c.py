@@ -42,11 +42,20 @@ def schedules(deltas, zs, min_samples):
         out.append((f"fixed z={z:g} (min {min_samples})", "fixed-z",
                     lambda ev, n, k, w, z=z: statistical_classify(ev, n, k, N_TIMESTEPS, z=z, min_samples=min_samples,
                                                                   weights=w)))
-    for d in deltas:
-        out.append((f"anytime delta={d:g} (min {min_samples})", "anytime",
-                    lambda ev, n, k, w, d=d: statistical_classify(ev, n, k, N_TIMESTEPS, delta=d,
-                                                                  min_samples=min_samples, weights=w)))
+    for variance in ("iid", "stratified"):
+        for d in deltas:
+            out.append((f"anytime delta={d:g} (min {min_samples}, {variance})", f"anytime-{variance}",
+                        lambda ev, n, k, w, d=d, v=variance: statistical_classify(
+                            ev, n, k, N_TIMESTEPS, delta=d, min_samples=min_samples, weights=w, variance=v)))
     return out
+
+
+def restrict(fe, indices):
+    """fe on the images whose dataset index is in `indices` (the images both models scored)."""
+    keep = [i for i, idx in enumerate(fe.indices) if idx in indices]
+    sel = torch.tensor(keep, dtype=torch.long)
+    return type(fe)(fe.errors[sel], fe.t, fe.labels[sel], fe.preds[sel], [fe.indices[i] for i in keep],
+                    fe.candidate_class)
 
 
 def replay(fe, classify, idx, weights=None, exact: bool = True) -> dict:
@@ -85,7 +94,7 @@ def plot_schedules(rows, path: Path) -> None:
     sets = sorted({r["set"] for r in rows}, key=lambda s: [set_name(*x) for x in SETS].index(s))
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     fig, axes = plt.subplots(len(models), 1, figsize=(8, 3.6 * len(models)), squeeze=False)
-    markers = {"full": "*", "reference": "s", "fixed-z": "^", "anytime": "o"}
+    markers = {"full": "*", "reference": "s", "fixed-z": "^", "anytime-iid": "o", "anytime-stratified": "D"}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m in zip(axes[:, 0], models):
         for j, sname in enumerate(sets):
@@ -93,9 +102,9 @@ def plot_schedules(rows, path: Path) -> None:
             for kind, mk in markers.items():
                 q = [r for r in pts if r["kind"] == kind]
                 ax.plot([r["evals_per_image"] for r in q], [r["accuracy"] for r in q], mk, color=colors[j % 10],
-                        linestyle="-" if kind == "anytime" else "none", label=sname if kind == "full" else None, ms=5)
+                        linestyle="-" if kind.startswith("anytime") else "none", label=sname if kind == "full" else None, ms=5)
         ax.set_xscale("log")
-        ax.set_xlabel("denoiser evaluations per image (log); * full, s reference-style, ^ fixed z, o anytime (deltas)")
+        ax.set_xlabel("denoiser evaluations per image (log); * full, s reference, ^ fixed z, o anytime iid, D anytime stratified")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(f"{MODELS[m]}: clean and corrupted digits (uniform weights)")
         ax.grid(True, alpha=0.3)
@@ -146,8 +155,10 @@ def main(argv=None):
     for corruption, severity, folders in available:
         sname = set_name(corruption, severity)
         entry = {"set": sname, "corruption": corruption, "severity": severity}
+        loaded = {m: load_full_errors(f) for m, f in folders.items()}
+        common = set.intersection(*(set(fe.indices) for fe in loaded.values()))
         for m, folder in folders.items():
-            fe = load_full_errors(folder)
+            fe = restrict(loaded[m], common)
             n = len(fe.labels)
             fit_idx, out_idx = split_indices(n, 0.5, 0)
             if corruption is None:
@@ -170,16 +181,15 @@ def main(argv=None):
             print(f"{MODELS[m]} {sname}: full {full['accuracy']:.2f}% on {n} images; held-out top-1 uniform "
                   f"{rep['kinds']['uniform']['heldout_top1']:.1f}, poly {rep['kinds']['poly']['heldout_top1']:.1f}, "
                   f"bins {rep['kinds']['bins']['heldout_top1']:.1f}", flush=True)
-        idx = load_full_errors(folders["dit"]).indices
-        entry["logreg"], entry["logreg_all359"] = logistic_regression(corruption, severity, idx)
+        entry["logreg"], entry["logreg_all359"] = logistic_regression(corruption, severity, sorted(common))
         robust.append(entry)
 
     # the target: anytime within target_points of full with target_saving x fewer evaluations, where full < 95%
-    print("\n| model | set | full (%) | delta | anytime (%) | evaluations / image | fewer | target met |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("\n| model | set | full (%) | rule | anytime (%) | evaluations / image | fewer | target met |")
+    print("|---|---|---:|---|---:|---:|---:|---|")
     targets = []
     for r in rows:
-        if r["kind"] != "anytime" or r["weights"] != "uniform" or r["images"] != "all":
+        if not r["kind"].startswith("anytime") or r["weights"] != "uniform" or r["images"] != "all":
             continue
         full = next(q for q in rows if q["model"] == r["model"] and q["set"] == r["set"] and q["kind"] == "full"
                     and q["images"] == "all")
@@ -189,7 +199,7 @@ def main(argv=None):
         ok = abs(r["accuracy"] - full["accuracy"]) <= args.target_points and saving >= args.target_saving
         targets.append({"model": r["model"], "set": r["set"], "schedule": r["schedule"], "full": full["accuracy"],
                         "accuracy": r["accuracy"], "evals_per_image": r["evals_per_image"], "saving": saving, "met": ok})
-        print(f"| {MODELS[r['model']]} | {r['set']} | {full['accuracy']:.2f} | {r['schedule'].split('=')[1].split()[0]} "
+        print(f"| {MODELS[r['model']]} | {r['set']} | {full['accuracy']:.2f} | {r['schedule'].replace('anytime ', '')} "
               f"| {r['accuracy']:.2f} | {r['evals_per_image']:.0f} | {saving:.1f}x | {'yes' if ok else 'no'} |")
 
     print("\n| set | digits-sd full (%) | digits-dit full (%) | logistic regression (subset) | logistic regression (all 359) |")

@@ -24,6 +24,12 @@ samples can exceed it); the stratified timestep order is a fixed design, not ind
 makes the sample mean less variable than independent draws (conservative, but outside the proof);
 and "best" is the expected error over all (t, ε), which need not be the class the full evaluation
 on one fixed grid and noise bank picks when two classes are within its own sampling error.
+
+variance='stratified' (either threshold) estimates the standard error from differences between
+neighbouring timesteps instead of the plain sample variance: the error differences change smoothly
+with t, and the stratified order samples t evenly, so most of their spread is a trend that the mean
+over an even grid does not suffer from. It prunes sooner; the bound above then also rests on that
+smoothness (the neighbour differences must not underestimate the noise), an assumption, not a theorem.
 """
 from __future__ import annotations
 
@@ -47,16 +53,31 @@ def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:
     return [grid[i] for i in order]
 
 
-def paired_prune(errors: torch.Tensor, z: float) -> torch.Tensor:
+VARIANCES = ("iid", "stratified")
+
+
+def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid") -> torch.Tensor:
     """Keep-mask over candidates given their errors on shared samples (K, n): drop those worse than the
-    leader by more than z paired standard errors."""
+    leader by more than z paired standard errors.
+
+    variance 'iid': the sample variance of the differences (independent samples). 'stratified': the
+    successive-difference estimator of systematic sampling, sum over neighbours in t of (d_i+1 - d_i)^2
+    / (2 (n-1)), which leaves out the part of the spread that is a smooth trend of d over t; it needs the
+    samples' timesteps t (n,).
+    """
     k, n = errors.shape
     means = errors.mean(1)
     leader = int(means.argmin())
     if n < 2:
         return torch.ones(k, dtype=torch.bool)
     d = errors - errors[leader]  # (K, n) paired differences
-    se = d.std(1, unbiased=True) / n**0.5
+    if variance == "stratified":
+        ds = d[:, torch.argsort(t, stable=True)]
+        se = (((ds[:, 1:] - ds[:, :-1]) ** 2).sum(1) / (2 * (n - 1))).sqrt() / n**0.5
+    elif variance == "iid":
+        se = d.std(1, unbiased=True) / n**0.5
+    else:
+        raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
     keep = d.mean(1) <= z * se
     keep[leader] = True
     return keep
@@ -90,6 +111,7 @@ def statistical_classify(
     T: int = 1000,
     delta: float | None = None,
     weights: torch.Tensor | None = None,
+    variance: str = "iid",
 ) -> list[AdaptiveResult]:
     """Classify n_images at once; errors per (t, trial) of the k-th timestep use noise rows n_trials*k+trial.
 
@@ -98,6 +120,8 @@ def statistical_classify(
     """
     if z <= 0:
         raise InputError(f"z must be positive, got {z}")
+    if variance not in VARIANCES:
+        raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if delta is not None and not 0 < delta < 1:
         raise InputError(f"delta must be in (0, 1), got {delta}")
     if not 1 <= min_samples <= max_samples:
@@ -131,10 +155,11 @@ def statistical_classify(
                 row += 1
             if len(alive[i]) > 1:
                 e = torch.stack([torch.cat(errs[i][c]).flatten() for c in alive[i]])  # (K_alive, n)
-                if weights is not None:  # alive candidates share their timesteps
-                    e = e * weights[torch.tensor(ts_done[i][alive[i][0]]).repeat_interleave(n_trials)].to(e.dtype)
+                t_i = torch.tensor(ts_done[i][alive[i][0]]).repeat_interleave(n_trials)  # shared by the alive
+                if weights is not None:
+                    e = e * weights[t_i].to(e.dtype)
                 thr = z if delta is None else anytime_threshold(e.shape[1], delta, looks, n_candidates)
-                keep = paired_prune(e, thr)
+                keep = paired_prune(e, thr, t_i, variance)
                 alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
         k0 = k1
     results = []
@@ -152,7 +177,8 @@ def statistical_classify(
 
 
 def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int = 10,
-                  T: int = 1000, delta: float | None = None, weights: torch.Tensor | None = None) -> tuple[Callable, int]:
+                  T: int = 1000, delta: float | None = None, weights: torch.Tensor | None = None,
+                  variance: str = "iid") -> tuple[Callable, int]:
     """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'.
 
     `delta` (statistical only) selects the anytime-valid threshold instead of the fixed z; `weights` (T,)
@@ -162,7 +188,8 @@ def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float
         raise InputError("--delta applies to --schedule statistical only")
     if schedule == "statistical":
         return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
-                                  min_samples=min_samples, T=T, delta=delta, weights=weights), n_trials * max(n_samples))
+                                  min_samples=min_samples, T=T, delta=delta, weights=weights,
+                                  variance=variance), n_trials * max(n_samples))
     if schedule == "reference":
         rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
         return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T,

@@ -52,6 +52,10 @@ def test_anytime_rule_prunes_the_best_class_less_often_than_delta():
     assert fixed > 0.2 > rate, (fixed, rate)
 
 
+def test_stratified_variance_keeps_the_bound_on_unstructured_errors():
+    assert best_pruned_rate({"delta": 0.05, "variance": "stratified"}, NEAR_TIE, seed=2) <= 0.05
+
+
 def test_anytime_bound_holds_for_moderately_heavy_tails():
     assert best_pruned_rate({"delta": 0.1}, NEAR_TIE, n_images=400, heavy=True, seed=1) <= 0.1
 
