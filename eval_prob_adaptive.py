@@ -96,9 +96,7 @@ def main(argv=None) -> dict:
     latent_shape = model.latent_shape(img_size)
 
     dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation),
-                          corruption=args.corruption, severity=args.severity, delta=args.delta,
-                    variance=args.variance if args.variance != "iid" else None,
-                    timestep_weights=weights_digest(args.timestep_weights) if tw else None)
+                          corruption=args.corruption, severity=args.severity)
     check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
     indices = subset_indices(len(dataset), args.subset_path)
     indices = indices_shard(indices)[state.process_index :: state.num_processes]
@@ -127,7 +125,9 @@ def main(argv=None) -> dict:
                     schedule=args.schedule, z=args.z if args.schedule == "statistical" else None,
                     min_samples=args.min_samples if args.schedule == "statistical" else None,
                     subset=str(args.subset_path) if args.subset_path else None,
-                    corruption=args.corruption, severity=args.severity)
+                    corruption=args.corruption, severity=args.severity, delta=args.delta,
+                    variance=args.variance if args.variance != "iid" else None,
+                    timestep_weights=weights_digest(args.timestep_weights) if tw else None)
     claim_run_folder(folder, settings, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
     embeds = model.encode_prompts(table.prompts)

@@ -74,3 +74,35 @@ def test_clean_digits_unchanged_by_the_new_loader():
     _, test = split_indices(data.target)
     u8, _ = load_digits_arrays("test")
     assert np.array_equal(u8, np.rint(data.images[test] * (255.0 / 16.0)).astype(np.uint8))
+
+
+def _run_script(name, argv):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(argv)
+
+
+@pytest.mark.parametrize("script, model_flags", [
+    ("eval_prob_dit", ["--model", "tiny"]),
+    ("eval_prob_adaptive", ["--version", "tiny"]),
+])
+def test_scripts_run_digits_c_with_the_anytime_schedule(tmp_path, script, model_flags):
+    np.save(tmp_path / "sub.npy", np.array([0, 3]))
+    out = _run_script(script, model_flags + [
+        "--dataset", "digits_c", "--corruption", "fog", "--severity", "2", "--split", "test", "--to_keep", "1",
+        "--n_samples", "8", "--schedule", "statistical", "--delta", "0.1", "--min_samples", "4",
+        "--subset_path", str(tmp_path / "sub.npy"), "--log_dir", str(tmp_path / "logs"), "--no_progress",
+        "--device", "cpu"])
+    folder = tmp_path / "logs" / "digits_c_fog_2"
+    assert out["folder"].startswith(str(folder)) and "_stat_d0.1_min4" in out["folder"]
+    assert out["done"] == 2 and out["evaluations"] <= 2 * 10 * 8
+    import json
+    from pathlib import Path
+
+    settings = json.loads((Path(out["folder"]) / "manifest.json").read_text())["settings"]
+    assert settings["corruption"] == "fog" and settings["severity"] == 2 and settings["delta"] == 0.1
