@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from diffusion_classifier.adaptive import validate_schedule
+from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
+from diffusion_classifier.datasets import DATASETS, digits_c_dir, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
@@ -64,6 +65,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
     p.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--delta", type=float, default=None,
+                   help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
+                        "(replaces --z; see README)")
+    p.add_argument("--variance", default="iid", choices=["iid", "stratified"],
+                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
+                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
+    p.add_argument("--timestep_weights", type=Path, default=None,
+                   help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
+    p.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.corruptions)")
+    p.add_argument("--severity", type=int, default=None, help="--dataset digits_c: corruption severity 1..5")
     return p.parse_args(argv)
 
 
@@ -95,28 +106,39 @@ def main(argv=None) -> dict:
     latent_shape = model.latent_shape(img_size)
     batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch)
 
-    dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation))
+    dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation),
+                          corruption=args.corruption, severity=args.severity)
     check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
     indices = subset_indices(len(dataset), args.subset_path)
     indices = indices_shard(indices)[state.process_index :: state.num_processes]
 
+    tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
     classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
-                                     args.min_samples, model.T)
+                                     args.min_samples, model.T, args.delta, tw.weights if tw else None,
+                                     args.variance)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size, pad_to_batch=args.compile)
 
     version = args.version if args.model is None else Path(args.model.rstrip("/")).name
-    dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")
+    dataset_dir = (digits_c_dir(args.corruption, args.severity) if args.dataset == "digits_c" else args.dataset) \
+        + (f"_{args.extra}" if args.extra else "")
     run = sd_run_name(version, args.n_trials, args.to_keep, args.n_samples, args.interpolation, args.loss, img_size)
     if args.schedule == "statistical":
-        run += f"_stat_z{args.z:g}_min{args.min_samples}"
+        run += (f"_stat_z{args.z:g}" if args.delta is None else f"_stat_d{args.delta:g}") + f"_min{args.min_samples}"
+    if args.schedule == "statistical" and args.variance != "iid":
+        run += f"_{args.variance}"
+    if tw is not None:
+        run += f"_tw{weights_digest(args.timestep_weights)}"
     folder = args.log_dir / dataset_dir / run
     settings = dict(model=source, dataset=args.dataset, split=args.split, img_size=img_size, n_trials=args.n_trials,
                     to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, interpolation=args.interpolation,
                     noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
                     schedule=args.schedule, z=args.z if args.schedule == "statistical" else None,
                     min_samples=args.min_samples if args.schedule == "statistical" else None,
-                    subset=str(args.subset_path) if args.subset_path else None)
+                    subset=str(args.subset_path) if args.subset_path else None,
+                    corruption=args.corruption, severity=args.severity, delta=args.delta,
+                    variance=args.variance if args.variance != "iid" else None,
+                    timestep_weights=weights_digest(args.timestep_weights) if tw else None)
     claim_run_folder(folder, settings, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
     embeds = model.encode_prompts(table.prompts)

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
+from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import dit_transform, get_dataset, num_classes, subset_indices
+from diffusion_classifier.datasets import digits_c_dir, dit_transform, get_dataset, num_classes, subset_indices
 from diffusion_classifier.dit import (
     NullNormalizedScorer,
     adaptive_run_name,
@@ -40,7 +41,7 @@ from diffusion_classifier.records import check_writable, claim_run_folder, envir
 from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.statistical import make_schedule
 
-DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits"]
+DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits", "digits_c"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -86,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_batch", type=int, default=None,
                    help="images whose evaluations are packed into shared batches; not given: chosen for the device (batch size // 8, at most 16)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.corruptions)")
+    p.add_argument("--severity", type=int, default=None, help="--dataset digits_c: corruption severity 1..5")
     # adaptive mode
     p.add_argument("--to_keep", nargs="+", type=int, default=None, help="adaptive mode: classes kept after each stage; last must be 1")
     p.add_argument("--n_samples", nargs="+", type=int, default=None, help="adaptive mode: timesteps sampled at each stage")
@@ -93,6 +96,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="adaptive mode: staged pruning by --to_keep/--n_samples, or paired-difference pruning up to max(--n_samples)")
     p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
     p.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
+    p.add_argument("--delta", type=float, default=None,
+                   help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
+                        "(replaces --z; see README)")
+    p.add_argument("--variance", default="iid", choices=["iid", "stratified"],
+                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
+                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
+    p.add_argument("--timestep_weights", type=Path, default=None,
+                   help="adaptive mode: JSON of learned timestep weights (scripts/fit_timestep_weights.py)")
     p.add_argument("--loss", default="l2", choices=list(LOSSES), help="adaptive mode: error between ε and ε̂")
     p.add_argument("--null_normalize", action="store_true",
                    help="adaptive mode: subtract the null class's error on the same (t, ε) from every class's error; "
@@ -116,8 +127,9 @@ def check_flags(args: argparse.Namespace) -> str:
     if args.to_keep is None:
         if args.cls is None:
             raise InputError("pass --cls C (per-class mode) or --to_keep and --n_samples (adaptive mode)")
-        if args.null_normalize or args.schedule != "reference" or args.loss != "l2":
-            raise InputError("--null_normalize, --schedule and --loss are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
+        if args.null_normalize or args.schedule != "reference" or args.loss != "l2" or args.delta is not None \
+                or args.timestep_weights is not None:
+            raise InputError("--null_normalize, --schedule, --delta, --timestep_weights and --loss are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
         return "per_class"
     validate_schedule(args.to_keep, args.n_samples)
     if args.cls is not None:
@@ -150,10 +162,12 @@ def main(argv=None) -> dict:
         raise InputError(f"--cls must be in 0..{model.num_classes - 1} for this model ({model.num_classes} classes), "
                          f"got {args.cls}")
 
-    dataset = get_dataset(args.dataset, args.dataset_root or Path("."), args.split, dit_transform(img_size))
+    dataset = get_dataset(args.dataset, args.dataset_root or Path("."), args.split, dit_transform(img_size),
+                          corruption=args.corruption, severity=args.severity)
     indices = subset_indices(len(dataset), args.subset_path)[: args.imgs_to_eval]
     indices = shard(indices, args.n_workers, args.worker_idx)[state.process_index :: state.num_processes]
-    dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")
+    dataset_dir = (digits_c_dir(args.corruption, args.severity) if args.dataset == "digits_c" else args.dataset) \
+        + (f"_{args.extra}" if args.extra else "")
 
     if run_mode == "per_class":
         if kind == "vb" and not model.learned_variance:
@@ -162,13 +176,15 @@ def main(argv=None) -> dict:
         timesteps = interval_timesteps(args.t_interval, model.T)
         n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
     else:
+        tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
         classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
-                                         args.min_samples, model.T)
+                                         args.min_samples, model.T, args.delta, tw.weights if tw else None,
+                                     args.variance)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
     # what changes a record's numbers; --subset_path/--imgs_to_eval only pick images, so a run can grow
     settings = dict(model=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
-                    n_trials=args.n_trials, noise=noise_source)
+                    n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity)
     info = {"versions": environment_info(), "dtype": str(dtype)}
 
     if run_mode == "per_class":
@@ -191,11 +207,19 @@ def main(argv=None) -> dict:
     classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes)
     run = adaptive_run_name(model_name, args.n_trials, args.to_keep, args.n_samples, args.loss, args.schedule,
                             args.z, args.min_samples, args.null_normalize)
+    if args.delta is not None:
+        run = run.replace(f"_stat_z{args.z:g}_", f"_stat_d{args.delta:g}_")
+    if args.schedule == "statistical" and args.variance != "iid":
+        run += f"_{args.variance}"
+    if args.timestep_weights is not None:
+        run += f"_tw{weights_digest(args.timestep_weights)}"
     folder = args.log_dir / dataset_dir / run
     settings.update(to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, schedule=args.schedule,
                     z=args.z if args.schedule == "statistical" else None,
                     min_samples=args.min_samples if args.schedule == "statistical" else None,
-                    null_normalize=args.null_normalize, classes=classes)
+                    null_normalize=args.null_normalize, classes=classes, delta=args.delta,
+                    variance=args.variance if args.variance != "iid" else None,
+                    timestep_weights=weights_digest(args.timestep_weights) if args.timestep_weights else None)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
     claim_run_folder(folder, settings, info, state)
     runner_scorer = NullNormalizedScorer(scorer, model.null_class) if args.null_normalize else scorer

@@ -50,7 +50,17 @@ def plot(rows, path: Path) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if "--corrupted" in argv:
+        from schedules_digits_c import main as corrupted_main
+
+        return corrupted_main([a for a in argv if a != "--corrupted"])
+    p = argparse.ArgumentParser(description=__doc__ + "\n--corrupted: the digits_c replay benchmark "
+                                "(benchmarks/schedules_digits_c.py, its own flags)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--z", nargs="+", type=float, default=[1.0, 2.0, 3.0], help="z values of the statistical schedule")
     p.add_argument("--max_samples", type=int, default=500, help="timestep budget of the statistical schedule")
     p.add_argument("--min_samples", type=int, default=10, help="timesteps before the statistical schedule first prunes")

@@ -79,6 +79,7 @@ class AdaptiveResult:
 
     pred: int
     errors: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # cand -> {'t', 'pred_errors'}
+    survivors: list[int] | None = None  # candidates never pruned (statistical schedules)
 
     def mean_errors(self, n_candidates: int) -> torch.Tensor:
         """Each candidate's mean error over everything it was evaluated on: (K,)."""
@@ -93,8 +94,11 @@ def adaptive_classify(
     n_samples,
     n_trials: int = 1,
     T: int = 1000,
+    weights: torch.Tensor | None = None,
 ) -> list[AdaptiveResult]:
     """Staged pruning for several images at once; each image is pruned exactly as if it ran alone.
+
+    With `weights` (T,) positive, candidates are ranked by their weighted mean error mean(w(t)·e).
 
     `evaluate(jobs)` returns one error per job (J,). All images' jobs of a stage go to one call, so
     the engine can pack them into full batches.
@@ -119,7 +123,11 @@ def adaptive_classify(
                                "pred_errors": torch.cat([data[c]["pred_errors"], err_i[mask]])}
                 else:
                     data[c] = {"t": t_i[mask], "pred_errors": err_i[mask]}
-            means = torch.stack([data[c]["pred_errors"].mean() for c in remaining[i]])
+            if weights is None:
+                means = torch.stack([data[c]["pred_errors"].mean() for c in remaining[i]])
+            else:
+                means = torch.stack([(data[c]["pred_errors"] * weights[data[c]["t"]].to(torch.float32)).mean()
+                                     for c in remaining[i]])
             best = torch.argsort(means, stable=True)[: stage.keep].tolist()  # ties: lower index first
             remaining[i] = [remaining[i][j] for j in best]
     for i in range(n_images):

@@ -344,13 +344,32 @@ DATASETS: dict[str, Callable] = {
     "objectnet": _objectnet,
     "imagefolder": _imagefolder,
     "digits": _digits,
+    "digits_c": lambda root, split, transform: get_dataset("digits_c", root, split, transform),  # needs a corruption
 }
 
 
-def get_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None):
-    """The (image, label) dataset `name` under root; labels match its prompts' classidx; .classes in label order."""
+def digits_c_dir(corruption: str, severity: int) -> str:
+    """Log folder name of a digits_c set, e.g. digits_c_gaussian_noise_3."""
+    return f"digits_c_{corruption}_{severity}"
+
+
+def get_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,
+                corruption: str | None = None, severity: int | None = None):
+    """The (image, label) dataset `name` under root; labels match its prompts' classidx; .classes in label order.
+
+    digits_c needs `corruption` and `severity` (diffusion_classifier.corruptions); no other dataset takes them.
+    """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "digits_c":
+        from .corruptions import check_corruption
+        from .digits import DigitsDataset
+
+        check_corruption(corruption, severity)
+        _split("digits_c", split, {"test": "test"})
+        return DigitsDataset("test", transform=transform, corruption=corruption, severity=severity)
+    if corruption is not None or severity is not None:
+        raise InputError(f"--corruption and --severity apply to --dataset digits_c only, not {name!r}")
     ds = DATASETS[name](Path(root).expanduser(), split, transform)
     if not hasattr(ds, "classes"):  # Caltech101 names them `categories`
         ds.classes = list(DATASET_PROMPTS[name].classnames)

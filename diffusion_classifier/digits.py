@@ -49,16 +49,34 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return digits.images, digits.target
 
 
-def load_digits_arrays(split: str):
-    """(images uint8 (N, 8, 8) in 0..255, labels int64 (N,)) of the given split ('train' or 'test')."""
+def load_digits_native(split: str):
+    """(images float64 (N, 8, 8) in scikit-learn's 0..16, labels int64 (N,)) of the split ('train' or 'test')."""
     if split not in ("train", "test"):
         raise InputError(f"digits split must be 'train' or 'test', got {split!r}")
     raw, target = _sklearn_digits()
-    images = np.rint(raw * (255.0 / 16.0)).astype(np.uint8)  # 17 grey levels -> 0..255
     labels = target.astype(np.int64)
     train, test = split_indices(labels)
     idx = train if split == "train" else test
-    return images[idx], labels[idx]
+    return raw[idx].astype(np.float64), labels[idx]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Grey levels 0..16 -> 0..255 uint8 (17 levels of the clean set land on the same values as before)."""
+    return np.rint(np.clip(images, 0.0, 16.0) * (255.0 / 16.0)).astype(np.uint8)
+
+
+def load_digits_arrays(split: str, corruption: str | None = None, severity: int | None = None, seed: int = 0):
+    """(images uint8 (N, 8, 8) in 0..255, labels int64 (N,)) of the given split ('train' or 'test').
+
+    With a corruption (see diffusion_classifier.corruptions) every image is corrupted at `severity`
+    in the native 0..16 range, seeded per image index, before the conversion to 0..255.
+    """
+    images, labels = load_digits_native(split)
+    if corruption is not None:
+        from .corruptions import corrupt_images
+
+        images = corrupt_images(images, corruption, severity, seed)
+    return to_uint8(images), labels
 
 
 class DigitsDataset(torch.utils.data.Dataset):
@@ -66,8 +84,10 @@ class DigitsDataset(torch.utils.data.Dataset):
 
     classes = CLASSNAMES
 
-    def __init__(self, split: str = "test", transform=None):
-        self.images, labels = load_digits_arrays(split)
+    def __init__(self, split: str = "test", transform=None, corruption: str | None = None,
+                 severity: int | None = None, seed: int = 0):
+        self.images, labels = load_digits_arrays(split, corruption, severity, seed)
+        self.corruption, self.severity = corruption, severity
         self.targets = labels.tolist()
         self.transform = transform
 

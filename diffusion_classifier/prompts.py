@@ -61,6 +61,7 @@ def _load_specs() -> dict[str, PromptSpec]:
         specs[name] = PromptSpec(tuple(entry["templates"]), classnames, prompt_names)
     imagenet = specs["imagenet"]
     specs["imagenetv2"] = imagenet  # same 1000 classes, same label order
+    specs["digits_c"] = specs["digits"]  # the corrupted digits test split: same classes
     # ImageNet-A: its 200 classes in sorted-wnid order, which is ImageNet-1k index order
     a_idx = meta["imagenet_a_indices"]
     specs["imagenetA"] = PromptSpec(

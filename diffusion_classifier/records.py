@@ -131,6 +131,15 @@ def check_writable(folder: str | Path, flag: str = "--log_dir") -> Path:
     return folder
 
 
+def read_manifest_settings(folder: str | Path) -> dict:
+    """The settings of a run folder's manifest, or {} when it has none (or an unreadable one)."""
+    path = Path(folder) / MANIFEST
+    try:
+        return dict(json.loads(path.read_text()).get("settings", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def claim_run_folder(folder: str | Path, settings: dict, info: dict | None = None, state=None) -> None:
     """check_manifest for every process of a run: the main one writes the manifest, the others check it."""
     if state is None or state.is_main_process:

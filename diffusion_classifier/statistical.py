@@ -4,6 +4,32 @@ Every candidate is scored on the same (t, ε), so for candidates a and the curre
 per-sample differences d = err_a - err_b are paired and their mean has standard error sd(d)/sqrt(n).
 A candidate is dropped once mean(d) > z·se; timesteps come in a stratified order so that every prefix
 covers [0, T) evenly; evaluation stops when one candidate remains or `max_samples` timesteps are spent.
+
+With a fixed z the same hypothesis is tested again at every look, so the chance of ever dropping the
+best class grows with the number of looks and is not stated. Given `delta`, the anytime-valid rule
+replaces z by a threshold that spends delta over every (look, candidate) pair (Bonferroni): the looks
+happen after min_samples, min_samples+step, ... up to max_samples timesteps, a number L known before
+the first sample, and a candidate is dropped at a look with n samples once its paired t statistic
+against the leader exceeds the Student-t quantile t_{n-1}(1 - delta / (L (K - 1))).
+
+What this guarantees: let b be the class with the lowest expected (weighted) error, expectation over
+(t, ε) drawn independently. b is dropped only if at some look its t statistic against some other class
+j (the leader then) exceeds the threshold although E[e_b - e_j] <= 0; each of these L (K - 1) events has
+probability at most delta / (L (K - 1)) when the t statistic of the paired differences follows its
+Student-t law (exact for normal differences, asymptotic by the central limit theorem otherwise), so
+P(b is ever dropped) <= delta, however the looks turn out and whatever the other classes do.
+What it does not guarantee: the bound rests on that normal approximation (errors are not bounded,
+so no distribution-free bound is available without clipping them; heavy-tailed differences at few
+samples can exceed it); the stratified timestep order is a fixed design, not independent draws, and
+makes the sample mean less variable than independent draws (conservative, but outside the proof);
+and "best" is the expected error over all (t, ε), which need not be the class the full evaluation
+on one fixed grid and noise bank picks when two classes are within its own sampling error.
+
+variance='stratified' (either threshold) estimates the standard error from differences between
+neighbouring timesteps instead of the plain sample variance: the error differences change smoothly
+with t, and the stratified order samples t evenly, so most of their spread is a trend that the mean
+over an even grid does not suffer from. It prunes sooner; the bound above then also rests on that
+smoothness (the neighbour differences must not underestimate the noise), an assumption, not a theorem.
 """
 from __future__ import annotations
 
@@ -12,9 +38,9 @@ from typing import Callable
 
 import torch
 
+from .errors import InputError
 from .adaptive import AdaptiveResult, adaptive_classify, reference_stages
 from .engine import Jobs
-from .errors import InputError
 
 
 def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:
@@ -27,19 +53,50 @@ def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:
     return [grid[i] for i in order]
 
 
-def paired_prune(errors: torch.Tensor, z: float) -> torch.Tensor:
+VARIANCES = ("iid", "stratified")
+
+
+def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid") -> torch.Tensor:
     """Keep-mask over candidates given their errors on shared samples (K, n): drop those worse than the
-    leader by more than z paired standard errors."""
+    leader by more than z paired standard errors.
+
+    variance 'iid': the sample variance of the differences (independent samples). 'stratified': the
+    successive-difference estimator of systematic sampling, sum over neighbours in t of (d_i+1 - d_i)^2
+    / (2 (n-1)), which leaves out the part of the spread that is a smooth trend of d over t; it needs the
+    samples' timesteps t (n,).
+    """
     k, n = errors.shape
     means = errors.mean(1)
     leader = int(means.argmin())
     if n < 2:
         return torch.ones(k, dtype=torch.bool)
     d = errors - errors[leader]  # (K, n) paired differences
-    se = d.std(1, unbiased=True) / n**0.5
+    if variance == "stratified":
+        ds = d[:, torch.argsort(t, stable=True)]
+        se = (((ds[:, 1:] - ds[:, :-1]) ** 2).sum(1) / (2 * (n - 1))).sqrt() / n**0.5
+    elif variance == "iid":
+        se = d.std(1, unbiased=True) / n**0.5
+    else:
+        raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
     keep = d.mean(1) <= z * se
     keep[leader] = True
     return keep
+
+
+def n_looks(max_samples: int, min_samples: int, step: int | None = None) -> int:
+    """Pruning looks of the statistical schedule: after min_samples, then every `step` timesteps up to max_samples."""
+    step = step or min_samples
+    return 1 + -(-(max_samples - min_samples) // step)
+
+
+def anytime_threshold(n: int, delta: float, looks: int, n_candidates: int) -> float:
+    """One-sided t threshold at n paired samples that spends delta over looks x (n_candidates - 1) tests."""
+    from scipy.stats import t as student_t
+
+    if n < 2:
+        return float("inf")
+    alpha = delta / (looks * max(n_candidates - 1, 1))
+    return float(student_t.ppf(1.0 - alpha, n - 1))
 
 
 def statistical_classify(
@@ -52,14 +109,26 @@ def statistical_classify(
     min_samples: int = 10,
     step: int | None = None,
     T: int = 1000,
+    delta: float | None = None,
+    weights: torch.Tensor | None = None,
+    variance: str = "iid",
 ) -> list[AdaptiveResult]:
-    """Classify n_images at once; errors per (t, trial) of the k-th timestep use noise rows n_trials*k+trial."""
+    """Classify n_images at once; errors per (t, trial) of the k-th timestep use noise rows n_trials*k+trial.
+
+    With `delta` the anytime-valid threshold (module docstring) replaces the fixed `z`. With `weights`
+    (T,) positive, decisions use the weighted errors w(t)·e (records keep the raw errors).
+    """
     if z <= 0:
         raise InputError(f"z must be positive, got {z}")
+    if variance not in VARIANCES:
+        raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    if delta is not None and not 0 < delta < 1:
+        raise InputError(f"delta must be in (0, 1), got {delta}")
     if not 1 <= min_samples <= max_samples:
         raise InputError(f"min_samples must be in 1..max_samples ({max_samples}), got {min_samples}")
     timesteps = stratified_timesteps(max_samples, T)
     step = step or min_samples
+    looks = n_looks(max_samples, min_samples, step)
     alive = [list(range(n_candidates)) for _ in range(n_images)]
     errs = [[[] for _ in range(n_candidates)] for _ in range(n_images)]  # [image][cand] -> list of (n_trials,) tensors
     ts_done = [[[] for _ in range(n_candidates)] for _ in range(n_images)]
@@ -86,7 +155,11 @@ def statistical_classify(
                 row += 1
             if len(alive[i]) > 1:
                 e = torch.stack([torch.cat(errs[i][c]).flatten() for c in alive[i]])  # (K_alive, n)
-                keep = paired_prune(e, z)
+                t_i = torch.tensor(ts_done[i][alive[i][0]]).repeat_interleave(n_trials)  # shared by the alive
+                if weights is not None:
+                    e = e * weights[t_i].to(e.dtype)
+                thr = z if delta is None else anytime_threshold(e.shape[1], delta, looks, n_candidates)
+                keep = paired_prune(e, thr, t_i, variance)
                 alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
         k0 = k1
     results = []
@@ -97,18 +170,77 @@ def statistical_classify(
                 e = torch.cat(errs[i][c])  # (n_t, n_trials)
                 t = torch.tensor(ts_done[i][c]).repeat_interleave(n_trials)
                 data[c] = {"t": t, "pred_errors": e.flatten()}
-        means = {c: float(data[c]["pred_errors"].mean()) for c in alive[i]}
-        results.append(AdaptiveResult(pred=min(means, key=means.get), errors=data))
+        w = (lambda t: 1.0) if weights is None else (lambda t: weights[t].to(torch.float32))
+        means = {c: float((data[c]["pred_errors"] * w(data[c]["t"])).mean()) for c in alive[i]}
+        results.append(AdaptiveResult(pred=min(means, key=means.get), errors=data, survivors=list(alive[i])))
     return results
 
 
 def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int = 10,
-                  T: int = 1000) -> tuple[Callable, int]:
-    """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'."""
+                  T: int = 1000, delta: float | None = None, weights: torch.Tensor | None = None,
+                  variance: str = "iid") -> tuple[Callable, int]:
+    """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'.
+
+    `delta` (statistical only) selects the anytime-valid threshold instead of the fixed z; `weights` (T,)
+    makes either schedule decide on weighted errors w(t)·e.
+    """
+    if delta is not None and schedule != "statistical":
+        raise InputError("--delta applies to --schedule statistical only")
     if schedule == "statistical":
         return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
-                                  min_samples=min_samples, T=T), n_trials * max(n_samples))
+                                  min_samples=min_samples, T=T, delta=delta, weights=weights,
+                                  variance=variance), n_trials * max(n_samples))
     if schedule == "reference":
         rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
-        return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T), rows
+        return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T,
+                                 weights=weights), rows
     raise InputError(f"schedule must be 'reference' or 'statistical', got {schedule!r}")
+
+
+class Replay:
+    """`evaluate(jobs)` answered from the records of a full evaluation instead of the model.
+
+    errors (N, K, S) at timesteps t (S,) of a full evaluation whose sample s used noise row noise_rows[s]
+    (for statistical_classify's full evaluation, --min_samples = max_samples: the k-th stratified
+    timestep with row k). Any schedule that asks only for those (t, noise row) pairs gets exactly the
+    errors a real run would compute (check_noise=True enforces it); the reference's staged schedules
+    use other noise rows (and grids), so with check_noise=False they are answered by the nearest scored
+    timestep (another draw of noise, t moved by at most half the grid step). `evaluations` counts the
+    jobs asked for.
+    """
+
+    def __init__(self, errors: torch.Tensor, t: torch.Tensor, noise_rows: torch.Tensor | None = None,
+                 T: int = 1000, check_noise: bool = True):
+        n, k, s = errors.shape
+        t = torch.as_tensor(t, dtype=torch.long)
+        if len(t) != s or len(set(t.tolist())) != s:
+            raise InputError("replay needs one error per distinct timestep (n_trials = 1)")
+        self.table = torch.full((n, k, T), float("nan"), dtype=errors.dtype)
+        self.table[:, :, t] = errors
+        self.row = torch.full((T,), -1, dtype=torch.long)
+        if noise_rows is not None:
+            self.row[t] = torch.as_tensor(noise_rows, dtype=torch.long)
+        self.check_noise = check_noise and noise_rows is not None
+        # without the noise check a timestep the full evaluation did not score is answered by the nearest one
+        self.nearest = t[torch.argmin((torch.arange(T)[:, None] - t[None, :]).abs(), 1)]
+        if self.check_noise:
+            self.nearest = torch.arange(T)
+        self.evaluations = 0
+
+    def __call__(self, jobs: Jobs) -> torch.Tensor:
+        self.evaluations += len(jobs)
+        out = self.table[jobs.image, jobs.cond, self.nearest[jobs.t]]
+        if torch.isnan(out).any():
+            raise InputError("the schedule asked for a timestep the full evaluation did not score")
+        if self.check_noise and not torch.equal(self.row[jobs.t], jobs.noise):
+            raise InputError("the schedule asked for a (timestep, noise row) pair the full evaluation did not use")
+        return out
+
+    @staticmethod
+    def stratified(errors: torch.Tensor, t: torch.Tensor, T: int = 1000, check_noise: bool = True) -> "Replay":
+        """Replay of statistical_classify's full evaluation (errors sorted by timestep, as load_full_errors gives)."""
+        order = stratified_timesteps(len(t), T)
+        pos = {tt: k for k, tt in enumerate(order)}
+        if sorted(order) != sorted(int(v) for v in t):
+            raise InputError("these errors are not on the stratified grid of statistical_classify")
+        return Replay(errors, t, torch.tensor([pos[int(v)] for v in t]), T, check_noise)

@@ -1,0 +1,109 @@
+"""Full-evaluation records of the shipped digits models on clean and corrupted digits (digits_c).
+
+For every (model, set) it scores every class at the 200 timesteps of statistical.stratified_timesteps
+(the k-th timestep with noise row k, the order and rows the statistical schedules use) on a fixed
+stratified subset of the test split, one record per image in a resumable run folder, the same
+records as `eval_prob_adaptive.py --schedule statistical --to_keep 1 --n_samples 200 --min_samples 200`
+(and eval_prob_dit.py's adaptive mode) write. benchmarks/schedules.py --corrupted replays every
+schedule on these errors; scripts/fit_timestep_weights.py and scripts/print_acc.py read them.
+
+Run it in the background (it resumes): OMP_NUM_THREADS=1 nohup python benchmarks/digits_c_full.py &
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from digits_common import ROOT
+
+from diffusion_classifier.datasets import digits_c_dir, dit_transform, get_dataset, sd_transform
+from diffusion_classifier.engine import Scorer
+from diffusion_classifier.models import DIT_MODELS, SD_VERSIONS, load_class_conditional, load_text_conditional
+from diffusion_classifier.noise import make_noise
+from diffusion_classifier.prompts import read_prompts
+from diffusion_classifier.records import check_manifest
+from diffusion_classifier.runner import run_dataset
+from diffusion_classifier.statistical import make_schedule
+
+CACHE = ROOT / "benchmarks" / "cache"
+N_TIMESTEPS = 200
+# (corruption, severity) in the order they are computed; None is the clean test split
+SETS = [(None, None), ("gaussian_noise", 3), ("gaussian_blur", 3), ("contrast", 3), ("gaussian_noise", 5),
+        ("shot_noise", 3), ("pixelate", 3), ("impulse_noise", 3), ("defocus_blur", 3), ("fog", 3), ("brightness", 3),
+        ("speckle_noise", 3), ("gaussian_blur", 5), ("contrast", 5), ("gaussian_noise", 1), ("gaussian_blur", 1),
+        ("contrast", 1), ("shot_noise", 5), ("pixelate", 5), ("impulse_noise", 5)]
+
+
+def set_name(corruption, severity) -> str:
+    return "digits" if corruption is None else digits_c_dir(corruption, severity)
+
+
+def stratified_subset(per_class: int, seed: int = 0) -> list[int]:
+    """per_class test images of every digit, chosen by a seeded permutation; sorted indices."""
+    from diffusion_classifier.digits import load_digits_arrays
+
+    _, labels = load_digits_arrays("test")
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        out += idx[rng.permutation(len(idx))[:per_class]].tolist()
+    return sorted(out)
+
+
+def run_folder(model: str, corruption, severity) -> Path:
+    return CACHE / model / set_name(corruption, severity) / f"full{N_TIMESTEPS}_stratified"
+
+
+def load_model(name: str):
+    """(model, conditions, candidate classes, transform) of 'sd' (digits-sd) or 'dit' (digits-dit)."""
+    if name == "sd":
+        model = load_text_conditional(SD_VERSIONS["tiny"])
+        table = read_prompts(ROOT / "prompts" / "digits_prompts.csv")
+        return model, model.encode_prompts(table.prompts), table.classidx, sd_transform(model.native_size)
+    model = load_class_conditional(DIT_MODELS["tiny"])
+    return model, torch.arange(10), list(range(10)), dit_transform(model.native_size)
+
+
+def compute(model_name: str, model, conds, classes, transform, corruption, severity, indices, batch_size: int,
+            seed: int) -> dict:
+    ds = get_dataset("digits" if corruption is None else "digits_c", ".", "test", transform,
+                     corruption=corruption, severity=severity)
+    classify, n_rows = make_schedule("statistical", [1], [N_TIMESTEPS], min_samples=N_TIMESTEPS, T=model.T)
+    noise = make_noise(n_rows, model.latent_shape(model.native_size), seed)
+    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, model.device, model.dtype, batch_size)
+    folder = run_folder(model_name, corruption, severity)
+    check_manifest(folder, {"model": model_name, "corruption": corruption, "severity": severity,
+                            "timesteps": N_TIMESTEPS, "noise": f"seed {seed}", "order": "stratified"})
+    start = time.perf_counter()
+    stats = run_dataset(ds, indices, folder, model.encode_images, scorer, conds, classes, classify,
+                        image_batch=20, show_progress=False)
+    sec = time.perf_counter() - start
+    return {"folder": str(folder), "done": stats.done, "skipped": stats.skipped,
+            "seconds_per_image": sec / max(stats.done, 1)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--per_class", type=int, default=10, help="test images per digit in the subset")
+    p.add_argument("--models", nargs="+", default=["dit", "sd"], choices=["sd", "dit"])
+    p.add_argument("--max_sets", type=int, default=None, help="only the first N sets of the list")
+    p.add_argument("--batch_size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    indices = stratified_subset(args.per_class)
+    np.save(CACHE / "subset.npy", np.array(indices)) if CACHE.is_dir() else None
+    models = {m: load_model(m) for m in args.models}
+    for corruption, severity in SETS[: args.max_sets]:
+        for name, (model, conds, classes, transform) in models.items():
+            r = compute(name, model, conds, classes, transform, corruption, severity, indices, args.batch_size, args.seed)
+            print(f"{name} {set_name(corruption, severity)}: {r}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

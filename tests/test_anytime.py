@@ -1,0 +1,93 @@
+"""The anytime-valid statistical schedule: its bound on dropping the best class, checked by simulation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion_classifier.engine import Jobs
+from diffusion_classifier.errors import InputError
+from diffusion_classifier.statistical import (
+    anytime_threshold, make_schedule, n_looks, statistical_classify, stratified_timesteps)
+
+
+def paired_errors(n_images: int, means: torch.Tensor, max_samples: int, sd: float = 1.0, shared_sd: float = 5.0,
+                  seed: int = 0, heavy: bool = False):
+    """evaluate(jobs) of synthetic paired errors: a large term shared by all classes at (image, sample),
+    plus the class's known mean, plus independent noise per (image, class, sample)."""
+    g = torch.Generator().manual_seed(seed)
+    k = len(means)
+    shared = torch.randn(n_images, max_samples, generator=g) * shared_sd
+    if heavy:  # Student-t with 5 degrees of freedom, scaled to variance sd^2
+        chi = torch.distributions.Chi2(5.0).sample((n_images, k, max_samples))
+        own = torch.randn(n_images, k, max_samples, generator=g) / (chi / 5.0).sqrt() * sd * (3 / 5) ** 0.5
+    else:
+        own = torch.randn(n_images, k, max_samples, generator=g) * sd
+    pos = torch.full((1000,), -1, dtype=torch.long)
+    pos[torch.tensor(stratified_timesteps(max_samples))] = torch.arange(max_samples)
+
+    def evaluate(jobs: Jobs) -> torch.Tensor:
+        s = pos[jobs.t]
+        assert torch.equal(s, jobs.noise)  # the k-th timestep comes with noise row k
+        return shared[jobs.image, s] + means[jobs.cond] + own[jobs.image, jobs.cond, s]
+
+    return evaluate
+
+
+def best_pruned_rate(rule: dict, means, n_images=600, max_samples=40, min_samples=5, seed=0, heavy=False) -> float:
+    ev = paired_errors(n_images, means, max_samples, seed=seed, heavy=heavy)
+    res = statistical_classify(ev, n_images, len(means), max_samples=max_samples, min_samples=min_samples, **rule)
+    return sum(0 not in r.survivors for r in res) / n_images
+
+
+# class 0 is best by a hair, four competitors almost as good: the hardest case for the bound
+NEAR_TIE = torch.tensor([0.0, 0.02, 0.02, 0.02, 0.02, 1.0])
+
+
+def test_anytime_rule_prunes_the_best_class_less_often_than_delta():
+    delta = 0.05
+    rate = best_pruned_rate({"delta": delta}, NEAR_TIE)  # 600 simulated images
+    assert rate <= delta, rate
+    # the fixed-z rule looks 8 times at z = 2 and breaks the same nominal level
+    fixed = best_pruned_rate({"z": 2.0}, NEAR_TIE)
+    assert fixed > 0.2 > rate, (fixed, rate)
+
+
+def test_stratified_variance_keeps_the_bound_on_unstructured_errors():
+    assert best_pruned_rate({"delta": 0.05, "variance": "stratified"}, NEAR_TIE, seed=2) <= 0.05
+
+
+def test_anytime_bound_holds_for_moderately_heavy_tails():
+    assert best_pruned_rate({"delta": 0.1}, NEAR_TIE, n_images=400, heavy=True, seed=1) <= 0.1
+
+
+def test_anytime_rule_still_prunes_clear_losers():
+    means = torch.tensor([0.0, 3.0, 3.0, 3.0, 3.0, 3.0])
+    ev = paired_errors(100, means, 40)
+    calls = {"n": 0}
+
+    def counting(jobs):
+        calls["n"] += len(jobs)
+        return ev(jobs)
+
+    res = statistical_classify(counting, 100, 6, max_samples=40, min_samples=5, delta=0.05)
+    assert all(r.pred == 0 for r in res)
+    assert calls["n"] / 100 < 0.4 * 6 * 40  # far fewer than the full evaluation
+    assert sum(len(r.survivors) == 1 for r in res) > 95
+
+
+def test_threshold_spends_delta_over_looks_and_candidates():
+    assert n_looks(200, 10) == 20 and n_looks(200, 10, 20) == 11 and n_looks(10, 10) == 1
+    a = anytime_threshold(50, 0.05, 20, 10)
+    assert a > anytime_threshold(50, 0.05, 1, 2) > 0  # more tests, higher bar
+    assert anytime_threshold(50, 0.01, 20, 10) > a  # smaller delta, higher bar
+    assert anytime_threshold(1, 0.05, 20, 10) == float("inf")  # no variance estimate: never prune
+    from scipy.stats import t
+
+    assert a == pytest.approx(t.ppf(1 - 0.05 / (20 * 9), 49))
+
+
+def test_delta_is_checked():
+    with pytest.raises(InputError, match="delta"):
+        statistical_classify(lambda j: torch.zeros(len(j)), 1, 2, max_samples=10, min_samples=5, delta=1.5)
+    with pytest.raises(InputError, match="statistical"):
+        make_schedule("reference", [1], [10], delta=0.1)
