@@ -18,7 +18,7 @@ from ..digits import NATIVE_SIZE
 from .common import (CAPTION_DROP, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer, captions_for,
                      count_params, fit, folder_size, retrain_command, train_images)
 
-DEFAULTS = dict(steps=3000, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)
+DEFAULTS = dict(steps=2500, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)
 ARCH = ("patch", "heads", "head_dim", "layers")
 # The two CLIP text encoders: (hidden size, layers, projection dim); different widths, as in SD3.
 TEXT_ENCODERS = ((64, 3, 32), (32, 2, 32))
