@@ -1,4 +1,4 @@
-"""Zero-shot classification with a text-conditional diffusion model (Stable Diffusion or the tiny digits model)."""
+"""Zero-shot classification with a text-to-image diffusion model (SD 1.x/2.x, SDXL, SD3/SD3.5, Flux, the tiny digits models)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,9 @@ import torch
 from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
-from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
+from diffusion_classifier.families import load_model, resolve_model
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype
+from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.noise import noise_bank
 from diffusion_classifier.prompts import check_classidx, read_prompts
 from diffusion_classifier.records import claim_run_folder, environment_info, sd_run_name, shard
@@ -26,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # the reference's flags, with its defaults
     p.add_argument("--dataset", default="pets", choices=sorted(DATASETS), help="dataset to classify")
     p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split")
-    p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="Stable Diffusion version ('tiny': the shipped digits model)")
+    p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="model version ('tiny': the shipped digits model; see the README's model families)")
     p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
     p.add_argument("--batch_size", "-b", type=int, default=32, help="denoiser evaluations per batch")
     p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
@@ -39,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_workers", type=int, default=1, help="number of shards")
     p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
     p.add_argument("--load_stats", action="store_true", help="count already finished images into the running accuracy")
-    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="error between ε and ε̂")
+    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="error between the prediction and its target (ε and ε̂ by default)")
     p.add_argument("--to_keep", nargs="+", type=int, required=True, help="candidates kept after each stage; last must be 1")
     p.add_argument("--n_samples", nargs="+", type=int, required=True, help="timesteps sampled at each stage")
     # beyond the reference
@@ -57,7 +59,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
     p.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--error_space", default=None, choices=list(ERROR_SPACES),
+                   help="compare in ε-space or the model's native output space; default: eps for DDPM models, native (velocity) for flow models")
+    p.add_argument("--flow_grid", default="timesteps", choices=list(FLOW_GRIDS),
+                   help="flow models: σ of the training timesteps through the scheduler's shift, or evenly spaced σ")
+    p.add_argument("--no_t5", action="store_true", help="SD3/SD3.5: do not load the T5 text encoder (zeros in its place)")
+    p.add_argument("--guidance", type=float, default=None, help="Flux-dev: value of the guidance embedding (default 3.5)")
     return p.parse_args(argv)
+
+
+def _objective_settings(objective, args) -> dict:
+    """Settings that change the numbers of non-default objectives (absent for ε-models, so old runs still resume)."""
+    out = {}
+    if objective.prediction_type != "epsilon":
+        out.update(objective=objective.prediction_type, error_space=objective.error_space)
+        if objective.prediction_type == "flow":
+            out["flow_grid"] = args.flow_grid
+    elif args.error_space:
+        out["error_space"] = objective.error_space
+    if args.no_t5:
+        out["no_t5"] = True
+    if args.guidance is not None:
+        out["guidance"] = args.guidance
+    return out
 
 
 def main(argv=None) -> dict:
@@ -75,12 +99,12 @@ def main(argv=None) -> dict:
     table = read_prompts(prompt_path)
     validate_schedule(args.to_keep, args.n_samples, len(table))
 
-    source = resolve_sd_model(args.version, args.model)
-    model = load_text_conditional(source, device, dtype, args.attention)
+    source = resolve_model(args.version, args.model)
+    model = load_model(source, device, dtype, args.attention, no_t5=args.no_t5, guidance=args.guidance)
     if args.channels_last:
-        model.unet.to(memory_format=torch.channels_last)
+        model.backbone.to(memory_format=torch.channels_last)
     if args.compile:
-        model.unet = torch.compile(model.unet)
+        setattr(model, model.backbone_name, torch.compile(model.backbone))
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
 
@@ -92,20 +116,25 @@ def main(argv=None) -> dict:
     classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
                                      args.min_samples, model.T)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    objective = model.make_objective(latent_shape, args.error_space, args.flow_grid)
+    scorer = Scorer(model.denoiser, objective, noise, device, dtype, args.batch_size)
 
     version = args.version if args.model is None else Path(args.model.rstrip("/")).name
     dataset_dir = args.dataset + (f"_{args.extra}" if args.extra else "")
     run = sd_run_name(version, args.n_trials, args.to_keep, args.n_samples, args.interpolation, args.loss, img_size)
     if args.schedule == "statistical":
         run += f"_stat_z{args.z:g}_min{args.min_samples}"
+    run += "".join(f"_{k}{v}" for k, v in (("err", args.error_space), ("grid", args.flow_grid if objective.prediction_type == "flow"
+                   and args.flow_grid != "timesteps" else None), ("g", args.guidance)) if v is not None)
+    run += "_not5" if args.no_t5 else ""
     folder = args.log_dir / dataset_dir / run
     settings = dict(model=source, dataset=args.dataset, split=args.split, img_size=img_size, n_trials=args.n_trials,
                     to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, interpolation=args.interpolation,
                     noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
                     schedule=args.schedule, z=args.z if args.schedule == "statistical" else None,
                     min_samples=args.min_samples if args.schedule == "statistical" else None,
-                    subset=str(args.subset_path) if args.subset_path else None)
+                    subset=str(args.subset_path) if args.subset_path else None,
+                    **_objective_settings(objective, args))
     claim_run_folder(folder, settings, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
     embeds = model.encode_prompts(table.prompts)

@@ -1,17 +1,22 @@
-"""Model loading: Stable Diffusion (text-conditional) and DiT (class-conditional) through diffusers.
+"""Model loading: Stable Diffusion 1.x/2.x (text-conditional) and DiT (class-conditional) through diffusers.
 
 Both load from a hub id or a local diffusers folder; the shipped tiny digits models are ordinary
 local folders in the same layouts, with `"vae": [null, null]` in model_index.json meaning the
-model works in pixel space.
+model works in pixel space. The other text-to-image families (SDXL, SD3/SD3.5, Flux) live in
+`diffusion_classifier.families`, which also detects a folder's family; the helpers here are shared.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .errors import InputError, MissingError
+from .objectives import DDPMObjective, objective_from_config
 
 TINY_MODELS = Path(__file__).parent / "tiny_models"
 
@@ -23,6 +28,14 @@ SD_VERSIONS = {
     "1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",  # runwayml's id is gone from the hub
     "2-0": "stabilityai/stable-diffusion-2-base",
     "2-1": "stabilityai/stable-diffusion-2-1-base",
+    "2-0-768": "stabilityai/stable-diffusion-2",  # v-prediction, 768 px
+    "2-1-768": "stabilityai/stable-diffusion-2-1",  # v-prediction, 768 px
+    "xl-1-0": "stabilityai/stable-diffusion-xl-base-1.0",
+    "3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "3-5-medium": "stabilityai/stable-diffusion-3.5-medium",
+    "3-5-large": "stabilityai/stable-diffusion-3.5-large",
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
+    "flux-dev": "black-forest-labs/FLUX.1-dev",
     "tiny": str(TINY_MODELS / "digits-sd"),
 }
 DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny": str(TINY_MODELS / "digits-dit")}
@@ -39,7 +52,7 @@ def resolve_sd_model(version: str = "2-0", model: str | None = None) -> str:
     if model:
         return SD_VERSIONS["tiny"] if model == "tiny" else model
     if version not in SD_VERSIONS:
-        raise ValueError(f"unknown Stable Diffusion version {version!r}; expected one of {', '.join(SD_VERSIONS)}")
+        raise InputError(f"unknown model version {version!r}; expected one of {', '.join(SD_VERSIONS)}")
     return SD_VERSIONS[version]
 
 
@@ -48,7 +61,7 @@ def resolve_dit_model(image_size: int | None = 256, model: str | None = None) ->
     if model:
         return DIT_MODELS["tiny"] if model == "tiny" else model
     if image_size not in DIT_MODELS:
-        raise ValueError(f"no published DiT-XL/2 for --image-size {image_size}; pass --model PATH_OR_ID")
+        raise InputError(f"no published DiT-XL/2 for --image-size {image_size}; pass --model PATH_OR_ID")
     return DIT_MODELS[image_size]
 
 
@@ -56,11 +69,11 @@ def _is_local(model: str) -> bool:
     return os.path.isabs(model) or model.startswith((".", "~")) or os.path.exists(model) or model.count("/") != 1
 
 
-def _not_found(model: str, what: str, err: Exception) -> FileNotFoundError:
+def _not_found(model: str, what: str, err: Exception) -> MissingError:
     if _is_local(model):
-        return FileNotFoundError(f"{what} folder {model!r} does not exist or lacks its parts ({err.__class__.__name__}: "
+        return MissingError(f"{what} folder {model!r} does not exist or lacks its parts ({err.__class__.__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''}); expected a diffusers pipeline folder")
-    return FileNotFoundError(
+    return MissingError(
         f"cannot load {what} {model!r}: it is not a local folder and not in the Hugging Face cache, and the hub is "
         f"unreachable; on a machine with network run `huggingface-cli download {model}` (or pass --model /path/to/folder)"
     )
@@ -79,10 +92,10 @@ def _pipeline_index(model: str, what: str) -> dict:
     if local.is_dir():
         path = local / "model_index.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{what} folder {model!r} has no model_index.json; expected a diffusers pipeline folder")
+            raise MissingError(f"{what} folder {model!r} has no model_index.json; expected a diffusers pipeline folder")
         return json.loads(path.read_text())
     if _is_local(model):
-        raise FileNotFoundError(f"{what} folder {model!r} does not exist; expected a diffusers pipeline folder")
+        raise MissingError(f"{what} folder {model!r} does not exist; expected a diffusers pipeline folder")
     from diffusers import DiffusionPipeline
 
     try:
@@ -100,44 +113,83 @@ def _frozen(module: torch.nn.Module, device) -> torch.nn.Module:
     return module.to(device).eval().requires_grad_(False)
 
 
-def _alphas_cumprod(model: str, what: str) -> torch.Tensor:
+def require_components(index: dict, model: str, what: str, parts) -> None:
+    """MissingError naming the first of `parts` that model_index.json lacks (or lists as null)."""
+    for part in parts:
+        if not _has_component(index, part):
+            raise MissingError(f"{what} {model!r} has no {part} in its model_index.json; expected a "
+                               f"{index.get('_class_name') or what} folder with {', '.join(parts)}")
+
+
+def scheduler_config(model: str, what: str) -> dict:
+    """The scheduler config of a pipeline folder or hub id (it names the training objective)."""
     from diffusers import DDPMScheduler
 
-    from .vb import betas_from_config
-
     try:
-        config = DDPMScheduler.load_config(model, subfolder="scheduler")
+        return dict(DDPMScheduler.load_config(model, subfolder="scheduler"))
     except Exception as e:  # noqa: BLE001
         raise _not_found(model, what, e) from None
-    return torch.cumprod(1.0 - betas_from_config(dict(config)), 0)  # float64
 
 
-def _set_attention(module: torch.nn.Module, attention: str) -> None:
+def _alphas_cumprod(config: dict) -> torch.Tensor:
+    from .vb import betas_from_config
+
+    return torch.cumprod(1.0 - betas_from_config(config), 0)  # float64
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int, what: str = "text encoder") -> torch.Tensor:
+    """Token ids (K, max_length), padded and truncated as the pipelines do, with one warning when truncating."""
+    ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
+    longest = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+    if longest.shape[-1] > ids.shape[-1]:
+        long = [p for p, row in zip(prompts, tokenizer(prompts).input_ids) if len(row) > max_length]
+        warnings.warn(f"{len(long)} prompt(s) exceed the {what}'s limit of {max_length} tokens and were truncated, "
+                      f"as the pipeline does (first: {long[0][:80]!r})", stacklevel=3)
+    return ids
+
+
+def set_attention(module: torch.nn.Module, attention: str) -> None:
+    """'sdpa': the diffusers default processors (PyTorch scaled-dot-product attention); 'xformers': memory-efficient kernels."""
     if attention == "sdpa":
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        module.set_attn_processor(AttnProcessor2_0())
-    elif attention == "xformers":
+        return  # every diffusers default processor already calls scaled_dot_product_attention
+    if attention == "xformers":
         try:
             import xformers  # noqa: F401
         except ImportError:
-            raise ValueError("attention 'xformers' needs the xformers package: pip install xformers") from None
+            raise InputError("attention 'xformers' needs the xformers package: pip install xformers") from None
         module.enable_xformers_memory_efficient_attention()
     else:
-        raise ValueError(f"attention must be 'sdpa' or 'xformers', got {attention!r}")
+        raise InputError(f"attention must be 'sdpa' or 'xformers', got {attention!r}")
+
+
+def load_vae(model: str, what: str, index: dict, dtype: torch.dtype, device, subfolder: str | None = "vae"):
+    """The pipeline's AutoencoderKL, or None in pixel space; kept in float32 where its config asks (force_upcast)."""
+    from diffusers import AutoencoderKL
+
+    if subfolder is not None and not _has_component(index, subfolder):
+        return None
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        config = AutoencoderKL.load_config(model, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise _not_found(model, what, e) from None
+    if dtype == torch.float16 and config.get("force_upcast", False):
+        dtype = torch.float32  # the SDXL VAE overflows in float16
+    return _frozen(_load(AutoencoderKL, model, what, torch_dtype=dtype, **kwargs), device)
 
 
 class _VAE:
-    """Image (N,3,H,W) in [-1,1] -> latent: the VAE posterior mean × its scaling factor, or the pixels."""
+    """Image (N,3,H,W) in [-1,1] -> latent: (posterior mean - shift) × scale from the VAE config, or the pixels."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, pixel_channels: int = 3):
         self.vae = vae
         if vae is None:
-            self.downsample, self.channels, self.scaling_factor = 1, 3, 1.0
+            self.downsample, self.channels, self.scaling_factor, self.shift_factor = 1, pixel_channels, 1.0, 0.0
         else:
             self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)
             self.channels = vae.config.latent_channels
             self.scaling_factor = vae.config.scaling_factor
+            self.shift_factor = getattr(vae.config, "shift_factor", None) or 0.0
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -146,22 +198,29 @@ class _VAE:
         p = next(self.vae.parameters())
         out = [self.vae.encode(pixels[i : i + batch_size].to(p.device, p.dtype)).latent_dist.mean
                for i in range(0, len(pixels), batch_size)]
-        return torch.cat(out).float() * self.scaling_factor  # (N, C, H/f, W/f)
+        return (torch.cat(out).float() - self.shift_factor) * self.scaling_factor  # (N, C, H/f, W/f)
 
-    def check_size(self, img_size: int) -> None:
-        if img_size % self.downsample:
-            raise ValueError(f"image size must be divisible by the VAE's downsampling factor {self.downsample}, got {img_size}")
+    def check_size(self, img_size: int, multiple: int = 1) -> None:
+        if img_size % (self.downsample * multiple):
+            raise InputError(f"image size must be divisible by {self.downsample * multiple} for this model, got {img_size}")
 
 
 class _ModelGeometry:
-    """What both model kinds share: the ᾱ table, the native size and the image -> latent mapping."""
+    """What every model family shares: the objective, the native size and the image -> latent mapping.
+
+    A family provides `backbone_name` (the attribute holding its denoising network), `encode_prompts`
+    (or class labels) and `denoiser(x_t, t, cond)`; everything else here follows from the configs.
+    """
 
     autoencoder: _VAE
-    alphas_cumprod: torch.Tensor
+    scheduler_config: dict
+    backbone_name = "unet"
+    token_patch = 1  # latent pixels per token side (the scheduler's image sequence length)
+    size_multiple = 1  # latent side must be a multiple of this
 
     @property
     def backbone(self) -> torch.nn.Module:
-        raise NotImplementedError
+        return getattr(self, self.backbone_name)
 
     @property
     def native_size(self) -> int:
@@ -169,10 +228,23 @@ class _ModelGeometry:
 
     @property
     def T(self) -> int:
-        return len(self.alphas_cumprod)
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def objective(self):
+        """The model's training objective with its default error space and timestep grid."""
+        return self.make_objective()
+
+    def make_objective(self, latent_shape: tuple[int, ...] | None = None, error_space: str | None = None,
+                       grid: str = "timesteps"):
+        """The objective of the scheduler config; `latent_shape` sets σ's resolution-dependent shift where used."""
+        seq_len = None
+        if latent_shape is not None:
+            seq_len = (latent_shape[-2] // self.token_patch) * (latent_shape[-1] // self.token_patch)
+        return objective_from_config(self.scheduler_config, error_space, seq_len, grid)
 
     def latent_shape(self, img_size: int) -> tuple[int, int, int]:
-        self.autoencoder.check_size(img_size)
+        self.autoencoder.check_size(img_size, self.size_multiple)
         s = img_size // self.autoencoder.downsample
         return (self.autoencoder.channels, s, s)
 
@@ -180,8 +252,29 @@ class _ModelGeometry:
         return self.autoencoder.encode(pixels)
 
 
+class _DDPMModel(_ModelGeometry):
+    """A DDPM-family model whose ᾱ table is known: T and the objective follow from it and the prediction type."""
+
+    alphas_cumprod: torch.Tensor
+
+    def __post_init__(self):
+        if self.scheduler_config is None:  # built by hand from a ᾱ table: ε-prediction
+            self.scheduler_config = {"prediction_type": "epsilon"}
+
+    @property
+    def T(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type") or "epsilon"
+
+    def make_objective(self, latent_shape=None, error_space: str | None = None, grid: str = "timesteps"):
+        return DDPMObjective(self.alphas_cumprod, self.prediction_type, error_space)
+
+
 @dataclass
-class TextConditionalModel(_ModelGeometry):
+class TextConditionalModel(_DDPMModel):
     """A Stable-Diffusion-format model: UNet, CLIP text encoder and tokenizer, VAE (or pixels), ᾱ table."""
 
     unet: torch.nn.Module
@@ -192,19 +285,15 @@ class TextConditionalModel(_ModelGeometry):
     device: torch.device
     dtype: torch.dtype
     source: str
-
-    @property
-    def backbone(self) -> torch.nn.Module:
-        return self.unet
+    scheduler_config: dict = None
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Last hidden state of the text encoder for max-length padded prompts: (K, L, D)."""
         out = []
         for i in range(0, len(prompts), batch_size):
-            tok = self.tokenizer(prompts[i : i + batch_size], padding="max_length", truncation=True,
-                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")
-            out.append(self.text_encoder(tok.input_ids.to(self.device))[0])
+            ids = tokenize(self.tokenizer, list(prompts[i : i + batch_size]), self.tokenizer.model_max_length, "CLIP tokenizer")
+            out.append(self.text_encoder(ids.to(self.device))[0])
         return torch.cat(out).to(self.dtype)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -217,29 +306,27 @@ def load_text_conditional(
     dtype: torch.dtype = torch.float32,
     attention: str = "sdpa",
 ) -> TextConditionalModel:
-    """Load a Stable-Diffusion-format pipeline folder or hub id (only what scoring needs)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """Load a Stable-Diffusion-format (1.x/2.x) pipeline folder or hub id, any prediction type (only what scoring needs)."""
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     what = "Stable Diffusion model"
     device = torch.device(device)
     index = _pipeline_index(model, what)
-    for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
-        if not _has_component(index, part):
-            raise FileNotFoundError(f"{what} {model!r} has no {part} in its model_index.json; expected a Stable Diffusion pipeline")
+    require_components(index, model, what, ("unet", "text_encoder", "tokenizer", "scheduler"))
+    config = scheduler_config(model, what)
+    objective_from_config(config)  # an unknown objective fails before the weights load
     unet = _frozen(_load(UNet2DConditionModel, model, what, subfolder="unet", torch_dtype=dtype), device)
-    _set_attention(unet, attention)
+    set_attention(unet, attention)
     text_encoder = _frozen(_load(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
     tokenizer = _load(CLIPTokenizer, model, what, subfolder="tokenizer")
-    vae = None
-    if _has_component(index, "vae"):
-        vae = _frozen(_load(AutoencoderKL, model, what, subfolder="vae", torch_dtype=dtype), device)
-    return TextConditionalModel(unet, text_encoder, tokenizer, _VAE(vae), _alphas_cumprod(model, what),
-                                device, dtype, model)
+    vae = load_vae(model, what, index, dtype, device)
+    return TextConditionalModel(unet, text_encoder, tokenizer, _VAE(vae, unet.config.in_channels),
+                                _alphas_cumprod(config), device, dtype, model, config)
 
 
 @dataclass
-class ClassConditionalModel(_ModelGeometry):
+class ClassConditionalModel(_DDPMModel):
     """A DiT-format model: class-conditional transformer (maybe learned variance), VAE (or pixels), ᾱ."""
 
     transformer: torch.nn.Module
@@ -249,6 +336,10 @@ class ClassConditionalModel(_ModelGeometry):
     dtype: torch.dtype
     source: str
     id2label: dict[int, str]
+    scheduler_config: dict = None
+    scheduler_config: dict = None
+
+    backbone_name = "transformer"
 
     @property
     def num_classes(self) -> int:
@@ -263,14 +354,10 @@ class ClassConditionalModel(_ModelGeometry):
     def learned_variance(self) -> bool:
         return self.transformer.config.out_channels == 2 * self.transformer.config.in_channels
 
-    @property
-    def backbone(self) -> torch.nn.Module:
-        return self.transformer
-
     def latent_shape(self, img_size: int) -> tuple[int, int, int]:
         shape = super().latent_shape(img_size)
         if shape[1] != self.transformer.config.sample_size:  # DiT's position embedding fixes the size
-            raise ValueError(f"this DiT takes {self.native_size}px images (latent {self.transformer.config.sample_size}), got {img_size}")
+            raise InputError(f"this DiT takes {self.native_size}px images (latent {self.transformer.config.sample_size}), got {img_size}")
         return shape
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -284,18 +371,14 @@ def load_class_conditional(
     vae: str | None = None,
 ) -> ClassConditionalModel:
     """Load a DiT pipeline folder or hub id; `vae` overrides the pipeline's own VAE (hub id or folder)."""
-    from diffusers import AutoencoderKL, DiTTransformer2DModel
+    from diffusers import DiTTransformer2DModel
 
     what = "DiT model"
     device = torch.device(device)
     index = _pipeline_index(model, what)
-    if not _has_component(index, "transformer"):
-        raise FileNotFoundError(f"{what} {model!r} has no transformer in its model_index.json; expected a DiT pipeline")
+    require_components(index, model, what, ("transformer", "scheduler"))
+    config = scheduler_config(model, what)
     transformer = _frozen(_load(DiTTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
-    ae = None
-    if vae is not None:
-        ae = _frozen(_load(AutoencoderKL, vae, "VAE", torch_dtype=dtype), device)
-    elif _has_component(index, "vae"):
-        ae = _frozen(_load(AutoencoderKL, model, what, subfolder="vae", torch_dtype=dtype), device)
+    ae = load_vae(vae, "VAE", {}, dtype, device, None) if vae is not None else load_vae(model, what, index, dtype, device)
     id2label = {int(k): v for k, v in (index.get("id2label") or {}).items()}
-    return ClassConditionalModel(transformer, _VAE(ae), _alphas_cumprod(model, what), device, dtype, model, id2label)
+    return ClassConditionalModel(transformer, _VAE(ae), _alphas_cumprod(config), device, dtype, model, id2label, config)
