@@ -118,7 +118,7 @@ def build_sd3(folder: Path, with_t5: bool = True, with_vae: bool = True, seed: i
     if with_t5:
         tiny_t5(32).save_pretrained(folder / "text_encoder_3")
         write_t5_tokenizer(folder / "tokenizer_3")
-        parts.update(text_encoder_3=("transformers", "T5EncoderModel"), tokenizer_3=("transformers", "T5TokenizerFast"))
+        parts.update(text_encoder_3=("transformers", "T5EncoderModel"), tokenizer_3=("transformers", "PreTrainedTokenizerFast"))
     if with_vae:
         tiny_vae(scaling_factor=1.5305, shift_factor=0.0609).save_pretrained(folder / "vae")
         parts["vae"] = ("diffusers", "AutoencoderKL")
@@ -145,6 +145,6 @@ def build_flux(folder: Path, guidance_embeds: bool = True, seed: int = 0) -> Pat
                                     base_image_seq_len=256, max_image_seq_len=4096).save_pretrained(folder / "scheduler")
     _index(folder, "FluxPipeline", transformer=("diffusers", "FluxTransformer2DModel"),
            text_encoder=("transformers", "CLIPTextModel"), text_encoder_2=("transformers", "T5EncoderModel"),
-           tokenizer=("transformers", "CLIPTokenizer"), tokenizer_2=("transformers", "T5TokenizerFast"),
+           tokenizer=("transformers", "CLIPTokenizer"), tokenizer_2=("transformers", "PreTrainedTokenizerFast"),
            vae=("diffusers", "AutoencoderKL"), scheduler=("diffusers", "FlowMatchEulerDiscreteScheduler"))
     return folder

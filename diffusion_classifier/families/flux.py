@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Conditions
-from ..models import (_VAE, _frozen, _load, _ModelGeometry, _pipeline_index, load_vae, require_components,
-                      scheduler_config, set_attention, tokenize)
+from ..models import (_VAE, _frozen, _load, _ModelGeometry, _pipeline_index, load_vae, one_truncation_warning,
+                      require_components, scheduler_config, set_attention, tokenize)
 from ..objectives import objective_from_config
 
 T5_MAX_LENGTH = 512  # the pipeline's default max_sequence_length
@@ -42,6 +42,7 @@ def latent_image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.
 
 
 @torch.no_grad()
+@one_truncation_warning()
 def encode_flux_prompts(prompts: list[str], tokenizers, text_encoders,
                         t5_max_length: int = T5_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
     """(T5 last hidden state (K, t5_max_length, D), CLIP pooled output (K, P)) for (CLIP, T5) pairs."""

@@ -12,11 +12,12 @@ import torch
 
 from ..engine import Conditions
 from ..models import (_VAE, _DDPMModel, _alphas_cumprod, _frozen, _has_component, _load, _pipeline_index,
-                      load_vae, require_components, scheduler_config, set_attention, tokenize)
+                      load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize)
 from ..objectives import objective_from_config
 
 
 @torch.no_grad()
+@one_truncation_warning()
 def encode_sdxl_prompts(prompts: list[str], tokenizers, text_encoders) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt embeddings (K, L, D1 + D2), pooled embeddings (K, P)) of the encoders that are present."""
     hidden, pooled = [], None
