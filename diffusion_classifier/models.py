@@ -7,6 +7,7 @@ model works in pixel space. The other text-to-image families (SDXL, SD3/SD3.5, F
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -138,14 +139,34 @@ def _alphas_cumprod(config: dict) -> torch.Tensor:
     return torch.cumprod(1.0 - betas_from_config(config), 0)  # float64
 
 
+_truncations: list | None = None  # (count, tokenizer, limit, first prompt) inside one_truncation_warning()
+
+
+@contextlib.contextmanager
+def one_truncation_warning():
+    """Within this block, prompt truncations by every tokenizer are reported in one warning at the end."""
+    global _truncations
+    outer, _truncations = _truncations, []
+    try:
+        yield
+    finally:
+        found, _truncations = _truncations, outer
+        if found:
+            limits = ", ".join(dict.fromkeys(f"{what} {limit}" for _, what, limit, _ in found))
+            warnings.warn(f"{max(n for n, *_ in found)} prompt(s) exceed the token limit ({limits}) and were truncated "
+                          f"as the pipeline does (first: {found[0][3]!r})", stacklevel=3)
+
+
 def tokenize(tokenizer, prompts: list[str], max_length: int, what: str = "text encoder") -> torch.Tensor:
-    """Token ids (K, max_length), padded and truncated as the pipelines do, with one warning when truncating."""
+    """Token ids (K, max_length), padded and truncated as the pipelines do; a truncation is reported in one warning."""
     ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
-    longest = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
-    if longest.shape[-1] > ids.shape[-1]:
-        long = [p for p, row in zip(prompts, tokenizer(prompts).input_ids) if len(row) > max_length]
-        warnings.warn(f"{len(long)} prompt(s) exceed the {what}'s limit of {max_length} tokens and were truncated, "
-                      f"as the pipeline does (first: {long[0][:80]!r})", stacklevel=3)
+    probe = tokenizer(prompts, truncation=True, max_length=max_length + 1).input_ids  # one token past the limit
+    long = [p for p, row in zip(prompts, probe) if len(row) > max_length]
+    if long and _truncations is not None:
+        _truncations.append((len(long), what, max_length, long[0][:80]))
+    elif long:
+        warnings.warn(f"{len(long)} prompt(s) exceed the {what}'s limit of {max_length} tokens and were truncated "
+                      f"as the pipeline does (first: {long[0][:80]!r})", stacklevel=2)
     return ids
 
 

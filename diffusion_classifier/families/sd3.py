@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..engine import Conditions
 from ..models import (_VAE, _frozen, _has_component, _load, _ModelGeometry, _pipeline_index, load_vae,
-                      require_components, scheduler_config, set_attention, tokenize)
+                      one_truncation_warning, require_components, scheduler_config, set_attention, tokenize)
 from ..objectives import objective_from_config
 
 T5_MAX_LENGTH = 256  # the pipeline's default max_sequence_length
@@ -39,6 +39,7 @@ def t5_embeds(tokenizer, text_encoder, prompts: list[str], max_length: int, devi
 
 
 @torch.no_grad()
+@one_truncation_warning()
 def encode_sd3_prompts(prompts: list[str], tokenizers, text_encoders, joint_attention_dim: int,
                        t5_max_length: int = T5_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
     """SD3 prompt embeddings (K, 77 + t5_max_length, joint_attention_dim) and pooled embeddings (K, P1 + P2).
