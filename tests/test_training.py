@@ -101,6 +101,24 @@ def test_flow_training_conditions_as_the_sd3_pipeline_and_writes_a_loadable_fold
     assert torch.equal(e, embeds) and torch.equal(p, pooled)
     assert not torch.equal(e[0], e[1])  # the captions matter
 
+    # the toolkit's SD3 family reads the folder: flow objective with the scheduler's shift, the same conditioning,
+    # and (T5 absent) the compact context gives what the transformer gives on the pipeline's full context
+    from diffusion_classifier.families import load_model
+    from diffusion_classifier.objectives import FlowObjective
+
+    model = load_model(str(tmp_path))
+    assert model.family == "sd3" and model.native_size == 8 and model.latent_shape(8) == (3, 8, 8)
+    objective = model.objective
+    assert isinstance(objective, FlowObjective) and objective.error_space == "native"
+    torch.testing.assert_close(objective.sigmas[499], torch.tensor(3 * 0.5 / (1 + 2 * 0.5), dtype=torch.float64))
+    conds = model.encode_prompts(prompts)
+    assert torch.equal(conds.prompt_embeds, embeds) and torch.equal(conds.pooled, pooled)
+    assert model.compact_t5_zeros
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([100.0, 500.0, 900.0])
+    with torch.no_grad():
+        full = pipe.transformer(x, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t).sample
+        torch.testing.assert_close(model.denoiser(x, t, conds), full, rtol=1e-4, atol=1e-6)
+
 
 def test_one_repeated_zero_row_with_log_count_bias_equals_the_full_t5_zeros_context():
     from diffusers.models.attention_processor import JointAttnProcessor2_0

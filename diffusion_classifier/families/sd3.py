@@ -16,6 +16,7 @@ from ..engine import Conditions
 from ..models import (_VAE, _frozen, _has_component, _load, _ModelGeometry, _pipeline_index, load_vae,
                       one_truncation_warning, require_components, scheduler_config, set_attention, tokenize)
 from ..objectives import objective_from_config
+from .joint_attention import RepeatedLastKeyAttention
 
 T5_MAX_LENGTH = 256  # the pipeline's default max_sequence_length
 
@@ -74,6 +75,7 @@ class SD3Model(_ModelGeometry):
     dtype: torch.dtype
     source: str
     t5_max_length: int = T5_MAX_LENGTH
+    compact_t5_zeros: bool = False  # the transformer runs RepeatedLastKeyAttention(t5_max_length)
 
     family = "sd3"
     backbone_name = "transformer"
@@ -96,7 +98,10 @@ class SD3Model(_ModelGeometry):
         return Conditions.cat(parts)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        return self.transformer(hidden_states=x_t, timestep=t.to(x_t.dtype), encoder_hidden_states=cond.prompt_embeds,
+        embeds = cond.prompt_embeds
+        if self.compact_t5_zeros:  # the identical zero rows of the absent T5 as one row (joint_attention.py)
+            embeds = embeds[:, : embeds.shape[1] - self.t5_max_length + 1]
+        return self.transformer(hidden_states=x_t, timestep=t.to(x_t.dtype), encoder_hidden_states=embeds,
                                 pooled_projections=cond.pooled).sample
 
 
@@ -125,5 +130,8 @@ def load_sd3(model: str, device: torch.device | str = "cpu", dtype: torch.dtype 
         t5 = _frozen(_load(T5EncoderModel, model, what, subfolder="text_encoder_3", torch_dtype=dtype), device)
         t5_tok = _load(AutoTokenizer, model, what, subfolder="tokenizer_3")
     vae = load_vae(model, what, index, dtype, device)
+    compact = t5 is None and attention == "sdpa" and t5_max_length > 1
+    if compact:  # without T5 its rows are identical zeros: one row with a log-count attention bias, same numbers
+        transformer.set_attn_processor(RepeatedLastKeyAttention(t5_max_length))
     return SD3Model(transformer, (*encoders, t5), (*tokenizers, t5_tok), _VAE(vae, transformer.config.in_channels),
-                    config, device, dtype, model, t5_max_length)
+                    config, device, dtype, model, t5_max_length, compact)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..digits import NATIVE_SIZE
+from ..families.joint_attention import RepeatedLastKeyAttention
 from .common import (CAPTION_DROP, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer, captions_for,
                      count_params, fit, folder_size, retrain_command, train_images)
 
@@ -47,45 +48,6 @@ def sd3_prompt_embeds(tokenizers, text_encoders, prompts: list[str], joint_atten
     clip = F.pad(clip, (0, joint_attention_dim - clip.shape[-1]))
     t5 = clip.new_zeros(len(prompts), t5_length, joint_attention_dim)
     return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
-
-
-class RepeatedLastKeyAttention:
-    """Joint attention (the computation of diffusers' JointAttnProcessor2_0) in which the last context token
-    stands for `count` identical copies of itself: its key gets the additive logit bias log(count).
-
-    Without T5 the pipeline's context ends in T5_ZEROS_LENGTH identical all-zero rows. Identical tokens stay
-    identical through every block (all operations but attention act per token, and identical queries attend
-    alike), and n identical keys weigh in attention as one key with log n added to its logit, so one such row
-    with this processor gives the image tokens exactly what the full context gives, at a fraction of the cost.
-    Used in training only; the saved model is the ordinary one.
-    """
-
-    def __init__(self, count: int):
-        self.log_count = float(torch.log(torch.tensor(float(count))))
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        n, n_img = hidden_states.shape[0], hidden_states.shape[1]
-
-        def heads(x):
-            return x.view(n, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
-        if attn.norm_q is not None:
-            q, k = attn.norm_q(q), attn.norm_k(k)
-        cq = heads(attn.add_q_proj(encoder_hidden_states))
-        ck = heads(attn.add_k_proj(encoder_hidden_states))
-        cv = heads(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
-        q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
-        bias = torch.zeros(1, k.shape[2], dtype=q.dtype, device=q.device)
-        bias[:, -1] = self.log_count
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(n, -1, out.shape[1] * out.shape[-1]).to(q.dtype)
-        img, ctx = out[:, :n_img], out[:, n_img:]
-        if not attn.context_pre_only:
-            ctx = attn.to_add_out(ctx)
-        return attn.to_out[1](attn.to_out[0](img)), ctx
 
 
 class FlowNoising:
