@@ -38,7 +38,8 @@ def run(model, conds, candidate_class, latents, labels, spec: dict, batch_size: 
     """Accuracy, denoiser evaluations per image and seconds per image of one schedule on all images."""
     classify, n_rows = schedule_fn(spec, model.T)
     noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, model.device, model.dtype, batch_size)
+    objective = model.make_objective(tuple(latents.shape[1:]))  # the model's own objective (ε, v or flow)
+    scorer = Scorer(model.denoiser, objective, noise, model.device, model.dtype, batch_size)
     n_evals, preds = 0, []
     start = time.perf_counter()
     for i in range(0, len(latents), chunk):

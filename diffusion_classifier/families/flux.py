@@ -93,7 +93,7 @@ class FluxModel(_ModelGeometry):
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((len(x_t),), self.guidance, device=x_t.device, dtype=torch.float32)
         out = self.transformer(
-            hidden_states=pack_latents(x_t), timestep=(t / 1000).to(x_t.dtype), guidance=guidance,
+            hidden_states=pack_latents(x_t), timestep=t.to(x_t.dtype) / 1000, guidance=guidance,  # as the pipeline rounds it
             pooled_projections=cond.pooled, encoder_hidden_states=cond.prompt_embeds,
             txt_ids=torch.zeros(cond.prompt_embeds.shape[1], 3, device=x_t.device, dtype=x_t.dtype),
             img_ids=latent_image_ids(h, w, x_t.device, x_t.dtype),

@@ -96,7 +96,7 @@ class SD3Model(_ModelGeometry):
         return Conditions.cat(parts)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        return self.transformer(hidden_states=x_t, timestep=t.to(x_t.dtype), encoder_hidden_states=cond.prompt_embeds,
+        return self.transformer(hidden_states=x_t, timestep=t, encoder_hidden_states=cond.prompt_embeds,  # t = σ·T, float32
                                 pooled_projections=cond.pooled).sample
 
 
