@@ -41,7 +41,6 @@ def latent_image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.
     return ids.to(device=device, dtype=dtype)
 
 
-@torch.no_grad()
 @one_truncation_warning()
 def encode_flux_prompts(prompts: list[str], tokenizers, text_encoders,
                         t5_max_length: int = T5_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +78,7 @@ class FluxModel(_ModelGeometry):
     def native_size(self) -> int:
         return 128 * self.autoencoder.downsample  # the pipeline's default_sample_size (1024 px with the VAE)
 
+    @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
         parts = []
         for i in range(0, len(prompts), batch_size):
