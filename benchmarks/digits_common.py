@@ -41,7 +41,7 @@ def run(model, conds, candidate_class, latents, labels, spec: dict, batch_size: 
     `flow_grid` picks the σ grid of flow models."""
     classify, n_rows = schedule_fn(spec, model.T)
     noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
-    objective = model.make_objective(tuple(latents.shape[1:]), None, flow_grid)
+    objective = model.make_objective(tuple(latents.shape[1:]), None, flow_grid)  # the model's own (ε, v or flow)
     scorer = Scorer(model.denoiser, objective, noise, model.device, model.dtype, batch_size)
     n_evals, preds = 0, []
     start = time.perf_counter()

@@ -150,6 +150,10 @@ class FlowObjective:
 
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+DDPM_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+                   "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+                   "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+                   "UniPCMultistepScheduler", "DEISMultistepScheduler")  # samplers over one β schedule
 
 
 def objective_from_config(config: dict, error_space: str | None = None, image_seq_len: int | None = None,
@@ -159,7 +163,7 @@ def objective_from_config(config: dict, error_space: str | None = None, image_se
     if name in FLOW_SCHEDULERS or (name.startswith("FlowMatch")):
         return FlowObjective(flow_sigmas(config, image_seq_len, grid), int(config.get("num_train_timesteps", 1000)),
                              error_space)
-    if "beta_schedule" in config or "trained_betas" in config or "beta_start" in config:
+    if name in DDPM_SCHEDULERS or any(k in config for k in ("beta_schedule", "trained_betas", "beta_start")):
         from .vb import betas_from_config
 
         try:

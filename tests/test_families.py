@@ -263,3 +263,18 @@ def test_sdxl_vae_kept_in_float32_when_force_upcast(folders):
     m = load_model(str(folders("sdxl")), dtype=torch.float16)
     assert m.autoencoder.vae.dtype == torch.float32 and m.unet.dtype == torch.float16
     assert m.encode_images(torch.zeros(1, 3, 8, 8)).dtype == torch.float32
+
+
+def test_version_ids_and_offline_hub_id_message():
+    from diffusion_classifier.families import resolve_model
+
+    assert resolve_model("2-1-768") == "stabilityai/stable-diffusion-2-1"
+    assert resolve_model("2-0-768") == "stabilityai/stable-diffusion-2"
+    assert resolve_model("flux-dev") == "black-forest-labs/FLUX.1-dev"
+    assert resolve_model("3-5-large") == "stabilityai/stable-diffusion-3.5-large"
+    assert resolve_model("2-0", model="xl-1-0") == "stabilityai/stable-diffusion-xl-base-1.0"
+    with pytest.raises(InputError, match="unknown model version 'xl-2'"):
+        resolve_model("xl-2")
+    with pytest.raises(MissingError, match="huggingface-cli download stabilityai/stable-diffusion-3.5-medium") as e:
+        load_model(resolve_model("3-5-medium"))  # HF_HUB_OFFLINE: not in the cache
+    assert "\n" not in str(e.value)

@@ -34,6 +34,8 @@ def detect_family(index: dict, model: str = "") -> str:
     if name is None and "unet" in index and "text_encoder" in index:
         return "sd"  # hand-written folders without a class name
     known = ", ".join(n for _, names in FAMILIES.values() for n in names[:1])
+    if name == "DiTPipeline":
+        raise InputError(f"{model!r} is a class-conditional DiT, not a text-to-image model: use eval_prob_dit.py")
     raise InputError(f"unknown model family: {model!r} is a {name or 'pipeline without _class_name'} "
                      f"(model_index.json); text-to-image families known: {known}")
 

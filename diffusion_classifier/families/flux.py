@@ -41,7 +41,6 @@ def latent_image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.
     return ids.to(device=device, dtype=dtype)
 
 
-@torch.no_grad()
 @one_truncation_warning()
 def encode_flux_prompts(prompts: list[str], tokenizers, text_encoders,
                         t5_max_length: int = T5_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +78,7 @@ class FluxModel(_ModelGeometry):
     def native_size(self) -> int:
         return 128 * self.autoencoder.downsample  # the pipeline's default_sample_size (1024 px with the VAE)
 
+    @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
         parts = []
         for i in range(0, len(prompts), batch_size):
@@ -93,7 +93,7 @@ class FluxModel(_ModelGeometry):
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((len(x_t),), self.guidance, device=x_t.device, dtype=torch.float32)
         out = self.transformer(
-            hidden_states=pack_latents(x_t), timestep=(t / 1000).to(x_t.dtype), guidance=guidance,
+            hidden_states=pack_latents(x_t), timestep=t.to(x_t.dtype) / 1000, guidance=guidance,  # as the pipeline rounds it
             pooled_projections=cond.pooled, encoder_hidden_states=cond.prompt_embeds,
             txt_ids=torch.zeros(cond.prompt_embeds.shape[1], 3, device=x_t.device, dtype=x_t.dtype),
             img_ids=latent_image_ids(h, w, x_t.device, x_t.dtype),

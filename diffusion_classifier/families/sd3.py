@@ -21,7 +21,6 @@ from .joint_attention import RepeatedLastKeyAttention
 T5_MAX_LENGTH = 256  # the pipeline's default max_sequence_length
 
 
-@torch.no_grad()
 def clip_embeds(tokenizer, text_encoder, prompts: list[str], max_length: int,
                 device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(penultimate hidden state (K, L, D), projected pooled output (K, P)) of one CLIP encoder."""
@@ -31,7 +30,6 @@ def clip_embeds(tokenizer, text_encoder, prompts: list[str], max_length: int,
     return out.hidden_states[-2], out[0]
 
 
-@torch.no_grad()
 def t5_embeds(tokenizer, text_encoder, prompts: list[str], max_length: int, device=None) -> torch.Tensor:
     """Last hidden state of T5 for max-length padded prompts: (K, max_length, D)."""
     device = device or next(text_encoder.parameters()).device
@@ -39,7 +37,6 @@ def t5_embeds(tokenizer, text_encoder, prompts: list[str], max_length: int, devi
     return text_encoder(ids.to(device))[0]
 
 
-@torch.no_grad()
 @one_truncation_warning()
 def encode_sd3_prompts(prompts: list[str], tokenizers, text_encoders, joint_attention_dim: int,
                        t5_max_length: int = T5_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +44,8 @@ def encode_sd3_prompts(prompts: list[str], tokenizers, text_encoders, joint_atte
 
     `tokenizers` and `text_encoders` are (CLIP-L, CLIP-G, T5) triples, as loaded or freshly built;
     a missing T5 (None) gives zeros in its place, as the pipeline does without text_encoder_3.
-    The CLIP length is the first tokenizer's model_max_length.
+    The CLIP length is the first tokenizer's model_max_length. Differentiable (for training the
+    encoders); scoring calls it under torch.no_grad().
     """
     prompts = list(prompts)
     max_length = tokenizers[0].model_max_length
@@ -88,6 +86,7 @@ class SD3Model(_ModelGeometry):
     def size_multiple(self) -> int:
         return self.transformer.config.patch_size
 
+    @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
         """Prompt and pooled embeddings of each prompt, in the model dtype."""
         parts = []
@@ -101,7 +100,7 @@ class SD3Model(_ModelGeometry):
         embeds = cond.prompt_embeds
         if self.compact_t5_zeros:  # the identical zero rows of the absent T5 as one row (joint_attention.py)
             embeds = embeds[:, : embeds.shape[1] - self.t5_max_length + 1]
-        return self.transformer(hidden_states=x_t, timestep=t.to(x_t.dtype), encoder_hidden_states=embeds,
+        return self.transformer(hidden_states=x_t, timestep=t, encoder_hidden_states=embeds,  # t = σ·T, float32
                                 pooled_projections=cond.pooled).sample
 
 

@@ -16,7 +16,6 @@ from ..models import (_VAE, _DDPMModel, _alphas_cumprod, _frozen, _has_component
 from ..objectives import objective_from_config
 
 
-@torch.no_grad()
 @one_truncation_warning()
 def encode_sdxl_prompts(prompts: list[str], tokenizers, text_encoders) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt embeddings (K, L, D1 + D2), pooled embeddings (K, P)) of the encoders that are present."""
@@ -53,6 +52,7 @@ class SDXLModel(_DDPMModel):
 
     family = "sdxl"
 
+    @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
         parts = []
         for i in range(0, len(prompts), batch_size):
