@@ -1,4 +1,4 @@
-"""Zero-shot classification with a text-conditional diffusion model (Stable Diffusion or the tiny digits model)."""
+"""Zero-shot classification with a text-to-image diffusion model (SD 1.x/2.x, SDXL, SD3/SD3.5, Flux, the tiny digits models)."""
 from __future__ import annotations
 
 import argparse
@@ -15,8 +15,10 @@ from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import DATASETS, digits_c_dir, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.errors import InputError
-from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
+from diffusion_classifier.families import load_model, resolve_model
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype
 from diffusion_classifier.noise import load_noise, noise_bank
+from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.prompts import check_classidx, read_prompts
 from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, sd_run_name, shard
@@ -31,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # the reference's flags, with its defaults
     p.add_argument("--dataset", default="pets", choices=sorted(DATASETS), help="dataset to classify")
     p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split")
-    p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="Stable Diffusion version ('tiny': the shipped digits model)")
+    p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="model version ('tiny': the shipped digits model; see the README's model families)")
     p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
     p.add_argument("--batch_size", "-b", type=int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: chosen for the device "
@@ -46,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_workers", type=int, default=1, help="number of shards")
     p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
     p.add_argument("--load_stats", action="store_true", help="count already finished images into the running accuracy")
-    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="error between ε and ε̂")
+    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="error between the prediction and its target (ε and ε̂ by default)")
     p.add_argument("--to_keep", nargs="+", type=int, required=True, help="candidates kept after each stage; last must be 1")
     p.add_argument("--n_samples", nargs="+", type=int, required=True, help="timesteps sampled at each stage")
     # beyond the reference
@@ -75,7 +77,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
     p.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.corruptions)")
     p.add_argument("--severity", type=int, default=None, help="--dataset digits_c: corruption severity 1..5")
+    p.add_argument("--error_space", default=None, choices=list(ERROR_SPACES),
+                   help="compare in ε-space or the model's native output space; default: eps for DDPM models, native (velocity) for flow models")
+    p.add_argument("--flow_grid", default="timesteps", choices=list(FLOW_GRIDS),
+                   help="flow models: σ of the training timesteps through the scheduler's shift, or evenly spaced σ")
+    p.add_argument("--no_t5", action="store_true", help="SD3/SD3.5: do not load the T5 text encoder (zeros in its place)")
+    p.add_argument("--guidance", type=float, default=None, help="Flux-dev: value of the guidance embedding (default 3.5)")
     return p.parse_args(argv)
+
+
+def _objective_settings(objective, args) -> dict:
+    """Settings that change the numbers of non-default objectives (absent for ε-models, so old runs still resume)."""
+    out = {}
+    if objective.prediction_type != "epsilon":
+        out.update(objective=objective.prediction_type, error_space=objective.error_space)
+        if objective.prediction_type == "flow":
+            out["flow_grid"] = args.flow_grid
+    elif args.error_space:
+        out["error_space"] = objective.error_space
+    if args.no_t5:
+        out["no_t5"] = True
+    if args.guidance is not None:
+        out["guidance"] = args.guidance
+    return out
 
 
 def main(argv=None) -> dict:
@@ -96,12 +120,12 @@ def main(argv=None) -> dict:
         load_noise(args.noise_path)  # a bad noise file fails before the model loads
     check_writable(args.log_dir)
 
-    source = resolve_sd_model(args.version, args.model)
-    model = load_text_conditional(source, device, dtype, args.attention)
+    source = resolve_model(args.version, args.model)
+    model = load_model(source, device, dtype, args.attention, no_t5=args.no_t5, guidance=args.guidance)
     if args.channels_last:
-        model.unet.to(memory_format=torch.channels_last)
+        model.backbone.to(memory_format=torch.channels_last)
     if args.compile:
-        model.unet = torch.compile(model.unet)
+        setattr(model, model.backbone_name, torch.compile(model.backbone))
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
     batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch)
@@ -117,7 +141,8 @@ def main(argv=None) -> dict:
                                      args.min_samples, model.T, args.delta, tw.weights if tw else None,
                                      args.variance)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size, pad_to_batch=args.compile)
+    objective = model.make_objective(latent_shape, args.error_space, args.flow_grid)
+    scorer = Scorer(model.denoiser, objective, noise, device, dtype, batch_size, pad_to_batch=args.compile)
 
     version = args.version if args.model is None else Path(args.model.rstrip("/")).name
     dataset_dir = (digits_c_dir(args.corruption, args.severity) if args.dataset == "digits_c" else args.dataset) \
@@ -129,6 +154,9 @@ def main(argv=None) -> dict:
         run += f"_{args.variance}"
     if tw is not None:
         run += f"_tw{weights_digest(args.timestep_weights)}"
+    run += "".join(f"_{k}{v}" for k, v in (("err", args.error_space), ("grid", args.flow_grid if objective.prediction_type == "flow"
+                   and args.flow_grid != "timesteps" else None), ("g", args.guidance)) if v is not None)
+    run += "_not5" if args.no_t5 else ""
     folder = args.log_dir / dataset_dir / run
     settings = dict(model=source, dataset=args.dataset, split=args.split, img_size=img_size, n_trials=args.n_trials,
                     to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, interpolation=args.interpolation,
@@ -138,7 +166,8 @@ def main(argv=None) -> dict:
                     subset=str(args.subset_path) if args.subset_path else None,
                     corruption=args.corruption, severity=args.severity, delta=args.delta,
                     variance=args.variance if args.variance != "iid" else None,
-                    timestep_weights=weights_digest(args.timestep_weights) if tw else None)
+                    timestep_weights=weights_digest(args.timestep_weights) if tw else None,
+                    **_objective_settings(objective, args))
     claim_run_folder(folder, settings, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
     embeds = model.encode_prompts(table.prompts)

@@ -13,7 +13,8 @@ from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError, MissingError
-from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, load_text_conditional, resolve_sd_model
+from diffusion_classifier.families import load_model
+from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, resolve_sd_model
 from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_manifest, check_writable, environment_info
@@ -89,7 +90,7 @@ def run_name(model: str, version: str, t_interval: int, n_trials: int, randomize
 def sd_scorer(args, device: torch.device, dtype: torch.dtype):
     """Load the diffusion model; return (score_example, manifest settings, (img_size, native size))."""
     source = resolve_sd_model(args.version, args.model_path)
-    model = load_text_conditional(source, device, dtype, args.attention)
+    model = load_model(source, device, dtype, args.attention)  # any text-to-image family
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
     # without --randomize_noise the batch size is the period of the reused noise rows: 32 unless given
@@ -99,7 +100,7 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype):
     n_samples = len(timesteps) * args.n_trials
     n_rows = periodic_noise_needed(n_samples, args.batch_size, args.randomize_noise)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, args.batch_size)
+    scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, args.batch_size)
     transform = sd_transform(img_size, args.interpolation)
 
     def score_example(ex) -> dict:

@@ -2,7 +2,10 @@
 
 Rows: (a) the text-conditional model with a paper-style adaptive schedule, (b) the same model scoring
 every class at every sampled timestep, (c) the class-conditional DiT (all classes, evenly spaced
-timesteps), (d) logistic regression on pixels. Prints a markdown table; --json writes the numbers.
+timesteps), (d) logistic regression on pixels, (e, f) the flow-matching tiny-flow (SD3 layout) with the
+schedules of (a) and (b), and with --sd_v PATH (g, h) a v-prediction digits-sd trained by
+`scripts/train_tiny_models.py --model sd-v` with the same schedules. Prints a markdown table; --json
+writes the numbers.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from digits_common import ROOT, describe, digits_test, markdown_table, run
 
 from diffusion_classifier.digits import load_digits_arrays
+from diffusion_classifier.families import load_model
 from diffusion_classifier.models import DIT_MODELS, SD_VERSIONS, load_class_conditional, load_text_conditional
 from diffusion_classifier.prompts import read_prompts
 
@@ -44,34 +48,52 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--sd_v", type=Path, default=None, help="a v-prediction digits-sd folder (rows g, h)")
+    p.add_argument("--flow_grid", default="timesteps", help="σ grid of tiny-flow's rows")
+    p.add_argument("--only", nargs="+", default=None, choices=["sd", "dit", "logreg", "flow", "sd_v"],
+                   help="only these models' rows")
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
     rows = []
-    sd = load_text_conditional(SD_VERSIONS["tiny"])
+    wanted = set(args.only or ["sd", "dit", "logreg", "flow"] + (["sd_v"] if args.sd_v else []))
     table = read_prompts(ROOT / "prompts" / "digits_prompts.csv")
-    conds = sd.encode_prompts(table.prompts)
-    latents, labels = digits_test(sd, args.limit)
     adaptive = {"to_keep": [int(v) for v in args.adaptive[0].split()], "n_samples": [int(v) for v in args.adaptive[1].split()]}
     full = {"to_keep": [1], "n_samples": [args.full_samples]}
-    for tag, spec in (("(a) text model, adaptive", adaptive), ("(b) text model, no pruning", full)):
-        r = run(sd, conds, table.classidx, latents, labels, spec, args.batch_size, args.seed, args.loss)
-        rows.append((f"{tag}: {describe(spec)}", r))
-        print(rows[-1][0], r, flush=True)
 
-    dit = load_class_conditional(DIT_MODELS["tiny"])
-    latents, labels = digits_test(dit, args.limit)
-    r = run(dit, torch.arange(dit.num_classes), list(range(dit.num_classes)), latents, labels, full, args.batch_size, args.seed)
-    rows.append((f"(c) DiT: {describe(full)}", r))
-    print(rows[-1][0], r, flush=True)
-    r = logistic_regression()
-    rows.append(("(d) logistic regression on pixels", r))
-    print(rows[-1][0], r, flush=True)
+    def text_rows(model, tags, **kw):
+        conds = model.encode_prompts(table.prompts)
+        latents, labels = digits_test(model, args.limit)
+        for tag, spec in zip(tags, (adaptive, full)):
+            r = run(model, conds, table.classidx, latents, labels, spec, args.batch_size, args.seed, args.loss, **kw)
+            rows.append((f"{tag}: {describe(spec)}", r))
+            print(rows[-1][0], r, flush=True)
+
+    if "sd" in wanted:
+        text_rows(load_text_conditional(SD_VERSIONS["tiny"]), ("(a) text model, adaptive", "(b) text model, no pruning"))
+    if "dit" in wanted:
+        dit = load_class_conditional(DIT_MODELS["tiny"])
+        latents, labels = digits_test(dit, args.limit)
+        r = run(dit, torch.arange(dit.num_classes), list(range(dit.num_classes)), latents, labels, full, args.batch_size, args.seed)
+        rows.append((f"(c) DiT: {describe(full)}", r))
+        print(rows[-1][0], r, flush=True)
+    if "logreg" in wanted:
+        r = logistic_regression()
+        rows.append(("(d) logistic regression on pixels", r))
+        print(rows[-1][0], r, flush=True)
+    if "flow" in wanted:
+        text_rows(load_model(SD_VERSIONS["tiny-flow"]), ("(e) tiny-flow, adaptive", "(f) tiny-flow, no pruning"),
+                  flow_grid=args.flow_grid)
+    if "sd_v" in wanted:
+        if args.sd_v is None:
+            p.error("--only sd_v needs --sd_v PATH")
+        text_rows(load_model(str(args.sd_v)), ("(g) v-prediction text model, adaptive", "(h) v-prediction text model, no pruning"))
 
     print()
     print(markdown_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps({name: r for name, r in rows}, indent=2))
+    if args.json:  # merged into the file's earlier rows, so a run of some models keeps the others' numbers
+        old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        args.json.write_text(json.dumps(old | {name: r for name, r in rows}, indent=2) + "\n")
     return rows
 
 

@@ -34,11 +34,15 @@ def schedule_fn(spec: dict, T: int):
 
 
 def run(model, conds, candidate_class, latents, labels, spec: dict, batch_size: int = 500, seed: int = 0,
-        loss: str = "l2", chunk: int = 120) -> dict:
-    """Accuracy, denoiser evaluations per image and seconds per image of one schedule on all images."""
+        loss: str = "l2", chunk: int = 120, flow_grid: str = "timesteps") -> dict:
+    """Accuracy, denoiser evaluations per image and seconds per image of one schedule on all images.
+
+    The model's own objective (its scheduler config) noises and compares, in its default error space;
+    `flow_grid` picks the σ grid of flow models."""
     classify, n_rows = schedule_fn(spec, model.T)
     noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, model.device, model.dtype, batch_size)
+    objective = model.make_objective(tuple(latents.shape[1:]), None, flow_grid)  # the model's own (ε, v or flow)
+    scorer = Scorer(model.denoiser, objective, noise, model.device, model.dtype, batch_size)
     n_evals, preds = 0, []
     start = time.perf_counter()
     for i in range(0, len(latents), chunk):

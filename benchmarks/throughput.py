@@ -11,6 +11,11 @@ runs every one in turn), so a change in machine load hits them all alike.
     python benchmarks/throughput.py --model tiny
     python benchmarks/throughput.py --model sd2 --img_size 128 --n_images 2 --n_prompts 4 --to_keep 2 1 --n_samples 1 2
     python benchmarks/throughput.py --model sd2 --device cuda --dtype float16 --batch_size 32 64 128
+    python benchmarks/throughput.py --arch sdxl sd3.5-medium sd3.5-large flux-dev --img_size 128 --dtype bfloat16
+
+With --arch, each named architecture (SDXL UNet, SD3.5 transformers, Flux.1 transformer) is built from
+its published config (benchmarks/family_configs.py) with random weights and timed through the
+engine and its family's denoiser and objective: evaluations per second, nothing to compare with.
 """
 from __future__ import annotations
 
@@ -40,6 +45,9 @@ from diffusion_classifier.statistical import make_schedule  # noqa: E402
 _spec = importlib.util.spec_from_file_location("sd2_configs", HERE / "sd2_configs.py")
 configs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(configs)
+_spec = importlib.util.spec_from_file_location("family_configs", HERE / "family_configs.py")
+family_configs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(family_configs)
 
 # dense fp16/bf16 tensor-core and fp32 (non-tensor-core) peaks in TFLOP/s; the first name that matches wins
 PEAK_TFLOPS = {
@@ -620,6 +628,138 @@ def whole_process_benchmark(version: str, dataset: str, split: str, n_images: in
             "threads": threads}
 
 
+# real architectures of the other families (--arch), random weights
+
+
+ARCHS = {  # name -> (family, diffusers class, config, blocks config keys, scheduler config, text shapes)
+    "sdxl": ("sdxl", "UNet2DConditionModel", "SDXL_UNET", (), "SDXL_SCHEDULER", "SDXL_TEXT"),
+    "sd3.5-medium": ("sd3", "SD3Transformer2DModel", "SD35_MEDIUM_TRANSFORMER", ("num_layers",), "SD3_SCHEDULER", "SD3_TEXT"),
+    "sd3.5-large": ("sd3", "SD3Transformer2DModel", "SD35_LARGE_TRANSFORMER", ("num_layers",), "SD3_SCHEDULER", "SD3_TEXT"),
+    "flux-dev": ("flux", "FluxTransformer2DModel", "FLUX1_DEV_TRANSFORMER", ("num_layers", "num_single_layers"),
+                 "FLUX1_DEV_SCHEDULER", "FLUX1_TEXT"),
+}
+
+
+def _n_params(cls, config: dict) -> int:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return sum(p.numel() for p in cls.from_config(config).parameters())
+
+
+def _depth_for_budget(cls, config: dict, keys: tuple, itemsize: int, max_gib: float) -> tuple[dict, float]:
+    """The config, its blocks scaled down by a common fraction until the weights fit max_gib; and the fraction."""
+    fraction = 1.0
+    cfg = dict(config)
+    while keys and _n_params(cls, cfg) * itemsize / 2**30 > max_gib and fraction > 0.02:
+        fraction *= 0.8
+        cfg = {**config, **{k: max(1, round(config[k] * fraction)) for k in keys}}
+    blocks = sum(config[k] for k in keys) if keys else 1
+    return cfg, (sum(cfg[k] for k in keys) / blocks if keys else 1.0)
+
+
+def arch_model(name: str, img_size: int, dtype: torch.dtype, device: torch.device, max_gib: float, seed: int = 0):
+    """(family model with a random backbone, conditions, latent shape, facts) for one --arch."""
+    import diffusers
+
+    from diffusion_classifier.engine import Conditions
+    from diffusion_classifier.models import _VAE
+
+    family, cls_name, cfg_name, keys, sched_name, text_name = ARCHS[name]
+    cls = getattr(diffusers, cls_name)
+    full = getattr(family_configs, cfg_name)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    n_full = _n_params(cls, full)
+    cfg, depth = _depth_for_budget(cls, full, keys, itemsize, max_gib)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters are created in the benchmark dtype: no float32 copy at this size
+    try:
+        torch.manual_seed(seed)
+        with torch.device(device):
+            net = cls.from_config(cfg).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+    n_built = sum(p.numel() for p in net.parameters())
+    geometry = _VAE(None, cfg["in_channels"] // (4 if family == "flux" else 1))
+    geometry.downsample = family_configs.VAE_DOWNSAMPLE  # latents of the real VAE: 8x smaller than the image
+    scheduler = dict(getattr(family_configs, sched_name))
+    if family == "sdxl":
+        from diffusion_classifier.families.sdxl import SDXLModel
+
+        model = SDXLModel(net, (None, None), (None, None), geometry, _alphas_cumprod(scheduler), device, dtype,
+                          f"{name} (random)", scheduler)
+    elif family == "sd3":
+        from diffusion_classifier.families.sd3 import SD3Model
+
+        model = SD3Model(net, (None,) * 3, (None,) * 3, geometry, scheduler, device, dtype, f"{name} (random)")
+    else:
+        from diffusion_classifier.families.flux import FluxModel
+
+        model = FluxModel(net, (None, None), (None, None), geometry, scheduler, device, dtype, f"{name} (random)")
+    text = getattr(family_configs, text_name)
+    g = torch.Generator().manual_seed(seed + 1)
+    conds = Conditions(prompt_embeds=torch.randn(2, text["tokens"], text["hidden"], generator=g).to(dtype),
+                       pooled=torch.randn(2, text["pooled"], generator=g).to(dtype))
+    facts = {"arch": name, "params_full": n_full, "params_built": n_built, "depth_fraction": depth,
+             "blocks": {k: cfg[k] for k in keys}, "weights_gib": n_built * itemsize / 2**30}
+    return model, conds, model.latent_shape(img_size), facts
+
+
+def arch_benchmark(name: str, img_size: int, dtype: torch.dtype, device: torch.device, batch_size: int,
+                   n_batches: int, max_gib: float, seed: int = 0) -> dict:
+    """Evaluations per second of one real architecture through the engine (Scorer + family denoiser + objective)."""
+    import gc
+
+    from diffusion_classifier.engine import Jobs
+
+    t0 = time.perf_counter()
+    model, conds, shape, facts = arch_model(name, img_size, dtype, device, max_gib, seed)
+    build_s = time.perf_counter() - t0
+    n = batch_size * (n_batches + 1)  # one untimed batch first
+    scorer = Scorer(model.denoiser, model.make_objective(shape), make_noise(n, shape, seed), device, dtype, batch_size)
+    latents = make_noise(1, shape, seed + 2)
+    ts = torch.linspace(0, 999, n).long()
+    jobs = Jobs.build(torch.zeros(n), torch.arange(n) % 2, ts, torch.arange(n))
+    first = Jobs.build(*(getattr(jobs, k)[:batch_size] for k in ("image", "cond", "t", "noise")))
+    rest = Jobs.build(*(getattr(jobs, k)[batch_size:] for k in ("image", "cond", "t", "noise")))
+    scorer.evaluate(latents, conds, first)
+    times, errors = time_runs(lambda: scorer.evaluate(latents, conds, rest), device, 0, 1)
+    assert torch.isfinite(errors.float()).all(), f"{name}: non-finite errors"
+    rate = len(rest) / times[0]
+    row = {**facts, "img_size": img_size, "latent_shape": list(shape), "dtype": str(dtype), "batch_size": batch_size,
+           "evaluations": len(rest), "seconds": times[0], "evals_per_s": rate, "build_s": build_s,
+           "objective": model.make_objective(shape).prediction_type}
+    if facts["depth_fraction"] < 1:
+        row["evals_per_s_full_depth_estimate"] = rate * facts["depth_fraction"]  # time ∝ number of blocks
+    label = name if facts["depth_fraction"] == 1 else f"{name} LAYER-REDUCED {facts['blocks']}"
+    est = (f"; full depth ≈ {row['evals_per_s_full_depth_estimate']:.3g} evals/s (linear in blocks, an estimate)"
+           if "evals_per_s_full_depth_estimate" in row else "")
+    print(f"  {label}: {n_built_str(facts)}, {img_size}px latents {tuple(shape)}, {dtype}, batch {batch_size}: "
+          f"{len(rest)} evaluations in {times[0]:.2f} s = {rate:.3g} evals/s{est}", flush=True)
+    del model, scorer
+    gc.collect()
+    return row
+
+
+def n_built_str(facts: dict) -> str:
+    s = f"{facts['params_built'] / 1e9:.2f}B params built"
+    return s + (f" of {facts['params_full'] / 1e9:.2f}B" if facts["params_built"] != facts["params_full"] else "")
+
+
+def run_archs(args, device: torch.device) -> dict:
+    dtype = DTYPES[args.dtype] if args.dtype else torch.bfloat16
+    img_size = args.img_size or 128
+    batch = (args.batch_size or [2])[0]
+    print(f"real architectures, random weights; {device}, {torch.get_num_threads()} threads, {dtype}, {img_size}px, "
+          f"batch {batch}, {args.arch_batches} timed batches; weights capped at {args.max_gib} GiB "
+          f"(deeper models are built with fewer blocks); torch {torch.__version__}", flush=True)
+    rows = [arch_benchmark(a, img_size, dtype, device, batch, args.arch_batches, args.max_gib, args.seed) for a in args.arch]
+    out = {"archs": rows, "settings": {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if args.json:
+        from diffusion_classifier.records import write_json
+
+        write_json(args.json, out)
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -666,6 +806,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference_process", action="store_true", help=argparse.SUPPRESS)  # one re-created reference run
     p.add_argument("--subset_path", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--arch", nargs="+", default=None, choices=list(ARCHS),
+                   help="time these real architectures (random weights, engine only) instead of --model")
+    p.add_argument("--arch_batches", type=int, default=2, help="--arch: timed batches per architecture")
+    p.add_argument("--max_gib", type=float, default=12.0,
+                   help="--arch: largest weights built; deeper models keep a fraction of their blocks (labelled)")
     return p.parse_args(argv)
 
 
@@ -681,6 +826,8 @@ def main(argv=None) -> dict:
     dtype = default_dtype(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.arch:
+        return run_archs(args, device)
     if args.variants:
         variants = [parse_variant(v) for v in args.variants]
     else:

@@ -10,7 +10,8 @@ from PIL import Image
 from .adaptive import AdaptiveResult, validate_schedule
 from .engine import Scorer
 from .errors import InputError
-from .models import DTYPES, SD_VERSIONS, TextConditionalModel, load_text_conditional
+from .families import load_model, resolve_model
+from .models import DTYPES
 from .noise import make_noise
 from .statistical import make_schedule
 
@@ -47,20 +48,24 @@ def preprocess(images, size: int, interpolation: str = "bicubic") -> torch.Tenso
 class DiffusionClassifier:
     """Zero-shot classification with a text-conditional diffusion model (Li et al., ICCV 2023)."""
 
-    def __init__(self, model: TextConditionalModel, batch_size: int = 32):
+    def __init__(self, model, batch_size: int = 32, error_space: str | None = None, flow_grid: str = "timesteps"):
         self.model = model
         self.batch_size = batch_size
+        self.error_space = error_space
+        self.flow_grid = flow_grid
         self._prompt_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(cls, model: str = "tiny", device: str | torch.device = "cpu",
                         dtype: torch.dtype | str = torch.float32, batch_size: int = 32,
-                        attention: str = "sdpa") -> "DiffusionClassifier":
-        """Load an SD version ('2-0', 'tiny', ...), hub id or local pipeline folder."""
+                        attention: str = "sdpa", error_space: str | None = None, flow_grid: str = "timesteps",
+                        no_t5: bool = False, guidance: float | None = None) -> "DiffusionClassifier":
+        """Load a version id ('2-0', 'xl-1-0', '3-5-medium', 'flux-dev', 'tiny', ...), hub id or local folder of any family."""
         if isinstance(dtype, str):
             dtype = DTYPES[dtype]
-        source = SD_VERSIONS.get(model, model)
-        return cls(load_text_conditional(source, device, dtype, attention), batch_size)
+        source = resolve_model(model=model)
+        return cls(load_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance), batch_size,
+                   error_space, flow_grid)
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         key = tuple(prompts)
@@ -90,7 +95,8 @@ class DiffusionClassifier:
         classify, n_rows = make_schedule("reference", to_keep, n_samples, n_trials, T=m.T)
         if noise is None:
             noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
-        scorer = Scorer(m.denoiser, m.alphas_cumprod, noise, m.device, m.dtype, self.batch_size)
+        objective = m.make_objective(tuple(latents.shape[1:]), self.error_space, self.flow_grid)
+        scorer = Scorer(m.denoiser, objective, noise, m.device, m.dtype, self.batch_size)
         embeds = self.embed(prompts)
         results = classify(lambda jobs: scorer.evaluate(latents, embeds, jobs, loss), len(latents), len(prompts))
         return [self._prediction(r, len(prompts), temperature) for r in results]

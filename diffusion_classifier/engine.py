@@ -2,8 +2,9 @@
 
 A *job* is one denoiser evaluation: (image index, condition index, timestep, noise index). Every
 script (Stable Diffusion prompts, DiT classes, Winoground pairs) describes its work as a list of
-jobs; the engine packs them into batches, noises the latents with the shared noise bank, runs the
-denoiser and reduces each output to per-job numbers, keeping everything on the device until the end.
+jobs; the engine packs them into batches, asks the objective (objectives.py) to noise the latents
+with the shared noise bank, runs the denoiser, asks the objective what the output is compared with,
+and reduces each output to per-job numbers, keeping everything on the device until the end.
 """
 from __future__ import annotations
 
@@ -14,14 +15,63 @@ import torch
 import torch.nn.functional as F
 
 from .noise import check_noise
+from .objectives import as_objective
 
 LOSSES = ("l2", "l1", "huber")
 
 
 class Denoiser(Protocol):
-    """Anything that maps (x_t (B,C,H,W), t (B,), cond (B,...)) to a model output (B,C',H,W)."""
+    """Anything that maps (x_t (B,C,H,W), t (B,), cond (B,...)) to a model output (B,C',H,W).
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
+    t is the timestep the objective gives the model (the index for DDPM models, σ·T for flow models).
+    """
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor: ...
+
+
+class Conditions:
+    """Several per-condition tensors with the same leading size K (e.g. prompt and pooled embeddings)."""
+
+    def __init__(self, **parts: torch.Tensor):
+        sizes = {len(v) for v in parts.values()}
+        assert len(sizes) == 1, f"condition parts differ in their leading size: {sizes}"
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return len(next(iter(self.parts.values())))
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, idx) -> "Conditions":
+        return Conditions(**{k: v[idx] for k, v in self.parts.items()})
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self.__dict__["parts"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "Conditions":
+        return Conditions(**{k: v.to(device, dtype if (dtype is not None and v.is_floating_point()) else v.dtype)
+                             for k, v in self.parts.items()})
+
+    @staticmethod
+    def cat(items: list["Conditions"]) -> "Conditions":
+        return Conditions(**{k: torch.cat([c.parts[k] for c in items]) for k in items[0].parts})
+
+
+def cat_conditions(items: list):
+    """Concatenate condition tensors or Conditions along the condition axis."""
+    return Conditions.cat(items) if isinstance(items[0], Conditions) else torch.cat(items)
+
+
+def _to_device(conds, device, dtype):
+    if isinstance(conds, Conditions):
+        return conds.to(device, dtype)
+    conds = conds.to(device)
+    return conds.to(dtype) if conds.is_floating_point() else conds
 
 
 @dataclass
@@ -53,13 +103,19 @@ class Jobs:
 
 @dataclass
 class Batch:
-    """What a reducer sees for one batch of jobs (all float32 except `out`'s dtype is also float32)."""
+    """What a reducer sees for one batch of jobs (all float32)."""
 
     x0: torch.Tensor  # (B, C, H, W) clean latents
     x_t: torch.Tensor  # (B, C, H, W) noised latents
     eps: torch.Tensor  # (B, C, H, W) the noise added
     out: torch.Tensor  # (B, C', H, W) raw model output, C' = C or 2C (learned variance)
-    t: torch.Tensor  # (B,) timesteps
+    t: torch.Tensor  # (B,) timestep indices
+    pred: torch.Tensor | None = None  # (B, C, H, W) the output in the objective's error space
+    target: torch.Tensor | None = None  # (B, C, H, W) what `pred` is compared with
+
+    def __post_init__(self):
+        if self.pred is None:  # an ε-prediction model compared in ε-space
+            self.pred, self.target = self.eps_hat, self.eps
 
     @property
     def eps_hat(self) -> torch.Tensor:
@@ -83,7 +139,7 @@ def loss_reducer(loss: str) -> Callable[[Batch], torch.Tensor]:
     """A reducer that returns each job's denoising error."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    return lambda b: denoising_error(b.eps, b.eps_hat, loss)
+    return lambda b: denoising_error(b.target, b.pred, loss)
 
 
 def q_sample(x0: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -95,14 +151,16 @@ def q_sample(x0: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor) -> to
 class Scorer:
     """Evaluates jobs against fixed latents, conditions and noise bank with one denoiser.
 
-    Nothing here draws randomness: the noise bank is an input. Inputs are moved to `device` once;
-    results stay on the device until `evaluate` returns them on the CPU.
+    `objective` (objectives.py) forms x_t and says what the output is compared with; a ᾱ table (T,)
+    stands for the ε-prediction DDPM objective. Nothing here draws randomness: the noise bank is an
+    input. Inputs are moved to `device` once; results stay on the device until `evaluate` returns
+    them on the CPU.
     """
 
     def __init__(
         self,
         denoiser: Denoiser,
-        alphas_cumprod: torch.Tensor,
+        objective,
         noise_bank: torch.Tensor,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -118,8 +176,7 @@ class Scorer:
         # static shapes: a short last batch is filled up with copies of its last job (results dropped),
         # so a compiled denoiser (CUDA graphs) sees one batch shape and never recompiles
         self.pad_to_batch = pad_to_batch
-        # ᾱ kept in float64 for the schedule math, cast per batch
-        self.alphas_cumprod = alphas_cumprod.to(device=self.device, dtype=torch.float64)
+        self.objective = as_objective(objective).to(self.device)  # schedule math in float64, cast per batch
         self.noise_bank = noise_bank.to(device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
@@ -138,9 +195,7 @@ class Scorer:
             return torch.empty(0)
         check_noise(self.noise_bank, tuple(latents.shape[1:]), int(jobs.noise.max()) + 1)
         latents = latents.to(self.device, torch.float32)
-        conds = conds.to(self.device)
-        if conds.is_floating_point():
-            conds = conds.to(self.dtype)
+        conds = _to_device(conds, self.device, self.dtype)
         idx = {k: getattr(jobs, k).to(self.device) for k in ("image", "cond", "t", "noise")}
         results = []
         for start in range(0, len(jobs), self.batch_size):
@@ -153,11 +208,12 @@ class Scorer:
             t = rows["t"]
             x0 = latents[rows["image"]]  # (B, C, H, W)
             eps = self.noise_bank[rows["noise"]]  # (B, C, H, W)
-            x_t = q_sample(x0, self.alphas_cumprod[t], eps)
-            out = self.denoiser(x_t.to(self.dtype), t, conds[rows["cond"]]).float()
+            x_t, model_t = self.objective.noise(x0, t, eps)
+            out = self.denoiser(x_t.to(self.dtype), model_t, conds[rows["cond"]]).float()
             if n < len(t):  # padded: the reducer sees the real jobs only
                 x0, x_t, eps, out, t = x0[:n], x_t[:n], eps[:n], out[:n], t[:n]
-            results.append(reduce(Batch(x0=x0, x_t=x_t, eps=eps, out=out, t=t)))
+            pred, target = self.objective.compare(out, x0, x_t, eps, t)
+            results.append(reduce(Batch(x0=x0, x_t=x_t, eps=eps, out=out, t=t, pred=pred, target=target)))
             if progress is not None:
                 progress(n)
         return torch.cat(results).cpu()  # the only host-device sync

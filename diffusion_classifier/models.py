@@ -1,19 +1,23 @@
-"""Model loading: Stable Diffusion (text-conditional) and DiT (class-conditional) through diffusers.
+"""Model loading: Stable Diffusion 1.x/2.x (text-conditional) and DiT (class-conditional) through diffusers.
 
 Both load from a hub id or a local diffusers folder; the shipped tiny digits models are ordinary
 local folders in the same layouts, with `"vae": [null, null]` in model_index.json meaning the
-model works in pixel space.
+model works in pixel space. The other text-to-image families (SDXL, SD3/SD3.5, Flux) live in
+`diffusion_classifier.families`, which also detects a folder's family; the helpers here are shared.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import InputError, MissingError, MissingPackageError
+from .objectives import DDPMObjective, objective_from_config
 
 TINY_MODELS = Path(__file__).parent / "tiny_models"
 
@@ -25,7 +29,16 @@ SD_VERSIONS = {
     "1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",  # runwayml's id is gone from the hub
     "2-0": "stabilityai/stable-diffusion-2-base",
     "2-1": "stabilityai/stable-diffusion-2-1-base",
+    "2-0-768": "stabilityai/stable-diffusion-2",  # v-prediction, 768 px
+    "2-1-768": "stabilityai/stable-diffusion-2-1",  # v-prediction, 768 px
+    "xl-1-0": "stabilityai/stable-diffusion-xl-base-1.0",
+    "3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "3-5-medium": "stabilityai/stable-diffusion-3.5-medium",
+    "3-5-large": "stabilityai/stable-diffusion-3.5-large",
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
+    "flux-dev": "black-forest-labs/FLUX.1-dev",
     "tiny": str(TINY_MODELS / "digits-sd"),
+    "tiny-flow": str(TINY_MODELS / "tiny-flow"),  # flow matching, SD3 layout, pixel space
 }
 DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny": str(TINY_MODELS / "digits-dit")}
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -41,7 +54,7 @@ def resolve_sd_model(version: str = "2-0", model: str | None = None) -> str:
     if model:
         return SD_VERSIONS["tiny"] if model == "tiny" else model
     if version not in SD_VERSIONS:
-        raise InputError(f"unknown Stable Diffusion version {version!r}; expected one of {', '.join(SD_VERSIONS)}")
+        raise InputError(f"unknown model version {version!r}; expected one of {', '.join(SD_VERSIONS)}")
     return SD_VERSIONS[version]
 
 
@@ -58,7 +71,7 @@ def _is_local(model: str) -> bool:
     return os.path.isabs(model) or model.startswith((".", "~")) or os.path.exists(model) or model.count("/") != 1
 
 
-def _not_found(model: str, what: str, err: Exception) -> FileNotFoundError:
+def _not_found(model: str, what: str, err: Exception) -> MissingError:
     if _is_local(model):
         return MissingError(f"{what} folder {model!r} does not exist or lacks its parts ({err.__class__.__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''}); expected a diffusers pipeline folder")
@@ -102,24 +115,66 @@ def _frozen(module: torch.nn.Module, device) -> torch.nn.Module:
     return module.to(device).eval().requires_grad_(False)
 
 
-def _alphas_cumprod(model: str, what: str) -> torch.Tensor:
+def require_components(index: dict, model: str, what: str, parts) -> None:
+    """MissingError naming the first of `parts` that model_index.json lacks (or lists as null)."""
+    for part in parts:
+        if not _has_component(index, part):
+            raise MissingError(f"{what} {model!r} has no {part} in its model_index.json; expected a "
+                               f"{index.get('_class_name') or what} folder with {', '.join(parts)}")
+
+
+def scheduler_config(model: str, what: str) -> dict:
+    """The scheduler config of a pipeline folder or hub id (it names the training objective)."""
     from diffusers import DDPMScheduler
 
-    from .vb import betas_from_config
-
     try:
-        config = DDPMScheduler.load_config(model, subfolder="scheduler")
+        return dict(DDPMScheduler.load_config(model, subfolder="scheduler"))
     except Exception as e:  # noqa: BLE001
         raise _not_found(model, what, e) from None
-    return torch.cumprod(1.0 - betas_from_config(dict(config)), 0)  # float64
 
 
-def _set_attention(module: torch.nn.Module, attention: str) -> None:
+def _alphas_cumprod(config: dict) -> torch.Tensor:
+    from .vb import betas_from_config
+
+    return torch.cumprod(1.0 - betas_from_config(config), 0)  # float64
+
+
+_truncations: list | None = None  # (count, tokenizer, limit, first prompt) inside one_truncation_warning()
+
+
+@contextlib.contextmanager
+def one_truncation_warning():
+    """Within this block, prompt truncations by every tokenizer are reported in one warning at the end."""
+    global _truncations
+    outer, _truncations = _truncations, []
+    try:
+        yield
+    finally:
+        found, _truncations = _truncations, outer
+        if found:
+            limits = ", ".join(dict.fromkeys(f"{what} {limit}" for _, what, limit, _ in found))
+            warnings.warn(f"{max(n for n, *_ in found)} prompt(s) exceed the token limit ({limits}) and were truncated "
+                          f"as the pipeline does (first: {found[0][3]!r})", stacklevel=3)
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int, what: str = "text encoder") -> torch.Tensor:
+    """Token ids (K, max_length), padded and truncated as the pipelines do; a truncation is reported in one warning."""
+    ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
+    probe = tokenizer(prompts, truncation=True, max_length=max_length + 1).input_ids  # one token past the limit
+    long = [p for p, row in zip(prompts, probe) if len(row) > max_length]
+    if long and _truncations is not None:
+        _truncations.append((len(long), what, max_length, long[0][:80]))
+    elif long:
+        warnings.warn(f"{len(long)} prompt(s) exceed the {what}'s limit of {max_length} tokens and were truncated "
+                      f"as the pipeline does (first: {long[0][:80]!r})", stacklevel=2)
+    return ids
+
+
+def set_attention(module: torch.nn.Module, attention: str) -> None:
+    """'sdpa': the diffusers default processors (PyTorch scaled-dot-product attention); 'xformers': memory-efficient kernels."""
     if attention == "sdpa":
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        module.set_attn_processor(AttnProcessor2_0())
-    elif attention == "xformers":
+        return  # every diffusers default processor already calls scaled_dot_product_attention
+    if attention == "xformers":
         try:
             import xformers  # noqa: F401
         except ImportError:
@@ -129,17 +184,34 @@ def _set_attention(module: torch.nn.Module, attention: str) -> None:
         raise InputError(f"attention must be 'sdpa' or 'xformers', got {attention!r}")
 
 
-class _VAE:
-    """Image (N,3,H,W) in [-1,1] -> latent: the VAE posterior mean × its scaling factor, or the pixels."""
+def load_vae(model: str, what: str, index: dict, dtype: torch.dtype, device, subfolder: str | None = "vae"):
+    """The pipeline's AutoencoderKL, or None in pixel space; kept in float32 where its config asks (force_upcast)."""
+    if subfolder is not None and not _has_component(index, subfolder):
+        return None
+    from diffusers import AutoencoderKL  # imports every autoencoder family: only when there is one to load
 
-    def __init__(self, vae):
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        config = AutoencoderKL.load_config(model, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise _not_found(model, what, e) from None
+    if dtype == torch.float16 and config.get("force_upcast", False):
+        dtype = torch.float32  # the SDXL VAE overflows in float16
+    return _frozen(_load(AutoencoderKL, model, what, torch_dtype=dtype, **kwargs), device)
+
+
+class _VAE:
+    """Image (N,3,H,W) in [-1,1] -> latent: (posterior mean - shift) × scale from the VAE config, or the pixels."""
+
+    def __init__(self, vae, pixel_channels: int = 3):
         self.vae = vae
         if vae is None:
-            self.downsample, self.channels, self.scaling_factor = 1, 3, 1.0
+            self.downsample, self.channels, self.scaling_factor, self.shift_factor = 1, pixel_channels, 1.0, 0.0
         else:
             self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)
             self.channels = vae.config.latent_channels
             self.scaling_factor = vae.config.scaling_factor
+            self.shift_factor = getattr(vae.config, "shift_factor", None) or 0.0
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -148,22 +220,29 @@ class _VAE:
         p = next(self.vae.parameters())
         out = [self.vae.encode(pixels[i : i + batch_size].to(p.device, p.dtype)).latent_dist.mean
                for i in range(0, len(pixels), batch_size)]
-        return torch.cat(out).float() * self.scaling_factor  # (N, C, H/f, W/f)
+        return (torch.cat(out).float() - self.shift_factor) * self.scaling_factor  # (N, C, H/f, W/f)
 
-    def check_size(self, img_size: int) -> None:
-        if img_size % self.downsample:
-            raise InputError(f"image size must be divisible by the VAE's downsampling factor {self.downsample}, got {img_size}")
+    def check_size(self, img_size: int, multiple: int = 1) -> None:
+        if img_size % (self.downsample * multiple):
+            raise InputError(f"image size must be divisible by {self.downsample * multiple} for this model, got {img_size}")
 
 
 class _ModelGeometry:
-    """What both model kinds share: the ᾱ table, the native size and the image -> latent mapping."""
+    """What every model family shares: the objective, the native size and the image -> latent mapping.
+
+    A family provides `backbone_name` (the attribute holding its denoising network), `encode_prompts`
+    (or class labels) and `denoiser(x_t, t, cond)`; everything else here follows from the configs.
+    """
 
     autoencoder: _VAE
-    alphas_cumprod: torch.Tensor
+    scheduler_config: dict
+    backbone_name = "unet"
+    token_patch = 1  # latent pixels per token side (the scheduler's image sequence length)
+    size_multiple = 1  # latent side must be a multiple of this
 
     @property
     def backbone(self) -> torch.nn.Module:
-        raise NotImplementedError
+        return getattr(self, self.backbone_name)
 
     @property
     def native_size(self) -> int:
@@ -171,10 +250,23 @@ class _ModelGeometry:
 
     @property
     def T(self) -> int:
-        return len(self.alphas_cumprod)
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def objective(self):
+        """The model's training objective with its default error space and timestep grid."""
+        return self.make_objective()
+
+    def make_objective(self, latent_shape: tuple[int, ...] | None = None, error_space: str | None = None,
+                       grid: str = "timesteps"):
+        """The objective of the scheduler config; `latent_shape` sets σ's resolution-dependent shift where used."""
+        seq_len = None
+        if latent_shape is not None:
+            seq_len = (latent_shape[-2] // self.token_patch) * (latent_shape[-1] // self.token_patch)
+        return objective_from_config(self.scheduler_config, error_space, seq_len, grid)
 
     def latent_shape(self, img_size: int) -> tuple[int, int, int]:
-        self.autoencoder.check_size(img_size)
+        self.autoencoder.check_size(img_size, self.size_multiple)
         s = img_size // self.autoencoder.downsample
         return (self.autoencoder.channels, s, s)
 
@@ -182,8 +274,29 @@ class _ModelGeometry:
         return self.autoencoder.encode(pixels)
 
 
+class _DDPMModel(_ModelGeometry):
+    """A DDPM-family model whose ᾱ table is known: T and the objective follow from it and the prediction type."""
+
+    alphas_cumprod: torch.Tensor
+
+    def __post_init__(self):
+        if self.scheduler_config is None:  # built by hand from a ᾱ table: ε-prediction
+            self.scheduler_config = {"prediction_type": "epsilon"}
+
+    @property
+    def T(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type") or "epsilon"
+
+    def make_objective(self, latent_shape=None, error_space: str | None = None, grid: str = "timesteps"):
+        return DDPMObjective(self.alphas_cumprod, self.prediction_type, error_space)
+
+
 @dataclass
-class TextConditionalModel(_ModelGeometry):
+class TextConditionalModel(_DDPMModel):
     """A Stable-Diffusion-format model: UNet, CLIP text encoder and tokenizer, VAE (or pixels), ᾱ table."""
 
     unet: torch.nn.Module
@@ -194,19 +307,15 @@ class TextConditionalModel(_ModelGeometry):
     device: torch.device
     dtype: torch.dtype
     source: str
-
-    @property
-    def backbone(self) -> torch.nn.Module:
-        return self.unet
+    scheduler_config: dict = None
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Last hidden state of the text encoder for max-length padded prompts: (K, L, D)."""
         out = []
         for i in range(0, len(prompts), batch_size):
-            tok = self.tokenizer(prompts[i : i + batch_size], padding="max_length", truncation=True,
-                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")
-            out.append(self.text_encoder(tok.input_ids.to(self.device))[0])
+            ids = tokenize(self.tokenizer, list(prompts[i : i + batch_size]), self.tokenizer.model_max_length, "CLIP tokenizer")
+            out.append(self.text_encoder(ids.to(self.device))[0])
         return torch.cat(out).to(self.dtype)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -219,31 +328,27 @@ def load_text_conditional(
     dtype: torch.dtype = torch.float32,
     attention: str = "sdpa",
 ) -> TextConditionalModel:
-    """Load a Stable-Diffusion-format pipeline folder or hub id (only what scoring needs)."""
+    """Load a Stable-Diffusion-format (1.x/2.x) pipeline folder or hub id, any prediction type (only what scoring needs)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     what = "Stable Diffusion model"
     device = torch.device(device)
     index = _pipeline_index(model, what)
-    for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
-        if not _has_component(index, part):
-            raise MissingError(f"{what} {model!r} has no {part} in its model_index.json; expected a Stable Diffusion pipeline")
+    require_components(index, model, what, ("unet", "text_encoder", "tokenizer", "scheduler"))
+    config = scheduler_config(model, what)
+    objective_from_config(config)  # an unknown objective fails before the weights load
     unet = _frozen(_load(UNet2DConditionModel, model, what, subfolder="unet", torch_dtype=dtype), device)
-    _set_attention(unet, attention)
+    set_attention(unet, attention)
     text_encoder = _frozen(_load(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
     tokenizer = _load(CLIPTokenizer, model, what, subfolder="tokenizer")
-    vae = None
-    if _has_component(index, "vae"):
-        from diffusers import AutoencoderKL  # imports every autoencoder family: only when there is one to load
-
-        vae = _frozen(_load(AutoencoderKL, model, what, subfolder="vae", torch_dtype=dtype), device)
-    return TextConditionalModel(unet, text_encoder, tokenizer, _VAE(vae), _alphas_cumprod(model, what),
-                                device, dtype, model)
+    vae = load_vae(model, what, index, dtype, device)
+    return TextConditionalModel(unet, text_encoder, tokenizer, _VAE(vae, unet.config.in_channels),
+                                _alphas_cumprod(config), device, dtype, model, config)
 
 
 @dataclass
-class ClassConditionalModel(_ModelGeometry):
+class ClassConditionalModel(_DDPMModel):
     """A DiT-format model: class-conditional transformer (maybe learned variance), VAE (or pixels), ᾱ."""
 
     transformer: torch.nn.Module
@@ -253,6 +358,10 @@ class ClassConditionalModel(_ModelGeometry):
     dtype: torch.dtype
     source: str
     id2label: dict[int, str]
+    scheduler_config: dict = None
+    scheduler_config: dict = None
+
+    backbone_name = "transformer"
 
     @property
     def num_classes(self) -> int:
@@ -266,10 +375,6 @@ class ClassConditionalModel(_ModelGeometry):
     @property
     def learned_variance(self) -> bool:
         return self.transformer.config.out_channels == 2 * self.transformer.config.in_channels
-
-    @property
-    def backbone(self) -> torch.nn.Module:
-        return self.transformer
 
     def latent_shape(self, img_size: int) -> tuple[int, int, int]:
         shape = super().latent_shape(img_size)
@@ -288,18 +393,14 @@ def load_class_conditional(
     vae: str | None = None,
 ) -> ClassConditionalModel:
     """Load a DiT pipeline folder or hub id; `vae` overrides the pipeline's own VAE (hub id or folder)."""
-    from diffusers import AutoencoderKL, DiTTransformer2DModel
+    from diffusers import DiTTransformer2DModel
 
     what = "DiT model"
     device = torch.device(device)
     index = _pipeline_index(model, what)
-    if not _has_component(index, "transformer"):
-        raise MissingError(f"{what} {model!r} has no transformer in its model_index.json; expected a DiT pipeline")
+    require_components(index, model, what, ("transformer", "scheduler"))
+    config = scheduler_config(model, what)
     transformer = _frozen(_load(DiTTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
-    ae = None
-    if vae is not None:
-        ae = _frozen(_load(AutoencoderKL, vae, "VAE", torch_dtype=dtype), device)
-    elif _has_component(index, "vae"):
-        ae = _frozen(_load(AutoencoderKL, model, what, subfolder="vae", torch_dtype=dtype), device)
+    ae = load_vae(vae, "VAE", {}, dtype, device, None) if vae is not None else load_vae(model, what, index, dtype, device)
     id2label = {int(k): v for k, v in (index.get("id2label") or {}).items()}
-    return ClassConditionalModel(transformer, _VAE(ae), _alphas_cumprod(model, what), device, dtype, model, id2label)
+    return ClassConditionalModel(transformer, _VAE(ae), _alphas_cumprod(config), device, dtype, model, id2label, config)

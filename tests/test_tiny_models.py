@@ -95,3 +95,19 @@ def test_model_card_protocol_classifies_test_images_of_each_digit():
     dit = load_class_conditional(DIT_MODELS["tiny"])
     top1 = train.dit_accuracy(dit.transformer, x, torch.from_numpy(labels[idx]), "scaled_linear")
     assert min(top1.values()) > 100 * 18.5 / 20  # at least 19 of 20 right (chance: 2e-18)
+
+
+def test_tiny_flow_loads_as_an_sd3_flow_model_and_classifies_test_images_of_each_digit():
+    from diffusion_classifier.objectives import FlowObjective
+
+    clf = DiffusionClassifier.from_pretrained("tiny-flow", batch_size=500)
+    model = clf.model
+    assert model.family == "sd3" and model.native_size == 8 and model.autoencoder.vae is None
+    assert model.text_encoders[2] is None and isinstance(model.objective, FlowObjective)
+    assert model.transformer.config.in_channels == 3
+    idx = first_of_each_class(2)
+    ds = DigitsDataset("test")
+    table = dataset_prompts("digits")
+    preds = clf.classify([ds[i][0] for i in idx], table.prompts, to_keep=[5, 1], n_samples=[10, 50], seed=0)
+    correct = sum(table.classidx[p.pred] == i // 2 for i, p in enumerate(preds))
+    assert correct >= 19  # chance of 19 of 20: 2e-18

@@ -1,0 +1,245 @@
+"""What every tiny model's training shares: the digits train split, captions and tokenizer, augmentation,
+the lr schedule, the EMA and the training loop (`fit`)."""
+from __future__ import annotations
+
+import json
+import math
+import string
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..digits import CLASSNAMES, load_digits_arrays
+from ..errors import InputError
+
+NUM_CLASSES = len(CLASSNAMES)
+MAX_LENGTH = 32  # tokenizer model_max_length == text encoder max_position_embeddings
+CAPTION_DROP = 0.1  # empty caption / null class: gives an unconditional score
+SHIFT_PROB = 0.5  # probability of a random +-1 px translation of a training image
+
+# Caption wordings; the first is the wording of the project's digits prompts CSV.
+TEMPLATES = (
+    "a photo of the number: '{d}'.",
+    "a photo of the number: {w}.",
+    "a photo of the number {d}.",
+    "a photo of the number {w}.",
+    "a photo of the digit {d}.",
+    "a picture of the digit {w}",
+    "the number {d}",
+    "the number {w}",
+    "the digit {d}",
+    "the digit {w}",
+    "a handwritten {d}",
+    "a handwritten {w}",
+    "{d}",
+    "{w}",
+)
+
+# Test accuracy measured on the committed weights (see each model card for the evaluation).
+EVAL_PROTOCOL = (
+    "Measured on the committed weights over the 359 test images (never trained on). Paired evaluation: per image,\n"
+    "50 evenly spaced timesteps t = 10, 30, ..., 990 (`range(10, 1000, 20)`), one noise per timestep\n"
+    "(`torch.randn(50, 3, 8, 8)` seeded with 42, the same bank for every image and every class); per (t, class)\n"
+    "the error is the mean over C, H, W of (eps - eps_hat)^2 (l2) or |eps - eps_hat| (l1); the prediction is the\n"
+    "class with the lowest mean error over the 50 timesteps (10 classes x 50 timesteps = 500 evaluations per image)."
+)
+
+
+def captions_for(label: int) -> list[str]:
+    """Every caption wording for one digit class."""
+    return [t.format(d=str(label), w=CLASSNAMES[label]) for t in TEMPLATES]
+
+
+def caption_words() -> list[str]:
+    """The words of all captions (letters only), which the tokenizer merges into single tokens."""
+    words = set()
+    for c in range(NUM_CLASSES):
+        for cap in captions_for(c):
+            for w in "".join(ch if ch.isalpha() else " " for ch in cap).split():
+                words.add(w)
+    return sorted(words)
+
+
+def build_tokenizer(folder: Path):
+    """Character-level BPE CLIPTokenizer plus whole-word merges for the caption vocabulary."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = {s: i for i, s in enumerate(symbols)}
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    merges = []
+    for word in caption_words():
+        if len(word) < 2:
+            continue
+        # build the word left to right: "p h", "ph o", ..., "phot o</w>"
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        left = pieces[0]
+        for right in pieces[1:]:
+            merged = left + right
+            if merged not in vocab:
+                merges.append(f"{left} {right}")
+                vocab[merged] = len(vocab)
+            left = merged
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps(vocab, indent=0) + "\n")
+    merges_file.write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    tok = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=MAX_LENGTH)
+    tok.save_pretrained(folder)
+    check_tokenizer(CLIPTokenizer.from_pretrained(folder))
+    return tok
+
+
+def check_tokenizer(tok) -> None:
+    """Every caption encodes without unknown symbols, each word as one token, within max length."""
+    for c in range(NUM_CLASSES):
+        for cap in captions_for(c):
+            ids = tok(cap, truncation=False).input_ids
+            tokens = tok.convert_ids_to_tokens(ids)
+            body = tokens[1:-1]
+            if tokens[0] != tok.bos_token or tokens[-1] != tok.eos_token or tok.eos_token in body:
+                raise RuntimeError(f"caption {cap!r} has unknown symbols: {tokens}")
+            if "".join(t.replace("</w>", "") for t in body) != cap.replace(" ", ""):
+                raise RuntimeError(f"caption {cap!r} does not round-trip: {tokens}")
+            words = [t for t in body if t.replace("</w>", "").isalpha()]
+            if len(words) != len([w for w in "".join(ch if ch.isalpha() else " " for ch in cap).split()]):
+                raise RuntimeError(f"caption {cap!r} splits a word: {tokens}")
+            if len(ids) > MAX_LENGTH:
+                raise RuntimeError(f"caption {cap!r} needs {len(ids)} tokens > {MAX_LENGTH}")
+
+
+def train_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """Train split as (N, 1, 8, 8) floats in [-1, 1] and (N,) labels."""
+    images, labels = load_digits_arrays("train")
+    x = torch.from_numpy(images).float().div(127.5).sub(1.0)[:, None]  # (N, 1, 8, 8)
+    return x, torch.from_numpy(labels)
+
+
+def validation_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int = 1):
+    """((x, y) to train on, (x, y) to validate on): a stratified `fraction` of the given (train) images."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise InputError(f"validation fraction must be in (0, 1), got {fraction}")
+    fit, val = train_test_split(torch.arange(len(y)).numpy(), test_size=fraction, stratify=y.numpy(), random_state=seed)
+    fit, val = torch.from_numpy(fit), torch.from_numpy(val)
+    return (x[fit], y[fit]), (x[val], y[val])
+
+
+
+def random_shift(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Translate each (N, 1, H, W) image by a random -1..1 px in x and y with probability prob."""
+    n, _, h, w = x.shape
+    padded = F.pad(x[:, 0], (1, 1, 1, 1), value=-1.0)  # background is -1
+    shift = torch.randint(0, 3, (n, 2), generator=gen)
+    shift[torch.rand(n, generator=gen) >= prob] = 1  # offset 1 == no shift
+    rows = shift[:, :1] + torch.arange(h)  # (N, H)
+    cols = shift[:, 1:] + torch.arange(w)  # (N, W)
+    out = padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out[:, None]
+
+
+def to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) -> (N, 3, H, W) with identical channels, as RGB-converted greyscale images."""
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int = 100) -> float:
+    """Linear warmup then cosine decay to 5% of lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class Ema:
+    """Exponential moving average of parameters, with the usual (1 + n) / (10 + n) warmup."""
+
+    def __init__(self, modules, decay: float = 0.999):
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay, self.n = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s)
+
+
+def count_params(*modules) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of all safetensors files under folder."""
+    return sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+
+
+
+def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.Generator, desc: str,
+        draw_cond, losses, device: str = "cpu") -> tuple[dict[str, float], float]:
+    """The training loop every model shares; returns (moving averages of the loss terms, wall seconds).
+
+    AdamW (weight decay 0.01) with warmup and cosine decay of the lr, grad-norm clip 1, and an EMA of the
+    weights, which is copied into the modules at the end (they are left in eval mode). Each step draws from
+    the CPU generator, in this order: the images (randomly shifted), `draw_cond(labels)` (the conditioning,
+    with its dropout), `noising.draw_times(batch, gen)` (the timesteps or noise levels) and the noise;
+    `noising.add_noise(x0, t, eps)` forms x_t, and `losses(x0, cond, t, eps, x_t)` returns the named terms,
+    of which "loss" is minimised.
+    """
+    x_all, y_all = images
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    ema = Ema(modules)
+    for m in modules:
+        m.train()
+    avg: dict[str, float] = {}
+    start = time.time()
+    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=5)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr)
+        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
+        x0 = to_rgb(random_shift(x_all[idx], SHIFT_PROB, gen))
+        cond = draw_cond(y_all[idx])
+        t = noising.draw_times(batch, gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+        xt = noising.add_noise(x0, t, eps)
+        terms = losses(x0, cond, t, eps, xt)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update()
+        for k, v in terms.items():
+            avg[k] = v.item() if k not in avg else 0.99 * avg[k] + 0.01 * v.item()
+        bar.set_postfix({k: f"{v:.4f}" for k, v in avg.items()})
+    wall = time.time() - start
+    ema.copy_to_params()
+    for m in modules:
+        m.eval()
+    return avg, wall
+
+
+def retrain_command(which: str, s: dict, extra: str = "") -> str:
+    """The command that reproduces a model folder (`extra`: the kind's own flags)."""
+    where = f" --device {s['device']}" if s.get("device", "cpu") != "cpu" else ""
+    selection = f" --val-fraction {s['val_fraction']:g} --out OUT" if "val_fraction" in s else ""
+    return (
+        f"python3 scripts/train_tiny_models.py --model {which} --steps {s['steps']} --batch {s['batch']} --lr {s['lr']}"
+        f"{extra} --seed {s['seed']} --threads {s['threads']}{where}{selection}"
+    )

@@ -1,0 +1,157 @@
+"""Training of the tiny models (diffusion_classifier/training): the refactored kinds train exactly as before,
+and the new kinds (v-prediction digits-sd, the SD3-layout flow model) write folders the loaders read with the
+right objective and the conditioning the SD3 pipeline computes."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import load_script
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 over every tensor (name and raw bytes) of every safetensors file under folder."""
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")):
+        tensors = load_file(f)
+        for k in sorted(tensors):
+            h.update(f"{f.relative_to(folder)}:{k}".encode())
+            h.update(tensors[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# Digests of the weights written by the training code before it was split into per-kind modules
+# (scripts/train_tiny_models.py as one file), for the calls below, one CPU thread.
+BEFORE_SPLIT = {
+    "sd": "955c7cc1c1e2bc275791cd43faee4bcd9e197efa84471eb62779bb6561cb5dc6",
+    "dit": "1b07cc3887c175a667efb660ae0ad21ef888a38444efbe6c37b0ca4230f628f6",
+}
+
+
+def test_sd_and_dit_train_bitwise_as_before_the_split(tmp_path):
+    train = load_script("train_tiny_models")
+    torch.set_num_threads(1)
+    train.train_sd(tmp_path / "sd", steps=4, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0)
+    train.train_dit(tmp_path / "dit", steps=4, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0, patch=4,
+                    heads=2, head_dim=8, layers=1)
+    assert weights_digest(tmp_path / "sd") == BEFORE_SPLIT["sd"]
+    assert weights_digest(tmp_path / "dit") == BEFORE_SPLIT["dit"]
+
+
+def test_v_prediction_target_is_diffusers_velocity_and_the_variant_trains_a_v_pipeline(tmp_path):
+    from diffusion_classifier.training.ddpm import DdpmNoising, make_scheduler, schedule_tables
+
+    scheduler = make_scheduler("scaled_linear", "fixed_small", clip_sample=False, steps_offset=1,
+                               prediction_type="v_prediction")
+    noising = DdpmNoising(schedule_tables(scheduler))
+    g = torch.Generator().manual_seed(0)
+    x0, eps, t = torch.randn(5, 3, 8, 8, generator=g), torch.randn(5, 3, 8, 8, generator=g), torch.tensor([0, 1, 250, 700, 999])
+    torch.testing.assert_close(noising.v_target(x0, t, eps), scheduler.get_velocity(x0, eps, t), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(noising.add_noise(x0, t, eps), scheduler.add_noise(x0, eps, t), rtol=1e-5, atol=1e-6)
+
+    train = load_script("train_tiny_models")
+    stats = train.train_sd(tmp_path / "v", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0,
+                           prediction_type="v_prediction")
+    eps_run = train.train_sd(tmp_path / "eps", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0)
+    assert stats["prediction_type"] == "v_prediction" and stats["loss"] != eps_run["loss"]  # another target
+    config = json.loads((tmp_path / "v" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+    from diffusion_classifier.models import load_text_conditional
+
+    model = load_text_conditional(str(tmp_path / "v"))  # the public loader reads it, with its objective
+    objective = getattr(model, "objective", None)
+    if objective is not None:
+        assert objective.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="prediction_type"):
+        train.train_sd(tmp_path / "x", steps=1, batch=2, lr=1e-3, beta_schedule="scaled_linear", seed=0,
+                       prediction_type="sample_typo")
+
+
+def test_flow_training_conditions_as_the_sd3_pipeline_and_writes_a_loadable_folder(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from diffusion_classifier.training import flow
+
+    train = load_script("train_tiny_models")
+    stats = train.train_flow(tmp_path, steps=2, batch=8, lr=1e-3, shift=3.0, seed=0, patch=4, heads=2, head_dim=8,
+                             layers=2)
+    assert stats["steps"] == 2 and stats["shift"] == 3.0
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline"
+    assert index["vae"] == [None, None] and index["text_encoder_3"] == [None, None] and index["tokenizer_3"] == [None, None]
+    pipe = StableDiffusion3Pipeline.from_pretrained(tmp_path, vae=None, text_encoder_3=None, tokenizer_3=None,
+                                                    image_encoder=None, feature_extractor=None)
+    assert pipe.transformer.config.patch_size == 4 and pipe.transformer.config.num_layers == 2
+    assert pipe.transformer.config.in_channels == 3 and pipe.transformer.config.sample_size == 8
+    assert pipe.scheduler.config.shift == 3.0 and type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+
+    # the training's conditioning is what the pipeline's encode_prompt computes without T5
+    prompts = ["seven", "", "a photo of the number: '3'."]
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device="cpu", do_classifier_free_guidance=False)
+    with torch.no_grad():
+        e, p = flow.sd3_prompt_embeds([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
+                                      prompts, flow.JOINT_ATTENTION_DIM)
+    assert e.shape == (3, flow.MAX_LENGTH + flow.T5_ZEROS_LENGTH, flow.JOINT_ATTENTION_DIM) and p.shape == (3, 64)
+    assert torch.equal(e, embeds) and torch.equal(p, pooled)
+    assert not torch.equal(e[0], e[1])  # the captions matter
+
+    # the toolkit's SD3 family reads the folder: flow objective with the scheduler's shift, the same conditioning,
+    # and (T5 absent) the compact context gives what the transformer gives on the pipeline's full context
+    from diffusion_classifier.families import load_model
+    from diffusion_classifier.objectives import FlowObjective
+
+    model = load_model(str(tmp_path))
+    assert model.family == "sd3" and model.native_size == 8 and model.latent_shape(8) == (3, 8, 8)
+    objective = model.objective
+    assert isinstance(objective, FlowObjective) and objective.error_space == "native"
+    torch.testing.assert_close(objective.sigmas[499], torch.tensor(3 * 0.5 / (1 + 2 * 0.5), dtype=torch.float64))
+    conds = model.encode_prompts(prompts)
+    assert torch.equal(conds.prompt_embeds, embeds) and torch.equal(conds.pooled, pooled)
+    assert model.compact_t5_zeros
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([100.0, 500.0, 900.0])
+    with torch.no_grad():
+        full = pipe.transformer(x, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t).sample
+        torch.testing.assert_close(model.denoiser(x, t, conds), full, rtol=1e-4, atol=1e-6)
+
+
+def test_one_repeated_zero_row_with_log_count_bias_equals_the_full_t5_zeros_context():
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from diffusion_classifier.training import flow
+
+    torch.manual_seed(0)
+    transformer = flow.build_transformer(patch=2, heads=2, head_dim=8, layers=3)
+    for p in transformer.parameters():  # the zero-initialised output layers would hide differences
+        torch.nn.init.normal_(p, std=0.1)
+    clip = torch.randn(2, 7, flow.JOINT_ATTENTION_DIM)
+    zeros = torch.zeros(2, flow.T5_ZEROS_LENGTH, flow.JOINT_ATTENTION_DIM)
+    x, t, pooled = torch.randn(2, 3, 8, 8), torch.tensor([150.0, 800.0]), torch.randn(2, 64)
+    with torch.no_grad():
+        full = transformer(x, encoder_hidden_states=torch.cat([clip, zeros], 1), pooled_projections=pooled, timestep=t).sample
+        short = torch.cat([clip, zeros[:, :1]], 1)
+        naive = transformer(x, encoder_hidden_states=short, pooled_projections=pooled, timestep=t).sample
+        transformer.set_attn_processor(flow.RepeatedLastKeyAttention(flow.T5_ZEROS_LENGTH))
+        fast = transformer(x, encoder_hidden_states=short, pooled_projections=pooled, timestep=t).sample
+        transformer.set_attn_processor(JointAttnProcessor2_0())
+    torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)
+    assert (naive - full).abs().max() > 1e-3  # one zero row alone is another function
+
+
+def test_flow_noising_draws_logit_normal_sigmas_through_the_shift():
+    from diffusion_classifier.training.flow import FlowNoising
+
+    g = torch.Generator().manual_seed(0)
+    s1 = FlowNoising(1.0).draw_times(20000, g)
+    assert 0 < s1.min() and s1.max() < 1 and abs(s1.median().item() - 0.5) < 0.02
+    s3 = FlowNoising(3.0).draw_times(20000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(s3, 3 * s1 / (1 + 2 * s1))  # same draws, shifted as the scheduler shifts
+    x0, eps, sigma = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.tensor([0.0, 0.25, 0.5, 1.0])
+    xt = FlowNoising(1.0).add_noise(x0, sigma, eps)
+    torch.testing.assert_close(xt[0], x0[0]) and torch.testing.assert_close(xt[3], eps[3])
+    torch.testing.assert_close(xt[1], 0.75 * x0[1] + 0.25 * eps[1])
