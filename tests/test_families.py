@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import eval_prob_adaptive
 from diffusion_classifier.classifier import DiffusionClassifier
@@ -70,11 +71,13 @@ def mse(a, b) -> float:
 
 
 @torch.no_grad()
-def plain_errors(name: str, folder: Path, pixels: torch.Tensor, noise: torch.Tensor, opts: dict) -> list[list[float]]:
-    """errors[prompt][k] for timestep TS[k] with noise[k], each from one direct denoiser call."""
+def plain_errors(name: str, folder: Path, pixels: torch.Tensor, noise: torch.Tensor, opts: dict,
+                 PROMPTS=PROMPTS, TS=TS, rows=None) -> list[list[float]]:  # noqa: N803 - the module's defaults
+    """errors[prompt][k] for timestep TS[k] with noise[rows[k]] (default k), each from one direct denoiser call."""
     family = detect_family(json.loads((folder / "model_index.json").read_text()))
     x = pixels[None]
     errs = [[None] * len(TS) for _ in PROMPTS]
+    noise = noise[torch.as_tensor(rows if rows is not None else range(len(TS)))]
     if family == "sd":
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -278,3 +281,28 @@ def test_version_ids_and_offline_hub_id_message():
     with pytest.raises(MissingError, match="huggingface-cli download stabilityai/stable-diffusion-3.5-medium") as e:
         load_model(resolve_model("3-5-medium"))  # HF_HUB_OFFLINE: not in the cache
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd3_pixels_null_parts"])
+def test_winoground_scores_any_family(name, folders, tmp_path):
+    import run_winoground
+    from diffusion_classifier.winoground import load_winoground, write_winoground
+
+    rng = np.random.default_rng(0)
+    images = {f"img_{k}": Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for k in range(2)}
+    records = [{"id": 0, "caption_0": "red on blue.", "caption_1": "blue on red.", "tag": "Noun", "secondary_tag": "",
+                "num_main_preds": 1, "collapsed_tag": "Object", "image_0": "img_0", "image_1": "img_1"}]
+    data = write_winoground(tmp_path / "wino", records, images)
+    folder = folders(name)
+    result = run_winoground.main(["--model_path", str(folder), "--data_dir", str(data), "--log_dir", str(tmp_path / "logs"),
+                                  "--t_interval", "250", "--batch_size", "3", "--seed", "7", "--no_progress"])
+    rec = load_record(Path(result["folder"]) / "0.pt")
+    shape = load_model(str(folder)).latent_shape(8)
+    noise = torch.randn(3, *shape, generator=torch.Generator().manual_seed(7))  # batch_size rows, reused
+    ex = load_winoground(data)[0]
+    captions = [ex.caption_0, ex.caption_1, ""]
+    for i in range(2):
+        pixels = torch.from_numpy(np.asarray(ex.open_image(i), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        plain = plain_errors(name, folder, pixels, noise, {}, captions, TS, [0, 1, 2, 0])
+        torch.testing.assert_close(rec["errors"][:, i, :, 0].double(), torch.tensor(plain, dtype=torch.float64),
+                                   rtol=2e-4, atol=1e-6)
