@@ -54,8 +54,9 @@ def atomic_write_bytes(path: str | Path, write) -> None:
 def save_record(obj, path: str | Path) -> None:
     """torch.save, atomically; counts the records this process has written (records_written)."""
     global _records_written
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
-    _records_written += 1
+    with critical():  # a signal held during the write is raised after the count, not between write and count
+        atomic_write_bytes(path, lambda f: torch.save(obj, f))
+        _records_written += 1
 
 
 def records_written() -> int:

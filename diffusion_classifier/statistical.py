@@ -38,9 +38,9 @@ from typing import Callable
 
 import torch
 
-from .errors import InputError
 from .adaptive import AdaptiveResult, adaptive_classify, reference_stages
 from .engine import Jobs
+from .errors import InputError
 
 
 def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Conditions
-from ..models import (_VAE, _frozen, _load, _ModelGeometry, _pipeline_index, load_vae, one_truncation_warning,
-                      require_components, scheduler_config, set_attention, tokenize)
+from ..models import _VAE, _frozen, _load, _ModelGeometry, _pipeline_index, load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 
 T5_MAX_LENGTH = 512  # the pipeline's default max_sequence_length

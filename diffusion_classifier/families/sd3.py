@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import Conditions
-from ..models import (_VAE, _frozen, _has_component, _load, _ModelGeometry, _pipeline_index, load_vae,
-                      one_truncation_warning, require_components, scheduler_config, set_attention, tokenize)
+from ..models import _VAE, _frozen, _has_component, _load, _ModelGeometry, _pipeline_index, load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 from .joint_attention import RepeatedLastKeyAttention
 

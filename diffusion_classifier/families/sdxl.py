@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Conditions
-from ..models import (_VAE, _DDPMModel, _alphas_cumprod, _frozen, _has_component, _load, _pipeline_index,
-                      load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize)
+from ..models import _VAE, _alphas_cumprod, _DDPMModel, _frozen, _has_component, _load, _pipeline_index, load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 
 

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..digits import CLASSNAMES, NATIVE_SIZE
-from .common import (CAPTION_DROP, EVAL_PROTOCOL, NUM_CLASSES, SHIFT_PROB, count_params, fit, folder_size,
-                     retrain_command, to_rgb, train_images)
+from .common import CAPTION_DROP, EVAL_PROTOCOL, NUM_CLASSES, SHIFT_PROB, count_params, fit, folder_size, retrain_command, to_rgb, train_images
 from .ddpm import BETA_RANGES, DdpmNoising, gather, make_scheduler, schedule_tables
 
 VB_WEIGHT = 1.0  # lambda * T = 0.001 * 1000: improved DDPM's hybrid loss, per-timestep KL in bits

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from ..digits import NATIVE_SIZE
 from ..families.joint_attention import RepeatedLastKeyAttention
-from .common import (CAPTION_DROP, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer, captions_for,
-                     count_params, fit, folder_size, retrain_command, train_images)
+from .common import CAPTION_DROP, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer, captions_for, count_params, fit, folder_size, retrain_command, train_images
 
 DEFAULTS = dict(steps=2500, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)
 ARCH = ("patch", "heads", "head_dim", "layers")

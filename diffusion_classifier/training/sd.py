@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 from ..digits import NATIVE_SIZE
 from ..errors import InputError
-from .common import (CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer,
-                     captions_for, count_params, fit, folder_size, retrain_command, train_images)
+from .common import CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer, captions_for, count_params, fit, folder_size, retrain_command, train_images
 from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, schedule_tables
 
 DEFAULTS = dict(steps=2000, batch=64, lr=1e-3, beta_schedule="scaled_linear")
