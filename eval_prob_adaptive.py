@@ -11,6 +11,7 @@ import torch
 
 from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
+from diffusion_classifier.cli import add_statistical_args
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import DATASETS, digits_c_dir, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
@@ -64,15 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batches, faster after)")
     p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
                    help="reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference pruning")
-    p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
-    p.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
+    add_statistical_args(p)
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--delta", type=float, default=None,
-                   help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
-                        "(replaces --z; see README)")
-    p.add_argument("--variance", default="iid", choices=["iid", "stratified"],
-                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
-                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
     p.add_argument("--timestep_weights", type=Path, default=None,
                    help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
     p.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.corruptions)")

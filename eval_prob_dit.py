@@ -20,6 +20,7 @@ import torch
 
 from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
+from diffusion_classifier.cli import add_statistical_args
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import digits_c_dir, dit_transform, get_dataset, num_classes, subset_indices
 from diffusion_classifier.dit import (
@@ -94,14 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_samples", nargs="+", type=int, default=None, help="adaptive mode: timesteps sampled at each stage")
     p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
                    help="adaptive mode: staged pruning by --to_keep/--n_samples, or paired-difference pruning up to max(--n_samples)")
-    p.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
-    p.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
-    p.add_argument("--delta", type=float, default=None,
-                   help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
-                        "(replaces --z; see README)")
-    p.add_argument("--variance", default="iid", choices=["iid", "stratified"],
-                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
-                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
+    add_statistical_args(p)
     p.add_argument("--timestep_weights", type=Path, default=None,
                    help="adaptive mode: JSON of learned timestep weights (scripts/fit_timestep_weights.py)")
     p.add_argument("--loss", default="l2", choices=list(LOSSES), help="adaptive mode: error between ε and ε̂")

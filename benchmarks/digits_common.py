@@ -34,14 +34,14 @@ def schedule_fn(spec: dict, T: int):
 
 
 def run(model, conds, candidate_class, latents, labels, spec: dict, batch_size: int = 500, seed: int = 0,
-        loss: str = "l2", chunk: int = 120, flow_grid: str = "timesteps") -> dict:
+        loss: str = "l2", chunk: int = 120, flow_grid: str = "timesteps", error_space: str | None = None) -> dict:
     """Accuracy, denoiser evaluations per image and seconds per image of one schedule on all images.
 
     The model's own objective (its scheduler config) noises and compares, in its default error space;
-    `flow_grid` picks the σ grid of flow models."""
+    `flow_grid` picks the σ grid of flow models, `error_space` overrides the default comparison."""
     classify, n_rows = schedule_fn(spec, model.T)
     noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
-    objective = model.make_objective(tuple(latents.shape[1:]), None, flow_grid)  # the model's own (ε, v or flow)
+    objective = model.make_objective(tuple(latents.shape[1:]), error_space, flow_grid)  # the model's own (ε, v or flow)
     scorer = Scorer(model.denoiser, objective, noise, model.device, model.dtype, batch_size)
     n_evals, preds = 0, []
     start = time.perf_counter()

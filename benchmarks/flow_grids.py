@@ -16,7 +16,7 @@ from digits_common import ROOT, digits_test, run
 
 from diffusion_classifier.families import load_model
 from diffusion_classifier.models import SD_VERSIONS
-from diffusion_classifier.objectives import FLOW_GRIDS
+from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.prompts import read_prompts
 
 
@@ -26,6 +26,8 @@ def main(argv=None):
     p.add_argument("--n_samples", type=int, nargs="+", default=[10, 20, 50], help="timesteps per class")
     p.add_argument("--grids", nargs="+", default=list(FLOW_GRIDS), choices=list(FLOW_GRIDS))
     p.add_argument("--shift", type=float, nargs="+", default=[None], help="evaluate with these scheduler shifts (default: the model's own)")
+    p.add_argument("--error_spaces", nargs="+", default=["native"], choices=list(ERROR_SPACES),
+                   help="compare velocities (native, the flow default) and/or ε̂ with ε")
     p.add_argument("--loss", default="l2", choices=["l2", "l1", "huber"])
     p.add_argument("--batch_size", type=int, default=500)
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
@@ -45,15 +47,17 @@ def main(argv=None):
             if grid == "uniform_sigma" and shift not in (None, own_shift) and len(args.shift) > 1:
                 continue  # the uniform grid does not depend on the shift
             for n in args.n_samples:
-                spec = {"to_keep": [1], "n_samples": [n]}
-                r = run(model, conds, table.classidx, latents, labels, spec, args.batch_size, args.seed, args.loss,
-                        flow_grid=grid)
-                r.update(grid=grid, n_samples=n, shift=model.scheduler_config["shift"])
-                rows.append(r)
-                print(r, flush=True)
-    print("\n| grid | shift | timesteps | top-1 (%) | evaluations / image |\n|---|---:|---:|---:|---:|")
+                for space in args.error_spaces:
+                    spec = {"to_keep": [1], "n_samples": [n]}
+                    r = run(model, conds, table.classidx, latents, labels, spec, args.batch_size, args.seed, args.loss,
+                            flow_grid=grid, error_space=space)
+                    r.update(grid=grid, error_space=space, n_samples=n, shift=model.scheduler_config["shift"])
+                    rows.append(r)
+                    print(r, flush=True)
+    print("\n| grid | error space | shift | timesteps | top-1 (%) | evaluations / image |\n|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['grid']} | {r['shift']:g} | {r['n_samples']} | {r['accuracy']:.2f} | {r['evals_per_image']:.0f} |")
+        print(f"| {r['grid']} | {r['error_space']} | {r['shift']:g} | {r['n_samples']} | {r['accuracy']:.2f} "
+              f"| {r['evals_per_image']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return rows

@@ -33,6 +33,18 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+def add_statistical_args(parser) -> None:
+    """The statistical schedule's flags, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
+    parser.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
+    parser.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
+    parser.add_argument("--delta", type=float, default=None,
+                   help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
+                        "(replaces --z; see README)")
+    parser.add_argument("--variance", default="iid", choices=["iid", "stratified"],
+                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
+                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
+
+
 def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> None:
     """Call main(argv) under the boundary and exit with its status; `unit` names what a record holds."""
     from . import records
