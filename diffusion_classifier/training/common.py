@@ -52,6 +52,20 @@ def captions_for(label: int) -> list[str]:
     """Every caption wording for one digit class."""
     return [t.format(d=str(label), w=CLASSNAMES[label]) for t in TEMPLATES]
 
+def caption_sampler(gen: torch.Generator):
+    """(prompts, draw): every caption wording of every class (row c*K+k) then "" (last row), and
+    draw(labels) -> the prompt row of each image: one of its class's wordings, or "" with CAPTION_DROP."""
+    prompts = [cap for c in range(NUM_CLASSES) for cap in captions_for(c)] + [""]
+    n_templates, empty_row = len(TEMPLATES), len(prompts) - 1
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
+        row = labels * n_templates + torch.randint(0, n_templates, (len(labels),), generator=gen)
+        row[torch.rand(len(labels), generator=gen) < CAPTION_DROP] = empty_row
+        return row
+
+    return prompts, draw
+
+
 
 def caption_words() -> list[str]:
     """The words of all captions (letters only), which the tokenizer merges into single tokens."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..digits import NATIVE_SIZE
 from ..families.joint_attention import RepeatedLastKeyAttention
-from .common import CAPTION_DROP, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer, captions_for, count_params, fit, folder_size, retrain_command, train_images
+from .common import CAPTION_DROP, MAX_LENGTH, SHIFT_PROB, TEMPLATES, build_tokenizer, caption_sampler, count_params, fit, folder_size, retrain_command, train_images
 
 DEFAULTS = dict(steps=2500, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)
 ARCH = ("patch", "heads", "head_dim", "layers")
@@ -104,14 +104,7 @@ def train_flow(out: Path, steps: int, batch: int, lr: float, shift: float, seed:
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
     x_all, y_all = train_images() if images is None else images
 
-    prompts = [cap for c in range(NUM_CLASSES) for cap in captions_for(c)] + [""]  # row c*K+k, last = ""
-    n_templates, empty_row = len(TEMPLATES), len(prompts) - 1
-
-    def draw_caption(labels: torch.Tensor) -> torch.Tensor:
-        """Prompt row of each image: one of its class's wordings, or the empty caption."""
-        row = labels * n_templates + torch.randint(0, n_templates, (len(labels),), generator=gen)
-        row[torch.rand(len(labels), generator=gen) < CAPTION_DROP] = empty_row
-        return row
+    prompts, draw_caption = caption_sampler(gen)  # row c*K+k, last = ""
 
     def losses(x0, row, sigma, eps, xt) -> dict[str, torch.Tensor]:
         uniq, inverse = torch.unique(row, return_inverse=True)  # encode each distinct prompt of the batch once

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..digits import NATIVE_SIZE
 from ..errors import InputError
-from .common import CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, NUM_CLASSES, SHIFT_PROB, TEMPLATES, build_tokenizer, captions_for, count_params, fit, folder_size, retrain_command, train_images
+from .common import CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, SHIFT_PROB, TEMPLATES, build_tokenizer, caption_sampler, count_params, fit, folder_size, retrain_command, train_images
 from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, schedule_tables
 
 DEFAULTS = dict(steps=2000, batch=64, lr=1e-3, beta_schedule="scaled_linear")
@@ -67,15 +67,8 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
     noising = DdpmNoising(schedule_tables(scheduler))
     x_all, y_all = train_images()
 
-    prompts = [cap for c in range(NUM_CLASSES) for cap in captions_for(c)] + [""]  # row c*K+k, last = ""
+    prompts, draw_caption = caption_sampler(gen)  # row c*K+k, last = ""
     ids = tok(prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
-    n_templates, empty_row = len(TEMPLATES), len(prompts) - 1
-
-    def draw_caption(labels: torch.Tensor) -> torch.Tensor:
-        """Prompt row of each image: one of its class's wordings, or the empty caption."""
-        row = labels * n_templates + torch.randint(0, n_templates, (len(labels),), generator=gen)
-        row[torch.rand(len(labels), generator=gen) < CAPTION_DROP] = empty_row
-        return row
 
     def losses(x0, row, t, eps, xt) -> dict[str, torch.Tensor]:
         uniq, inverse = torch.unique(row, return_inverse=True)  # encode each distinct prompt of the batch once
