@@ -266,7 +266,8 @@ def _clean(folder: Path) -> None:
 def test_interrupts_full_disk_corrupt_records_then_resume(tmp_path, capsys, monkeypatch):
     n = 16
     np.save(tmp_path / "subset.npy", np.arange(n))
-    args = sd_args(tmp_path, "--n_samples", 4)
+    # one image per call, so records reach the disk one by one and the signal lands mid-run
+    args = sd_args(tmp_path, "--n_samples", 4, "--image_batch", 1)
     folder = tmp_path / "logs" / "digits" / "vtiny_1trials_1keep_4samples_8"
     message = r"^interrupted by {}: (\d+) images finished in this run are saved, none is half-written; " \
               r"re-run the same command to resume$"
