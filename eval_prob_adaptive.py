@@ -13,17 +13,18 @@ from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import add_statistical_args
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import DATASETS, digits_c_dir, get_dataset, num_classes, sd_transform, subset_indices
+from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.errors import InputError
-from diffusion_classifier.families import load_model, resolve_model
-from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype
+from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
+from diffusion_classifier.loading import DTYPES, default_dtype
 from diffusion_classifier.noise import load_noise, noise_bank
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.prompts import check_classidx, read_prompts
-from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, sd_run_name, shard
+from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, shard
 from diffusion_classifier.runner import launch_state, run_dataset
+from diffusion_classifier.runs import zero_shot_run
 from diffusion_classifier.statistical import make_schedule
 
 ROOT = Path(__file__).resolve().parent
@@ -80,22 +81,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _objective_settings(objective, args) -> dict:
-    """Settings that change the numbers of non-default objectives (absent for ε-models, so old runs still resume)."""
-    out = {}
-    if objective.prediction_type != "epsilon":
-        out.update(objective=objective.prediction_type, error_space=objective.error_space)
-        if objective.prediction_type == "flow":
-            out["flow_grid"] = args.flow_grid
-    elif args.error_space:
-        out["error_space"] = objective.error_space
-    if args.no_t5:
-        out["no_t5"] = True
-    if args.guidance is not None:
-        out["guidance"] = args.guidance
-    return out
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     validate_schedule(args.to_keep, args.n_samples)
@@ -138,35 +123,21 @@ def main(argv=None) -> dict:
     objective = model.make_objective(latent_shape, args.error_space, args.flow_grid)
     scorer = Scorer(model.denoiser, objective, noise, device, dtype, batch_size, pad_to_batch=args.compile)
 
-    version = args.version if args.model is None else Path(args.model.rstrip("/")).name
-    dataset_dir = (digits_c_dir(args.corruption, args.severity) if args.dataset == "digits_c" else args.dataset) \
-        + (f"_{args.extra}" if args.extra else "")
-    run = sd_run_name(version, args.n_trials, args.to_keep, args.n_samples, args.interpolation, args.loss, img_size)
-    if args.schedule == "statistical":
-        run += (f"_stat_z{args.z:g}" if args.delta is None else f"_stat_d{args.delta:g}") + f"_min{args.min_samples}"
-    if args.schedule == "statistical" and args.variance != "iid":
-        run += f"_{args.variance}"
-    if tw is not None:
-        run += f"_tw{weights_digest(args.timestep_weights)}"
-    run += "".join(f"_{k}{v}" for k, v in (("err", args.error_space), ("grid", args.flow_grid if objective.prediction_type == "flow"
-                   and args.flow_grid != "timesteps" else None), ("g", args.guidance)) if v is not None)
-    run += "_not5" if args.no_t5 else ""
-    folder = args.log_dir / dataset_dir / run
-    settings = dict(model=source, dataset=args.dataset, split=args.split, img_size=img_size, n_trials=args.n_trials,
-                    to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, interpolation=args.interpolation,
-                    noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
-                    schedule=args.schedule, z=args.z if args.schedule == "statistical" else None,
-                    min_samples=args.min_samples if args.schedule == "statistical" else None,
-                    subset=str(args.subset_path) if args.subset_path else None,
-                    corruption=args.corruption, severity=args.severity, delta=args.delta,
-                    variance=args.variance if args.variance != "iid" else None,
-                    timestep_weights=weights_digest(args.timestep_weights) if tw else None,
-                    **_objective_settings(objective, args))
-    claim_run_folder(folder, settings, {"versions": environment_info(), "dtype": str(dtype)}, state)
+    run = zero_shot_run(
+        version=args.version, model=args.model, source=source, dataset=args.dataset, split=args.split,
+        img_size=img_size, n_trials=args.n_trials, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
+        interpolation=args.interpolation, noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
+        subset=str(args.subset_path) if args.subset_path else None, corruption=args.corruption, severity=args.severity,
+        schedule=args.schedule, z=args.z, min_samples=args.min_samples, delta=args.delta, variance=args.variance,
+        timestep_weights=weights_digest(args.timestep_weights) if tw else None, objective=objective,
+        error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
+        extra=args.extra)
+    folder = run.folder(args.log_dir)
+    claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
     embeds = model.encode_prompts(table.prompts)
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,
-                        args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run}",
+                        args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run.name}",
                         show_progress=not args.no_progress)
     print(stats.summary(folder))
     return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,

@@ -22,24 +22,24 @@ from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import add_statistical_args
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import digits_c_dir, dit_transform, get_dataset, num_classes, subset_indices
-from diffusion_classifier.dit import (
+from diffusion_classifier.datasets import dit_transform, get_dataset, num_classes, subset_indices
+from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.errors import InputError
+from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
+from diffusion_classifier.loading import DTYPES, default_dtype
+from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
+from diffusion_classifier.packing import resolve_packing
+from diffusion_classifier.per_class import (
     NullNormalizedScorer,
-    adaptive_run_name,
     candidate_classes,
     make_reducer,
-    per_class_run_name,
     run_per_class,
     save_mode,
     schedule_from_alphas_cumprod,
 )
-from diffusion_classifier.engine import LOSSES, Scorer
-from diffusion_classifier.errors import InputError
-from diffusion_classifier.models import DTYPES, default_dtype, load_class_conditional, resolve_dit_model
-from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
-from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, shard
 from diffusion_classifier.runner import launch_state, run_dataset
+from diffusion_classifier.runs import class_adaptive_run, per_class_run
 from diffusion_classifier.statistical import make_schedule
 
 DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits", "digits_c"]
@@ -151,7 +151,6 @@ def main(argv=None) -> dict:
     # without --randomize_noise the per-class mode reuses noise rows with period batch_size
     batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch,
                                               batch_sets_noise=run_mode == "per_class" and not args.randomize_noise)
-    model_name = Path(source.rstrip("/")).name
     if run_mode == "per_class" and not 0 <= args.cls < model.num_classes:
         raise InputError(f"--cls must be in 0..{model.num_classes - 1} for this model ({model.num_classes} classes), "
                          f"got {args.cls}")
@@ -160,8 +159,6 @@ def main(argv=None) -> dict:
                           corruption=args.corruption, severity=args.severity)
     indices = subset_indices(len(dataset), args.subset_path)[: args.imgs_to_eval]
     indices = shard(indices, args.n_workers, args.worker_idx)[state.process_index :: state.num_processes]
-    dataset_dir = (digits_c_dir(args.corruption, args.severity) if args.dataset == "digits_c" else args.dataset) \
-        + (f"_{args.extra}" if args.extra else "")
 
     if run_mode == "per_class":
         if kind == "vb" and not model.learned_variance:
@@ -176,22 +173,20 @@ def main(argv=None) -> dict:
                                      args.variance)
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
-    # what changes a record's numbers; --subset_path/--imgs_to_eval only pick images, so a run can grow
-    settings = dict(model=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
-                    n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity)
+    common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
+                  n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
+                  extra=args.extra)
     info = {"versions": environment_info(), "dtype": str(dtype)}
 
     if run_mode == "per_class":
-        run = per_class_run_name(model_name, args.t_interval, args.n_trials, kind, args.randomize_noise)
-        folder = args.log_dir / dataset_dir / run
-        # without --randomize_noise a job's noise row depends on the batch size
-        settings.update(t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,
-                        batch_size=None if args.randomize_noise else batch_size)
-        claim_run_folder(folder, settings, info, state)
+        run = per_class_run(**common, t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,
+                            batch_size=batch_size)
+        folder = run.folder(args.log_dir)
+        claim_run_folder(folder, run.manifest, info, state)
         reduce = make_reducer(kind, schedule_from_alphas_cumprod(model.alphas_cumprod), dtype)
         stats = run_per_class(dataset, indices, folder / str(args.cls), model.encode_images, scorer, args.cls,
                               timesteps, args.n_trials, args.randomize_noise, kind, reduce, image_batch,
-                              desc=f"{args.dataset} {run} class {args.cls}", show_progress=not args.no_progress)
+                              desc=f"{args.dataset} {run.name} class {args.cls}", show_progress=not args.no_progress)
         print(f"{folder / str(args.cls)}: {stats['done']} images scored now, {stats['skipped']} already done"
               + (f", {stats['elsewhere']} left to other processes" if stats["elsewhere"] else "")
               + f" ({stats['evaluations']} denoiser evaluations, {len(timesteps) * args.n_trials} per image, "
@@ -199,26 +194,16 @@ def main(argv=None) -> dict:
         return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats}
 
     classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes)
-    run = adaptive_run_name(model_name, args.n_trials, args.to_keep, args.n_samples, args.loss, args.schedule,
-                            args.z, args.min_samples, args.null_normalize)
-    if args.delta is not None:
-        run = run.replace(f"_stat_z{args.z:g}_", f"_stat_d{args.delta:g}_")
-    if args.schedule == "statistical" and args.variance != "iid":
-        run += f"_{args.variance}"
-    if args.timestep_weights is not None:
-        run += f"_tw{weights_digest(args.timestep_weights)}"
-    folder = args.log_dir / dataset_dir / run
-    settings.update(to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, schedule=args.schedule,
-                    z=args.z if args.schedule == "statistical" else None,
-                    min_samples=args.min_samples if args.schedule == "statistical" else None,
-                    null_normalize=args.null_normalize, classes=classes, delta=args.delta,
-                    variance=args.variance if args.variance != "iid" else None,
-                    timestep_weights=weights_digest(args.timestep_weights) if args.timestep_weights else None)
+    run = class_adaptive_run(**common, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
+                             schedule=args.schedule, z=args.z, min_samples=args.min_samples, delta=args.delta,
+                             variance=args.variance, null_normalize=args.null_normalize, classes=classes,
+                             timestep_weights=weights_digest(args.timestep_weights) if args.timestep_weights else None)
+    folder = run.folder(args.log_dir)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
-    claim_run_folder(folder, settings, info, state)
+    claim_run_folder(folder, run.manifest, info, state)
     runner_scorer = NullNormalizedScorer(scorer, model.null_class) if args.null_normalize else scorer
     stats = run_dataset(dataset, indices, folder, model.encode_images, runner_scorer, torch.tensor(classes), labels,
-                        classify, args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run}",
+                        classify, args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run.name}",
                         show_progress=not args.no_progress)
     extra = runner_scorer.extra_evaluations if args.null_normalize else 0
     print(stats.summary(folder, extra))

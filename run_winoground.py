@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -13,11 +14,12 @@ from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError, MissingError
-from diffusion_classifier.families import load_model
-from diffusion_classifier.models import DTYPES, SD_VERSIONS, default_dtype, resolve_sd_model
+from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_sd_model
+from diffusion_classifier.loading import DTYPES, default_dtype
 from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_manifest, check_writable, environment_info
+from diffusion_classifier.runs import RunDescription, winoground_run
 from diffusion_classifier.winoground import (
     CLIP_VERSIONS,
     OPENCLIP_PRETRAINED,
@@ -72,23 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_name(model: str, version: str, t_interval: int, n_trials: int, randomize_noise: bool,
-             interpolation: str, img_size: int | None, native_size: int | None) -> str:
-    """The reference's folder name (sd_v<version>_t<interval>_<n>trials[_randnoise], <model>_<version>), plus our suffixes."""
-    if model != "sd":
-        return f"{model}_{version.replace('/', '_')}"
-    name = f"sd_v{version}_t{t_interval}_{n_trials}trials"
-    if randomize_noise:
-        name += "_randnoise"
-    if interpolation != "bilinear":
-        name += f"_{interpolation}"
-    if img_size != native_size:
-        name += f"_{img_size}"
-    return name
-
-
-def sd_scorer(args, device: torch.device, dtype: torch.dtype):
-    """Load the diffusion model; return (score_example, manifest settings, (img_size, native size))."""
+def sd_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription]:
+    """Load the diffusion model; return (score_example, the run's description)."""
     source = resolve_sd_model(args.version, args.model_path)
     model = load_model(source, device, dtype, args.attention)  # any text-to-image family
     img_size = args.img_size or model.native_size
@@ -110,14 +97,16 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype):
         return diffusion_example_scores(scorer, latents, conds, timesteps, args.n_trials, args.randomize_noise,
                                         args.batch_size)
 
-    settings = dict(model="sd", source=source, img_size=img_size, interpolation=args.interpolation,
-                    t_interval=args.t_interval, T=model.T, n_trials=args.n_trials, randomize_noise=args.randomize_noise,
-                    noise=noise_source, noise_period=None if args.randomize_noise else args.batch_size, loss="l2")
-    return score_example, settings, (img_size, model.native_size)
+    run = winoground_run(model="sd", version=args.version, model_path=args.model_path, source=source, extra=args.extra,
+                         img_size=img_size, native_size=model.native_size, interpolation=args.interpolation,
+                         t_interval=args.t_interval, T=model.T, n_trials=args.n_trials,
+                         randomize_noise=args.randomize_noise, noise=noise_source,
+                         noise_period=None if args.randomize_noise else args.batch_size)
+    return score_example, run
 
 
-def clip_scorer(args, device: torch.device, dtype: torch.dtype):
-    """Load CLIP (transformers) or OpenCLIP; return (score_example, settings)."""
+def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription]:
+    """Load CLIP (transformers) or OpenCLIP; return (score_example, the run's description)."""
     if args.model == "clip":
         source = resolve_clip_model(args.version, args.model_path)
         score = load_clip(source, device, dtype)
@@ -128,7 +117,8 @@ def clip_scorer(args, device: torch.device, dtype: torch.dtype):
     def score_example(ex) -> dict:
         return {"scores": score([ex.open_image(0), ex.open_image(1)], [ex.caption_0, ex.caption_1])}
 
-    return score_example, dict(model=args.model, source=source, version=args.version)
+    return score_example, winoground_run(model=args.model, version=args.version, model_path=args.model_path,
+                                         source=source, extra=args.extra)
 
 
 def main(argv=None) -> dict:
@@ -151,20 +141,13 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = default_dtype(args.dtype, device)
-    version = args.version if args.model_path is None else Path(str(args.model_path).rstrip("/")).name
-    if args.model == "sd":
-        score_example, settings, (img_size, native) = sd_scorer(args, device, dtype)
-    else:
-        score_example, settings = clip_scorer(args, device, dtype)
-        img_size = native = None
-    name = run_name(args.model, version, args.t_interval, args.n_trials, args.randomize_noise, args.interpolation,
-                    img_size, native)
-    folder = args.log_dir / ("winoground" + (f"_{args.extra}" if args.extra else "")) / name
-    check_manifest(folder, settings, {"versions": environment_info(), "dtype": str(dtype)})
+    score_example, run = (sd_scorer if args.model == "sd" else clip_scorer)(args, device, dtype)
+    folder = run.folder(args.log_dir)
+    check_manifest(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)})
     print(f"Run folder: {folder}")
 
     counts = {}
-    records, computed = run_examples(examples, folder, score_example, desc=f"winoground {name}",
+    records, computed = run_examples(examples, folder, score_example, desc=f"winoground {run.name}",
                                      show_progress=not args.no_progress, counts=counts)
     summary = summarize(records)
     lines = summary_lines(summary)

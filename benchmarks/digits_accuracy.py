@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from digits_common import ROOT, describe, digits_test, markdown_table, run
+from common import ROOT, describe, digits_test, markdown_table, run
 
 from diffusion_classifier.digits import load_digits_arrays
-from diffusion_classifier.families import load_model
-from diffusion_classifier.models import DIT_MODELS, SD_VERSIONS, load_class_conditional, load_text_conditional
+from diffusion_classifier.families import SD_VERSIONS, load_model
+from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
+from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.prompts import read_prompts
 
 

@@ -18,15 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digits_common import ROOT
+from common import ROOT
 
 from diffusion_classifier.datasets import digits_c_dir, dit_transform, get_dataset, sd_transform
 from diffusion_classifier.engine import Scorer
-from diffusion_classifier.models import DIT_MODELS, SD_VERSIONS, load_class_conditional, load_text_conditional
+from diffusion_classifier.families import SD_VERSIONS
+from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
+from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.noise import make_noise
 from diffusion_classifier.prompts import read_prompts
 from diffusion_classifier.records import check_manifest
 from diffusion_classifier.runner import run_dataset
+from diffusion_classifier.runs import RunDescription, Setting
 from diffusion_classifier.statistical import make_schedule
 
 CACHE = ROOT / "benchmarks" / "cache"
@@ -55,8 +58,18 @@ def stratified_subset(per_class: int, seed: int = 0) -> list[int]:
     return sorted(out)
 
 
+def full_run(model: str, corruption, severity, seed: int = 0) -> RunDescription:
+    """CACHE/<model>/<set>/full<N>_stratified: every class at the N stratified timesteps, noise from `seed`."""
+    return RunDescription(f"{model}/{set_name(corruption, severity)}", (
+        Setting({"model": model, "corruption": corruption, "severity": severity}, ""),
+        Setting({"timesteps": N_TIMESTEPS}, f"full{N_TIMESTEPS}"),
+        Setting({"order": "stratified"}, "_stratified"),
+        Setting({"noise": f"seed {seed}"}, ""),  # one seed per cache
+    ))
+
+
 def run_folder(model: str, corruption, severity) -> Path:
-    return CACHE / model / set_name(corruption, severity) / f"full{N_TIMESTEPS}_stratified"
+    return full_run(model, corruption, severity).folder(CACHE)
 
 
 def load_model(name: str):
@@ -76,9 +89,9 @@ def compute(model_name: str, model, conds, classes, transform, corruption, sever
     classify, n_rows = make_schedule("statistical", [1], [N_TIMESTEPS], min_samples=N_TIMESTEPS, T=model.T)
     noise = make_noise(n_rows, model.latent_shape(model.native_size), seed)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, model.device, model.dtype, batch_size)
-    folder = run_folder(model_name, corruption, severity)
-    check_manifest(folder, {"model": model_name, "corruption": corruption, "severity": severity,
-                            "timesteps": N_TIMESTEPS, "noise": f"seed {seed}", "order": "stratified"})
+    run = full_run(model_name, corruption, severity, seed)
+    folder = run.folder(CACHE)
+    check_manifest(folder, run.manifest)
     start = time.perf_counter()
     stats = run_dataset(ds, indices, folder, model.encode_images, scorer, conds, classes, classify,
                         image_batch=20, show_progress=False)

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+import common  # noqa: F401 - puts the checkout on sys.path
 
 # DiT-XL/2 (Peebles & Xie 2023): hidden 1152 = 16 heads × 72, depth 28, patch 2, learned sigma (out = 2 × 4);
 # the transformer config of the diffusers pipeline facebook/DiT-XL-2-256 (latent 32 = 256 / 8).
@@ -51,8 +49,8 @@ def accuracy_benchmark(args) -> list[dict]:
     """Full per-class evaluation vs adaptive schedules on the digits test split."""
     import eval_prob_dit
     from diffusion_classifier.adaptive import interval_timesteps
-    from diffusion_classifier.dit import load_per_class_scores, per_class_accuracy
-    from diffusion_classifier.models import resolve_dit_model
+    from diffusion_classifier.families.dit import resolve_dit_model
+    from diffusion_classifier.per_class import load_per_class_scores, per_class_accuracy
 
     model_dir = Path(resolve_dit_model(None, args.model))
     if not (model_dir / "model_index.json").is_file():
@@ -104,7 +102,7 @@ def throughput_benchmark(args) -> dict:
     """Forward passes per second of DiT-XL/2 (random weights) through the scoring engine."""
     from diffusers import DiTTransformer2DModel
 
-    from diffusion_classifier.dit import per_class_jobs
+    from diffusion_classifier.per_class import per_class_jobs
     from diffusion_classifier.engine import Scorer
     from diffusion_classifier.noise import make_noise
     from diffusion_classifier.vb import linear_betas

@@ -12,10 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from digits_common import ROOT, digits_test, run
+from common import ROOT, digits_test, run
 
-from diffusion_classifier.families import load_model
-from diffusion_classifier.models import SD_VERSIONS
+from diffusion_classifier.families import SD_VERSIONS, load_model
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.prompts import read_prompts
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import eval_prob_adaptive  # noqa: E402
+import common  # noqa: F401 - puts the checkout on sys.path
+import eval_prob_adaptive
 
 SETTINGS = ["1/32", "16/128", "32/256", "16/256", "32/512"]  # images per call / batch size
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from digits_common import ROOT, describe, digits_test, markdown_table, run
+from common import ROOT, describe, digits_test, markdown_table, run
 
-from diffusion_classifier.models import SD_VERSIONS, load_text_conditional
+from diffusion_classifier.families import SD_VERSIONS
+from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.prompts import read_prompts
 
 REFERENCE = {"to_keep": [5, 1], "n_samples": [50, 500]}

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import ROOT
 from digits_c_full import N_TIMESTEPS, SETS, run_folder, set_name
 
 from diffusion_classifier.adaptive import adaptive_classify
 from diffusion_classifier.calibration import fit_and_report, fit_weights, load_full_errors, split_indices
 from diffusion_classifier.statistical import Replay, statistical_classify
-
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"sd": "digits-sd", "dit": "digits-dit"}
 
 

@@ -2,7 +2,8 @@
 from .adaptive import adaptive_classify, reference_stages
 from .classifier import DiffusionClassifier, Prediction, probabilities
 from .engine import Jobs, Scorer, denoising_error
-from .models import load_class_conditional, load_text_conditional
+from .families.dit import load_class_conditional
+from .families.sd import load_text_conditional
 from .statistical import statistical_classify
 
 __version__ = "0.1.0"

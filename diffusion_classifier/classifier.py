@@ -11,7 +11,7 @@ from .adaptive import AdaptiveResult, validate_schedule
 from .engine import Scorer
 from .errors import InputError
 from .families import load_model, resolve_model
-from .models import DTYPES
+from .loading import DTYPES
 from .noise import make_noise
 from .statistical import make_schedule
 

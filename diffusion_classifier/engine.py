@@ -142,12 +142,6 @@ def loss_reducer(loss: str) -> Callable[[Batch], torch.Tensor]:
     return lambda b: denoising_error(b.target, b.pred, loss)
 
 
-def q_sample(x0: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε (DDPM eq. 4), ᾱ_t given per sample (B,)."""
-    a = alpha_bar.to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
-
-
 class Scorer:
     """Evaluates jobs against fixed latents, conditions and noise bank with one denoiser.
 

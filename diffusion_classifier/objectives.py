@@ -11,7 +11,8 @@ The objective is read from the model's scheduler config:
   shift. By default errors are measured in velocity space.
 
 `error_space='native'` compares the raw output with its own target; `'eps'` converts it to ε̂ first.
-The engine only calls `noise` and `compare`; nothing else depends on the objective.
+`noise` is the one place x_t is formed; the engine only calls `noise` and `compare`, nothing else depends on
+the objective.
 """
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ DDPM_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def _check_noise_inputs(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> None:
+    if eps.shape != x0.shape:
+        raise InputError(f"noise: expected eps of shape {tuple(x0.shape)} (as x0), found {tuple(eps.shape)}")
+    if t.shape != x0.shape[:1]:
+        raise InputError(f"noise: expected t of shape ({x0.shape[0]},), found {tuple(t.shape)}")
 
 
 def _check_error_space(error_space: str | None, default: str) -> str:
@@ -59,6 +67,7 @@ class DDPMObjective:
 
     def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, the timestep the model is given): (B,C,H,W), (B,)."""
+        _check_noise_inputs(x0, t, eps)
         a = _per_sample(self.alphas_cumprod[t], x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * eps, t
 
@@ -137,6 +146,8 @@ class FlowObjective:
         return out
 
     def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t = (1-σ)x0 + σε, the timestep σ·T the model is given): (B,C,H,W), (B,)."""
+        _check_noise_inputs(x0, t, eps)
         sigma = self.sigmas[t]
         s = _per_sample(sigma, x0)
         return (1 - s) * x0 + s * eps, (sigma * self.num_train_timesteps).float()
@@ -164,13 +175,13 @@ def objective_from_config(config: dict, error_space: str | None = None, image_se
         return FlowObjective(flow_sigmas(config, image_seq_len, grid), int(config.get("num_train_timesteps", 1000)),
                              error_space)
     if name in DDPM_SCHEDULERS or any(k in config for k in ("beta_schedule", "trained_betas", "beta_start")):
-        from .vb import betas_from_config
+        from .vb import alphas_cumprod_from_config
 
         try:
-            betas = betas_from_config(dict(config))
+            alphas_cumprod = alphas_cumprod_from_config(dict(config))
         except (ValueError, NotImplementedError, KeyError) as e:
             raise InputError(f"scheduler {name or '?'}: {e}") from None
-        return DDPMObjective(torch.cumprod(1.0 - betas, 0), config.get("prediction_type") or "epsilon", error_space)
+        return DDPMObjective(alphas_cumprod, config.get("prediction_type") or "epsilon", error_space)
     raise InputError(f"unknown training objective: scheduler {name or '(no _class_name)'} is neither a DDPM-family "
                      f"(β schedule) nor a flow-matching scheduler")
 

@@ -82,20 +82,6 @@ def record_path(folder: str | Path, idx: int, n: int, ext: str = ".pt") -> Path:
     return Path(folder) / f"{idx:0{index_width(n)}d}{ext}"
 
 
-def sd_run_name(version: str, n_trials: int, to_keep, n_samples, interpolation: str = "bicubic",
-                loss: str = "l2", img_size: int = 512) -> str:
-    """Run folder name of eval_prob_adaptive, as the reference builds it."""
-    name = (f"v{version}_{n_trials}trials_" + "_".join(map(str, to_keep)) + "keep_"
-            + "_".join(map(str, n_samples)) + "samples")
-    if interpolation != "bicubic":
-        name += f"_{interpolation}"
-    if loss != "l2":
-        name += f"_{loss}"
-    if img_size != 512:
-        name += f"_{img_size}"
-    return name
-
-
 def check_manifest(folder: str | Path, settings: dict, info: dict | None = None) -> None:
     """Write the run's settings on first use; refuse to continue a folder made with other settings."""
     path = Path(folder) / MANIFEST

@@ -1,4 +1,4 @@
-"""Variational-bound terms of a learned-variance diffusion model (improved DDPM, Nichol & Dhariwal 2021; DiT)."""
+"""β schedules of scheduler configs; variational-bound terms of a learned-variance model (Nichol & Dhariwal 2021; DiT)."""
 from __future__ import annotations
 
 import math
@@ -55,6 +55,11 @@ def betas_from_config(config: Mapping) -> torch.Tensor:
     )
 
 
+def alphas_cumprod_from_config(config: Mapping) -> torch.Tensor:
+    """ᾱ_t = prod_{s<=t} (1 - β_s), float64 (T,), of a diffusers scheduler config."""
+    return torch.cumprod(1.0 - betas_from_config(config), 0)
+
+
 @dataclass(frozen=True, eq=False)
 class DiffusionSchedule:
     """Per-timestep constants of q(x_t|x_0) and the posterior q(x_{t-1}|x_t,x_0), all float64 (T,)."""
@@ -106,17 +111,6 @@ class DiffusionSchedule:
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) so it broadcasts against `like` (B, ...)."""
     return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps (DDPM eq. 4), in x0's dtype; alpha_bar_t is (B,)."""
-    if noise.shape != x0.shape:
-        raise InputError(f"q_sample: expected noise of shape {tuple(x0.shape)}, found {tuple(noise.shape)}")
-    if alpha_bar_t.ndim != 1 or alpha_bar_t.shape[0] != x0.shape[0]:
-        raise InputError(f"q_sample: expected alpha_bar_t of shape ({x0.shape[0]},), found {tuple(alpha_bar_t.shape)}")
-    ab = _per_sample(alpha_bar_t, x0).to(x0.device)
-    # square roots in the schedule's precision, the blend in x0's dtype
-    return ab.sqrt().to(x0.dtype) * x0 + (1.0 - ab).sqrt().to(x0.dtype) * noise.to(x0.dtype)
 
 
 def split_learned_variance(model_output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion_classifier.dit import class_to_label, load_per_class_scores, per_class_accuracy  # noqa: E402
+from diffusion_classifier.per_class import class_to_label, load_per_class_scores, per_class_accuracy  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 
 

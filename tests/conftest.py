@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import string
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,14 @@ def load_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_benchmark(name: str):
+    """Import benchmarks/<name>.py as a module (benchmarks/ goes on sys.path: the scripts import their shared helpers)."""
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a photo of a frog."]

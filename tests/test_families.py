@@ -96,7 +96,9 @@ def plain_errors(name: str, folder: Path, pixels: torch.Tensor, noise: torch.Ten
                 x_t = sched.add_noise(latent, eps, tt)
                 out = unet(x_t, tt, encoder_hidden_states=embeds[p : p + 1]).sample
                 ab = float(sched.alphas_cumprod[t])
-                if sched.config.prediction_type == "v_prediction":
+                if sched.config.prediction_type == "epsilon":
+                    errs[p][k] = mse(out, eps)
+                elif sched.config.prediction_type == "v_prediction":
                     v = sched.get_velocity(latent, eps, tt)
                     # ε̂ - ε = sqrt(ᾱ)(v̂ - v): the ε-space error is ᾱ times the v-space one
                     errs[p][k] = mse(out, v) * (1 if opts.get("native") else ab)

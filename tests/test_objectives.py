@@ -8,7 +8,7 @@ import torch
 from diffusion_classifier.adaptive import adaptive_classify
 from diffusion_classifier.engine import Jobs, Scorer
 from diffusion_classifier.errors import InputError
-from diffusion_classifier.models import load_text_conditional
+from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.objectives import (DDPMObjective, FlowObjective, calculate_shift, flow_sigmas,
                                              objective_from_config)
 
@@ -42,6 +42,21 @@ def test_v_and_x0_wrapped_eps_model_gives_same_errors_and_predictions(tiny_sd, k
         assert a.pred == b.pred
         for p in a.errors:
             torch.testing.assert_close(a.errors[p]["pred_errors"], b.errors[p]["pred_errors"], rtol=5e-3, atol=1e-5)
+
+
+def test_ddpm_noise_matches_hand_computation():
+    x0 = torch.tensor([[[[0.5, -1.0]]], [[[2.0, 0.0]]]])  # (2, 1, 1, 2)
+    eps = torch.tensor([[[[1.0, 2.0]]], [[[-1.0, 3.0]]]])
+    ab = torch.tensor([0.9, 0.64, 0.5, 0.36], dtype=torch.float64)
+    t = torch.tensor([1, 3])  # ᾱ 0.64 and 0.36: sqrt 0.8/0.6 and 0.6/0.8
+    expected = torch.tensor([[[[0.8 * 0.5 + 0.6 * 1.0, -0.8 + 1.2]]], [[[0.6 * 2.0 - 0.8, 0.8 * 3.0]]]])
+    x_t, model_t = DDPMObjective(ab).noise(x0, t, eps)
+    assert x_t.dtype == torch.float32 and torch.equal(model_t, t)
+    torch.testing.assert_close(x_t, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(InputError, match=r"expected t of shape \(2,\)"):
+        DDPMObjective(ab).noise(x0, t[:1], eps)
+    with pytest.raises(InputError, match=r"expected eps of shape \(2, 1, 1, 2\)"):
+        FlowObjective(ab).noise(x0, t, eps[:1])
 
 
 def test_native_error_space_of_v_model_is_the_velocity_error():

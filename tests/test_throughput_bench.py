@@ -1,8 +1,5 @@
-"""The throughput benchmark: its re-creation of the reference loop agrees with the engine; FLOP counts are right."""
-import importlib.util
+"""The engine-vs-reference benchmark: its re-creation of the reference loop agrees with the engine; FLOP counts are right."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +7,12 @@ import torch.nn.functional as F
 
 from diffusion_classifier.adaptive import n_evaluations
 from diffusion_classifier.engine import Scorer
-from diffusion_classifier.models import load_text_conditional
+from conftest import load_benchmark
+from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.noise import make_noise
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+common, reference_loop, engine_vs_reference, sd2_configs = map(
+    load_benchmark, ("common", "reference_loop", "engine_vs_reference", "sd2_configs"))
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a photo of a frog."]
 
 
@@ -27,30 +26,21 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("throughput_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def pixel_model(tiny_sd_pixels):
     return load_text_conditional(str(tiny_sd_pixels))
 
 
 @pytest.mark.parametrize("loss", ["l2", "l1"])
-def test_reference_loop_matches_engine(bench, pixel_model, loss):
+def test_reference_loop_matches_engine(pixel_model, loss):
     to_keep, n_samples = [3, 1], [2, 5]
     latents = make_noise(3, (3, 8, 8), seed=1)
     conds = pixel_model.encode_prompts(PROMPTS)
     noise = make_noise(5, (3, 8, 8), seed=2)
     ab = pixel_model.alphas_cumprod
-    ref = bench.reference_classify(pixel_model.unet, latents, conds, ab, noise, to_keep, n_samples, batch_size=4,
+    ref = reference_loop.reference_classify(pixel_model.unet, latents, conds, ab, noise, to_keep, n_samples, batch_size=4,
                                    loss=loss)
-    scorer = Scorer(bench.unet_denoiser(pixel_model.unet), ab, noise, batch_size=7)
-    eng = bench.engine_classify(scorer, latents, conds, to_keep, n_samples, image_batch=2, loss=loss)
+    scorer = Scorer(reference_loop.unet_denoiser(pixel_model.unet), ab, noise, batch_size=7)
+    eng = reference_loop.engine_classify(scorer, latents, conds, to_keep, n_samples, image_batch=2, loss=loss)
 
     assert [p for p, _ in ref] == [r.pred for r in eng]
     n_errors = 0
@@ -61,7 +51,7 @@ def test_reference_loop_matches_engine(bench, pixel_model, loss):
             torch.testing.assert_close(data[c]["pred_errors"], res.errors[c]["pred_errors"], atol=1e-5, rtol=1e-5)
             n_errors += len(data[c]["t"])
     assert n_errors == len(latents) * n_evaluations(len(PROMPTS), to_keep, n_samples)
-    agree = bench.compare_results(ref, eng)
+    agree = reference_loop.compare_results(ref, eng)
     assert agree["same_predictions"] == 3 and agree["errors_compared"] == n_errors and agree["max_abs_diff"] < 1e-5
 
     # first error of image 1, prompt 2 by hand: grid of 5 -> t = 100, 300, ...; stage 1 takes 300 and 700
@@ -75,51 +65,51 @@ def test_reference_loop_matches_engine(bench, pixel_model, loss):
     torch.testing.assert_close(ref[1][1][2]["pred_errors"][0], err, atol=1e-5, rtol=1e-5)
 
 
-def test_flop_count_matches_hand_count(bench):
+def test_flop_count_matches_hand_count():
     linear = torch.nn.Linear(16, 8)
     x = torch.randn(4, 16)
-    assert bench.count_flops(lambda: linear(x)) == 2 * 4 * 16 * 8
+    assert common.count_flops(lambda: linear(x)) == 2 * 4 * 16 * 8
 
     conv = torch.nn.Conv2d(3, 5, 3, padding=1)
     img = torch.randn(2, 3, 8, 8)
-    assert bench.count_flops(lambda: conv(img)) == 2 * 2 * 5 * 8 * 8 * 3 * 9
+    assert common.count_flops(lambda: conv(img)) == 2 * 2 * 5 * 8 * 8 * 3 * 9
 
     q = torch.randn(2, 3, 16, 8)  # (B, heads, tokens, dim): Q·Kᵀ and A·V, each 2·B·h·L·L·d
-    assert bench.count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 2 * 3 * 16 * 16 * 8)
+    assert common.count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 2 * 3 * 16 * 16 * 8)
 
 
-def test_peak_by_device_name(bench):
-    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.0
-    assert bench.peak_tflops("NVIDIA H200", torch.float16) == 989.0
-    assert bench.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float16) == 312.0
-    assert bench.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5
-    assert bench.peak_tflops("NVIDIA H100 PCIe", torch.float16) == 756.0
-    assert bench.peak_tflops("NVIDIA GeForce GTX 1080", torch.float16) is None
+def test_peak_by_device_name():
+    assert common.peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.0
+    assert common.peak_tflops("NVIDIA H200", torch.float16) == 989.0
+    assert common.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float16) == 312.0
+    assert common.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5
+    assert common.peak_tflops("NVIDIA H100 PCIe", torch.float16) == 756.0
+    assert common.peak_tflops("NVIDIA GeForce GTX 1080", torch.float16) is None
 
 
-def test_sd2_configs_give_the_published_sizes(bench):
+def test_sd2_configs_give_the_published_sizes():
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(bench.configs.SD2_BASE_UNET)
-        text = CLIPTextModel(CLIPTextConfig(**bench.configs.SD2_BASE_TEXT_ENCODER))
+        unet = UNet2DConditionModel.from_config(sd2_configs.SD2_BASE_UNET)
+        text = CLIPTextModel(CLIPTextConfig(**sd2_configs.SD2_BASE_TEXT_ENCODER))
     assert sum(p.numel() for p in unet.parameters()) == 865_910_724  # SD 2 UNet
     assert sum(p.numel() for p in text.parameters()) == 340_387_840  # OpenCLIP ViT-H/14 text tower, 23 layers
 
 
-def test_variant_parsing(bench):
-    assert bench.parse_variant("compile+channels_last") == {"compile", "channels_last"}
-    assert bench.parse_variant("eager") == frozenset()
+def test_variant_parsing():
+    assert engine_vs_reference.parse_variant("compile+channels_last") == {"compile", "channels_last"}
+    assert engine_vs_reference.parse_variant("eager") == frozenset()
     with pytest.raises(ValueError, match="got 'compile\\+fast'"):
-        bench.parse_variant("compile+fast")
+        engine_vs_reference.parse_variant("compile+fast")
     with pytest.raises(ValueError, match="needs 'compile'"):
-        bench.parse_variant("freeze")
+        engine_vs_reference.parse_variant("freeze")
 
 
-def test_main_writes_consistent_results(bench, tiny_sd_pixels, tmp_path):
+def test_main_writes_consistent_results(tiny_sd_pixels, tmp_path):
     out_path = tmp_path / "bench.json"
-    out = bench.main(["--model", str(tiny_sd_pixels), "--device", "cpu", "--n_images", "2", "--n_prompts", "3",
+    out = engine_vs_reference.main(["--model", str(tiny_sd_pixels), "--device", "cpu", "--n_images", "2", "--n_prompts", "3",
                       "--to_keep", "2", "1", "--n_samples", "2", "4", "--batch_size", "5", "16",
                       "--warmup", "0", "--repeats", "1", "--json", str(out_path)])
     saved = json.loads(out_path.read_text())

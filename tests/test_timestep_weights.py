@@ -111,7 +111,7 @@ def test_replay_of_a_full_evaluation_matches_real_runs():
     and get the same predictions and evaluation counts as running the model."""
     from diffusion_classifier.datasets import dit_transform, get_dataset
     from diffusion_classifier.engine import Scorer
-    from diffusion_classifier.models import DIT_MODELS, load_class_conditional
+    from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
     from diffusion_classifier.noise import make_noise
     from diffusion_classifier.statistical import statistical_classify
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion_classifier.objectives import DDPMObjective
 from diffusion_classifier.vb import (
     DiffusionSchedule,
     betas_from_config,
     linear_betas,
-    q_sample,
     split_learned_variance,
     vb_terms,
 )
@@ -31,7 +31,7 @@ def make_batch(schedule, t, seed=0, dtype=torch.float64):
     eps = torch.randn(B, *SHAPE, generator=g, dtype=dtype)
     eps_hat = eps + 0.3 * torch.randn(B, *SHAPE, generator=g, dtype=dtype)
     v = torch.rand(B, *SHAPE, generator=g, dtype=dtype) * 2 - 1
-    x_t = q_sample(x0, schedule.alphas_cumprod[t], eps)
+    x_t, _ = DDPMObjective(schedule.alphas_cumprod).noise(x0, t, eps)
     return x0, x_t, t, eps, eps_hat, v
 
 
@@ -101,20 +101,6 @@ def test_from_betas_rejects_bad_input():
         DiffusionSchedule.from_betas(torch.tensor([0.1, 0.0, 0.2]))
     with pytest.raises(ValueError, match="at least 2 steps"):
         DiffusionSchedule.from_betas(torch.tensor([0.1]))
-
-
-def test_q_sample_matches_hand_computation():
-    x0 = torch.tensor([[[[0.5, -1.0]]], [[[2.0, 0.0]]]])  # (2, 1, 1, 2)
-    noise = torch.tensor([[[[1.0, 2.0]]], [[[-1.0, 3.0]]]])
-    ab = torch.tensor([0.64, 0.36], dtype=torch.float64)
-    expected = torch.tensor([[[[0.8 * 0.5 + 0.6 * 1.0, -0.8 + 1.2]]], [[[0.6 * 2.0 - 0.8, 0.8 * 3.0]]]])
-    out = q_sample(x0, ab, noise)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
-    out16 = q_sample(x0.half(), ab, noise.half())
-    assert out16.dtype == torch.float16
-    with pytest.raises(ValueError, match=r"expected alpha_bar_t of shape \(2,\)"):
-        q_sample(x0, ab[:1], noise)
 
 
 def test_split_learned_variance():

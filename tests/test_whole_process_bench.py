@@ -1,29 +1,18 @@
-"""benchmarks/throughput.py --whole_process: our script at its defaults vs the re-created reference script."""
-import importlib.util
+"""benchmarks/whole_process.py: our script at its defaults vs the re-created reference script."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
 from diffusion_classifier.adaptive import n_evaluations
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+whole_process = load_benchmark("whole_process")
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("throughput_bench_whole", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_whole_process_mode_agrees_and_times_both(bench, tmp_path):
+def test_whole_process_mode_agrees_and_times_both(tmp_path):
     out_path = tmp_path / "whole.json"
-    out = bench.main(["--whole_process", "--model", "tiny", "--n_images", "3", "--to_keep", "2", "1",
+    out = whole_process.main(["--model", "tiny", "--n_images", "3", "--to_keep", "2", "1",
                       "--n_samples", "2", "4", "--repeats", "1", "--threads", "1", "--work_dir", str(tmp_path / "runs"),
                       "--json", str(out_path)])
     saved = json.loads(out_path.read_text())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Conditions
-from ..models import _VAE, _frozen, _load, _ModelGeometry, _pipeline_index, load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize
+from ..loading import VAE, ModelGeometry, frozen, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 
 T5_MAX_LENGTH = 512  # the pipeline's default max_sequence_length
@@ -54,13 +54,13 @@ def encode_flux_prompts(prompts: list[str], tokenizers, text_encoders,
 
 
 @dataclass
-class FluxModel(_ModelGeometry):
+class FluxModel(ModelGeometry):
     """A Flux.1 pipeline: transformer, CLIP + T5, VAE (or pixels), flow scheduler config, guidance value."""
 
     transformer: torch.nn.Module
     text_encoders: tuple  # (CLIP, T5)
     tokenizers: tuple
-    autoencoder: _VAE
+    autoencoder: VAE
     scheduler_config: dict
     device: torch.device
     dtype: torch.dtype
@@ -79,12 +79,9 @@ class FluxModel(_ModelGeometry):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
-        parts = []
-        for i in range(0, len(prompts), batch_size):
-            h, pooled = encode_flux_prompts(prompts[i : i + batch_size], self.tokenizers, self.text_encoders,
-                                            self.t5_max_length)
-            parts.append(Conditions(prompt_embeds=h.to(self.dtype), pooled=pooled.to(self.dtype)))
-        return Conditions.cat(parts)
+        """T5 and pooled CLIP embeddings of each prompt, in the model dtype."""
+        return pooled_conditions(lambda p: encode_flux_prompts(p, self.tokenizers, self.text_encoders, self.t5_max_length),
+                                 prompts, batch_size, self.dtype)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         h, w = x_t.shape[-2:]
@@ -109,18 +106,18 @@ def load_flux(model: str, device: torch.device | str = "cpu", dtype: torch.dtype
 
     what = "Flux model"
     device = torch.device(device)
-    index = _pipeline_index(model, what)
+    index = pipeline_index(model, what)
     require_components(index, model, what, ("transformer", "text_encoder", "text_encoder_2", "tokenizer",
                                             "tokenizer_2", "scheduler"))
     config = scheduler_config(model, what)
     objective_from_config(config, image_seq_len=1)
-    transformer = _frozen(_load(FluxTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
+    transformer = frozen(load_part(FluxTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
     set_attention(transformer, attention)
-    clip = _frozen(_load(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
-    t5 = _frozen(_load(T5EncoderModel, model, what, subfolder="text_encoder_2", torch_dtype=dtype), device)
-    tokenizers = (_load(CLIPTokenizer, model, what, subfolder="tokenizer"),
-                  _load(AutoTokenizer, model, what, subfolder="tokenizer_2"))
+    clip = frozen(load_part(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
+    t5 = frozen(load_part(T5EncoderModel, model, what, subfolder="text_encoder_2", torch_dtype=dtype), device)
+    tokenizers = (load_part(CLIPTokenizer, model, what, subfolder="tokenizer"),
+                  load_part(AutoTokenizer, model, what, subfolder="tokenizer_2"))
     vae = load_vae(model, what, index, dtype, device)
     channels = transformer.config.in_channels // 4
-    return FluxModel(transformer, (clip, t5), tokenizers, _VAE(vae, channels), config, device, dtype, model,
+    return FluxModel(transformer, (clip, t5), tokenizers, VAE(vae, channels), config, device, dtype, model,
                      DEFAULT_GUIDANCE if guidance is None else guidance, t5_max_length)

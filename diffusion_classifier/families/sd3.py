@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import Conditions
-from ..models import _VAE, _frozen, _has_component, _load, _ModelGeometry, _pipeline_index, load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize
+from ..loading import VAE, ModelGeometry, frozen, has_component, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 from .joint_attention import RepeatedLastKeyAttention
 
@@ -60,13 +60,13 @@ def encode_sd3_prompts(prompts: list[str], tokenizers, text_encoders, joint_atte
 
 
 @dataclass
-class SD3Model(_ModelGeometry):
+class SD3Model(ModelGeometry):
     """An SD3/SD3.5 pipeline: transformer, CLIP-L/CLIP-G (+ T5), VAE (or pixels), flow scheduler config."""
 
     transformer: torch.nn.Module
     text_encoders: tuple  # (CLIP-L, CLIP-G, T5 or None)
     tokenizers: tuple
-    autoencoder: _VAE
+    autoencoder: VAE
     scheduler_config: dict
     device: torch.device
     dtype: torch.dtype
@@ -88,12 +88,9 @@ class SD3Model(_ModelGeometry):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
         """Prompt and pooled embeddings of each prompt, in the model dtype."""
-        parts = []
-        for i in range(0, len(prompts), batch_size):
-            h, pooled = encode_sd3_prompts(prompts[i : i + batch_size], self.tokenizers, self.text_encoders,
-                                           self.transformer.config.joint_attention_dim, self.t5_max_length)
-            parts.append(Conditions(prompt_embeds=h.to(self.dtype), pooled=pooled.to(self.dtype)))
-        return Conditions.cat(parts)
+        width = self.transformer.config.joint_attention_dim
+        return pooled_conditions(lambda p: encode_sd3_prompts(p, self.tokenizers, self.text_encoders, width,
+                                                              self.t5_max_length), prompts, batch_size, self.dtype)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         embeds = cond.prompt_embeds
@@ -111,25 +108,25 @@ def load_sd3(model: str, device: torch.device | str = "cpu", dtype: torch.dtype 
 
     what = "Stable Diffusion 3 model"
     device = torch.device(device)
-    index = _pipeline_index(model, what)
+    index = pipeline_index(model, what)
     require_components(index, model, what, ("transformer", "text_encoder", "text_encoder_2", "tokenizer",
                                             "tokenizer_2", "scheduler"))
     config = scheduler_config(model, what)
     objective_from_config(config)
-    transformer = _frozen(_load(SD3Transformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
+    transformer = frozen(load_part(SD3Transformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
     set_attention(transformer, attention)
     encoders, tokenizers = [], []
     for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-        encoders.append(_frozen(_load(CLIPTextModelWithProjection, model, what, subfolder=enc, torch_dtype=dtype), device))
-        tokenizers.append(_load(CLIPTokenizer, model, what, subfolder=tok))
+        encoders.append(frozen(load_part(CLIPTextModelWithProjection, model, what, subfolder=enc, torch_dtype=dtype), device))
+        tokenizers.append(load_part(CLIPTokenizer, model, what, subfolder=tok))
     t5 = t5_tok = None
-    if not no_t5 and _has_component(index, "text_encoder_3"):
+    if not no_t5 and has_component(index, "text_encoder_3"):
         require_components(index, model, what, ("tokenizer_3",))
-        t5 = _frozen(_load(T5EncoderModel, model, what, subfolder="text_encoder_3", torch_dtype=dtype), device)
-        t5_tok = _load(AutoTokenizer, model, what, subfolder="tokenizer_3")
+        t5 = frozen(load_part(T5EncoderModel, model, what, subfolder="text_encoder_3", torch_dtype=dtype), device)
+        t5_tok = load_part(AutoTokenizer, model, what, subfolder="tokenizer_3")
     vae = load_vae(model, what, index, dtype, device)
     compact = t5 is None and attention == "sdpa" and t5_max_length > 1
     if compact:  # without T5 its rows are identical zeros: one row with a log-count attention bias, same numbers
         transformer.set_attn_processor(RepeatedLastKeyAttention(t5_max_length))
-    return SD3Model(transformer, (*encoders, t5), (*tokenizers, t5_tok), _VAE(vae, transformer.config.in_channels),
+    return SD3Model(transformer, (*encoders, t5), (*tokenizers, t5_tok), VAE(vae, transformer.config.in_channels),
                     config, device, dtype, model, t5_max_length, compact)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Conditions
-from ..models import _VAE, _alphas_cumprod, _DDPMModel, _frozen, _has_component, _load, _pipeline_index, load_vae, one_truncation_warning, require_components, scheduler_config, set_attention, tokenize
+from ..loading import VAE, DDPMModel, frozen, has_component, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
+from ..vb import alphas_cumprod_from_config
 
 
 @one_truncation_warning()
@@ -36,13 +37,13 @@ def add_time_ids(height: int, width: int, n: int, dtype=torch.float32, device=No
 
 
 @dataclass
-class SDXLModel(_DDPMModel):
+class SDXLModel(DDPMModel):
     """An SDXL pipeline: UNet, CLIP-L and CLIP-G (with projection), VAE (or pixels), ᾱ table."""
 
     unet: torch.nn.Module
     text_encoders: tuple
     tokenizers: tuple
-    autoencoder: _VAE
+    autoencoder: VAE
     alphas_cumprod: torch.Tensor  # (T,) float64
     device: torch.device
     dtype: torch.dtype
@@ -53,11 +54,9 @@ class SDXLModel(_DDPMModel):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
-        parts = []
-        for i in range(0, len(prompts), batch_size):
-            h, pooled = encode_sdxl_prompts(prompts[i : i + batch_size], self.tokenizers, self.text_encoders)
-            parts.append(Conditions(prompt_embeds=h.to(self.dtype), pooled=pooled.to(self.dtype)))
-        return Conditions.cat(parts)
+        """Both encoders' penultimate states and CLIP-G's pooled embedding of each prompt, in the model dtype."""
+        return pooled_conditions(lambda p: encode_sdxl_prompts(p, self.tokenizers, self.text_encoders), prompts,
+                                 batch_size, self.dtype)
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         size = [s * self.autoencoder.downsample for s in x_t.shape[-2:]]  # pixel size of this latent
@@ -74,18 +73,18 @@ def load_sdxl(model: str, device: torch.device | str = "cpu", dtype: torch.dtype
 
     what = "SDXL model"
     device = torch.device(device)
-    index = _pipeline_index(model, what)
+    index = pipeline_index(model, what)
     require_components(index, model, what, ("unet", "text_encoder_2", "tokenizer_2", "scheduler"))
     config = scheduler_config(model, what)
     objective_from_config(config)
-    unet = _frozen(_load(UNet2DConditionModel, model, what, subfolder="unet", torch_dtype=dtype), device)
+    unet = frozen(load_part(UNet2DConditionModel, model, what, subfolder="unet", torch_dtype=dtype), device)
     set_attention(unet, attention)
     enc1 = tok1 = None
-    if _has_component(index, "text_encoder"):  # the refiner has only the second encoder
-        enc1 = _frozen(_load(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
-        tok1 = _load(CLIPTokenizer, model, what, subfolder="tokenizer")
-    enc2 = _frozen(_load(CLIPTextModelWithProjection, model, what, subfolder="text_encoder_2", torch_dtype=dtype), device)
-    tok2 = _load(CLIPTokenizer, model, what, subfolder="tokenizer_2")
+    if has_component(index, "text_encoder"):  # the refiner has only the second encoder
+        enc1 = frozen(load_part(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
+        tok1 = load_part(CLIPTokenizer, model, what, subfolder="tokenizer")
+    enc2 = frozen(load_part(CLIPTextModelWithProjection, model, what, subfolder="text_encoder_2", torch_dtype=dtype), device)
+    tok2 = load_part(CLIPTokenizer, model, what, subfolder="tokenizer_2")
     vae = load_vae(model, what, index, dtype, device)
-    return SDXLModel(unet, (enc1, enc2), (tok1, tok2), _VAE(vae, unet.config.in_channels), _alphas_cumprod(config),
+    return SDXLModel(unet, (enc1, enc2), (tok1, tok2), VAE(vae, unet.config.in_channels), alphas_cumprod_from_config(config),
                      device, dtype, model, config)

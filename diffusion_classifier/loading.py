@@ -1,0 +1,265 @@
+"""What every model family shares: reading a pipeline folder or hub id, loading its parts, the latent geometry.
+
+A family module (`families/<name>.py`) reads model_index.json with `pipeline_index`, checks its parts
+with `require_components`, loads each with `load_part` (one line naming what is missing and how to
+get it), freezes it with `frozen`, wraps the VAE (or pixel space: `"vae": [null, null]`) in `VAE`,
+and builds a model class on `ModelGeometry` (or `DDPMModel` when it has an ᾱ table).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .engine import Conditions
+from .errors import InputError, MissingError, MissingPackageError
+from .objectives import DDPMObjective, objective_from_config
+
+TINY_MODELS = Path(__file__).parent / "tiny_models"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def default_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The --dtype flag's dtype, or by default float16 on a GPU and float32 elsewhere (slow or unsupported there)."""
+    return DTYPES[name] if name else (torch.float16 if device.type == "cuda" else torch.float32)
+
+
+def is_local(model: str) -> bool:
+    """Whether `model` names a folder rather than a hub id (owner/name)."""
+    return os.path.isabs(model) or model.startswith((".", "~")) or os.path.exists(model) or model.count("/") != 1
+
+
+def not_found(model: str, what: str, err: Exception) -> MissingError:
+    """The MissingError for a folder that lacks a part, or a hub id that is neither cached nor reachable."""
+    if is_local(model):
+        return MissingError(f"{what} folder {model!r} does not exist or lacks its parts ({err.__class__.__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}); expected a diffusers pipeline folder")
+    return MissingError(
+        f"cannot load {what} {model!r}: it is not a local folder and not in the Hugging Face cache, and the hub is "
+        f"unreachable; on a machine with network run `huggingface-cli download {model}` (or pass --model /path/to/folder)"
+    )
+
+
+def load_part(cls, model: str, what: str, **kwargs):
+    """cls.from_pretrained(model, **kwargs), or a MissingError saying what is missing and how to get it."""
+    try:
+        return cls.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as e:  # hub/cache misses and missing files surface as OSError
+        raise not_found(model, what, e) from None
+
+
+def pipeline_index(model: str, what: str) -> dict:
+    """model_index.json of a pipeline folder or hub id (from the cache when offline)."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        path = local / "model_index.json"
+        if not path.is_file():
+            raise MissingError(f"{what} folder {model!r} has no model_index.json; expected a diffusers pipeline folder")
+        return json.loads(path.read_text())
+    if is_local(model):
+        raise MissingError(f"{what} folder {model!r} does not exist; expected a diffusers pipeline folder")
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(model))
+    except Exception as e:  # noqa: BLE001 - every hub failure becomes one message
+        raise not_found(model, what, e) from None
+
+
+def has_component(index: dict, name: str) -> bool:
+    """Whether model_index.json lists part `name` as a (library, class) pair, not as null."""
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None and entry[1] is not None
+
+
+def frozen(module: torch.nn.Module, device) -> torch.nn.Module:
+    """The module on `device`, in eval mode, without gradients."""
+    return module.to(device).eval().requires_grad_(False)
+
+
+def require_components(index: dict, model: str, what: str, parts) -> None:
+    """MissingError naming the first of `parts` that model_index.json lacks (or lists as null)."""
+    for part in parts:
+        if not has_component(index, part):
+            raise MissingError(f"{what} {model!r} has no {part} in its model_index.json; expected a "
+                               f"{index.get('_class_name') or what} folder with {', '.join(parts)}")
+
+
+def scheduler_config(model: str, what: str) -> dict:
+    """The scheduler config of a pipeline folder or hub id (it names the training objective)."""
+    from diffusers import DDPMScheduler
+
+    try:
+        return dict(DDPMScheduler.load_config(model, subfolder="scheduler"))
+    except Exception as e:  # noqa: BLE001
+        raise not_found(model, what, e) from None
+
+
+_truncations: list | None = None  # (count, tokenizer, limit, first prompt) inside one_truncation_warning()
+
+
+@contextlib.contextmanager
+def one_truncation_warning():
+    """Within this block, prompt truncations by every tokenizer are reported in one warning at the end."""
+    global _truncations
+    outer, _truncations = _truncations, []
+    try:
+        yield
+    finally:
+        found, _truncations = _truncations, outer
+        if found:
+            limits = ", ".join(dict.fromkeys(f"{what} {limit}" for _, what, limit, _ in found))
+            warnings.warn(f"{max(n for n, *_ in found)} prompt(s) exceed the token limit ({limits}) and were truncated "
+                          f"as the pipeline does (first: {found[0][3]!r})", stacklevel=3)
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int, what: str = "text encoder") -> torch.Tensor:
+    """Token ids (K, max_length), padded and truncated as the pipelines do; a truncation is reported in one warning."""
+    ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
+    probe = tokenizer(prompts, truncation=True, max_length=max_length + 1).input_ids  # one token past the limit
+    long = [p for p, row in zip(prompts, probe) if len(row) > max_length]
+    if long and _truncations is not None:
+        _truncations.append((len(long), what, max_length, long[0][:80]))
+    elif long:
+        warnings.warn(f"{len(long)} prompt(s) exceed the {what}'s limit of {max_length} tokens and were truncated "
+                      f"as the pipeline does (first: {long[0][:80]!r})", stacklevel=2)
+    return ids
+
+
+def pooled_conditions(encode, prompts: list[str], batch_size: int, dtype: torch.dtype) -> Conditions:
+    """Prompt and pooled embeddings in `dtype`, `batch_size` prompts at a time: encode(prompts) -> (hidden, pooled)."""
+    parts = []
+    for i in range(0, len(prompts), batch_size):
+        h, pooled = encode(prompts[i : i + batch_size])
+        parts.append(Conditions(prompt_embeds=h.to(dtype), pooled=pooled.to(dtype)))
+    return Conditions.cat(parts)
+
+
+def set_attention(module: torch.nn.Module, attention: str) -> None:
+    """'sdpa': the diffusers default processors (PyTorch scaled-dot-product attention); 'xformers': memory-efficient kernels."""
+    if attention == "sdpa":
+        return  # every diffusers default processor already calls scaled_dot_product_attention
+    if attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise MissingPackageError("attention 'xformers' needs the xformers package: pip install xformers") from None
+        module.enable_xformers_memory_efficient_attention()
+    else:
+        raise InputError(f"attention must be 'sdpa' or 'xformers', got {attention!r}")
+
+
+def load_vae(model: str, what: str, index: dict, dtype: torch.dtype, device, subfolder: str | None = "vae"):
+    """The pipeline's AutoencoderKL, or None in pixel space; kept in float32 where its config asks (force_upcast)."""
+    if subfolder is not None and not has_component(index, subfolder):
+        return None
+    from diffusers import AutoencoderKL  # imports every autoencoder family: only when there is one to load
+
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        config = AutoencoderKL.load_config(model, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise not_found(model, what, e) from None
+    if dtype == torch.float16 and config.get("force_upcast", False):
+        dtype = torch.float32  # the SDXL VAE overflows in float16
+    return frozen(load_part(AutoencoderKL, model, what, torch_dtype=dtype, **kwargs), device)
+
+
+class VAE:
+    """Image (N,3,H,W) in [-1,1] -> latent: (posterior mean - shift) × scale from the VAE config, or the pixels."""
+
+    def __init__(self, vae, pixel_channels: int = 3):
+        self.vae = vae
+        if vae is None:
+            self.downsample, self.channels, self.scaling_factor, self.shift_factor = 1, pixel_channels, 1.0, 0.0
+        else:
+            self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)
+            self.channels = vae.config.latent_channels
+            self.scaling_factor = vae.config.scaling_factor
+            self.shift_factor = getattr(vae.config, "shift_factor", None) or 0.0
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        if self.vae is None:
+            return pixels.float()
+        p = next(self.vae.parameters())
+        out = [self.vae.encode(pixels[i : i + batch_size].to(p.device, p.dtype)).latent_dist.mean
+               for i in range(0, len(pixels), batch_size)]
+        return (torch.cat(out).float() - self.shift_factor) * self.scaling_factor  # (N, C, H/f, W/f)
+
+    def check_size(self, img_size: int, multiple: int = 1) -> None:
+        if img_size % (self.downsample * multiple):
+            raise InputError(f"image size must be divisible by {self.downsample * multiple} for this model, got {img_size}")
+
+
+class ModelGeometry:
+    """What every model family shares: the objective, the native size and the image -> latent mapping.
+
+    A family provides `backbone_name` (the attribute holding its denoising network), `encode_prompts`
+    (or class labels) and `denoiser(x_t, t, cond)`; everything else here follows from the configs.
+    """
+
+    autoencoder: VAE
+    scheduler_config: dict
+    backbone_name = "unet"
+    token_patch = 1  # latent pixels per token side (the scheduler's image sequence length)
+    size_multiple = 1  # latent side must be a multiple of this
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return getattr(self, self.backbone_name)
+
+    @property
+    def native_size(self) -> int:
+        return self.backbone.config.sample_size * self.autoencoder.downsample
+
+    @property
+    def T(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def objective(self):
+        """The model's training objective with its default error space and timestep grid."""
+        return self.make_objective()
+
+    def make_objective(self, latent_shape: tuple[int, ...] | None = None, error_space: str | None = None,
+                       grid: str = "timesteps"):
+        """The objective of the scheduler config; `latent_shape` sets σ's resolution-dependent shift where used."""
+        seq_len = None
+        if latent_shape is not None:
+            seq_len = (latent_shape[-2] // self.token_patch) * (latent_shape[-1] // self.token_patch)
+        return objective_from_config(self.scheduler_config, error_space, seq_len, grid)
+
+    def latent_shape(self, img_size: int) -> tuple[int, int, int]:
+        self.autoencoder.check_size(img_size, self.size_multiple)
+        s = img_size // self.autoencoder.downsample
+        return (self.autoencoder.channels, s, s)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(pixels)
+
+
+class DDPMModel(ModelGeometry):
+    """A DDPM-family model whose ᾱ table is known: T and the objective follow from it and the prediction type."""
+
+    alphas_cumprod: torch.Tensor
+
+    def __post_init__(self):
+        if self.scheduler_config is None:  # built by hand from a ᾱ table: ε-prediction
+            self.scheduler_config = {"prediction_type": "epsilon"}
+
+    @property
+    def T(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type") or "epsilon"
+
+    def make_objective(self, latent_shape=None, error_space: str | None = None, grid: str = "timesteps"):
+        return DDPMObjective(self.alphas_cumprod, self.prediction_type, error_space)
+

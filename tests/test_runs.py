@@ -1,0 +1,132 @@
+"""Run descriptions: the folder names of existing runs stay as they were; name and manifest come from one object."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion_classifier.objectives import DDPMObjective, FlowObjective
+from diffusion_classifier.runs import (
+    RunDescription,
+    Setting,
+    class_adaptive_run,
+    per_class_run,
+    winoground_run,
+    zero_shot_run,
+)
+
+EPS = DDPMObjective(torch.linspace(0.99, 0.01, 1000, dtype=torch.float64))
+V = DDPMObjective(torch.linspace(0.99, 0.01, 1000, dtype=torch.float64), "v_prediction")
+FLOW = FlowObjective(torch.linspace(0.001, 1, 1000, dtype=torch.float64))
+PROMPTS = [["a photo of a cat.", 0], ["a photo of a dog.", 1]]
+
+
+def sd(**changes):
+    """zero_shot_run at eval_prob_adaptive.py's defaults (the reference's), with `changes`."""
+    kw = dict(version="2-0", model=None, source="stabilityai/stable-diffusion-2-base", dataset="pets", split="train",
+              img_size=512, n_trials=1, to_keep=[5, 1], n_samples=[50, 500], loss="l2", interpolation="bicubic",
+              noise="seed 0", prompts=PROMPTS, subset=None, corruption=None, severity=None, schedule="reference", z=3.0,
+              min_samples=10, delta=None, variance="iid", timestep_weights=None, objective=EPS, error_space=None,
+              flow_grid="timesteps", no_t5=False, guidance=None, extra=None)
+    return zero_shot_run(**{**kw, **changes})
+
+
+def dit(per_class: bool, **changes):
+    kw = dict(source="facebook/DiT-XL-2-256", vae=None, dataset="imagenet", split="test", img_size=256, n_trials=1,
+              noise="seed 0", corruption=None, severity=None, extra=None)
+    if per_class:
+        kw.update(t_interval=5, kind="l2", randomize_noise=False, batch_size=32)
+        return per_class_run(**{**kw, **changes})
+    kw.update(to_keep=[50, 10, 1], n_samples=[20, 50, 200], loss="l2", schedule="reference", z=3.0, min_samples=10,
+              delta=None, variance="iid", null_normalize=False, classes=list(range(1000)), timestep_weights=None)
+    return class_adaptive_run(**{**kw, **changes})
+
+
+FOLDERS = [  # (description, LOG_DIR-relative folder as the scripts have always named it)
+    (sd(), "pets/v2-0_1trials_5_1keep_50_500samples"),
+    (sd(dataset="cifar10", split="test", loss="l1"), "cifar10/v2-0_1trials_5_1keep_50_500samples_l1"),
+    (sd(version="tiny", img_size=8, dataset="digits", n_samples=[10, 50]), "digits/vtiny_1trials_5_1keep_10_50samples_8"),
+    (sd(model="/models/my-sd/", interpolation="bilinear", loss="huber", img_size=256, n_trials=2, extra="run2"),
+     "pets_run2/vmy-sd_2trials_5_1keep_50_500samples_bilinear_huber_256"),
+    (sd(model="org/some-model", schedule="statistical", z=2.0, to_keep=[1], n_samples=[200]),
+     "pets/vsome-model_1trials_1keep_200samples_stat_z2_min10"),
+    (sd(version="tiny", img_size=8, dataset="digits_c", corruption="fog", severity=2, schedule="statistical",
+        delta=0.05, min_samples=4, variance="stratified", timestep_weights="0123abcd", to_keep=[1], n_samples=[8]),
+     "digits_c_fog_2/vtiny_1trials_1keep_8samples_8_stat_d0.05_min4_stratified_tw0123abcd"),
+    (sd(variance="stratified"), "pets/v2-0_1trials_5_1keep_50_500samples"),  # the variance names statistical runs only
+    (sd(version="2-1-768", img_size=768, objective=V), "pets/v2-1-768_1trials_5_1keep_50_500samples_768"),
+    (sd(version="2-1-768", img_size=768, objective=V, error_space="native"),
+     "pets/v2-1-768_1trials_5_1keep_50_500samples_768_errnative"),
+    (sd(version="3-5-medium", img_size=1024, objective=FLOW, error_space="eps", flow_grid="uniform_sigma", no_t5=True),
+     "pets/v3-5-medium_1trials_5_1keep_50_500samples_1024_erreps_griduniform_sigma_not5"),
+    (sd(version="flux-dev", img_size=1024, objective=FLOW, guidance=3.5), "pets/vflux-dev_1trials_5_1keep_50_500samples_1024_g3.5"),
+    (sd(flow_grid="uniform_sigma"), "pets/v2-0_1trials_5_1keep_50_500samples"),  # a grid names flow runs only
+    (dit(True), "imagenet/DiT-XL-2-256_5int_1trials"),
+    (dit(True, t_interval=4, randomize_noise=True, kind="vb", extra="dit256"), "imagenet_dit256/DiT-XL-2-256_4int_1trials_randnoise_vb"),
+    (dit(True, source="/x/digits-dit", n_trials=2, kind="eps_and_var", dataset="digits"), "digits/digits-dit_5int_2trials_eps_and_var"),
+    (dit(False), "imagenet/DiT-XL-2-256_1trials_50_10_1keep_20_50_200samples"),
+    (dit(False, source="/x/digits-dit/", dataset="digits", to_keep=[1], n_samples=[8], loss="huber",
+         schedule="statistical", delta=0.1, min_samples=4, null_normalize=True, variance="stratified",
+         timestep_weights="ffee"), "digits/digits-dit_1trials_1keep_8samples_huber_stat_d0.1_min4_null_stratified_twffee"),
+    (dit(False, schedule="statistical", z=2.5, null_normalize=True, dataset="digits_c", corruption="contrast", severity=3),
+     "digits_c_contrast_3/DiT-XL-2-256_1trials_50_10_1keep_20_50_200samples_stat_z2.5_min10_null"),
+    (winoground_run(model="sd", version="tiny", model_path=None, source="/x/digits-sd", img_size=8, native_size=8,
+                    t_interval=20), "winoground/sd_vtiny_t20_1trials"),
+    (winoground_run(model="sd", version="2-0", model_path="/models/sd21/", source="/models/sd21/", extra="x", img_size=512,
+                    native_size=768, interpolation="bicubic", t_interval=1, randomize_noise=True),
+     "winoground_x/sd_vsd21_t1_1trials_randnoise_bicubic_512"),
+    (winoground_run(model="clip", version="ViT-L/14", model_path=None, source="openai/clip-vit-large-patch14"),
+     "winoground/clip_ViT-L_14"),
+    (winoground_run(model="openclip", version="ViT-H-14", model_path="/ckpt/open_clip.bin", source="/ckpt/open_clip.bin"),
+     "winoground/openclip_open_clip.bin"),
+]
+
+
+@pytest.mark.parametrize("run, folder", FOLDERS, ids=[f for _, f in FOLDERS])
+def test_folder_names_of_existing_runs_are_kept(run, folder, tmp_path):
+    assert run.folder(tmp_path) == tmp_path / folder
+    assert f"{run.group}/{run.name}" == folder
+
+
+def test_manifest_holds_the_settings_the_scripts_have_always_written():
+    base = {"model": "stabilityai/stable-diffusion-2-base", "dataset": "pets", "split": "train", "img_size": 512,
+            "n_trials": 1, "to_keep": [5, 1], "n_samples": [50, 500], "loss": "l2", "interpolation": "bicubic",
+            "noise": "seed 0", "prompts": PROMPTS, "schedule": "reference", "z": None, "min_samples": None, "subset": None,
+            "corruption": None, "severity": None, "delta": None, "variance": None, "timestep_weights": None}
+    assert sd().manifest == base  # an ε-model at the defaults: no objective keys, so older runs resume
+    assert sd(schedule="statistical", variance="stratified", delta=0.1).manifest == {
+        **base, "schedule": "statistical", "z": 3.0, "min_samples": 10, "variance": "stratified", "delta": 0.1}
+    eps_native = DDPMObjective(EPS.alphas_cumprod, "epsilon", "native")
+    assert sd(error_space="native", objective=eps_native).manifest == {**base, "error_space": "native"}
+    assert sd(objective=V).manifest == {**base, "objective": "v_prediction", "error_space": "eps"}
+    assert sd(objective=FLOW, no_t5=True, guidance=2.5).manifest == {
+        **base, "objective": "flow", "error_space": "native", "flow_grid": "timesteps", "no_t5": True, "guidance": 2.5}
+    assert dit(True).manifest == {"model": "facebook/DiT-XL-2-256", "vae": None, "dataset": "imagenet", "split": "test",
+                                  "img_size": 256, "n_trials": 1, "noise": "seed 0", "corruption": None,
+                                  "severity": None, "t_interval": 5, "kind": "l2", "randomize_noise": False,
+                                  "batch_size": 32}
+    assert dit(True, randomize_noise=True).manifest["batch_size"] is None  # the batch no longer sets the noise
+    assert set(dit(False).manifest) == {"model", "vae", "dataset", "split", "img_size", "n_trials", "noise", "corruption",
+                                        "severity", "to_keep", "n_samples", "loss", "schedule", "z", "min_samples",
+                                        "null_normalize", "classes", "delta", "variance", "timestep_weights"}
+    assert winoground_run(model="clip", version="ViT-B/32", model_path=None, source="s").manifest == {
+        "model": "clip", "source": "s", "version": "ViT-B/32"}
+    assert winoground_run(model="sd", version="tiny", model_path=None, source="s", img_size=8, native_size=8,
+                          noise="seed 0", noise_period=32).manifest == {
+        "model": "sd", "source": "s", "img_size": 8, "interpolation": "bilinear", "t_interval": 5, "T": 1000,
+        "n_trials": 1, "randomize_noise": False, "noise": "seed 0", "noise_period": 32, "loss": "l2"}
+
+
+def test_runs_that_differ_in_any_named_setting_get_different_folders():
+    variants = [sd(**c) for c in ({}, {"loss": "l1"}, {"interpolation": "lanczos"}, {"img_size": 256}, {"n_trials": 2},
+                                  {"schedule": "statistical"}, {"schedule": "statistical", "delta": 0.1},
+                                  {"schedule": "statistical", "variance": "stratified"}, {"timestep_weights": "ab"},
+                                  {"error_space": "eps"}, {"objective": FLOW, "flow_grid": "uniform_sigma"},
+                                  {"guidance": 4.0}, {"no_t5": True}, {"to_keep": [2, 1]}, {"n_samples": [50, 400]})]
+    assert len({r.name for r in variants}) == len(variants)
+    assert len({str(sorted(r.manifest.items(), key=str)) for r in variants}) == len(variants)
+
+
+def test_a_setting_given_twice_in_one_description_is_refused():
+    run = RunDescription("g", (Setting({"loss": "l2"}, ""), Setting({"loss": "l1"}, "_l1")))
+    with pytest.raises(AssertionError, match="loss"):
+        run.manifest  # noqa: B018
