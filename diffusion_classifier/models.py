@@ -39,6 +39,7 @@ SD_VERSIONS = {
     "flux-dev": "black-forest-labs/FLUX.1-dev",
     "tiny": str(TINY_MODELS / "digits-sd"),
     "tiny-flow": str(TINY_MODELS / "tiny-flow"),  # flow matching, SD3 layout, pixel space
+    "fashion": str(TINY_MODELS / "fashion-sd"),  # Fashion-MNIST, 28x28 pixels
 }
 DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny": str(TINY_MODELS / "digits-dit")}
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

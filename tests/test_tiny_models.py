@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from conftest import load_script
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.adaptive import adaptive_classify
 from diffusion_classifier.datasets import sd_transform
@@ -13,6 +12,8 @@ from diffusion_classifier.engine import Scorer
 from diffusion_classifier.models import DIT_MODELS, SD_VERSIONS, load_class_conditional, load_text_conditional
 from diffusion_classifier.noise import make_noise
 from diffusion_classifier.prompts import dataset_prompts
+from diffusion_classifier.training.common import train_images, validation_split
+from diffusion_classifier.training.dit import dit_accuracy, train_dit
 
 
 def first_of_each_class(n_per_class: int = 1) -> list[int]:
@@ -70,16 +71,15 @@ def test_dit_classifies_test_images_of_each_digit():
 
 
 def test_dit_training_writes_a_loadable_pipeline_and_holds_out_a_stratified_validation_split(tmp_path):
-    train = load_script("train_tiny_models")
-    x, y = train.train_images()
-    (x_fit, y_fit), (x_val, y_val) = train.validation_split(x, y, 0.2)
+    x, y = train_images()
+    (x_fit, y_fit), (x_val, y_val) = validation_split(x, y, 0.2)
     assert len(y_fit) + len(y_val) == len(y) == 1438 and len(y_val) == 288
     fit_rows = {tuple(r.flatten().tolist()) + (int(c),) for r, c in zip(x_fit, y_fit)}
     assert sum(tuple(r.flatten().tolist()) + (int(c),) in fit_rows for r, c in zip(x_val, y_val)) <= 2  # digits has a few duplicates
     assert (torch.bincount(y_val, minlength=10) - 0.2 * torch.bincount(y, minlength=10)).abs().max() <= 1
-    assert torch.equal(train.validation_split(x, y, 0.2)[1][1], y_val)  # seeded
+    assert torch.equal(validation_split(x, y, 0.2)[1][1], y_val)  # seeded
 
-    stats = train.train_dit(tmp_path, steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0, patch=4,
+    stats = train_dit(tmp_path, steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0, patch=4,
                             heads=2, head_dim=8, layers=1, images=(x_fit[:32], y_fit[:32]))
     assert stats["n_train"] == 32 and stats["steps"] == 2
     dit = load_class_conditional(str(tmp_path))  # the public loader reads what the script wrote
@@ -88,12 +88,11 @@ def test_dit_training_writes_a_loadable_pipeline_and_holds_out_a_stratified_vali
 
 
 def test_model_card_protocol_classifies_test_images_of_each_digit():
-    train = load_script("train_tiny_models")
     idx = first_of_each_class(2)
     images, labels = load_digits_arrays("test")
     x = torch.from_numpy(images[idx]).float().div(127.5).sub(1.0)[:, None]
     dit = load_class_conditional(DIT_MODELS["tiny"])
-    top1 = train.dit_accuracy(dit.transformer, x, torch.from_numpy(labels[idx]), "scaled_linear")
+    top1 = dit_accuracy(dit.transformer, x, torch.from_numpy(labels[idx]), "scaled_linear")
     assert min(top1.values()) > 100 * 18.5 / 20  # at least 19 of 20 right (chance: 2e-18)
 
 
