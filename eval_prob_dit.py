@@ -42,7 +42,7 @@ from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.runs import class_adaptive_run, per_class_run
 from diffusion_classifier.statistical import make_schedule
 
-DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits", "digits_c"]
+DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits", "digits_c", "fashion_mnist"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

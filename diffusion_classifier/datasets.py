@@ -321,6 +321,13 @@ def _imagefolder(root: Path, split: str, transform):
     return _folder_dataset("imagefolder", path, how, lambda: tvd.ImageFolder(str(path), transform=transform))
 
 
+def _fashion_mnist(root: Path, split: str, transform):
+    from .fashion_mnist import load_dataset
+
+    # labels are Zalando's order, the order of the prompts' classidx
+    return load_dataset(root, _split("fashion_mnist", split, {"train": "train", "test": "test"}), transform)
+
+
 def _digits(root: Path, split: str, transform):
     from .digits import DigitsDataset
 
@@ -344,6 +351,7 @@ DATASETS: dict[str, Callable] = {
     "objectnet": _objectnet,
     "imagefolder": _imagefolder,
     "digits": _digits,
+    "fashion_mnist": _fashion_mnist,
     "digits_c": lambda root, split, transform: get_dataset("digits_c", root, split, transform),  # needs a corruption
 }
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Train the toolkit's tiny pixel-space diffusion models on the digits train split.
+"""Train the toolkit's tiny pixel-space diffusion models on the digits or Fashion-MNIST train split.
 
-`digits-sd` is a text-conditioned UNet2DConditionModel + CLIPTextModel in the Stable Diffusion
-pipeline layout (`sd-v`: the same trained with v targets); `digits-dit` is a class-conditional
-DiTTransformer2DModel with learned variance in the DiT pipeline layout; `tiny-flow` is a rectified-flow
-SD3Transformer2DModel with two CLIP text encoders in the Stable Diffusion 3 layout. All denoise 8x8 RGB
-images in [-1, 1] directly (no VAE), so the loaders that read those layouts read them too. CPU, seeded.
-Each kind's training lives in `diffusion_classifier/training/<kind>.py`; this script only parses flags.
+`--model sd` is a text-conditioned UNet2DConditionModel + CLIPTextModel in the Stable Diffusion pipeline layout
+(`sd-v`: the same trained with v targets); `dit` is a class-conditional DiTTransformer2DModel with learned
+variance in the DiT pipeline layout; `flow` is a rectified-flow SD3Transformer2DModel with two CLIP text
+encoders in the Stable Diffusion 3 layout. All denoise RGB images in [-1, 1] directly (no VAE), so the loaders
+that read those layouts read them too. CPU, seeded. Long runs save a checkpoint every few minutes and on
+SIGINT/SIGTERM; `--resume` continues exactly where one stopped. Each kind's training lives in
+`diffusion_classifier/training/<kind>.py`; this script only parses flags.
 """
 from __future__ import annotations
 
@@ -21,42 +22,52 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the script runs from any working directory
 
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
+from diffusion_classifier.errors import InputError  # noqa: E402
+from diffusion_classifier.interrupts import Interrupted  # noqa: E402
 from diffusion_classifier.training import dit, flow, sd  # noqa: E402
-from diffusion_classifier.training.common import (  # noqa: E402,F401 - the names tests and notebooks use
-    CAPTION_DROP, NUM_CLASSES, TEMPLATES, build_tokenizer, captions_for, train_images, validation_split)
+from diffusion_classifier.training.common import Checkpointing, TrainingPaused, train_images, validation_split  # noqa: E402
+from diffusion_classifier.training.data import DATA_NAMES, training_data  # noqa: E402
 from diffusion_classifier.training.ddpm import BETA_RANGES  # noqa: E402
-from diffusion_classifier.training.dit import dit_accuracy, train_dit, write_dit_card  # noqa: E402,F401
-from diffusion_classifier.training.flow import train_flow, write_flow_card  # noqa: E402,F401
-from diffusion_classifier.training.sd import train_sd, write_sd_card  # noqa: E402,F401
 
 DEFAULT_OUT = REPO / "diffusion_classifier" / "tiny_models"
-SD_DEFAULTS, DIT_DEFAULTS, FLOW_DEFAULTS = sd.DEFAULTS, dit.DEFAULTS, flow.DEFAULTS
-# kind -> (output folder, committed settings, train function, card writer, fixed keyword arguments)
+DEFAULT_CHECKPOINTS = REPO / "checkpoints"
+# kind -> (module with DATA_DEFAULTS, train function, card writer, fixed keyword arguments)
 KINDS = {
-    "sd": ("digits-sd", SD_DEFAULTS, train_sd, write_sd_card, {}),
-    "sd-v": ("digits-sd-v", SD_DEFAULTS, train_sd, write_sd_card, {"prediction_type": "v_prediction"}),
-    "dit": ("digits-dit", DIT_DEFAULTS, train_dit, write_dit_card, {}),
-    "flow": ("tiny-flow", FLOW_DEFAULTS, train_flow, write_flow_card, {}),
+    "sd": (sd, sd.train_sd, sd.write_sd_card, {}),
+    "sd-v": (sd, sd.train_sd, sd.write_sd_card, {"prediction_type": "v_prediction"}),
+    "dit": (dit, dit.train_dit, dit.write_dit_card, {}),
+    "flow": (flow, flow.train_flow, flow.write_flow_card, {}),
 }
 GROUPS = {"both": ("sd", "dit"), "all": ("sd", "dit", "flow")}
+ARCH_FLAGS = ("patch", "heads", "head_dim", "layers")
 
 
-def main(argv=None) -> None:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", choices=DATA_NAMES, default="digits", help="training data (its train split)")
     parser.add_argument("--model", choices=[*KINDS, *GROUPS], default="both",
                         help="which model to train (both = sd and dit, the shipped DDPM models; all = sd, dit and flow)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: each model's committed setting)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: each model's committed setting)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: each model's committed setting)")
     parser.add_argument("--beta-schedule", choices=sorted(BETA_RANGES), default=None, help="DDPM beta schedule (sd, sd-v, dit; default: each model's committed setting)")
-    parser.add_argument("--shift", type=float, default=None, help=f"flow: the flow scheduler's shift (default {FLOW_DEFAULTS['shift']})")
-    for k in dit.ARCH:
+    parser.add_argument("--shift", type=float, default=None, help="flow: the flow scheduler's shift (default: the committed setting)")
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="sd/sd-v: the UNet's block_out_channels, one level each, cross-attention at the last (default: the committed setting)")
+    for k in ARCH_FLAGS:
         parser.add_argument(f"--{k.replace('_', '-')}", type=int, default=None,
-                            help=f"dit/flow: transformer {k.replace('_', ' ')} (default: dit {DIT_DEFAULTS[k]}, flow {FLOW_DEFAULTS[k]})")
+                            help=f"dit/flow: transformer {k.replace('_', ' ')} (default: the committed setting)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches, noise and augmentation")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (results are reproducible for a fixed count)")
     parser.add_argument("--device", default="cpu", help="device of the DiT's training (the committed weights were trained on cpu)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder that receives digits-sd/, digits-dit/, ...")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder that receives digits-sd/, fashion-dit/, ...")
+    parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINTS,
+                        help="folder of the training checkpoints (<model folder name>.pt; removed when a model is saved)")
+    parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from the model's checkpoint, exactly where it stopped")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="minutes of training (this run's and the checkpoint's) after which the run saves a checkpoint and stops")
+    parser.add_argument("--stop-at", type=int, default=None, help="save a checkpoint and stop after this many steps")
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="DiT model selection: train on the rest of the train split and report the top-1 on this "
                              "stratified fraction of it (seed 1); needs --model dit and an --out other than the shipped folder")
@@ -68,30 +79,66 @@ def main(argv=None) -> None:
             parser.error(f"--val-fraction trains on part of the split: give an --out other than the shipped {DEFAULT_OUT}")
         if not 0 < args.val_fraction < 1:
             parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    torch.set_num_threads(args.threads)
+    return args
 
+
+def settings_for(args, module, which: str) -> dict:
+    """The kind's settings: its committed ones for the data, overridden by the flags given."""
+    defaults = module.DATA_DEFAULTS[args.data]
+    settings = {}
+    for k, v in defaults.items():
+        given = getattr(args, k)
+        settings[k] = tuple(given) if k == "channels" and given else (given if given is not None else v)
+    if which == "dit":
+        settings["device"] = args.device
+    return settings
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = training_data(args.data)
     for which in GROUPS.get(args.model, (args.model,)):
-        name, defaults, train, card, fixed = KINDS[which]
+        module, train, card, fixed = KINDS[which]
+        name = data.folders[which]
         out = args.out / name
-        out.mkdir(parents=True, exist_ok=True)
-        settings = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()
-                    if k not in ("steps", "batch", "lr")}
-        if which == "dit":
-            settings["device"] = args.device
+        settings = settings_for(args, module, which)
+        images = train_images(data)
         val = None
         if args.val_fraction:
-            fit, val = validation_split(*train_images(), args.val_fraction)
-            settings["images"] = fit
-        stats = train(out, steps=args.steps or defaults["steps"], batch=args.batch or defaults["batch"],
-                      lr=args.lr or defaults["lr"], seed=args.seed, **settings, **fixed)
+            images, val = validation_split(*images, args.val_fraction)
+        path = args.checkpoint_dir / f"{name}.pt"
+        if path.is_file() and not args.resume:
+            raise InputError(f"a training checkpoint of {name} exists at {path}: pass --resume to continue it, "
+                             f"or delete it to start over")
+        if args.resume and not path.is_file():
+            print(f"{name}: no checkpoint at {path}; starting from step 0", flush=True)
+        identity = {"data": data.name, "model": which, **settings, **fixed, "n_train": len(images[1])}
+        identity = {k: list(v) if isinstance(v, tuple) else v for k, v in identity.items()}
+        ckpt = Checkpointing(path=path, settings=identity, resume=args.resume, every_s=60 * args.checkpoint_every,
+                             stop_at=args.stop_at, time_limit_s=60 * args.time_limit if args.time_limit else None)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            stats = train(out, images=images, data=data, checkpoint=ckpt, seed=args.seed, **settings, **fixed)
+        except TrainingPaused as p:
+            print(f"{name}: paused at step {p.step}/{p.steps}, checkpoint {p.path}; run the same command with --resume "
+                  f"to continue", flush=True)
+            return
+        except Interrupted as e:  # fit saved the checkpoint after the step under way
+            saved = (f"{name}'s checkpoint {path} is saved; run the same command with --resume to continue"
+                     if path.is_file() else f"{name} stopped before its first step; nothing to resume")
+            print(f"interrupted by {e}: {saved}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
         if val is not None:
             from diffusers import DiTTransformer2DModel
 
             model = DiTTransformer2DModel.from_pretrained(out / "transformer").to(args.device)
             stats["val_fraction"] = args.val_fraction
-            stats["val_top1"] = dit_accuracy(model, *val, stats["beta_schedule"])
+            stats["val_top1"] = dit.dit_accuracy(model, *val, stats["beta_schedule"])
         stats["threads"] = args.threads
         card(out, stats)
+        (out / "training.json").write_text(json.dumps(stats, indent=1) + "\n")
+        path.unlink(missing_ok=True)
         print(json.dumps({name: stats}, indent=1))
 
 

@@ -1,47 +1,114 @@
-"""Training of the tiny models (diffusion_classifier/training): the refactored kinds train exactly as before,
-and the new kinds (v-prediction digits-sd, the SD3-layout flow model) write folders the loaders read with the
+"""Training of the tiny models (diffusion_classifier/training): reproducible for a seed, resumable exactly from a
+checkpoint, over any training data; and the new kinds (v-prediction digits-sd, the SD3-layout flow model) write folders the loaders read with the
 right objective and the conditioning the SD3 pipeline computes."""
 from __future__ import annotations
 
-import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import REPO
+from diffusion_classifier.errors import InputError
+from diffusion_classifier.training import dit, flow, sd
+from diffusion_classifier.training.common import Checkpointing, TrainingPaused
 
 
-def weights_digest(folder: Path) -> str:
-    """sha256 over every tensor (name and raw bytes) of every safetensors file under folder."""
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every safetensors file under folder, by file and name."""
     from safetensors.torch import load_file
 
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*.safetensors")):
-        tensors = load_file(f)
-        for k in sorted(tensors):
-            h.update(f"{f.relative_to(folder)}:{k}".encode())
-            h.update(tensors[k].contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return {f"{f.relative_to(folder)}:{k}": v for f in sorted(folder.rglob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-# Digests of the weights written by the training code before it was split into per-kind modules
-# (scripts/train_tiny_models.py as one file), for the calls below, one CPU thread.
-BEFORE_SPLIT = {
-    "sd": "955c7cc1c1e2bc275791cd43faee4bcd9e197efa84471eb62779bb6561cb5dc6",
-    "dit": "1b07cc3887c175a667efb660ae0ad21ef888a38444efbe6c37b0ca4230f628f6",
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+TINY = {  # kind -> (train function, its keyword arguments for a few-second run)
+    "sd": (sd.train_sd, dict(steps=6, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0, channels=(8, 16))),
+    "dit": (dit.train_dit, dict(steps=6, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0, patch=4, heads=2,
+                                head_dim=8, layers=1)),
+    "flow": (flow.train_flow, dict(steps=6, batch=8, lr=1e-3, shift=1.0, seed=0, patch=4, heads=2, head_dim=8, layers=1)),
 }
 
 
-def test_sd_and_dit_train_bitwise_as_before_the_split(tmp_path):
-    train = load_script("train_tiny_models")
-    torch.set_num_threads(1)
-    train.train_sd(tmp_path / "sd", steps=4, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0)
-    train.train_dit(tmp_path / "dit", steps=4, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0, patch=4,
-                    heads=2, head_dim=8, layers=1)
-    assert weights_digest(tmp_path / "sd") == BEFORE_SPLIT["sd"]
-    assert weights_digest(tmp_path / "dit") == BEFORE_SPLIT["dit"]
+@pytest.mark.parametrize("kind", list(TINY))
+def test_same_seed_gives_the_same_weights_and_another_seed_others(tmp_path, kind):
+    train, kw = TINY[kind]
+    train(tmp_path / "a", **kw)
+    train(tmp_path / "b", **kw)
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    train(tmp_path / "c", **{**kw, "seed": 1})
+    wa, wc = weights(tmp_path / "a"), weights(tmp_path / "c")
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("kind", ["sd", "dit"])
+def test_a_run_paused_and_resumed_equals_an_uninterrupted_run(tmp_path, kind):
+    train, kw = TINY[kind]
+    stats = train(tmp_path / "whole", **kw)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(TrainingPaused) as paused:
+        train(tmp_path / "resumed", **kw, checkpoint=Checkpointing(path, {"kind": kind}, stop_at=2))
+    assert paused.value.step == 2 and path.is_file()
+    state = torch.load(path, weights_only=True)  # loads without unpickling code
+    assert state["step"] == 2 and state["settings"] == {"kind": kind}
+    with pytest.raises(TrainingPaused):  # a second leg: resumes at 2, pauses at 4
+        train(tmp_path / "resumed", **kw, checkpoint=Checkpointing(path, {"kind": kind}, resume=True, stop_at=4))
+    resumed = train(tmp_path / "resumed", **kw, checkpoint=Checkpointing(path, {"kind": kind}, resume=True))
+    assert_same_weights(tmp_path / "whole", tmp_path / "resumed")
+    assert resumed["loss"] == stats["loss"]  # the loss averages travel in the checkpoint too
+    with pytest.raises(InputError, match="other settings"):
+        train(tmp_path / "other", **kw, checkpoint=Checkpointing(path, {"kind": "other"}, resume=True))
+
+
+def test_digits_tokenizer_is_the_shipped_one_and_fashion_captions_encode_word_by_word(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from diffusion_classifier.training.common import build_tokenizer, check_tokenizer
+    from diffusion_classifier.training.data import training_data
+
+    build_tokenizer(tmp_path / "digits")
+    shipped = REPO / "diffusion_classifier" / "tiny_models" / "digits-sd" / "tokenizer"
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "digits" / name).read_bytes() == (shipped / name).read_bytes()
+    fashion = training_data("fashion_mnist")
+    tok = build_tokenizer(tmp_path / "fashion", fashion)  # checks every caption (raises otherwise)
+    check_tokenizer(CLIPTokenizer.from_pretrained(tmp_path / "fashion"), fashion)
+    ids = tok("a blurry photo of a pullover.").input_ids
+    assert len(ids) == 9  # bos, 6 words, ".", eos
+    assert fashion.captions_for(9)[0] == "a blurry photo of a ankle boot."  # the prompts CSV's wording
+    assert fashion.num_classes == 10 and fashion.size == 28
+
+
+def test_script_refuses_to_overwrite_a_checkpoint_and_is_interrupted_into_one(tmp_path):
+    args = [sys.executable, str(REPO / "scripts" / "train_tiny_models.py"), "--model", "sd", "--steps", "400",
+            "--batch", "4", "--channels", "8", "16", "--out", str(tmp_path / "out"), "--checkpoint-dir",
+            str(tmp_path / "ck"), "--checkpoint-every", "0"]  # a checkpoint after every step: shows the loop runs
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "ck" / "digits-sd.pt").is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "checkpoint" in err.strip().splitlines()[-1] and "--resume" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    state = torch.load(tmp_path / "ck" / "digits-sd.pt", weights_only=True)
+    assert 0 < state["step"] < 400
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --resume" in again.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in again.stderr
+    assert torch.load(tmp_path / "ck" / "digits-sd.pt", weights_only=True)["step"] == state["step"]  # untouched
 
 
 def test_v_prediction_target_is_diffusers_velocity_and_the_variant_trains_a_v_pipeline(tmp_path):
@@ -55,31 +122,27 @@ def test_v_prediction_target_is_diffusers_velocity_and_the_variant_trains_a_v_pi
     torch.testing.assert_close(noising.v_target(x0, t, eps), scheduler.get_velocity(x0, eps, t), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(noising.add_noise(x0, t, eps), scheduler.add_noise(x0, eps, t), rtol=1e-5, atol=1e-6)
 
-    train = load_script("train_tiny_models")
-    stats = train.train_sd(tmp_path / "v", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0,
+    stats = sd.train_sd(tmp_path / "v", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0,
                            prediction_type="v_prediction")
-    eps_run = train.train_sd(tmp_path / "eps", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0)
+    eps_run = sd.train_sd(tmp_path / "eps", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0)
     assert stats["prediction_type"] == "v_prediction" and stats["loss"] != eps_run["loss"]  # another target
     config = json.loads((tmp_path / "v" / "scheduler" / "scheduler_config.json").read_text())
     assert config["prediction_type"] == "v_prediction"
-    from diffusion_classifier.models import load_text_conditional
+    from diffusion_classifier.families.sd import load_text_conditional
 
     model = load_text_conditional(str(tmp_path / "v"))  # the public loader reads it, with its objective
     objective = getattr(model, "objective", None)
     if objective is not None:
         assert objective.prediction_type == "v_prediction"
     with pytest.raises(ValueError, match="prediction_type"):
-        train.train_sd(tmp_path / "x", steps=1, batch=2, lr=1e-3, beta_schedule="scaled_linear", seed=0,
+        sd.train_sd(tmp_path / "x", steps=1, batch=2, lr=1e-3, beta_schedule="scaled_linear", seed=0,
                        prediction_type="sample_typo")
 
 
 def test_flow_training_conditions_as_the_sd3_pipeline_and_writes_a_loadable_folder(tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
-    from diffusion_classifier.training import flow
-
-    train = load_script("train_tiny_models")
-    stats = train.train_flow(tmp_path, steps=2, batch=8, lr=1e-3, shift=3.0, seed=0, patch=4, heads=2, head_dim=8,
+    stats = flow.train_flow(tmp_path, steps=2, batch=8, lr=1e-3, shift=3.0, seed=0, patch=4, heads=2, head_dim=8,
                              layers=2)
     assert stats["steps"] == 2 and stats["shift"] == 3.0
     index = json.loads((tmp_path / "model_index.json").read_text())

@@ -55,6 +55,7 @@ SD_VERSIONS = {
     "flux-dev": "black-forest-labs/FLUX.1-dev",
     "tiny": str(TINY_MODELS / "digits-sd"),
     "tiny-flow": str(TINY_MODELS / "tiny-flow"),  # flow matching, SD3 layout, pixel space
+    "fashion": str(TINY_MODELS / "fashion-sd"),  # Fashion-MNIST, 28x28 pixels
 }
 
 

@@ -18,9 +18,10 @@ DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny"
 
 
 def resolve_dit_model(image_size: int | None = 256, model: str | None = None) -> str:
-    """The hub id or folder of the DiT to load: `model` if given ('tiny' is the shipped one), else DiT-XL/2."""
+    """The hub id or folder of the DiT to load: `model` if given (a name of a shipped one, 'tiny', resolves to its
+    folder), else DiT-XL/2."""
     if model:
-        return DIT_MODELS["tiny"] if model == "tiny" else model
+        return DIT_MODELS[model] if isinstance(model, str) and model in DIT_MODELS else model
     if image_size not in DIT_MODELS:
         raise InputError(f"no published DiT-XL/2 for --image-size {image_size}; pass --model PATH_OR_ID")
     return DIT_MODELS[image_size]

@@ -1,42 +1,27 @@
-"""What every tiny model's training shares: the digits train split, captions and tokenizer, augmentation,
-the lr schedule, the EMA and the training loop (`fit`)."""
+"""What every tiny model's training shares: the training data's captions and tokenizer, augmentation, the lr
+schedule, the EMA, checkpoints and the training loop (`fit`)."""
 from __future__ import annotations
 
 import json
 import math
 import string
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..digits import CLASSNAMES, load_digits_arrays
 from ..errors import InputError
+from ..interrupts import Interrupted, critical
+from .data import DIGITS, TrainingData
 
-NUM_CLASSES = len(CLASSNAMES)
+NUM_CLASSES = DIGITS.num_classes
 MAX_LENGTH = 32  # tokenizer model_max_length == text encoder max_position_embeddings
 CAPTION_DROP = 0.1  # empty caption / null class: gives an unconditional score
 SHIFT_PROB = 0.5  # probability of a random +-1 px translation of a training image
-
-# Caption wordings; the first is the wording of the project's digits prompts CSV.
-TEMPLATES = (
-    "a photo of the number: '{d}'.",
-    "a photo of the number: {w}.",
-    "a photo of the number {d}.",
-    "a photo of the number {w}.",
-    "a photo of the digit {d}.",
-    "a picture of the digit {w}",
-    "the number {d}",
-    "the number {w}",
-    "the digit {d}",
-    "the digit {w}",
-    "a handwritten {d}",
-    "a handwritten {w}",
-    "{d}",
-    "{w}",
-)
+TEMPLATES = DIGITS.templates  # the digits' caption wordings; the first is the wording of the digits prompts CSV
 
 # Test accuracy measured on the committed weights (see each model card for the evaluation).
 EVAL_PROTOCOL = (
@@ -48,15 +33,16 @@ EVAL_PROTOCOL = (
 )
 
 
-def captions_for(label: int) -> list[str]:
-    """Every caption wording for one digit class."""
-    return [t.format(d=str(label), w=CLASSNAMES[label]) for t in TEMPLATES]
+def captions_for(label: int, data: TrainingData = DIGITS) -> list[str]:
+    """Every caption wording for one class."""
+    return data.captions_for(label)
 
-def caption_sampler(gen: torch.Generator):
+
+def caption_sampler(gen: torch.Generator, data: TrainingData = DIGITS):
     """(prompts, draw): every caption wording of every class (row c*K+k) then "" (last row), and
     draw(labels) -> the prompt row of each image: one of its class's wordings, or "" with CAPTION_DROP."""
-    prompts = [cap for c in range(NUM_CLASSES) for cap in captions_for(c)] + [""]
-    n_templates, empty_row = len(TEMPLATES), len(prompts) - 1
+    prompts = [cap for c in range(data.num_classes) for cap in data.captions_for(c)] + [""]
+    n_templates, empty_row = len(data.templates), len(prompts) - 1
 
     def draw(labels: torch.Tensor) -> torch.Tensor:
         row = labels * n_templates + torch.randint(0, n_templates, (len(labels),), generator=gen)
@@ -67,17 +53,29 @@ def caption_sampler(gen: torch.Generator):
 
 
 
-def caption_words() -> list[str]:
+def caption_words(data: TrainingData = DIGITS) -> list[str]:
     """The words of all captions (letters only), which the tokenizer merges into single tokens."""
     words = set()
-    for c in range(NUM_CLASSES):
-        for cap in captions_for(c):
+    for c in range(data.num_classes):
+        for cap in data.captions_for(c):
             for w in "".join(ch if ch.isalpha() else " " for ch in cap).split():
                 words.add(w)
     return sorted(words)
 
 
-def build_tokenizer(folder: Path):
+def bpe_pieces(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word's symbols: merge the adjacent pair of lowest rank until none applies."""
+    pieces = list(pieces)
+    while len(pieces) > 1:
+        pairs = [(ranks.get(p, len(ranks) + 1), i) for i, p in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank > len(ranks):
+            break
+        pieces[i:i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
+def build_tokenizer(folder: Path, data: TrainingData = DIGITS):
     """Character-level BPE CLIPTokenizer plus whole-word merges for the caption vocabulary."""
     from transformers import CLIPTokenizer
 
@@ -86,17 +84,21 @@ def build_tokenizer(folder: Path):
     vocab = {s: i for i, s in enumerate(symbols)}
     for s in symbols:
         vocab[s + "</w>"] = len(vocab)
-    merges = []
-    for word in caption_words():
+    merges: list[str] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in caption_words(data):
         if len(word) < 2:
             continue
-        # build the word left to right: "p h", "ph o", ..., "phot o</w>"
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        # the pieces the merges so far leave of the word, joined left to right: "p h", "ph o", ..., "phot o</w>";
+        # new merges rank after all earlier ones, so the earlier merges apply first and these finish the word
+        pieces = bpe_pieces(list(word[:-1]) + [word[-1] + "</w>"], ranks)
         left = pieces[0]
         for right in pieces[1:]:
             merged = left + right
-            if merged not in vocab:
+            if (left, right) not in ranks:
+                ranks[(left, right)] = len(merges)
                 merges.append(f"{left} {right}")
+            if merged not in vocab:
                 vocab[merged] = len(vocab)
             left = merged
     vocab["<|startoftext|>"] = len(vocab)
@@ -106,14 +108,14 @@ def build_tokenizer(folder: Path):
     merges_file.write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
     tok = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=MAX_LENGTH)
     tok.save_pretrained(folder)
-    check_tokenizer(CLIPTokenizer.from_pretrained(folder))
+    check_tokenizer(CLIPTokenizer.from_pretrained(folder), data)
     return tok
 
 
-def check_tokenizer(tok) -> None:
+def check_tokenizer(tok, data: TrainingData = DIGITS) -> None:
     """Every caption encodes without unknown symbols, each word as one token, within max length."""
-    for c in range(NUM_CLASSES):
-        for cap in captions_for(c):
+    for c in range(data.num_classes):
+        for cap in data.captions_for(c):
             ids = tok(cap, truncation=False).input_ids
             tokens = tok.convert_ids_to_tokens(ids)
             body = tokens[1:-1]
@@ -128,11 +130,9 @@ def check_tokenizer(tok) -> None:
                 raise RuntimeError(f"caption {cap!r} needs {len(ids)} tokens > {MAX_LENGTH}")
 
 
-def train_images() -> tuple[torch.Tensor, torch.Tensor]:
-    """Train split as (N, 1, 8, 8) floats in [-1, 1] and (N,) labels."""
-    images, labels = load_digits_arrays("train")
-    x = torch.from_numpy(images).float().div(127.5).sub(1.0)[:, None]  # (N, 1, 8, 8)
-    return x, torch.from_numpy(labels)
+def train_images(data: TrainingData = DIGITS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train split as (N, 1, H, W) floats in [-1, 1] and (N,) labels."""
+    return data.load()
 
 
 def validation_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int = 1):
@@ -203,8 +203,71 @@ def folder_size(folder: Path) -> int:
 
 
 
+class TrainingPaused(Exception):
+    """Training stopped early, as asked (a step or time limit), after saving its checkpoint."""
+
+    def __init__(self, step: int, steps: int, path: Path):
+        self.step, self.steps, self.path = step, steps, path
+        super().__init__(f"paused at step {step}/{steps}; checkpoint {path}")
+
+
+@dataclass
+class Checkpointing:
+    """Where and when `fit` saves its state, and whether it resumes from it.
+
+    The checkpoint holds the modules, the EMA, the optimizer, the data generator's and torch's RNG states,
+    the step and the loss averages, so a resumed run continues exactly where the saved one stopped. It is
+    written atomically every `every_s` seconds, on SIGINT/SIGTERM (after the step under way) and when the run
+    pauses at `stop_at` steps or after `time_limit_s` seconds; `settings` must match on resume.
+    """
+
+    path: Path
+    settings: dict = field(default_factory=dict)
+    resume: bool = False
+    every_s: float = 300.0
+    stop_at: int | None = None
+    time_limit_s: float | None = None
+
+
+def _save_checkpoint(ckpt: Checkpointing, modules, opt, ema, gen, step: int, avg: dict, wall: float) -> None:
+    from ..records import atomic_write_bytes
+
+    state = {
+        "step": step, "wall": wall, "avg": dict(avg), "settings": dict(ckpt.settings),
+        "modules": [m.state_dict() for m in modules], "optimizer": opt.state_dict(),
+        "ema": [s.clone() for s in ema.shadow], "ema_n": ema.n,
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+    }
+    atomic_write_bytes(ckpt.path, lambda f: torch.save(state, f))
+
+
+def _load_checkpoint(ckpt: Checkpointing, modules, opt, ema, gen) -> tuple[int, dict, float]:
+    """Restore a checkpoint into the training state; (step, loss averages, wall seconds so far)."""
+    from ..records import load_failure
+
+    try:
+        state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
+        saved = state["settings"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise InputError(f"checkpoint {ckpt.path} cannot be read ({load_failure(e)}); expected a training checkpoint "
+                         f"written by this script: delete it to start again") from None
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, command {v!r}" for k, v in ckpt.settings.items() if saved.get(k) != v]
+    if differ:
+        raise InputError(f"checkpoint {ckpt.path} was made with other settings ({'; '.join(differ)}); resume with the "
+                         f"checkpoint's settings, or delete it to start again")
+    for m, sd in zip(modules, state["modules"]):
+        m.load_state_dict(sd)
+    opt.load_state_dict(state["optimizer"])
+    for s, saved_s in zip(ema.shadow, state["ema"]):
+        s.copy_(saved_s)
+    ema.n = state["ema_n"]
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], state["avg"], state["wall"]
+
+
 def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.Generator, desc: str,
-        draw_cond, losses, device: str = "cpu") -> tuple[dict[str, float], float]:
+        draw_cond, losses, device: str = "cpu", checkpoint: Checkpointing | None = None) -> tuple[dict[str, float], float]:
     """The training loop every model shares; returns (moving averages of the loss terms, wall seconds).
 
     AdamW (weight decay 0.01) with warmup and cosine decay of the lr, grad-norm clip 1, and an EMA of the
@@ -212,7 +275,8 @@ def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.
     the CPU generator, in this order: the images (randomly shifted), `draw_cond(labels)` (the conditioning,
     with its dropout), `noising.draw_times(batch, gen)` (the timesteps or noise levels) and the noise;
     `noising.add_noise(x0, t, eps)` forms x_t, and `losses(x0, cond, t, eps, x_t)` returns the named terms,
-    of which "loss" is minimised.
+    of which "loss" is minimised. With `checkpoint`, the state is saved as it says (and restored first when it
+    resumes); a run that stops at its step or time limit raises TrainingPaused after saving.
     """
     x_all, y_all = images
     params = [p for m in modules for p in m.parameters()]
@@ -221,28 +285,59 @@ def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.
     for m in modules:
         m.train()
     avg: dict[str, float] = {}
-    start = time.time()
-    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=5)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr)
-        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
-        x0 = to_rgb(random_shift(x_all[idx], SHIFT_PROB, gen))
-        cond = draw_cond(y_all[idx])
-        t = noising.draw_times(batch, gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        x0, t, eps = x0.to(device), t.to(device), eps.to(device)
-        xt = noising.add_noise(x0, t, eps)
-        terms = losses(x0, cond, t, eps, xt)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
-        for k, v in terms.items():
-            avg[k] = v.item() if k not in avg else 0.99 * avg[k] + 0.01 * v.item()
+    step, wall_before = 0, 0.0
+    if checkpoint is not None and checkpoint.resume and checkpoint.path.is_file():
+        step, avg, wall_before = _load_checkpoint(checkpoint, modules, opt, ema, gen)
+    start = last_save = time.time()
+    bar = tqdm(total=steps, initial=step, desc=desc, dynamic_ncols=True, mininterval=5)
+    if avg:
         bar.set_postfix({k: f"{v:.4f}" for k, v in avg.items()})
-    wall = time.time() - start
+
+    def save() -> None:
+        _save_checkpoint(checkpoint, modules, opt, ema, gen, step, avg, wall_before + time.time() - start)
+
+    try:
+        while step < steps:
+            with critical():  # SIGINT/SIGTERM wait for the step to end, so a checkpoint is never half a step
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, steps, lr)
+                idx = torch.randint(0, len(x_all), (batch,), generator=gen)
+                x0 = to_rgb(random_shift(x_all[idx], SHIFT_PROB, gen))
+                cond = draw_cond(y_all[idx])
+                t = noising.draw_times(batch, gen)
+                eps = torch.randn(x0.shape, generator=gen)
+                x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+                xt = noising.add_noise(x0, t, eps)
+                terms = losses(x0, cond, t, eps, xt)
+                opt.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                ema.update()
+                for k, v in terms.items():
+                    avg[k] = v.item() if k not in avg else 0.99 * avg[k] + 0.01 * v.item()
+                step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in avg.items()}, refresh=False)
+            if checkpoint is None or step == steps:
+                continue
+            now = time.time()
+            limit = checkpoint.time_limit_s is not None and wall_before + now - start >= checkpoint.time_limit_s
+            if step == checkpoint.stop_at or limit:
+                save()
+                bar.close()
+                raise TrainingPaused(step, steps, checkpoint.path)
+            if now - last_save >= checkpoint.every_s:
+                save()
+                last_save = now
+    except Interrupted:
+        if checkpoint is not None:
+            save()
+            bar.close()
+            print(f"checkpoint saved at step {step}/{steps}: {checkpoint.path}", flush=True)
+        raise
+    bar.close()
+    wall = wall_before + time.time() - start
     ema.copy_to_params()
     for m in modules:
         m.eval()
@@ -253,7 +348,26 @@ def retrain_command(which: str, s: dict, extra: str = "") -> str:
     """The command that reproduces a model folder (`extra`: the kind's own flags)."""
     where = f" --device {s['device']}" if s.get("device", "cpu") != "cpu" else ""
     selection = f" --val-fraction {s['val_fraction']:g} --out OUT" if "val_fraction" in s else ""
+    data = f" --data {s['data']}" if s.get("data", "digits") != "digits" else ""
     return (
-        f"python3 scripts/train_tiny_models.py --model {which} --steps {s['steps']} --batch {s['batch']} --lr {s['lr']}"
+        f"python3 scripts/train_tiny_models.py{data} --model {which} --steps {s['steps']} --batch {s['batch']} --lr {s['lr']}"
         f"{extra} --seed {s['seed']} --threads {s['threads']}{where}{selection}"
     )
+
+
+def card_data_line(s: dict) -> str:
+    """The model card's **Data** bullet for the training data named in the stats `s`."""
+    from .data import training_data
+
+    data = training_data(s.get("data", "digits"))
+    size = data.size
+    return (f"- **Data**: {data.title}, {data.split_note}\n  ({s['n_train']} images). Each image is {size}x{size}, converted to RGB (3 identical channels)\n"
+            f"  and normalised to [-1, 1] (x / 127.5 - 1). Augmentation: a random +-1 px translation with probability {SHIFT_PROB}.")
+
+
+def card_measured(s: dict, digits_text: str) -> str:
+    """The model card's accuracy text: `digits_text` for the digits models, the measured figures otherwise."""
+    if s.get("data", "digits") == "digits":
+        return digits_text
+    return s.get("measured") or ("Measured on the Fashion-MNIST test split through the toolkit: see "
+                                 "`benchmarks/results/fashion_*.json` and the README's Fashion-MNIST section.")

@@ -1,6 +1,6 @@
 """tiny-flow: a rectified-flow (flow matching) model in the Stable Diffusion 3 layout, in pixel space.
 
-SD3Transformer2DModel on 8x8 RGB digits, two small CLIPTextModelWithProjection text encoders with our own
+SD3Transformer2DModel on RGB pixels (8x8 digits, 28x28 Fashion-MNIST), two small CLIPTextModelWithProjection text encoders with our own
 character-level tokenizer, no T5 (`text_encoder_3`/`tokenizer_3` null) and no VAE, with a
 FlowMatchEulerDiscreteScheduler. Noising x_t = (1 - sigma) x0 + sigma eps, the transformer sees the timestep
 1000 sigma and is trained to output the velocity eps - x0. The conditioning is built exactly as
@@ -14,11 +14,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..digits import NATIVE_SIZE
 from ..families.joint_attention import RepeatedLastKeyAttention
-from .common import CAPTION_DROP, MAX_LENGTH, SHIFT_PROB, TEMPLATES, build_tokenizer, caption_sampler, count_params, fit, folder_size, retrain_command, train_images
+from .common import CAPTION_DROP, MAX_LENGTH, Checkpointing, build_tokenizer, caption_sampler, card_data_line, card_measured, count_params, fit, folder_size, retrain_command, train_images
+from .data import DIGITS, TrainingData, training_data
 
 DEFAULTS = dict(steps=2500, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)
+DATA_DEFAULTS = {
+    "digits": DEFAULTS,
+    "fashion_mnist": dict(steps=6000, batch=128, lr=1e-3, shift=1.0, patch=4, heads=4, head_dim=32, layers=6),
+}
 ARCH = ("patch", "heads", "head_dim", "layers")
 # The two CLIP text encoders: (hidden size, layers, projection dim); different widths, as in SD3.
 TEXT_ENCODERS = ((64, 3, 32), (32, 2, 32))
@@ -76,35 +80,37 @@ def build_text_encoder(vocab_size: int, bos: int, eos: int, pad: int, hidden: in
     return CLIPTextModelWithProjection(config)
 
 
-def build_transformer(patch: int, heads: int, head_dim: int, layers: int):
-    """Tiny SD3Transformer2DModel on 8x8 RGB pixels."""
+def build_transformer(patch: int, heads: int, head_dim: int, layers: int, size: int = DIGITS.size):
+    """Tiny SD3Transformer2DModel on size x size RGB pixels."""
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(
-        sample_size=NATIVE_SIZE, patch_size=patch, in_channels=3, out_channels=3, num_layers=layers,
+        sample_size=size, patch_size=patch, in_channels=3, out_channels=3, num_layers=layers,
         attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=JOINT_ATTENTION_DIM,
         caption_projection_dim=heads * head_dim, pooled_projection_dim=sum(p for _, _, p in TEXT_ENCODERS),
-        pos_embed_max_size=NATIVE_SIZE // patch,
+        pos_embed_max_size=size // patch,
     )
 
 
 def train_flow(out: Path, steps: int, batch: int, lr: float, shift: float, seed: int, patch: int, heads: int,
-               head_dim: int, layers: int, images=None) -> dict:
-    """Train tiny-flow and save it in the Stable Diffusion 3 pipeline layout under out."""
+               head_dim: int, layers: int, images=None, data: TrainingData = DIGITS,
+               checkpoint: Checkpointing | None = None) -> dict:
+    """Train a flow model (tiny-flow, fashion-flow) on `data` and save it in the Stable Diffusion 3 pipeline layout
+    under out. `images` = (x, y) replaces the train split; `checkpoint`: see common.Checkpointing."""
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    tok = build_tokenizer(out / "tokenizer")
-    tok2 = build_tokenizer(out / "tokenizer_2")
+    tok = build_tokenizer(out / "tokenizer", data)
+    tok2 = build_tokenizer(out / "tokenizer_2", data)
     special = (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     encoders = [build_text_encoder(len(tok), *special, *spec) for spec in TEXT_ENCODERS]
-    transformer = build_transformer(patch, heads, head_dim, layers)
+    transformer = build_transformer(patch, heads, head_dim, layers, data.size)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
-    x_all, y_all = train_images() if images is None else images
+    x_all, y_all = train_images(data) if images is None else images
 
-    prompts, draw_caption = caption_sampler(gen)  # row c*K+k, last = ""
+    prompts, draw_caption = caption_sampler(gen, data)  # row c*K+k, last = ""
 
     def losses(x0, row, sigma, eps, xt) -> dict[str, torch.Tensor]:
         uniq, inverse = torch.unique(row, return_inverse=True)  # encode each distinct prompt of the batch once
@@ -117,7 +123,7 @@ def train_flow(out: Path, steps: int, batch: int, lr: float, shift: float, seed:
 
     transformer.set_attn_processor(RepeatedLastKeyAttention(T5_ZEROS_LENGTH))
     avg, wall = fit([transformer, *encoders], (x_all, y_all), FlowNoising(shift), steps, batch, lr, gen, out.name,
-                    draw_caption, losses)
+                    draw_caption, losses, checkpoint=checkpoint)
 
     from diffusers.models.attention_processor import JointAttnProcessor2_0
 
@@ -140,6 +146,7 @@ def train_flow(out: Path, steps: int, batch: int, lr: float, shift: float, seed:
         steps=steps, batch=batch, lr=lr, shift=shift, seed=seed, n_train=len(x_all), loss=avg["loss"], wall=wall,
         transformer_params=count_params(transformer), text_params=[count_params(e) for e in encoders],
         vocab=len(tok), bytes=folder_size(out), patch=patch, heads=heads, head_dim=head_dim, layers=layers,
+        data=data.name, size=data.size,
     )
 
 
@@ -151,17 +158,18 @@ def flow_flags(s: dict) -> str:
 def write_flow_card(out: Path, s: dict) -> None:
     """Model card of tiny-flow."""
     (w1, l1, p1), (w2, l2, p2) = TEXT_ENCODERS
+    size = s.get("size", DIGITS.size)
+    data = training_data(s.get("data", "digits"))
+    examples = ", ".join(f"`{c}`" for c in data.captions_for(7)[::4])
     text = f"""# {out.name}
 
 A tiny text-conditioned pixel-space flow-matching (rectified flow) model in the Stable Diffusion 3 pipeline
 layout, trained by `scripts/train_tiny_models.py --model flow` for the toolkit's tests and examples.
 
-- **Data**: scikit-learn's handwritten digits, the project's fixed split (`diffusion_classifier/digits.py`),
-  **train split only** ({s["n_train"]} images). Each image is 8x8, converted to RGB (3 identical channels)
-  and normalised to [-1, 1] (x / 127.5 - 1). Augmentation: a random +-1 px translation with probability {SHIFT_PROB}.
-- **Pixel space**: no VAE (`"vae": [null, null]` in `model_index.json`); `sample_size` is 8.
+{card_data_line(s)}
+- **Pixel space**: no VAE (`"vae": [null, null]` in `model_index.json`); `sample_size` is {size}.
 - **Transformer**: `SD3Transformer2DModel` (MMDiT joint attention), patch size {s["patch"]}
-  ({(8 // s["patch"]) ** 2} image tokens), width {s["heads"] * s["head_dim"]} ({s["heads"]} heads x {s["head_dim"]}),
+  ({(size // s["patch"]) ** 2} image tokens), width {s["heads"] * s["head_dim"]} ({s["heads"]} heads x {s["head_dim"]}),
   {s["layers"]} layers, joint_attention_dim {JOINT_ATTENTION_DIM}, pooled_projection_dim {p1 + p2}, in/out channels 3;
   {s["transformer_params"]:,} parameters.
 - **Text encoders**: two `CLIPTextModelWithProjection` trained jointly with the transformer: hidden {w1}, {l1} layers,
@@ -171,13 +179,13 @@ layout, trained by `scripts/train_tiny_models.py --model flow` for the toolkit's
   encoders concatenated ({w1 + w2} features), zero-padded to {JOINT_ATTENTION_DIM}, followed by the {T5_ZEROS_LENGTH}
   all-zero rows that stand for T5 when it is absent (the pipeline's default max_sequence_length); pooled = the two
   projected pooled outputs concatenated.
-- **Tokenizers** (`tokenizer`, `tokenizer_2`, identical): the character-level BPE `CLIPTokenizer` of digits-sd
+- **Tokenizers** (`tokenizer`, `tokenizer_2`, identical): the character-level BPE `CLIPTokenizer` of the SD-layout models
   ({s["vocab"]} tokens, whole-word merges for the caption vocabulary).
-- **Captions**: per sample, one of {len(TEMPLATES)} wordings (e.g. `a photo of the number: '7'.`, `seven`, `the digit 7`),
+- **Captions**: per sample, one of {len(data.templates)} wordings (e.g. {examples}),
   and the empty caption with probability {CAPTION_DROP} (so `""` scores unconditionally).
 - **Scheduler**: `FlowMatchEulerDiscreteScheduler`, 1000 training timesteps, shift {s["shift"]:g}. x_t = (1 - sigma) x0
   + sigma eps; the transformer gets timestep 1000 sigma and predicts the velocity eps - x0. Shift 1 (no shift):
-  SD3's shift of 3 moves sigma towards pure noise for 128x128 latents; an 8x8 image has far fewer pixels,
+  SD3's shift of 3 moves sigma towards pure noise for 128x128 latents; a {size}x{size} image has far fewer pixels,
   so its signal is destroyed at lower noise levels already and no shift towards noise is wanted.
 - **Training**: {s["steps"]} steps, batch {s["batch"]}, AdamW lr {s["lr"]} (100 warmup steps, cosine to 5%),
   weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU ({s["threads"]} thread(s)).
@@ -189,7 +197,7 @@ layout, trained by `scripts/train_tiny_models.py --model flow` for the toolkit's
 
 ## Test accuracy (Diffusion Classifier)
 
-{MEASURED}
+{card_measured(s, MEASURED)}
 
 ## Retrain
 

@@ -1,0 +1,81 @@
+"""Denoiser evaluations per second of the Fashion-MNIST model architectures through the toolkit's scoring engine
+(float32, batch 256, the CPU threads given): the sizes were chosen to classify at >= 500 evaluations/s on two cores.
+
+Builds each architecture from its committed training settings with random weights (speed does not depend on
+the weight values), saves it in its pipeline layout, loads it as users do, and times `Scorer.evaluate`.
+
+    python benchmarks/fashion_speed.py --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffusion_classifier.engine import Jobs, Scorer  # noqa: E402
+from diffusion_classifier.noise import make_noise  # noqa: E402
+from diffusion_classifier.training import dit, flow, sd  # noqa: E402
+from diffusion_classifier.training.data import training_data  # noqa: E402
+
+
+def build(kind: str, out: Path) -> Path:
+    """Write a (one-step) model of the kind's committed Fashion-MNIST architecture under out."""
+    data = training_data("fashion_mnist")
+    module = {"sd": sd, "dit": dit, "flow": flow}[kind]
+    settings = dict(module.DATA_DEFAULTS["fashion_mnist"], steps=1, batch=2)  # one step: the architecture is what counts
+    train = {"sd": sd.train_sd, "dit": dit.train_dit, "flow": flow.train_flow}[kind]
+    folder = out / data.folders[kind]
+    train(folder, data=data, images=(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long)), seed=0, **settings)
+    return folder
+
+
+def evaluations_per_second(folder: Path, kind: str, batch: int, repeats: int) -> float:
+    from diffusion_classifier.families.dit import load_class_conditional
+    from diffusion_classifier.families import load_model
+
+    model = load_class_conditional(str(folder)) if kind == "dit" else load_model(str(folder))
+    conds = torch.arange(10) if kind == "dit" else model.encode_prompts([f"a {w}" for w in "abcdefghij"])
+    shape = model.latent_shape(model.native_size)
+    scorer = Scorer(model.denoiser, model.make_objective(shape), make_noise(batch, shape, 0), "cpu", torch.float32, batch)
+    x = torch.randn(1, *shape)
+    jobs = Jobs.build([0] * batch, [i % 10 for i in range(batch)], [(37 * i) % 1000 for i in range(batch)],
+                      list(range(batch)))
+    scorer.evaluate(x, conds, jobs)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        scorer.evaluate(x, conds, jobs)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--batch", type=int, default=256, help="evaluations per denoiser call")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per model")
+    p.add_argument("--kinds", nargs="+", default=["sd", "dit", "flow"], choices=["sd", "dit", "flow"], help="architectures")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_speed_cpu.json", help="JSON output")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.kinds:
+            folder = build(kind, Path(tmp))
+            rate = evaluations_per_second(folder, kind, args.batch, args.repeats)
+            params = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+            results[folder.name] = {"evaluations_per_s": rate, "safetensors_bytes": params, "threads": args.threads,
+                                    "batch": args.batch, "dtype": "float32"}
+            print(f"{folder.name}: {rate:.0f} evaluations/s ({params / 1e6:.1f} MB of safetensors)", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

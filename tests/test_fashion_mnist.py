@@ -1,0 +1,148 @@
+"""Fashion-MNIST: IDX files read through torchvision from the dataset root or the distribution package's
+folder (decompressed once into a cache), the one-line error when absent, and both classification scripts on it."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from diffusion_classifier import fashion_mnist
+from diffusion_classifier.datasets import get_dataset
+from diffusion_classifier.errors import MissingError
+
+
+def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool = True) -> None:
+    """The split's two IDX files (magic 2051 images, 2049 labels, big-endian sizes), gzipped as Zalando ships them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img_name, lab_name = fashion_mnist.FILES[split]
+    n, h, w = images.shape
+    blobs = {img_name: struct.pack(">IIII", 2051, n, h, w) + images.astype(np.uint8).tobytes(),
+             lab_name: struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes()}
+    for name, blob in blobs.items():
+        if gz:
+            with gzip.open(folder / f"{name}.gz", "wb") as f:
+                f.write(blob)
+        else:
+            (folder / name).write_bytes(blob)
+
+
+def fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A stand-in for the distribution package's folder (FASHION_MNIST_DIR) and an empty cache."""
+    pkg = tmp_path / "pkg"
+    train, test = fake_split(30, 0), fake_split(20, 1)
+    write_idx(pkg, "train", *train)
+    write_idx(pkg, "test", *test)
+    monkeypatch.setenv(fashion_mnist.PACKAGE_ENV, str(pkg))
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "cache"))
+    return {"dir": pkg, "train": train, "test": test, "cache": tmp_path / "cache"}
+
+
+def test_gzipped_idx_files_are_decompressed_once_into_the_cache_and_read_by_torchvision(package, tmp_path):
+    images, labels = fashion_mnist.load_arrays("test", root=tmp_path / "empty_root")
+    assert np.array_equal(images, package["test"][0]) and np.array_equal(labels, package["test"][1])
+    raw = package["cache"] / "FashionMNIST" / "raw"
+    assert fashion_mnist.has_raw(raw)
+    stamp = {f.name: f.stat().st_mtime_ns for f in raw.iterdir()}
+    images, labels = fashion_mnist.load_arrays("train", root=None)
+    assert np.array_equal(images, package["train"][0]) and labels.dtype == np.int64
+    assert {f.name: f.stat().st_mtime_ns for f in raw.iterdir()} == stamp  # not decompressed again
+
+    ds = get_dataset("fashion_mnist", tmp_path / "empty_root", "test")
+    img, label = ds[7]
+    assert img.mode == "L" and img.size == (28, 28) and label == 7
+    assert np.array_equal(np.asarray(img), package["test"][0][7])
+    assert list(ds.classes) == fashion_mnist.CLASSNAMES
+
+
+def test_a_dataset_root_with_torchvision_raw_files_is_used_as_it_is(package, tmp_path):
+    root = tmp_path / "root"
+    own = fake_split(12, 5)
+    write_idx(root / "FashionMNIST" / "raw", "test", *own, gz=False)
+    write_idx(root / "FashionMNIST" / "raw", "train", *fake_split(10, 6), gz=False)
+    assert fashion_mnist.torchvision_root(root) == root
+    assert np.array_equal(fashion_mnist.load_arrays("test", root)[0], own[0])  # not the package's files
+    assert not (package["cache"] / "FashionMNIST").exists()
+
+
+def test_gzipped_files_under_the_dataset_root_come_before_the_package(package, tmp_path):
+    root = tmp_path / "root"
+    own = fake_split(11, 7)
+    write_idx(root, "test", *own)
+    write_idx(root, "train", *fake_split(10, 8))
+    assert np.array_equal(fashion_mnist.load_arrays("test", root)[1], own[1])
+
+
+def test_missing_data_names_both_ways_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(fashion_mnist.PACKAGE_ENV, str(tmp_path / "no_package"))
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(MissingError) as e:
+        get_dataset("fashion_mnist", tmp_path / "root", "test")
+    message = str(e.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "FashionMNIST(DIR, download=True)" in message
+    assert "\n" not in message
+
+
+def test_truncated_idx_file_is_one_line(package, tmp_path):
+    raw = package["dir"] / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(raw, "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 20, 28, 28) + b"\0" * 100)  # far fewer bytes than 20 images
+    from diffusion_classifier.errors import InputError
+
+    with pytest.raises(InputError, match="IDX"):
+        fashion_mnist.load_arrays("test", tmp_path / "empty_root")
+
+
+def run(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_both_scripts_classify_fashion_mnist_and_records_carry_its_labels(package, tmp_path):
+    env = {**os.environ, fashion_mnist.PACKAGE_ENV: str(package["dir"]), fashion_mnist.CACHE_ENV: str(package["cache"])}
+    common = ["--dataset", "fashion_mnist", "--split", "test", "--dataset_root", str(tmp_path / "empty_root"),
+              "--log_dir", str(tmp_path / "logs"), "--to_keep", "1", "--n_samples", "4", "--device", "cpu",
+              "--no_progress"]
+    sd = run("eval_prob_adaptive.py", ["--version", "tiny", "--img_size", "8", *common], env)
+    assert sd.returncode == 0, sd.stderr
+    dit = run("eval_prob_dit.py", ["--model", "tiny", "--image_size", "8", *common], env)
+    assert dit.returncode == 0, dit.stderr
+    folders = sorted((tmp_path / "logs" / "fashion_mnist").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        records = sorted(folder.glob("*.pt"))
+        assert len(records) == 20
+        labels = [torch.load(r, weights_only=True)["label"] for r in records]
+        assert labels == package["test"][1].tolist()
+
+    env[fashion_mnist.PACKAGE_ENV] = str(tmp_path / "no_package")
+    env[fashion_mnist.CACHE_ENV] = str(tmp_path / "empty_cache")
+    missing = run("eval_prob_adaptive.py", ["--version", "tiny", "--img_size", "8", *common], env)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    last = missing.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: fashion_mnist data not found") and "apt-get install dataset-fashion-mnist" in last
+
+
+@pytest.mark.skipif(not all((fashion_mnist.PACKAGE_DIR / f"{n}.gz").is_file() for p in fashion_mnist.FILES.values()
+                            for n in p),
+                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_the_installed_package_holds_the_whole_balanced_dataset(tmp_path, monkeypatch):
+    monkeypatch.delenv(fashion_mnist.PACKAGE_ENV, raising=False)
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "cache"))
+    for split, n in (("train", 60000), ("test", 10000)):
+        images, labels = fashion_mnist.load_arrays(split)
+        assert images.shape == (n, 28, 28) and images.dtype == np.uint8
+        assert np.bincount(labels).tolist() == [n // 10] * 10
