@@ -11,17 +11,28 @@ import torch
 
 from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_statistical_args
+from diffusion_classifier.cli import add_data_args, add_statistical_args
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import DATASETS, get_dataset, num_classes, sd_transform, subset_indices
+from diffusion_classifier.datasets import (
+    DATASETS,
+    check_split,
+    class_names,
+    get_dataset,
+    hf_settings,
+    labels_of,
+    num_classes,
+    sd_transform,
+    subset_indices,
+)
 from diffusion_classifier.engine import LOSSES, Scorer
-from diffusion_classifier.errors import InputError
+from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
+from diffusion_classifier.images import LateTransform, drop_unreadable
 from diffusion_classifier.loading import DTYPES, default_dtype
 from diffusion_classifier.noise import load_noise, noise_bank
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.prompts import check_classidx, read_prompts
+from diffusion_classifier.prompts import check_classidx, check_coverage, read_prompts
 from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, shard
 from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.runs import zero_shot_run
@@ -33,8 +44,9 @@ ROOT = Path(__file__).resolve().parent
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # the reference's flags, with its defaults
-    p.add_argument("--dataset", default="pets", choices=sorted(DATASETS), help="dataset to classify")
-    p.add_argument("--split", default="train", choices=["train", "test"], help="dataset split")
+    p.add_argument("--dataset", default="pets", choices=sorted(DATASETS),
+                   help="dataset to classify ('hf': the local Hugging Face dataset at --dataset_root)")
+    p.add_argument("--split", default="train", help="dataset split: train or test (--dataset hf: any split it has)")
     p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="model version ('tiny': the shipped digits model; see the README's model families)")
     p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
     p.add_argument("--batch_size", "-b", type=int, default=None,
@@ -78,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="flow models: σ of the training timesteps through the scheduler's shift, or evenly spaced σ")
     p.add_argument("--no_t5", action="store_true", help="SD3/SD3.5: do not load the T5 text encoder (zeros in its place)")
     p.add_argument("--guidance", type=float, default=None, help="Flux-dev: value of the guidance embedding (default 3.5)")
+    add_data_args(p)
     return p.parse_args(argv)
 
 
@@ -92,12 +105,27 @@ def main(argv=None) -> dict:
     state, device = launch_state(args.device)
     dtype = default_dtype(args.dtype, device)
 
+    check_split(args.dataset, args.split)
     prompt_path = args.prompt_path or ROOT / "prompts" / f"{args.dataset}_prompts.csv"
+    if args.prompt_path is None and args.dataset in ("hf", "imagenetR") and not prompt_path.is_file():
+        raise MissingError(f"--dataset {args.dataset} has no shipped prompts (its classes are those of the copy at "
+                           f"--dataset_root): write them with scripts/write_prompts.py --dataset {args.dataset} "
+                           f"--dataset_root DIR{' --split S' if args.dataset == 'hf' else ''} and pass --prompt_path")
     table = read_prompts(prompt_path)
     validate_schedule(args.to_keep, args.n_samples, len(table))
     if args.noise_path is not None:
         load_noise(args.noise_path)  # a bad noise file fails before the model loads
     check_writable(args.log_dir)
+
+    # the data and its images are checked before the model loads; the transform follows from the model's size
+    transform = LateTransform()
+    dataset = get_dataset(args.dataset, args.dataset_root, args.split, transform, corruption=args.corruption,
+                          severity=args.severity, image_column=args.image_column, label_column=args.label_column)
+    check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
+    indices = subset_indices(len(dataset), args.subset_path)
+    indices = indices_shard(indices)[state.process_index :: state.num_processes]
+    check_coverage(table, labels_of(args.dataset, dataset, indices), class_names(args.dataset, dataset), str(prompt_path))
+    indices, unreadable = drop_unreadable(dataset, indices, args.skip_unreadable, not args.no_progress)
 
     source = resolve_model(args.version, args.model)
     model = load_model(source, device, dtype, args.attention, no_t5=args.no_t5, guidance=args.guidance)
@@ -109,11 +137,7 @@ def main(argv=None) -> dict:
     latent_shape = model.latent_shape(img_size)
     batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch)
 
-    dataset = get_dataset(args.dataset, args.dataset_root, args.split, sd_transform(img_size, args.interpolation),
-                          corruption=args.corruption, severity=args.severity)
-    check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
-    indices = subset_indices(len(dataset), args.subset_path)
-    indices = indices_shard(indices)[state.process_index :: state.num_processes]
+    transform.transform = sd_transform(img_size, args.interpolation)
 
     tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
     classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
@@ -131,17 +155,19 @@ def main(argv=None) -> dict:
         schedule=args.schedule, z=args.z, min_samples=args.min_samples, delta=args.delta, variance=args.variance,
         timestep_weights=weights_digest(args.timestep_weights) if tw else None, objective=objective,
         error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
-        extra=args.extra)
+        extra=args.extra, root=args.dataset_root, data=hf_settings(args.dataset, dataset))
     folder = run.folder(args.log_dir)
     claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
     embeds = model.encode_prompts(table.prompts)
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,
                         args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run.name}",
-                        show_progress=not args.no_progress)
+                        show_progress=not args.no_progress, skip_unreadable=args.skip_unreadable,
+                        unreadable=unreadable)
     print(stats.summary(folder))
     return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
-            "evaluations": stats.evaluations, "repaired": stats.repaired}
+            "evaluations": stats.evaluations, "repaired": stats.repaired,
+            "unreadable": [b.name for b in stats.unreadable]}
 
 
 if __name__ == "__main__":

@@ -20,12 +20,22 @@ import torch
 
 from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_statistical_args
+from diffusion_classifier.cli import add_data_args, add_statistical_args
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import dit_transform, get_dataset, num_classes, subset_indices
+from diffusion_classifier.datasets import (
+    PRESENT_CLASS_DATASETS,
+    check_split,
+    dataset_targets,
+    dit_transform,
+    get_dataset,
+    hf_settings,
+    num_classes,
+    subset_indices,
+)
 from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
+from diffusion_classifier.images import drop_unreadable, names_of
 from diffusion_classifier.loading import DTYPES, default_dtype
 from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
@@ -42,7 +52,8 @@ from diffusion_classifier.runner import launch_state, run_dataset
 from diffusion_classifier.runs import class_adaptive_run, per_class_run
 from diffusion_classifier.statistical import make_schedule
 
-DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits", "digits_c", "fashion_mnist"]
+DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "imagenetR", "imagenet_sketch", "objectnet", "imagefolder", "hf",
+                "digits", "digits_c", "fashion_mnist"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -55,8 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cls", type=int, default=None, help="per-class mode: the class (model label) scored against every image")
     p.add_argument("--t_interval", type=int, default=5, help="per-class mode: timesteps range(t_interval//2, T, t_interval) (paper: 4)")
     p.add_argument("--dataset", default="imagenet", choices=DIT_DATASETS, help="dataset to classify")
-    p.add_argument("--split", default="test", choices=["train", "test"],
-                   help="dataset split (ImageNet's test is its val set, the one the paper reports)")
+    p.add_argument("--split", default="test",
+                   help="dataset split: train or test (ImageNet's test is its val set, the one the paper reports); "
+                        "--dataset hf: any split it has")
     p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=None,
                    help="image size the model takes; default 256 for DiT-XL/2, the model's own for --model")
     p.add_argument("--spatial", action="store_true", help="per-class mode: store the per-pixel l2 map (mean over channels) [n_t, n_trials, H, W]")
@@ -104,6 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "all classes share their (t, ε), so predictions and pruning do not change: it only makes the stored "
                         "errors relative to the unconditional model, at one extra evaluation per (t, ε)")
     p.add_argument("--load_stats", action="store_true", help="adaptive mode: count finished images into the running accuracy")
+    add_data_args(p)
     return p.parse_args(argv)
 
 
@@ -138,6 +151,7 @@ def main(argv=None) -> dict:
     run_mode = check_flags(args)
     kind = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
 
+    check_split(args.dataset, args.split)
     if args.noise_path is not None:
         load_noise(args.noise_path)  # a bad noise file fails before the model loads
     check_writable(args.log_dir)
@@ -155,10 +169,13 @@ def main(argv=None) -> dict:
         raise InputError(f"--cls must be in 0..{model.num_classes - 1} for this model ({model.num_classes} classes), "
                          f"got {args.cls}")
 
+    # after the model, so that a --cls outside its classes fails before any data is read; before any scoring
     dataset = get_dataset(args.dataset, args.dataset_root or Path("."), args.split, dit_transform(img_size),
-                          corruption=args.corruption, severity=args.severity)
+                          corruption=args.corruption, severity=args.severity, image_column=args.image_column,
+                          label_column=args.label_column)
     indices = subset_indices(len(dataset), args.subset_path)[: args.imgs_to_eval]
     indices = shard(indices, args.n_workers, args.worker_idx)[state.process_index :: state.num_processes]
+    indices, unreadable = drop_unreadable(dataset, indices, args.skip_unreadable, not args.no_progress)
 
     if run_mode == "per_class":
         if kind == "vb" and not model.learned_variance:
@@ -175,7 +192,7 @@ def main(argv=None) -> dict:
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
     common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
                   n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
-                  extra=args.extra)
+                  extra=args.extra, root=args.dataset_root or ".", data=hf_settings(args.dataset, dataset))
     info = {"versions": environment_info(), "dtype": str(dtype)}
 
     if run_mode == "per_class":
@@ -186,14 +203,19 @@ def main(argv=None) -> dict:
         reduce = make_reducer(kind, schedule_from_alphas_cumprod(model.alphas_cumprod), dtype)
         stats = run_per_class(dataset, indices, folder / str(args.cls), model.encode_images, scorer, args.cls,
                               timesteps, args.n_trials, args.randomize_noise, kind, reduce, image_batch,
-                              desc=f"{args.dataset} {run.name} class {args.cls}", show_progress=not args.no_progress)
+                              desc=f"{args.dataset} {run.name} class {args.cls}", show_progress=not args.no_progress,
+                              skip_unreadable=args.skip_unreadable, unreadable=unreadable)
         print(f"{folder / str(args.cls)}: {stats['done']} images scored now, {stats['skipped']} already done"
               + (f", {stats['elsewhere']} left to other processes" if stats["elsewhere"] else "")
               + f" ({stats['evaluations']} denoiser evaluations, {len(timesteps) * args.n_trials} per image, "
-              f"{stats['repaired']} repaired)")
+              f"{stats['repaired']} repaired"
+              + (f", {len(stats['unreadable'])} unreadable skipped: {names_of(stats['unreadable'])}"
+                 if stats["unreadable"] else "") + ")")
+        stats["unreadable"] = [b.name for b in stats["unreadable"]]
         return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats}
 
-    classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes)
+    present = sorted(set(dataset_targets(dataset))) if args.dataset in PRESENT_CLASS_DATASETS else None
+    classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, present)
     run = class_adaptive_run(**common, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
                              schedule=args.schedule, z=args.z, min_samples=args.min_samples, delta=args.delta,
                              variance=args.variance, null_normalize=args.null_normalize, classes=classes,
@@ -204,11 +226,13 @@ def main(argv=None) -> dict:
     runner_scorer = NullNormalizedScorer(scorer, model.null_class) if args.null_normalize else scorer
     stats = run_dataset(dataset, indices, folder, model.encode_images, runner_scorer, torch.tensor(classes), labels,
                         classify, args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run.name}",
-                        show_progress=not args.no_progress)
+                        show_progress=not args.no_progress, skip_unreadable=args.skip_unreadable,
+                        unreadable=unreadable)
     extra = runner_scorer.extra_evaluations if args.null_normalize else 0
     print(stats.summary(folder, extra))
     return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
-            "evaluations": stats.evaluations + extra, "repaired": stats.repaired}
+            "evaluations": stats.evaluations + extra, "repaired": stats.repaired,
+            "unreadable": [b.name for b in stats.unreadable]}
 
 
 if __name__ == "__main__":

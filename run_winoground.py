@@ -15,16 +15,18 @@ from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_sd_model
+from diffusion_classifier.images import UnreadableImageError, found_before_message, names_of
 from diffusion_classifier.loading import DTYPES, default_dtype
 from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.records import check_manifest, check_writable, environment_info
+from diffusion_classifier.records import check_manifest, check_writable, environment_info, note_unreadable
 from diffusion_classifier.runs import RunDescription, winoground_run
 from diffusion_classifier.winoground import (
     CLIP_VERSIONS,
     OPENCLIP_PRETRAINED,
     OPENCLIP_VERSION,
     diffusion_example_scores,
+    find_unreadable_examples,
     how_to_obtain,
     load_clip,
     load_openclip,
@@ -71,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--img_size", type=int, default=None, help="sd: image size; default: the model's own (512 for SD 2.0, 8 for tiny)")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="sd: attention kernel")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--skip_unreadable", action="store_true",
+                   help="leave out examples with an image that cannot be decoded (listed in the final line and the "
+                        "manifest, never counted in the scores) instead of stopping with an error naming the file")
     return p.parse_args(argv)
 
 
@@ -135,6 +140,12 @@ def main(argv=None) -> dict:
         raise MissingError(f"no Winoground data given: pass --data_dir DIR or set WINOGROUND_DIR; "
                                 f"{how_to_obtain('DIR')}")
     examples = load_winoground(args.data_dir, args.limit)  # before the model: a missing copy fails fast
+    unreadable = find_unreadable_examples(examples)  # image headers, before the model too
+    if unreadable and not args.skip_unreadable:
+        raise UnreadableImageError(unreadable[0].name, unreadable[0].found,
+                                   found_before_message(unreadable, len(examples), "examples"))
+    left_out = {b.index for b in unreadable}
+    examples = [ex for ex in examples if ex.id not in left_out]
     if args.model == "sd" and args.noise_path is not None:
         load_noise(args.noise_path)  # a bad noise file fails before the model loads
     check_writable(args.log_dir)
@@ -147,16 +158,20 @@ def main(argv=None) -> dict:
     print(f"Run folder: {folder}")
 
     counts = {}
+    note_unreadable(folder, unreadable)
     records, computed = run_examples(examples, folder, score_example, desc=f"winoground {run.name}",
-                                     show_progress=not args.no_progress, counts=counts)
+                                     show_progress=not args.no_progress, counts=counts,
+                                     skip_unreadable=args.skip_unreadable, unreadable=unreadable)
     summary = summarize(records)
     lines = summary_lines(summary)
     for line in lines:
         print(line)
     result = {"folder": str(folder), "computed": computed, "skipped": len(records) - computed,
-              "repaired": counts.get("repaired", 0), **summary, "lines": lines}
+              "repaired": counts.get("repaired", 0), **summary, "lines": lines,
+              "unreadable": [b.name for b in unreadable]}
     print(f"{folder}: {computed} examples computed now, {len(records) - computed} already done, "
-          f"{result['repaired']} repaired")
+          f"{result['repaired']} repaired"
+          + (f", {len(unreadable)} unreadable skipped: {names_of(unreadable)}" if unreadable else ""))
     save_json(folder / RESULT_FILE, result)
     return result
 

@@ -191,6 +191,19 @@ def folder_workload(folder: str, img_size: int | None, n_images: int, n_prompts:
 # ---------------------------------------------------------------- digits: accuracy of one schedule
 
 
+def stratified_indices(labels, per_class: int, seed: int = 0) -> list[int]:
+    """per_class indices of every class in `labels`, chosen by a seeded permutation per class; sorted."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        out += idx[rng.permutation(len(idx))[:per_class]].tolist()
+    return sorted(out)
+
+
 def digits_test(model, limit: int | None = None):
     """(latents (N, C, 8, 8), labels (N,)) of the digits test split, encoded by `model`."""
     ds = DigitsDataset("test", transform=sd_transform(model.native_size))

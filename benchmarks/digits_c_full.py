@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT
+from common import ROOT, stratified_indices
 
 from diffusion_classifier.datasets import digits_c_dir, dit_transform, get_dataset, sd_transform
 from diffusion_classifier.engine import Scorer
@@ -49,13 +49,7 @@ def stratified_subset(per_class: int, seed: int = 0) -> list[int]:
     """per_class test images of every digit, chosen by a seeded permutation; sorted indices."""
     from diffusion_classifier.digits import load_digits_arrays
 
-    _, labels = load_digits_arrays("test")
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        out += idx[rng.permutation(len(idx))[:per_class]].tolist()
-    return sorted(out)
+    return stratified_indices(load_digits_arrays("test")[1], per_class, seed)
 
 
 def full_run(model: str, corruption, severity, seed: int = 0) -> RunDescription:

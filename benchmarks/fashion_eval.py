@@ -21,14 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-import sys  # noqa: E402
+from common import ROOT, stratified_indices
 
-sys.path.insert(0, str(ROOT))
-
-from diffusion_classifier.calibration import load_full_errors  # noqa: E402
-from diffusion_classifier.records import accuracy_summary, read_predictions  # noqa: E402
-from diffusion_classifier.statistical import Replay, statistical_classify  # noqa: E402
+from diffusion_classifier.calibration import load_full_errors
+from diffusion_classifier.records import accuracy_summary, read_predictions
+from diffusion_classifier.statistical import Replay, statistical_classify
 
 CACHE = ROOT / "benchmarks" / "cache" / "fashion"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,13 +42,7 @@ def stratified_subset(per_class: int, split: str = "test", seed: int = 0) -> lis
     """per_class images of every class of the split, by a seeded permutation per class; sorted indices."""
     from diffusion_classifier.fashion_mnist import load_arrays
 
-    _, labels = load_arrays(split)
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        out += idx[rng.permutation(len(idx))[:per_class]].tolist()
-    return sorted(out)
+    return stratified_indices(load_arrays(split)[1], per_class, seed)
 
 
 def script(name: str):

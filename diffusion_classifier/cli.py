@@ -8,7 +8,10 @@
   finished and that re-running the same command resumes, and exit with 130 / 143;
 - any other exception is a bug and keeps its traceback;
 - `--debug` (taken off the command line before the script parses it) or DIFFUSION_CLASSIFIER_DEBUG=1
-  shows the traceback of user errors and interrupts too.
+  shows the traceback of user errors and interrupts too;
+- the progress bars and warnings that diffusers, transformers, datasets and huggingface_hub print while
+  loading are silenced, so the run's own last line is its result; `--verbose` (taken off like `--debug`)
+  or `--debug` keeps them.
 """
 from __future__ import annotations
 
@@ -28,6 +31,39 @@ def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# settings the libraries read when imported (loading happens lazily, after run() has set them);
+# a value the user set in the environment wins
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # also transformers' "Loading weights" bar
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "DATASETS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+QUIET_MODULES = r"(diffusers|transformers|datasets|huggingface_hub|accelerate|open_clip|timm)(\.|$)"
+
+
+def quiet_libraries() -> None:
+    """Silence the loading progress bars, log messages and Python warnings of the third-party libraries."""
+    import warnings
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", module=QUIET_MODULES)
+    # libraries imported before run() (a script's own imports) read the environment already: tell them directly
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            logging = sys.modules[name].utils.logging
+            logging.set_verbosity_error()
+            logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+        sys.modules["datasets"].logging.set_verbosity_error()
+
+
 def one_line(message: str) -> str:
     """The message with its lines joined: a user error is one line on stderr."""
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
@@ -45,13 +81,26 @@ def add_statistical_args(parser) -> None:
                         "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
 
 
+def add_data_args(parser) -> None:
+    """Flags of Hugging Face datasets and unreadable images, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
+    parser.add_argument("--image_column", default=None,
+                        help="--dataset hf: column of the images; default: 'image' or 'img'")
+    parser.add_argument("--label_column", default=None,
+                        help="--dataset hf: column of the class labels; default: 'label' or 'labels'")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help="leave out images that cannot be decoded (listed in the final line and the manifest, "
+                             "never counted in accuracy) instead of stopping with an error naming the file")
+
+
 def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> None:
     """Call main(argv) under the boundary and exit with its status; `unit` names what a record holds."""
     from . import records
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
-    argv = [a for a in argv if a != "--debug"]
+    if not debug and "--verbose" not in argv:
+        quiet_libraries()
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     previous = interrupts.install()
     written_before = records.records_written()
     try:

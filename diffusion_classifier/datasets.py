@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision import datasets as tvd
 
 from .errors import InputError, MissingError
+from .images import open_rgb
 from .prompts import DATA_DIR, DATASET_PROMPTS
 
 ROOT_HINT = "pass --dataset_root DIR or set DATASET_ROOT"
@@ -182,7 +183,7 @@ class FixedClassFolder(tvd.ImageFolder):
     def __init__(self, root, class_to_idx: dict[str, int], transform=None, ignore_unknown: bool = False):
         self._fixed = dict(class_to_idx)
         self._ignore_unknown = ignore_unknown
-        super().__init__(str(root), transform=transform, allow_empty=ignore_unknown)
+        super().__init__(str(root), transform=transform, loader=open_rgb, allow_empty=ignore_unknown)
         if len(self.samples) == 0:
             raise MissingError(f"no images found in the expected class folders under {root}")
         # every known class, in label order, even when a partial copy lacks some folders
@@ -306,6 +307,20 @@ def _imagenet_a(root: Path, split: str, transform):
     return _folder_dataset("imagenetA", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
 
 
+def _imagenet_r(root: Path, split: str, transform):
+    path = root / "imagenet-r"
+    how = f"expected {path}/<wnid>/*.jpg (the ImageNet-R release: 200 ImageNet-1k wnid folders)"
+    class_to_idx = {w: i for i, w in enumerate(IMAGENET_WNIDS)}  # labels are ImageNet-1k indices
+    return _folder_dataset("imagenetR", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
+
+
+def _imagenet_sketch(root: Path, split: str, transform):
+    path = root / "sketch"
+    how = f"expected {path}/<wnid>/*.JPEG (the ImageNet-Sketch release: 1000 ImageNet-1k wnid folders)"
+    class_to_idx = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
+    return _folder_dataset("imagenet_sketch", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
+
+
 def _objectnet(root: Path, split: str, transform):
     path = root / "objectnet" / "images"
     how = f"expected {path}/<objectnet folder>/*.png (the ObjectNet release; the 113 ImageNet-overlap folders are used)"
@@ -318,7 +333,8 @@ def _objectnet(root: Path, split: str, transform):
 def _imagefolder(root: Path, split: str, transform):
     path = root / split if (root / split).is_dir() else root
     how = f"expected {root}/[<split>/]<class>/<image> (class index = sorted folder order)"
-    return _folder_dataset("imagefolder", path, how, lambda: tvd.ImageFolder(str(path), transform=transform))
+    return _folder_dataset("imagefolder", path, how,
+                           lambda: tvd.ImageFolder(str(path), transform=transform, loader=open_rgb))
 
 
 def _fashion_mnist(root: Path, split: str, transform):
@@ -348,12 +364,17 @@ DATASETS: dict[str, Callable] = {
     "imagenet": _imagenet,
     "imagenetv2": _imagenetv2,
     "imagenetA": _imagenet_a,
+    "imagenetR": _imagenet_r,
+    "imagenet_sketch": _imagenet_sketch,
     "objectnet": _objectnet,
     "imagefolder": _imagefolder,
     "digits": _digits,
     "fashion_mnist": _fashion_mnist,
     "digits_c": lambda root, split, transform: get_dataset("digits_c", root, split, transform),  # needs a corruption
+    "hf": lambda root, split, transform: get_dataset("hf", root, split, transform),  # a local Hugging Face dataset
 }
+# datasets whose labels are ImageNet-1k indices of wnid folders and whose DiT runs score the classes present
+PRESENT_CLASS_DATASETS = ("imagenetR", "imagenet_sketch")
 
 
 def digits_c_dir(corruption: str, severity: int) -> str:
@@ -361,14 +382,35 @@ def digits_c_dir(corruption: str, severity: int) -> str:
     return f"digits_c_{corruption}_{severity}"
 
 
+def hf_dir(root: str | Path) -> str:
+    """Log folder name of a local Hugging Face dataset: hf_<its folder or file name>, so two datasets never share runs."""
+    path = Path(root).expanduser().resolve()
+    return f"hf_{path.stem if path.is_file() else path.name}"
+
+
+def hf_settings(name: str, dataset) -> dict:
+    """Manifest settings that pick a Hugging Face dataset's data (absent for other datasets, so old runs resume)."""
+    if name != "hf":
+        return {}
+    return {"hf_columns": [dataset.image_column, dataset.label_column]}
+
+
 def get_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,
-                corruption: str | None = None, severity: int | None = None):
+                corruption: str | None = None, severity: int | None = None,
+                image_column: str | None = None, label_column: str | None = None):
     """The (image, label) dataset `name` under root; labels match its prompts' classidx; .classes in label order.
 
     digits_c needs `corruption` and `severity` (diffusion_classifier.corruptions); no other dataset takes them.
+    hf reads the local Hugging Face dataset at root (hf_data.py); `image_column`/`label_column` apply to it only.
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "hf":
+        from .hf_data import load_hf_dataset
+
+        return load_hf_dataset(root, split, transform, image_column, label_column)
+    if image_column is not None or label_column is not None:
+        raise InputError(f"--image_column and --label_column apply to --dataset hf only, not {name!r}")
     if name == "digits_c":
         from .corruptions import check_corruption
         from .digits import DigitsDataset
@@ -390,10 +432,49 @@ def num_classes(name: str, dataset=None) -> int:
     An image folder has no fixed count: it is len(dataset.classes) of the built `dataset` (its class
     folders), whereas a named dataset's count holds even when a partial copy lacks some classes.
     """
-    if name == "imagefolder":
+    if name in ("imagefolder", "hf"):
         if dataset is None:
-            raise InputError("imagefolder has no fixed class count; pass the built dataset to count its class folders")
+            raise InputError(f"{name} has no fixed class count; pass the built dataset to count its classes")
         return len(dataset.classes)
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "imagenetR":
+        return len(IMAGENET_WNIDS)  # labels are ImageNet-1k indices
     return len(DATASET_PROMPTS[name].classnames)
+
+
+def check_split(name: str, split: str) -> None:
+    """The reference's train/test splits for named datasets; any split name for a Hugging Face dataset."""
+    if name != "hf" and split not in ("train", "test"):
+        raise InputError(f"--split must be train or test for --dataset {name}, got {split!r} "
+                         f"(any split name applies to --dataset hf)")
+
+
+def labels_of(name: str, dataset, indices) -> list[int]:
+    """The labels of dataset[indices] (without loading images), or every label of the dataset when it keeps none."""
+    targets = dataset_targets(dataset)
+    if targets is None:
+        return list(range(num_classes(name, dataset)))
+    return [targets[i] for i in indices]
+
+
+def dataset_targets(dataset) -> list[int] | None:
+    """Every image's label in index order, read without loading images; None when the dataset does not keep them."""
+    if isinstance(dataset, RemappedLabels):
+        inner = dataset_targets(dataset.dataset)
+        return None if inner is None else [dataset.mapping[t] for t in inner]
+    # torchvision keeps them as targets (folders, CIFAR, MNIST), labels (STL10), y (Caltech101), _labels (the rest)
+    for attr in ("targets", "labels", "y", "_labels"):
+        values = getattr(dataset, attr, None)
+        if values is not None and not callable(values) and len(values) == len(dataset):
+            return [int(v) for v in values]
+    return None
+
+
+def class_names(name: str, dataset) -> list[str]:
+    """Class names in label order, as prompts name them: the dataset's prompt class list, else its own classes."""
+    if name in ("imagenetR", "imagenet_sketch"):
+        return list(DATASET_PROMPTS["imagenet"].classnames)
+    if name in DATASET_PROMPTS:
+        return list(DATASET_PROMPTS[name].classnames)
+    return [str(c) for c in getattr(dataset, "classes", [])]

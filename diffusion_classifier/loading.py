@@ -52,6 +52,16 @@ def load_part(cls, model: str, what: str, **kwargs):
         raise not_found(model, what, e) from None
 
 
+def read_json(path: Path, what: str):
+    """A JSON file of a model folder; InputError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno} column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise InputError(f"{what} file {path} is not valid JSON ({where}); it is damaged or was cut short: "
+                         f"restore it from the model's source (re-download the folder)") from None
+
+
 def pipeline_index(model: str, what: str) -> dict:
     """model_index.json of a pipeline folder or hub id (from the cache when offline)."""
     local = Path(model).expanduser()
@@ -59,7 +69,12 @@ def pipeline_index(model: str, what: str) -> dict:
         path = local / "model_index.json"
         if not path.is_file():
             raise MissingError(f"{what} folder {model!r} has no model_index.json; expected a diffusers pipeline folder")
-        return json.loads(path.read_text())
+        index = read_json(path, what)
+        # every component's config and tokenizer files too: from_pretrained would report a bad one as a missing part
+        for name in sorted(k for k in index if not k.startswith("_") and (local / k).is_dir()):
+            for config in sorted((local / name).glob("*.json")):
+                read_json(config, what)
+        return index
     if is_local(model):
         raise MissingError(f"{what} folder {model!r} does not exist; expected a diffusers pipeline folder")
     from diffusers import DiffusionPipeline

@@ -47,6 +47,13 @@ def load_noise(path: str | Path) -> torch.Tensor:
                else f"a {type(noise).__name__}")
         raise InputError(f"noise file {path} must hold a float tensor (N, C, H, W), found {got}; "
                          f"scripts/save_noise.py writes one")
+    finite = torch.isfinite(noise)
+    if not bool(finite.all()):
+        n_nan, n_inf = int(torch.isnan(noise).sum()), int(torch.isinf(noise).sum())
+        rows = int((~finite).flatten(1).any(1).sum())
+        raise InputError(f"noise file {path} holds {n_nan} NaN and {n_inf} infinite values (in {rows} of its "
+                         f"{noise.shape[0]} rows); every error computed with them would be NaN: expected finite "
+                         f"normal draws, write a new bank with scripts/save_noise.py")
     return noise.float()
 
 

@@ -96,10 +96,12 @@ def make_reducer(mode: str, schedule: DiffusionSchedule | None = None,
 # ---------------------------------------------------------------- dataset labels <-> model classes
 
 
-def candidate_classes(dataset: str, n_dataset_classes: int, num_model_classes: int) -> tuple[list[int], list[int]]:
+def candidate_classes(dataset: str, n_dataset_classes: int, num_model_classes: int,
+                      present: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
     """(model class ids to score, the dataset label each one predicts) for a dataset.
 
     ImageNet-A scores its 200 ImageNet classes, ObjectNet the ImageNet classes mapped to each of its 113;
+    `present` (labels that are model classes, e.g. ImageNet-R's wnid folders) scores those only;
     every other dataset's label k is model class k.
     """
     if dataset == "imagenetA":
@@ -112,6 +114,8 @@ def candidate_classes(dataset: str, n_dataset_classes: int, num_model_classes: i
 
         pairs = [(c, label) for label, group in enumerate(objectnet_imagenet_indices()) for c in group]
         classes, labels = [c for c, _ in pairs], [label for _, label in pairs]
+    elif present is not None:
+        classes = labels = sorted(int(c) for c in present)
     else:
         classes = labels = list(range(n_dataset_classes))
     if max(classes) >= num_model_classes:
@@ -265,14 +269,19 @@ def run_per_class(
     image_batch: int = 1,
     desc: str = "",
     show_progress: bool = True,
+    skip_unreadable: bool = False,
+    unreadable: Sequence = (),
 ) -> dict[str, int]:
     """Score class `cls` on dataset[indices] without a record in `folder`; one record per image.
 
-    A record is {kind, data [n_t, n_trials, ...], t (n_t,), cls, label}. Returns counts done/skipped/evaluations.
+    A record is {kind, data [n_t, n_trials, ...], t (n_t,), cls, label}. Returns counts done/skipped/evaluations
+    and `unreadable`, the images left out with `skip_unreadable` (see runner.run_dataset).
     """
     from tqdm.auto import tqdm
 
-    from .records import RecordFolder, first_line, record_path
+    from .images import load_items
+    from .records import RecordFolder, first_line, note_unreadable, record_path
+    from .runner import skip_or_stop
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -286,7 +295,8 @@ def run_per_class(
     n_t = len(timesteps)
     t_saved = torch.as_tensor(list(timesteps), dtype=torch.long)
     conds = torch.tensor([cls], dtype=torch.long)
-    stats = {"done": 0, "skipped": 0, "evaluations": 0, "repaired": 0, "elsewhere": 0}
+    stats = {"done": 0, "skipped": 0, "evaluations": 0, "repaired": 0, "elsewhere": 0, "unreadable": list(unreadable)}
+    note_unreadable(folder.parent, unreadable)  # the run folder's manifest
     def problem(record) -> str | None:
         try:
             record_data(record)
@@ -299,8 +309,15 @@ def run_per_class(
         stats["skipped"] = len(indices) - len(todo)
         bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
         pending = iter(todo)
-        while group := records.claim_next(pending, image_batch, lambda i: record_path(folder, i, len(dataset))):
-            items = [dataset[i] for i in group]
+        path_of = lambda i: record_path(folder, i, len(dataset))  # noqa: E731
+        while group := records.claim_next(pending, image_batch, path_of):
+            loaded, bad = load_items(dataset, group)
+            skip_or_stop(bad, skip_unreadable, folder.parent, stats["done"], records, path_of, stats["unreadable"])
+            bar.update(len(bad))
+            if not loaded:
+                continue
+            group = [i for i, _ in loaded]
+            items = [item for _, item in loaded]
             latents = encode_images(torch.stack([x for x, _ in items]))  # (G, C, H, W)
             jobs = per_class_jobs(len(group), timesteps, n_trials, scorer.batch_size, randomize_noise)
             out = scorer.evaluate(latents, conds, jobs, reduce)  # (G * n_t * n_trials, ...)

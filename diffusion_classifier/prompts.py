@@ -61,6 +61,7 @@ def _load_specs() -> dict[str, PromptSpec]:
         specs[name] = PromptSpec(tuple(entry["templates"]), classnames, prompt_names)
     imagenet = specs["imagenet"]
     specs["imagenetv2"] = imagenet  # same 1000 classes, same label order
+    specs["imagenet_sketch"] = imagenet  # sketches of all 1000 classes, labelled by ImageNet-1k index
     specs["digits_c"] = specs["digits"]  # the corrupted digits test split: same classes
     # ImageNet-A: its 200 classes in sorted-wnid order, which is ImageNet-1k index order
     a_idx = meta["imagenet_a_indices"]
@@ -73,6 +74,28 @@ def _load_specs() -> dict[str, PromptSpec]:
 
 
 DATASET_PROMPTS: dict[str, PromptSpec] = _load_specs()
+
+
+def classes_table(spec: PromptSpec, class_ids) -> PromptTable:
+    """The rows of `spec` for the given classes only (e.g. ImageNet-R's wnid folders), classidx kept as in spec."""
+    prompts, names, idx = [], [], []
+    for c in sorted(set(int(c) for c in class_ids)):
+        for template in spec.templates:
+            prompts.append(template.format(spec.prompt_names[c]))
+            names.append(spec.classnames[c])
+            idx.append(c)
+    return PromptTable(prompts, names, idx)
+
+
+def named_classes_table(classnames, templates=("a photo of a {}.",)) -> PromptTable:
+    """Rows for classes known only by name (a Hugging Face ClassLabel, folder names): underscores become spaces."""
+    classnames = tuple(str(c) for c in classnames)
+    if not classnames:
+        raise InputError("no class names to write prompts for")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise InputError(f"a prompt template must hold one {{}} where the class name goes, got {bad[0]!r}")
+    return PromptSpec(tuple(templates), classnames, tuple(c.replace("_", " ") for c in classnames)).table()
 
 
 def dataset_prompts(dataset: str) -> PromptTable:
@@ -148,14 +171,54 @@ def check_classidx(table: PromptTable, n_classes: int, source: str = "") -> None
         )
 
 
+def _norm_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def check_coverage(table: PromptTable, labels: Iterable[int], class_names: Sequence[str] = (), source: str = "") -> None:
+    """Raise InputError unless every label in `labels` (those of the images to classify) has a prompt row.
+
+    An image whose class has no row can never be predicted right, so the accuracy would be silently capped.
+    With `class_names` (label order) the message names the classes, and lists the rows whose classname is
+    a missing class's name but whose classidx is another: a swapped or shifted classidx.
+    """
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[int(label)] = counts.get(int(label), 0) + 1
+    have = set(table.classidx)
+    missing = sorted(c for c in counts if c not in have)
+    if not missing:
+        return
+    where = f"{source}: " if source else ""
+    name = (lambda c: class_names[c] if 0 <= c < len(class_names) else None)  # noqa: E731
+    shown = ", ".join(f"{c} ({name(c) + ': ' if name(c) else ''}{counts[c]} image{'s' * (counts[c] != 1)})"
+                      for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+    by_name = {_norm_name(name(c)): c for c in missing if name(c)}
+    own = (lambda c: _norm_name(name(c)) if name(c) else None)  # noqa: E731
+    swapped = [(row, c, by_name[_norm_name(n)]) for row, (n, c) in enumerate(zip(table.classnames, table.classidx), 1)
+               if _norm_name(n) in by_name and _norm_name(n) != own(c)]  # ImageNet has two "missile" classes
+    hint = ""
+    if swapped:
+        rows = ", ".join(f"data row {row} ({table.classnames[row - 1]!r}) has classidx {c}, not {want}"
+                         for row, c, want in swapped[:5]) + (", ..." if len(swapped) > 5 else "")
+        hint = f"; swapped classidx? {rows}"
+    raise InputError(
+        f"{where}no prompt row for {len(missing)} class{'es' * (len(missing) != 1)} of the images to classify: "
+        f"{shown}{hint}; such images would be scored against prompts that cannot win: add at least one row per "
+        f"class (prompt,classname,classidx)"
+    )
+
+
 def write_prompts_csv(path: str | Path, rows: PromptTable | Iterable[Sequence]) -> None:
     """Write rows (prompt, classname, classidx) under the header prompt,classname,classidx, '\\n' line ends."""
+    from .records import atomic_write_bytes
+
     if isinstance(rows, PromptTable):
         rows = rows.rows()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")  # QUOTE_MINIMAL, like the reference files
-        writer.writerow(COLUMNS)
-        for prompt, classname, classidx in rows:
-            writer.writerow((prompt, classname, int(classidx)))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")  # QUOTE_MINIMAL, like the reference files
+    writer.writerow(COLUMNS)
+    for prompt, classname, classidx in rows:
+        writer.writerow((prompt, classname, int(classidx)))
+    data = text.getvalue().encode("utf-8")
+    atomic_write_bytes(path, lambda f: f.write(data))  # an existing CSV stays whole if the write fails

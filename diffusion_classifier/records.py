@@ -87,7 +87,12 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None)
     path = Path(folder) / MANIFEST
     settings = json.loads(json.dumps(settings))  # normalise tuples, paths
     if path.is_file():
-        old = json.loads(path.read_text()).get("settings", {})
+        try:
+            manifest = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{path} is not valid JSON ({first_line(e)}); it records the settings of the run's records: "
+                             f"restore it, or move the folder aside to start a new run") from None
+        old = manifest.get("settings", {}) if isinstance(manifest, dict) else {}
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             shown = "; ".join(f"{k}: folder {_short(old.get(k))}, command {_short(settings.get(k))}" for k in diff)
@@ -116,6 +121,43 @@ def check_writable(folder: str | Path, flag: str = "--log_dir") -> Path:
         raise InputError(f"{flag} {folder} is not a writable folder ({reason}: {e.filename or folder}); "
                          f"pass a folder you can write to with {flag}") from None
     return folder
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check that a file can be written at `path` (its folder exists and is writable); InputError naming the fix."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; expected the path of a file to write: pass a file name")
+    if not parent.exists():
+        raise InputError(f"{flag} {path}: its folder {parent} does not exist; create it (mkdir -p {parent}) "
+                         f"or pass another {flag}")
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} is not a folder; pass another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".write_check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot write in {parent} ({e.strerror or type(e).__name__}); pass another "
+                         f"{flag} in a folder you can write to") from None
+    return path
+
+
+def note_unreadable(folder: str | Path, entries) -> None:
+    """Add unreadable images (images.Unreadable: index, name, found) to the manifest's `unreadable` table."""
+    entries = list(entries)
+    path = Path(folder) / MANIFEST
+    if not entries or not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # an unreadable manifest is reported by check_manifest; this list is informative only
+    table = dict(manifest.get("unreadable") or {})
+    table.update({str(e.index): f"{e.name}: {e.found}" for e in entries})
+    manifest["unreadable"] = dict(sorted(table.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))
+    write_json(path, manifest)
 
 
 def read_manifest_settings(folder: str | Path) -> dict:

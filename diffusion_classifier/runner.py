@@ -1,7 +1,7 @@
 """Dataset runs: classify every image of a shard, one atomic record per image, resumable."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -9,7 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .engine import Jobs, Scorer
-from .records import RecordFolder, record_path
+from .images import Unreadable, UnreadableImageError, load_items, met_message, names_of
+from .records import RecordFolder, note_unreadable, record_path
 
 RECORD_KEYS = ("errors", "pred", "label")
 
@@ -38,6 +39,7 @@ class RunStats:
     evaluations: int = 0
     repaired: int = 0  # broken records moved aside and recomputed
     elsewhere: int = 0  # images another process was computing or finished meanwhile
+    unreadable: list[Unreadable] = field(default_factory=list)  # images left out (--skip_unreadable)
 
     @property
     def accuracy(self) -> float:
@@ -53,7 +55,25 @@ class RunStats:
         parts.append(f"{evaluations} denoiser evaluations"
                      + (f", {evaluations / self.done:.0f} per image" if self.done else ""))
         parts.append(f"{self.repaired} repaired")
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable)} unreadable skipped: {names_of(self.unreadable)}")
         return f"{folder}: {acc} ({', '.join(parts)})"
+
+
+def skip_or_stop(bad: list[Unreadable], skip_unreadable: bool, folder: Path, finished: int, records: RecordFolder,
+                 path_of, stats_list: list[Unreadable], unit: str = "images") -> None:
+    """Images that failed to decode mid-run: stop with one line (finished records stay), or leave them out.
+
+    Left-out images lose their claim, join `stats_list` and the manifest's `unreadable` table.
+    """
+    if not bad:
+        return
+    if not skip_unreadable:
+        raise UnreadableImageError(bad[0].name, bad[0].found, met_message(bad[0], finished, unit))
+    for b in bad:
+        records.claims.release(path_of(b.index))
+    stats_list.extend(bad)
+    note_unreadable(folder, bad)
 
 
 def run_dataset(
@@ -70,16 +90,21 @@ def run_dataset(
     load_stats: bool = False,
     desc: str = "",
     show_progress: bool = True,
+    skip_unreadable: bool = False,
+    unreadable: Sequence[Unreadable] = (),
 ) -> RunStats:
     """Classify dataset[indices] that have no record yet in `folder`; write {errors, pred, label} each.
 
     `classify(evaluate, n_images, n_candidates)` runs a schedule (adaptive_classify or the statistical
     one) given `evaluate(jobs) -> errors`; the record's pred is candidate_class[winning candidate].
+    An image that cannot be decoded stops the run (UnreadableImageError; finished records stay) or, with
+    `skip_unreadable`, is left out and listed; `unreadable` are those already found from their headers.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
-    stats = RunStats()
+    stats = RunStats(unreadable=list(unreadable))
+    note_unreadable(folder, unreadable)
     todo = []
     with RecordFolder(folder, RECORD_KEYS) as records:
         for i in indices:
@@ -93,8 +118,15 @@ def run_dataset(
                 stats.counted += 1
         bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
         pending = iter(todo)
-        while group := records.claim_next(pending, image_batch, lambda i: record_path(folder, i, n)):
-            items = [dataset[i] for i in group]
+        path_of = lambda i: record_path(folder, i, n)  # noqa: E731
+        while group := records.claim_next(pending, image_batch, path_of):
+            loaded, bad = load_items(dataset, group)
+            skip_or_stop(bad, skip_unreadable, folder, stats.done, records, path_of, stats.unreadable)
+            bar.update(len(bad))
+            if not loaded:
+                continue
+            group = [i for i, _ in loaded]
+            items = [item for _, item in loaded]
             latents = encode_images(torch.stack([x for x, _ in items]))
 
             def evaluate(jobs: Jobs) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import digits_c_dir
+from .datasets import digits_c_dir, hf_dir
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,15 @@ class RunDescription:
 
 
 def dataset_group(dataset: str, corruption: str | None = None, severity: int | None = None,
-                  extra: str | None = None) -> str:
-    """<dataset>[_<extra>] (digits_c_<corruption>_<severity> for the corrupted digits), as the reference names it."""
-    name = digits_c_dir(corruption, severity) if dataset == "digits_c" else dataset
+                  extra: str | None = None, root: str | Path | None = None) -> str:
+    """<dataset>[_<extra>] (digits_c_<corruption>_<severity> for the corrupted digits, hf_<folder name> for a local
+    Hugging Face dataset at `root`), as the reference names it."""
+    if dataset == "digits_c":
+        name = digits_c_dir(corruption, severity)
+    elif dataset == "hf":
+        name = hf_dir(root or ".")
+    else:
+        name = dataset
     return name + (f"_{extra}" if extra else "")
 
 
@@ -94,11 +100,12 @@ def zero_shot_run(*, version: str | None, model: str | None, source: str, datase
                   subset: str | None, corruption: str | None, severity: int | None, schedule: str, z: float,
                   min_samples: int, delta: float | None, variance: str, timestep_weights: str | None, objective,
                   error_space: str | None, flow_grid: str, no_t5: bool, guidance: float | None,
-                  extra: str | None = None) -> RunDescription:
+                  extra: str | None = None, root: str | Path | None = None, data: dict | None = None) -> RunDescription:
     """eval_prob_adaptive.py's run: v<model>_<n>trials_<keeps>keep_<samples>samples and the suffixes of its options.
 
     `objective` is the one scored with (its prediction type and error space); `error_space` the flag as given.
-    Settings of non-default objectives are absent for ε-models, so older runs still resume.
+    Settings of non-default objectives are absent for ε-models, so older runs still resume. `root` is the dataset
+    root (it names a Hugging Face dataset's group) and `data` the manifest entries that pick its data (its columns).
     """
     flow = objective.prediction_type == "flow"
     objective_values = {}
@@ -123,8 +130,9 @@ def zero_shot_run(*, version: str | None, model: str | None, source: str, datase
         Setting({"no_t5": True} if no_t5 else {}, "_not5" if no_t5 else ""),
         Setting({"dataset": dataset, "split": split, "noise": noise, "prompts": prompts, "subset": subset,
                  "corruption": corruption, "severity": severity}, ""),
+        Setting(dict(data or {}), ""),
     ]
-    return RunDescription(dataset_group(dataset, corruption, severity, extra), tuple(settings))
+    return RunDescription(dataset_group(dataset, corruption, severity, extra, root), tuple(settings))
 
 
 def _class_model(source: str, vae: str | None, dataset: str, split: str, img_size: int, noise: str,
@@ -136,7 +144,8 @@ def _class_model(source: str, vae: str | None, dataset: str, split: str, img_siz
 
 def per_class_run(*, source: str, vae: str | None, dataset: str, split: str, img_size: int, n_trials: int, noise: str,
                   corruption: str | None, severity: int | None, t_interval: int, kind: str, randomize_noise: bool,
-                  batch_size: int, extra: str | None = None) -> RunDescription:
+                  batch_size: int, extra: str | None = None, root: str | Path | None = None,
+                  data: dict | None = None) -> RunDescription:
     """eval_prob_dit.py's per-class run: <model>_<t_interval>int_<n>trials[_randnoise][_<kind>] (classes in subfolders)."""
     settings = (
         _class_model(source, vae, dataset, split, img_size, noise, corruption, severity),
@@ -146,15 +155,17 @@ def per_class_run(*, source: str, vae: str | None, dataset: str, split: str, img
         Setting({"randomize_noise": randomize_noise, "batch_size": None if randomize_noise else batch_size},
                 "_randnoise" if randomize_noise else ""),
         Setting({"kind": kind}, _unless(kind, "l2", f"_{kind}")),
+        Setting(dict(data or {}), ""),
     )
-    return RunDescription(dataset_group(dataset, corruption, severity, extra), settings)
+    return RunDescription(dataset_group(dataset, corruption, severity, extra, root), settings)
 
 
 def class_adaptive_run(*, source: str, vae: str | None, dataset: str, split: str, img_size: int, n_trials: int,
                        noise: str, corruption: str | None, severity: int | None, to_keep, n_samples, loss: str,
                        schedule: str, z: float, min_samples: int, delta: float | None, variance: str,
                        null_normalize: bool, classes: list[int], timestep_weights: str | None,
-                       extra: str | None = None) -> RunDescription:
+                       extra: str | None = None, root: str | Path | None = None,
+                       data: dict | None = None) -> RunDescription:
     """eval_prob_dit.py's adaptive run: <model>_<n>trials_<keeps>keep_<samples>samples[_<loss>][_stat..][_null].."""
     statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance)
     settings = (
@@ -167,8 +178,9 @@ def class_adaptive_run(*, source: str, vae: str | None, dataset: str, split: str
         variance_setting,
         _weights(timestep_weights),
         Setting({"classes": classes}, ""),
+        Setting(dict(data or {}), ""),
     )
-    return RunDescription(dataset_group(dataset, corruption, severity, extra), settings)
+    return RunDescription(dataset_group(dataset, corruption, severity, extra, root), settings)
 
 
 def winoground_run(*, model: str, version: str, model_path: str | None, source: str, extra: str | None = None,

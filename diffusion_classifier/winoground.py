@@ -18,6 +18,7 @@ from PIL import Image
 
 from .engine import Jobs, Scorer
 from .errors import InputError, MissingError, MissingPackageError
+from .images import Unreadable, UnreadableImageError, decode_rgb, header_problem
 from .noise import periodic_noise_rows
 
 HUB_URL = "https://huggingface.co/datasets/facebook/winoground"
@@ -85,15 +86,20 @@ class WinogroundImages:
             return False
         return True
 
-    def open(self, name: str) -> Image.Image:
-        """The image `name` as a loaded PIL RGB image."""
+    def read(self, name: str) -> str | bytes:
+        """Image `name` as a file path (folder) or its encoded bytes (zip), without decoding it."""
         self.source(name)  # raises a clear FileNotFoundError if it is absent
         if self.folder is not None:
-            with Image.open(self.folder / f"{name}.png") as im:
-                return im.convert("RGB")
-        data = self._open_zip().read(self._members[name])
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
+            return str(self.folder / f"{name}.png")
+        return self._open_zip().read(self._members[name])
+
+    def open(self, name: str) -> Image.Image:
+        """The image `name` as a loaded PIL RGB image; UnreadableImageError naming it if it cannot be decoded."""
+        return decode_rgb(self.read(name), self.source(name))
+
+    def unreadable(self, name: str) -> str | None:
+        """What image `name` holds if its header cannot be read (see images.header_problem), else None."""
+        return header_problem(self.read(name))
 
     def close(self) -> None:
         if self._zip is not None:
@@ -183,6 +189,19 @@ def load_winoground(data_dir: str | os.PathLike, limit: int | None = None) -> li
             if limit is not None and len(examples) == limit:
                 break
     return examples
+
+
+def find_unreadable_examples(examples: list[WinogroundExample]) -> list[Unreadable]:
+    """The examples with an image whose header cannot be read, one entry per example (index = example id)."""
+    bad = []
+    for ex in examples:
+        for k in (0, 1):
+            name = ex.image_name(k)
+            found = ex.images.unreadable(name) if ex.images is not None else None
+            if found is not None:
+                bad.append(Unreadable(int(ex.id), ex.images.source(name), found))
+                break
+    return bad
 
 
 def _as_scores(scores) -> np.ndarray:
@@ -465,17 +484,23 @@ def record_file(folder: str | os.PathLike, example_id: int) -> Path:
 
 def run_examples(examples: list[WinogroundExample], folder: str | os.PathLike,
                  score_example: Callable[[WinogroundExample], dict], desc: str = "",
-                 show_progress: bool = True, counts: dict | None = None) -> tuple[list[dict], int]:
+                 show_progress: bool = True, counts: dict | None = None, skip_unreadable: bool = False,
+                 unreadable: list[Unreadable] | None = None) -> tuple[list[dict], int]:
     """Score the examples without a record in `folder`, saving {id, tag, scores, ...} atomically each.
 
     `score_example(ex)` returns at least `scores` (2, 2) [caption, image]. Returns every example's
     record (finished ones are read back, not recomputed) in example order, and how many were computed now.
     A broken record is moved aside and recomputed.
     Examples another process is scoring are waited for. `counts`, if given, receives `repaired`.
+    An example whose image cannot be decoded stops the run (finished records stay) or, with
+    `skip_unreadable`, is left out and appended to `unreadable`.
     """
     from tqdm.auto import tqdm
 
-    from .records import RecordFolder
+    from .images import met_message
+    from .records import RecordFolder, note_unreadable
+
+    unreadable = [] if unreadable is None else unreadable
 
     def problem(record) -> str | None:
         if not isinstance(record, dict) or not {"id", "tag", "scores"} <= set(record):
@@ -511,7 +536,19 @@ def run_examples(examples: list[WinogroundExample], folder: str | os.PathLike,
                 time.sleep(1.0)
                 continue
             ex = group[0]
-            record = {"id": int(ex.id), "tag": ex.collapsed_tag, **score_example(ex)}
+            try:
+                scored = score_example(ex)
+            except UnreadableImageError as e:
+                bad = Unreadable(int(ex.id), e.name, e.found)
+                if not skip_unreadable:
+                    raise UnreadableImageError(e.name, e.found, met_message(bad, computed, "examples")) from None
+                store.claims.release(record_file(folder, ex.id))
+                unreadable.append(bad)
+                note_unreadable(folder, [bad])
+                todo = [t for t in todo if t.id != ex.id]
+                bar.update(1)
+                continue
+            record = {"id": int(ex.id), "tag": ex.collapsed_tag, **scored}
             assert tuple(record["scores"].shape) == (2, 2), record["scores"].shape
             store.save(record, record_file(folder, ex.id))
             found[ex.id] = record
@@ -520,7 +557,8 @@ def run_examples(examples: list[WinogroundExample], folder: str | os.PathLike,
         bar.close()
         if counts is not None:
             counts.update(repaired=store.repaired)
-    return [found[ex.id] for ex in examples], computed
+    left_out = {b.index for b in unreadable}
+    return [found[ex.id] for ex in examples if ex.id not in left_out or ex.id in found], computed
 
 
 def summarize(records: list[dict]) -> dict:

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion_classifier.calibration import fit_and_report, load_full_errors  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
+from diffusion_classifier.records import check_output_file  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -37,6 +38,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.n_bins < 1 or args.degree < 1:
         raise InputError(f"--n_bins and --degree must be >= 1, got {args.n_bins} and {args.degree}")
+    if args.out is not None:
+        check_output_file(args.out)  # before the fit
     fe = load_full_errors(args.run_folder)
     if int(fe.t.max()) >= args.T:
         raise InputError(f"records hold timestep {int(fe.t.max())}, beyond --T {args.T}")

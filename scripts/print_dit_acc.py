@@ -30,7 +30,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("folder", type=Path, help="per-class run folder: <folder>/<cls>/<idx>.pt")
     p.add_argument("--dataset", default="imagenet",
-                   choices=["imagenet", "imagenetv2", "imagenetA", "objectnet", "imagefolder", "digits"],
+                   choices=["imagenet", "imagenetv2", "imagenetA", "imagenetR", "imagenet_sketch", "objectnet", "imagefolder",
+                            "digits"],
                    help="dataset of the run: maps model classes to its labels (ImageNet-A, ObjectNet)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split, for records that carry no label")
     p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"),

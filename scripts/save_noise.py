@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from diffusion_classifier.noise import REFERENCE_ROWS, REFERENCE_SEED, reference_noise  # noqa: E402
-from diffusion_classifier.records import atomic_write_bytes  # noqa: E402
+from diffusion_classifier.records import atomic_write_bytes, check_output_file  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 
 
@@ -21,8 +21,8 @@ def main(argv=None) -> Path:
     p.add_argument("--seed", type=int, default=REFERENCE_SEED, help="seed")
     p.add_argument("--out", type=Path, default=None, help="output file; default noise_<img_size>.pt")
     args = p.parse_args(argv)
+    out = check_output_file(args.out or Path(f"noise_{args.img_size}.pt"))  # before any work
     noise = reference_noise(args.img_size, args.channels, args.downsample, args.n, args.seed)
-    out = args.out or Path(f"noise_{args.img_size}.pt")
     atomic_write_bytes(out, lambda f: torch.save(noise, f))
     print(f"saved {tuple(noise.shape)} noise (seed {args.seed}) to {out}")
     return out

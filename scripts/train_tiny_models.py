@@ -66,7 +66,7 @@ def parse_args(argv):
     parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the model's checkpoint, exactly where it stopped")
     parser.add_argument("--time-limit", type=float, default=None,
-                        help="minutes of training (this run's and the checkpoint's) after which the run saves a checkpoint and stops")
+                        help="minutes of training in this run after which it saves a checkpoint and stops (continue with --resume)")
     parser.add_argument("--stop-at", type=int, default=None, help="save a checkpoint and stop after this many steps")
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="DiT model selection: train on the rest of the train split and report the top-1 on this "

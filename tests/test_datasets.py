@@ -168,9 +168,11 @@ def test_align_labels_remaps_by_name():
 def test_num_classes():
     assert [num_classes(n) for n in ["pets", "flowers", "food", "aircraft", "imagenet", "cifar100", "digits"]] == \
         [37, 102, 101, 100, 1000, 100, 10]
-    with pytest.raises(ValueError, match="imagefolder has no fixed class count"):
-        num_classes("imagefolder")
-    for name in set(DATASETS) - {"imagefolder"}:
+    for name in ("imagefolder", "hf"):
+        with pytest.raises(ValueError, match=f"{name} has no fixed class count"):
+            num_classes(name)
+    assert num_classes("imagenetR") == 1000  # labels are ImageNet-1k indices; its prompts come from the copy on disk
+    for name in set(DATASETS) - {"imagefolder", "hf", "imagenetR"}:
         assert num_classes(name) == len(set(dataset_prompts(name).classidx)), name
 
 

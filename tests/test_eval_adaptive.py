@@ -15,13 +15,13 @@ from conftest import load_script
 from diffusion_classifier.records import load_record
 
 ROOT = Path(__file__).resolve().parents[1]
-CSV = (
+CSV = (  # classes 5, 6, 7 of the images in subset.npy, and two prompts for class 6
     "prompt,classname,classidx\n"
-    "zero,zero,0\n"
-    "one,one,1\n"
-    "a one,one,1\n"
-    "two,two,2\n"
-    "three,three,3\n"
+    "five,five,5\n"
+    "six,six,6\n"
+    "a six,six,6\n"
+    "seven,seven,7\n"
+    "eight,eight,8\n"
 )
 
 

@@ -22,7 +22,7 @@ REFERENCE_FILES = {n: f"{n}_prompts.csv" for n in
                    ["aircraft", "cifar10", "flowers", "food", "imagenet", "mnist", "objectnet", "pets", "stl10"]}
 REFERENCE_FILES["cifar100"] = "cifar100_blurry_prompts.csv"
 ALL = ["pets", "flowers", "stl10", "mnist", "cifar10", "cifar100", "food", "caltech101", "imagenet", "objectnet",
-       "aircraft", "imagenetv2", "imagenetA", "eurosat", "digits", "fashion_mnist"]
+       "aircraft", "imagenetv2", "imagenetA", "imagenet_sketch", "eurosat", "digits", "fashion_mnist"]
 
 
 def _reference_rows(path):

@@ -20,7 +20,7 @@ from conftest import build_tiny_dit, build_tiny_sd
 from diffusion_classifier.families import SD_VERSIONS, load_model
 from diffusion_classifier.records import load_record
 from family_builders import build_flux, build_sd3, build_sdxl
-from test_families import CSV, IMAGES, PROMPTS, TS, digit_pixels, plain_errors
+from test_families import CLASSIDX, CSV, IMAGES, PROMPTS, TS, digit_pixels, plain_errors
 
 LABELS = {0: 5, 5: 7}  # the digits test split's labels of IMAGES
 FLOW = {"objective": "flow", "error_space": "native", "flow_grid": "timesteps"}
@@ -64,7 +64,7 @@ def test_text_to_image_run_keeps_its_layout_and_equals_plain_errors(family, tmp_
     assert _settings(folder, tmp_path) == {
         "model": source, "dataset": "digits", "split": "test", "img_size": 8, "n_trials": 1, "to_keep": [1],
         "n_samples": [4], "loss": "l2", "interpolation": "bicubic", "noise": "TMP/noise.pt",
-        "prompts": [[p, i] for i, p in enumerate(PROMPTS)], "schedule": "reference", "z": None, "min_samples": None,
+        "prompts": [[p, c] for p, c in zip(PROMPTS, CLASSIDX)], "schedule": "reference", "z": None, "min_samples": None,
         "subset": "TMP/subset.npy", "corruption": None, "severity": None, "delta": None, "variance": None,
         "timestep_weights": None, **objective_keys}
     assert sorted(p.name for p in folder.iterdir()) == ["000.pt", "005.pt", "manifest.json"]
@@ -78,7 +78,7 @@ def test_text_to_image_run_keeps_its_layout_and_equals_plain_errors(family, tmp_
             assert rec["errors"][p]["t"].tolist() == TS and rec["errors"][p]["pred_errors"].dtype == torch.float32
             torch.testing.assert_close(rec["errors"][p]["pred_errors"].double(), torch.tensor(plain[p], dtype=torch.float64),
                                        rtol=2e-4, atol=1e-6)
-        assert rec["pred"] == int(np.argmin([np.mean(e) for e in plain]))
+        assert rec["pred"] == CLASSIDX[int(np.argmin([np.mean(e) for e in plain]))]  # the winning row's classidx
 
 
 @torch.no_grad()

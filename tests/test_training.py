@@ -69,6 +69,9 @@ def test_a_run_paused_and_resumed_equals_an_uninterrupted_run(tmp_path, kind):
     assert resumed["loss"] == stats["loss"]  # the loss averages travel in the checkpoint too
     with pytest.raises(InputError, match="other settings"):
         train(tmp_path / "other", **kw, checkpoint=Checkpointing(path, {"kind": "other"}, resume=True))
+    with pytest.raises(TrainingPaused) as timed:  # a time limit counts this run's time: 0 s stops after one step
+        train(tmp_path / "timed", **kw, checkpoint=Checkpointing(tmp_path / "t.pt", time_limit_s=0.0))
+    assert timed.value.step == 1
 
 
 def test_digits_tokenizer_is_the_shipped_one_and_fashion_captions_encode_word_by_word(tmp_path):

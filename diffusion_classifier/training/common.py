@@ -218,7 +218,7 @@ class Checkpointing:
     The checkpoint holds the modules, the EMA, the optimizer, the data generator's and torch's RNG states,
     the step and the loss averages, so a resumed run continues exactly where the saved one stopped. It is
     written atomically every `every_s` seconds, on SIGINT/SIGTERM (after the step under way) and when the run
-    pauses at `stop_at` steps or after `time_limit_s` seconds; `settings` must match on resume.
+    pauses at `stop_at` steps or after `time_limit_s` seconds of this run; `settings` must match on resume.
     """
 
     path: Path
@@ -322,7 +322,7 @@ def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.
             if checkpoint is None or step == steps:
                 continue
             now = time.time()
-            limit = checkpoint.time_limit_s is not None and wall_before + now - start >= checkpoint.time_limit_s
+            limit = checkpoint.time_limit_s is not None and now - start >= checkpoint.time_limit_s  # this run's time
             if step == checkpoint.stop_at or limit:
                 save()
                 bar.close()
