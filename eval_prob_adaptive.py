@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="pets", choices=sorted(DATASETS),
                    help="dataset to classify ('hf': the local Hugging Face dataset at --dataset_root)")
     p.add_argument("--split", default="train", help="dataset split: train or test (--dataset hf: any split it has)")
-    p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="model version ('tiny': the shipped digits model; see the README's model families)")
+    p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="model version ('tiny': the shipped digits model, 'fashion': the Fashion-MNIST one; see the README's model families)")
     p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
     p.add_argument("--batch_size", "-b", type=int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: chosen for the device "

@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="per-class mode: the i-th (t, trial) uses noise row i; otherwise each batch reuses rows 0..batch_size-1")
     p.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
     # beyond the reference
-    p.add_argument("--model", default=None, help="DiT pipeline folder or hub id ('tiny': the shipped digits DiT); default facebook/DiT-XL-2-<size>")
+    p.add_argument("--model", default=None, help="DiT pipeline folder or hub id ('tiny': the shipped digits DiT, 'fashion': the Fashion-MNIST one); default facebook/DiT-XL-2-<size>")
     p.add_argument("--vae", default=None,
                    help="VAE hub id or folder; default: the pipeline's own (the hub DiT-XL/2 pipelines ship stabilityai/sd-vae-ft-ema)")
     p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"), help="where datasets live (env DATASET_ROOT)")

@@ -146,3 +146,33 @@ def test_the_installed_package_holds_the_whole_balanced_dataset(tmp_path, monkey
         images, labels = fashion_mnist.load_arrays(split)
         assert images.shape == (n, 28, 28) and images.dtype == np.uint8
         assert np.bincount(labels).tolist() == [n // 10] * 10
+
+
+@pytest.mark.skipif(not all((fashion_mnist.PACKAGE_DIR / f"{n}.gz").is_file() for p in fashion_mnist.FILES.values()
+                            for n in p),
+                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_shipped_fashion_sd_classifies_test_images_of_every_class(tmp_path, monkeypatch):
+    from diffusion_classifier import DiffusionClassifier
+    from diffusion_classifier.prompts import dataset_prompts
+
+    monkeypatch.delenv(fashion_mnist.PACKAGE_ENV, raising=False)
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "cache"))
+    ds = fashion_mnist.load_dataset(None, "test")
+    labels = ds.targets.numpy()
+    idx = [int(i) for c in range(10) for i in np.flatnonzero(labels == c)[:3]]  # the first 3 test images of each class
+    clf = DiffusionClassifier.from_pretrained("fashion", batch_size=500)
+    assert clf.model.native_size == 28 and clf.model.autoencoder.vae is None
+    table = dataset_prompts("fashion_mnist")
+    preds = clf.classify([ds[i][0] for i in idx], table.prompts, to_keep=[5, 1], n_samples=[10, 50], seed=0)
+    correct = sum(table.classidx[p.pred] == labels[i] for i, p in zip(idx, preds))
+    assert correct >= 24  # 27 of 30 where measured (keep 5 1 / samples 10 50); chance level is 3 of 30
+
+
+def test_shipped_fashion_models_resolve_by_name_and_load_at_28_pixels():
+    from diffusion_classifier.families import SD_VERSIONS
+    from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
+
+    assert Path(SD_VERSIONS["fashion"]).name == "fashion-sd"
+    dit = load_class_conditional(resolve_dit_model(256, "fashion"))
+    assert dit.num_classes == 10 and dit.native_size == 28 and dit.learned_variance
+    assert [dit.id2label[i] for i in range(10)] == fashion_mnist.CLASSNAMES

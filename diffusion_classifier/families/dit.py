@@ -14,7 +14,8 @@ from ..errors import InputError
 from ..loading import TINY_MODELS, VAE, DDPMModel, frozen, load_part, load_vae, pipeline_index, require_components, scheduler_config
 from ..vb import alphas_cumprod_from_config
 
-DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny": str(TINY_MODELS / "digits-dit")}
+DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny": str(TINY_MODELS / "digits-dit"),
+              "fashion": str(TINY_MODELS / "fashion-dit")}  # the shipped tiny models: digits, Fashion-MNIST
 
 
 def resolve_dit_model(image_size: int | None = 256, model: str | None = None) -> str:

@@ -18,7 +18,7 @@ DEFAULTS = dict(steps=12000, batch=128, lr=1e-3, beta_schedule="scaled_linear", 
 # Committed settings per training data; on 28x28, patch 4 (49 tokens) keeps >= 500 evaluations/s on two CPU cores.
 DATA_DEFAULTS = {
     "digits": DEFAULTS,
-    "fashion_mnist": dict(steps=6000, batch=128, lr=1e-3, beta_schedule="scaled_linear", patch=4, heads=4, head_dim=32, layers=8),
+    "fashion_mnist": dict(steps=3000, batch=128, lr=1e-3, beta_schedule="scaled_linear", patch=4, heads=4, head_dim=32, layers=8),
 }
 ARCH = ("patch", "heads", "head_dim", "layers")
 MEASURED = (
