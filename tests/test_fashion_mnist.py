@@ -19,6 +19,11 @@ from diffusion_classifier.datasets import get_dataset
 from diffusion_classifier.errors import MissingError
 
 
+needs_package = pytest.mark.skipif(
+    not all((fashion_mnist.PACKAGE_DIR / f"{n}.gz").is_file() for pair in fashion_mnist.FILES.values() for n in pair),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
 def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool = True) -> None:
     """The split's two IDX files (magic 2051 images, 2049 labels, big-endian sizes), gzipped as Zalando ships them."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,9 +141,7 @@ def test_both_scripts_classify_fashion_mnist_and_records_carry_its_labels(packag
     assert last.startswith("error: fashion_mnist data not found") and "apt-get install dataset-fashion-mnist" in last
 
 
-@pytest.mark.skipif(not all((fashion_mnist.PACKAGE_DIR / f"{n}.gz").is_file() for p in fashion_mnist.FILES.values()
-                            for n in p),
-                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@needs_package
 def test_the_installed_package_holds_the_whole_balanced_dataset(tmp_path, monkeypatch):
     monkeypatch.delenv(fashion_mnist.PACKAGE_ENV, raising=False)
     monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "cache"))
@@ -148,9 +151,7 @@ def test_the_installed_package_holds_the_whole_balanced_dataset(tmp_path, monkey
         assert np.bincount(labels).tolist() == [n // 10] * 10
 
 
-@pytest.mark.skipif(not all((fashion_mnist.PACKAGE_DIR / f"{n}.gz").is_file() for p in fashion_mnist.FILES.values()
-                            for n in p),
-                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@needs_package
 def test_shipped_fashion_sd_classifies_test_images_of_every_class(tmp_path, monkeypatch):
     from diffusion_classifier import DiffusionClassifier
     from diffusion_classifier.prompts import dataset_prompts
