@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -61,16 +60,11 @@ def _gz_folders(root: Path | None) -> list[Path]:
 
 
 def _decompress(src: Path, dest: Path) -> None:
-    """gunzip src into dest atomically (a temporary file renamed over dest)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as f:
-            shutil.copyfileobj(f, out)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """gunzip src into dest atomically (records.atomic_write_bytes: a temporary file renamed over dest)."""
+    from .records import atomic_write_bytes
+
+    with gzip.open(src, "rb") as f:
+        atomic_write_bytes(dest, lambda out: shutil.copyfileobj(f, out))
 
 
 def not_found_error(root: Path | None) -> MissingError:

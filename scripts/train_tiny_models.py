@@ -98,15 +98,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data = training_data(args.data)
+    images, val = train_images(data), None  # read once for every kind trained
+    if args.val_fraction:
+        images, val = validation_split(*images, args.val_fraction)
     for which in GROUPS.get(args.model, (args.model,)):
         module, train, card, fixed = KINDS[which]
         name = data.folders[which]
         out = args.out / name
         settings = settings_for(args, module, which)
-        images = train_images(data)
-        val = None
-        if args.val_fraction:
-            images, val = validation_split(*images, args.val_fraction)
         path = args.checkpoint_dir / f"{name}.pt"
         if path.is_file() and not args.resume:
             raise InputError(f"a training checkpoint of {name} exists at {path}: pass --resume to continue it, "
