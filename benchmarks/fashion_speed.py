@@ -31,7 +31,7 @@ def build(kind: str, out: Path) -> Path:
     data = training_data("fashion_mnist")
     module = {"sd": sd, "dit": dit, "flow": flow}[kind]
     settings = dict(module.DATA_DEFAULTS["fashion_mnist"], steps=1, batch=2)  # one step: the architecture is what counts
-    train = {"sd": sd.train_sd, "dit": dit.train_dit, "flow": flow.train_flow}[kind]
+    train = getattr(module, f"train_{kind}")  # train_sd, train_dit, train_flow
     folder = out / data.folders[kind]
     train(folder, data=data, images=(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long)), seed=0, **settings)
     return folder
