@@ -11,7 +11,7 @@ import torch
 
 from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_data_args, add_statistical_args
+from diffusion_classifier.cli import add_data_args, add_statistical_args, statistical_options
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import (
     DATASETS,
@@ -140,9 +140,8 @@ def main(argv=None) -> dict:
     transform.transform = sd_transform(img_size, args.interpolation)
 
     tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
-    classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
-                                     args.min_samples, model.T, args.delta, tw.weights if tw else None,
-                                     args.variance)
+    classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
+                                     weights=tw.weights if tw else None, **statistical_options(args))
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     objective = model.make_objective(latent_shape, args.error_space, args.flow_grid)
     scorer = Scorer(model.denoiser, objective, noise, device, dtype, batch_size, pad_to_batch=args.compile)
@@ -152,7 +151,7 @@ def main(argv=None) -> dict:
         img_size=img_size, n_trials=args.n_trials, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
         interpolation=args.interpolation, noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
         subset=str(args.subset_path) if args.subset_path else None, corruption=args.corruption, severity=args.severity,
-        schedule=args.schedule, z=args.z, min_samples=args.min_samples, delta=args.delta, variance=args.variance,
+        schedule=args.schedule, **statistical_options(args),
         timestep_weights=weights_digest(args.timestep_weights) if tw else None, objective=objective,
         error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
         extra=args.extra, root=args.dataset_root, data=hf_settings(args.dataset, dataset))

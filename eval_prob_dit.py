@@ -20,7 +20,7 @@ import torch
 
 from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_data_args, add_statistical_args
+from diffusion_classifier.cli import add_data_args, add_statistical_args, statistical_options
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.datasets import (
     PRESENT_CLASS_DATASETS,
@@ -135,8 +135,9 @@ def check_flags(args: argparse.Namespace) -> str:
         if args.cls is None:
             raise InputError("pass --cls C (per-class mode) or --to_keep and --n_samples (adaptive mode)")
         if args.null_normalize or args.schedule != "reference" or args.loss != "l2" or args.delta is not None \
-                or args.timestep_weights is not None:
-            raise InputError("--null_normalize, --schedule, --delta, --timestep_weights and --loss are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
+                or args.timestep_weights is not None or args.epsilon is not None or args.spending != "even":
+            raise InputError("--null_normalize, --schedule, --delta, --epsilon, --spending, --timestep_weights and --loss "
+                             "are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
         return "per_class"
     validate_schedule(args.to_keep, args.n_samples)
     if args.cls is not None:
@@ -185,9 +186,8 @@ def main(argv=None) -> dict:
         n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
     else:
         tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
-        classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, args.z,
-                                         args.min_samples, model.T, args.delta, tw.weights if tw else None,
-                                     args.variance)
+        classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
+                                         weights=tw.weights if tw else None, **statistical_options(args))
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
     common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
@@ -217,8 +217,8 @@ def main(argv=None) -> dict:
     present = sorted(set(dataset_targets(dataset))) if args.dataset in PRESENT_CLASS_DATASETS else None
     classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, present)
     run = class_adaptive_run(**common, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
-                             schedule=args.schedule, z=args.z, min_samples=args.min_samples, delta=args.delta,
-                             variance=args.variance, null_normalize=args.null_normalize, classes=classes,
+                             schedule=args.schedule, **statistical_options(args),
+                             null_normalize=args.null_normalize, classes=classes,
                              timestep_weights=weights_digest(args.timestep_weights) if args.timestep_weights else None)
     folder = run.folder(args.log_dir)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)

@@ -20,7 +20,7 @@ for _path in (str(ROOT), str(HERE)):
         sys.path.insert(0, _path)  # the package and the sibling config modules, from any working directory
 
 import sd2_configs  # noqa: E402
-from diffusion_classifier.datasets import sd_transform  # noqa: E402
+from diffusion_classifier.datasets import sd_transform, stratified_indices  # noqa: E402,F401 (stratified_indices: for the benchmarks)
 from diffusion_classifier.digits import DigitsDataset  # noqa: E402
 from diffusion_classifier.engine import Scorer  # noqa: E402
 from diffusion_classifier.families import SD_VERSIONS  # noqa: E402
@@ -189,19 +189,6 @@ def folder_workload(folder: str, img_size: int | None, n_images: int, n_prompts:
 
 
 # ---------------------------------------------------------------- digits: accuracy of one schedule
-
-
-def stratified_indices(labels, per_class: int, seed: int = 0) -> list[int]:
-    """per_class indices of every class in `labels`, chosen by a seeded permutation per class; sorted."""
-    import numpy as np
-
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        out += idx[rng.permutation(len(idx))[:per_class]].tolist()
-    return sorted(out)
 
 
 def digits_test(model, limit: int | None = None):

@@ -6,9 +6,18 @@ one record per image in benchmarks/cache/fashion/<model>/..., so a stopped run r
   - the reference's CIFAR-10 schedule, `--to_keep 5 1 --n_samples 50 500 --loss l1` (2,750 evaluations per image);
   - a full evaluation: every class at the 200 stratified timesteps (noise row k at the k-th), from which every
     statistical schedule (--z, --delta with iid or stratified variance) replays exactly (statistical.Replay).
-`report` reads the records, replays the schedules and writes benchmarks/results/fashion_schedules.{json,png}.
+  - `heldout`: the same full evaluation on labelled images of the *train* split (20 per class): the images a
+    model held out from training (its heldout_train.json, `train_tiny_models.py --holdout`), else a seeded
+    stratified choice of train images, marked as seen in training. Timestep weights, a temperature and the
+    indifference zone of the sharper schedule are fitted there, never on test;
+  - `flow_variants` (flow models): the full evaluation again with ε̂ compared with ε (--error_space eps) and
+    on evenly spaced σ (--flow_grid uniform_sigma), beside the default (velocity, the training timesteps' σ).
+`report` reads the records, replays the schedules (the anytime rule with even and decaying spending of delta,
+with and without the indifference zone), applies the held-out fits to the test records and writes
+benchmarks/results/fashion_schedules.{json,png}.
 
     OMP_NUM_THREADS=1 nohup python benchmarks/fashion_eval.py run --models sd --per_class 10 &
+    python benchmarks/fashion_eval.py run --models sd dit flow --schedules heldout --heldout_per_class 20
     python benchmarks/fashion_eval.py report
 """
 from __future__ import annotations
@@ -24,8 +33,10 @@ import torch
 from common import ROOT, stratified_indices
 from digits_c_full import N_TIMESTEPS
 
-from diffusion_classifier.calibration import load_full_errors
+from diffusion_classifier.calibration import (TimestepWeights, expected_calibration_error, fit_and_report,
+                                              fit_temperature, load_full_errors, nll, predictions, probabilities)
 from diffusion_classifier.records import accuracy_summary, read_predictions
+from diffusion_classifier.statistical import statistical_classify
 from schedules_digits_c import replay, schedules  # the same 200-timestep full evaluation and replays
 
 CACHE = ROOT / "benchmarks" / "cache" / "fashion"
@@ -37,6 +48,11 @@ N_FULL = N_TIMESTEPS
 LOSS = "l1"  # the paper's CIFAR-10 setting
 REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500"]
 FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL), "--min_samples", str(N_FULL)]
+# flow variants of the full evaluation: name -> (flags, the suffix they give the run folder)
+FLOW_VARIANTS = {"eps": (["--error_space", "eps"], "_erreps"),
+                 "uniform_sigma": (["--flow_grid", "uniform_sigma"], "_griduniform_sigma")}
+HELDOUT_FILE = "heldout_train.json"  # written by scripts/train_tiny_models.py --holdout
+EPSILONS = (0.0025, 0.005, 0.01, 0.02)  # the indifference zones tried on the held-out train images
 
 
 def stratified_subset(per_class: int, split: str = "test", seed: int = 0) -> list[int]:
@@ -53,11 +69,24 @@ def script(name: str):
     return mod
 
 
-def log_dir(model: str) -> Path:
-    return CACHE / model
+def log_dir(model: str, part: str = "") -> Path:
+    return CACHE / (model + (f"_{part}" if part else ""))
 
 
-def run(models, per_class: int, which, seed: int) -> None:
+def heldout_subset(model: str, per_class: int) -> tuple[list[int], bool]:
+    """(train-split indices to fit on, whether the model never trained on them): per_class of every class from
+    the model's held-out images when it has a heldout_train.json, else from the whole train split (seed 0)."""
+    from diffusion_classifier.fashion_mnist import load_arrays
+
+    labels = load_arrays("train")[1]
+    held = MODELS_DIR / MODELS[model][1] / HELDOUT_FILE
+    if held.is_file():
+        pool = np.array(json.loads(held.read_text())["indices"])
+        return sorted(pool[stratified_indices(labels[pool], per_class, 0)].tolist()), True
+    return stratified_indices(labels, per_class, 0), False
+
+
+def run(models, per_class: int, which, seed: int, heldout_per_class: int = 20) -> None:
     """Compute (or resume) the records of every model and schedule asked for."""
     CACHE.mkdir(parents=True, exist_ok=True)
     subset = CACHE / f"subset_test_{per_class}.npy"
@@ -68,25 +97,37 @@ def run(models, per_class: int, which, seed: int) -> None:
         if not path.is_dir():
             print(f"{m}: {path} is not trained yet; skipped", flush=True)
             continue
-        common = ["--model", str(path), "--dataset", "fashion_mnist", "--split", "test", "--loss", LOSS,
-                  "--subset_path", str(subset), "--log_dir", str(log_dir(m)), "--seed", str(seed), "--device", "cpu"]
+        common = ["--model", str(path), "--dataset", "fashion_mnist", "--loss", LOSS, "--seed", str(seed),
+                  "--device", "cpu", "--no_progress"]
         if entry == "eval_prob_adaptive":
             common += ["--prompt_path", str(ROOT / "prompts" / "fashion_mnist_prompts.csv")]
-        for name, flags in (("reference", REFERENCE), ("full", FULL)):
-            if name in which:
-                out = script(entry).main(common + flags)
-                print(f"{m} {name}: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
+        test = common + ["--split", "test", "--subset_path", str(subset), "--log_dir", str(log_dir(m))]
+        jobs = [(name, test + flags) for name, flags in (("reference", REFERENCE), ("full", FULL)) if name in which]
+        if "flow_variants" in which and m == "flow":
+            jobs += [(f"full {v}", test + FULL + flags) for v, (flags, _) in FLOW_VARIANTS.items()]
+        if "heldout" in which:
+            idx, unseen = heldout_subset(m, heldout_per_class)
+            held = CACHE / f"heldout_{m}_{heldout_per_class}.npy"
+            np.save(held, np.array(idx))
+            jobs.append(("heldout" if unseen else "heldout (seen in training)",
+                         common + ["--split", "train", "--subset_path", str(held), "--log_dir", str(log_dir(m, "heldout"))]
+                         + FULL))
+        for name, flags in jobs:
+            out = script(entry).main(flags)
+            print(f"{m} {name}: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
 
 
 def run_folders(model: str) -> dict[str, Path]:
-    """The reference and full run folders of a model (the ones its records are in)."""
-    base = log_dir(model) / "fashion_mnist"
+    """The run folders of a model's records: reference, full, full eps / full uniform_sigma (flow), heldout."""
     found = {}
-    for folder in sorted(base.glob("*")) if base.is_dir() else []:
-        if "5_1keep_50_500samples" in folder.name and "stat" not in folder.name:
-            found["reference"] = folder
-        elif f"1keep_{N_FULL}samples" in folder.name and "stat" in folder.name:
-            found["full"] = folder
+    for part in ("", "heldout"):
+        base = log_dir(model, part) / "fashion_mnist"
+        for folder in sorted(base.glob("*")) if base.is_dir() else []:
+            if "5_1keep_50_500samples" in folder.name and "stat" not in folder.name:
+                found["reference"] = folder
+            elif f"1keep_{N_FULL}samples" in folder.name and "stat" in folder.name:
+                variant = next((v for v, (_, tag) in FLOW_VARIANTS.items() if folder.name.endswith(tag)), None)
+                found["heldout" if part else (f"full {variant}" if variant else "full")] = folder
     return found
 
 
@@ -99,24 +140,110 @@ def evaluations_per_image(folder: Path) -> float:
     return total / max(len(paths), 1)
 
 
-def report(models, deltas, zs, min_samples: int) -> dict:
-    out = {}
+def anytime(delta: float, min_samples: int, variance: str, spending: str = "even", epsilon: float | None = None):
+    """classify(ev, n, k, w) of the anytime rule with these settings, on the full evaluation's grid."""
+    return lambda ev, n, k, w: statistical_classify(ev, n, k, N_FULL, delta=delta, min_samples=min_samples, weights=w,
+                                                    variance=variance, spending=spending, epsilon=epsilon)
+
+
+def rule_name(delta: float, variance: str, spending: str, epsilon: float | None = None) -> str:
+    return (f"anytime delta={delta:g} (min {{m}}, {variance})" if spending == "even" else
+            f"anytime delta={delta:g} decaying{'' if epsilon is None else f' eps={epsilon:g}'} (min {{m}}, {variance})")
+
+
+def choose_epsilon(fe, delta: float, min_samples: int, variance: str, tolerance: float = 0.5) -> tuple[float | None, list]:
+    """The widest indifference zone of EPSILONS whose replay on the held-out records fe keeps the accuracy of the
+    decaying rule without one within `tolerance` points (None when none does), and every zone's row."""
+    idx = range(len(fe.labels))
+    base = replay(fe, anytime(delta, min_samples, variance, "decaying"), idx)
+    rows, chosen = [{"epsilon": None, **base}], None
+    for eps in EPSILONS:
+        r = replay(fe, anytime(delta, min_samples, variance, "decaying", eps), idx)
+        rows.append({"epsilon": eps, **r})
+        if r["accuracy"] >= base["accuracy"] - tolerance:
+            chosen = eps
+    return chosen, rows
+
+
+def calibration(held, test) -> dict:
+    """Timestep weights (chosen on the held-out records as fit_and_report chooses them) and temperatures fitted on
+    the held-out train records `held`, applied to the test records: accuracy, NLL and ECE before and after."""
+    chosen, rep = fit_and_report(held, T=1000, holdout=0.5, seed=0)
+    out = {"heldout_images": len(held.labels), "test_images": len(test.labels), "weights_chosen": rep["chosen"],
+           "weights_report": rep}
+    y = test.labels
+    for name, w in (("uniform", None), ("weights", chosen.weights if rep["chosen"] != "uniform" else None)):
+        tw = None if w is None else TimestepWeights(w)
+        tau = fit_temperature(held, tw, range(len(held.labels)))
+        p1, pt = probabilities(test, tw, 1.0), probabilities(test, tw, tau)
+        out[name] = {"temperature": tau, "test_top1": 100.0 * float((predictions(test, tw) == y).double().mean()),
+                     "test_ece_before": expected_calibration_error(p1, y), "test_ece_after": expected_calibration_error(pt, y),
+                     "test_nll_before": nll(p1, y), "test_nll_after": nll(pt, y),
+                     "weights": None if w is None else [float(v) for v in w[::50]]}
+    out["_weights_full"] = chosen.weights if rep["chosen"] != "uniform" else None
+    return out
+
+
+def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
+    """({model: schedule rows}, {model: held-out fits and the sharper rule's choice})."""
+    out, fits = {}, {}
     for m in models:
         folders = run_folders(m)
-        rows = []
+        rows, fit = [], {}
         if "reference" in folders:
             preds, labels, _ = read_predictions(folders["reference"])
             rows.append({"schedule": "reference keep 5 1 / samples 50 500 (real run)",
                          "accuracy": accuracy_summary(preds, labels)["top1"],
                          "evals_per_image": evaluations_per_image(folders["reference"]), "n_images": len(labels)})
+        held = load_full_errors(folders["heldout"]) if "heldout" in folders else None
+        if held is not None:
+            fit["heldout_folder"] = folders["heldout"].name
+            fit["heldout_unseen"] = (MODELS_DIR / MODELS[m][1] / HELDOUT_FILE).is_file()
         if "full" in folders:
             fe = load_full_errors(folders["full"])
+            idx = range(len(fe.labels))
             for name, kind, classify in schedules(deltas, zs, min_samples):
                 if kind != "reference":  # the staged schedules ran for real above
-                    rows.append({"schedule": name + " (exact replay)", **replay(fe, classify, range(len(fe.labels)))})
+                    rows.append({"schedule": name + " (exact replay)", **replay(fe, classify, idx)})
+            weights = None
+            if held is not None:
+                cal = calibration(held, fe)
+                weights = cal.pop("_weights_full")
+                fit["calibration"] = cal
+            for variance in ("iid", "stratified"):
+                for d in deltas:
+                    rows.append({"schedule": rule_name(d, variance, "decaying").format(m=min_samples) + " (exact replay)",
+                                 **replay(fe, anytime(d, min_samples, variance, "decaying"), idx)})
+                if held is None:
+                    continue
+                eps, tried = choose_epsilon(held, deltas[0], min_samples, variance)
+                fit[f"epsilon_{variance}"] = {"chosen": eps, "delta": deltas[0], "heldout_rows": tried}
+                if eps is not None:
+                    name = rule_name(deltas[0], variance, "decaying", eps).format(m=min_samples)
+                    rows.append({"schedule": name + " (exact replay)",
+                                 **replay(fe, anytime(deltas[0], min_samples, variance, "decaying", eps), idx)})
+                    if weights is not None:
+                        rows.append({"schedule": name + ", held-out timestep weights (exact replay)",
+                                     **replay(fe, anytime(deltas[0], min_samples, variance, "decaying", eps), idx,
+                                              weights)})
+            if weights is not None:
+                rows.append({"schedule": "full, held-out timestep weights (exact replay)",
+                             **replay(fe, lambda ev, n, k, w: statistical_classify(ev, n, k, N_FULL, min_samples=N_FULL,
+                                                                                   weights=w), idx, weights)})
+        for v in FLOW_VARIANTS:
+            if f"full {v}" in folders:
+                fv = load_full_errors(folders[f"full {v}"])
+                label = {"eps": "ε̂ vs ε", "uniform_sigma": "evenly spaced σ"}[v]
+                rows.append({"schedule": f"full, {label} (exact replay)",
+                             **replay(fv, lambda ev, n, k, w: statistical_classify(ev, n, k, N_FULL, min_samples=N_FULL),
+                                      range(len(fv.labels)))})
+                rows.append({"schedule": f"anytime delta={deltas[0]:g} (min {min_samples}, stratified), {label} (exact replay)",
+                             **replay(fv, anytime(deltas[0], min_samples, "stratified"), range(len(fv.labels)))})
         if rows:
             out[MODELS[m][1]] = rows
-    return out
+        if fit:
+            fits[MODELS[m][1]] = fit
+    return out, fits
 
 
 def plot(results: dict, path: Path) -> None:
@@ -148,8 +275,9 @@ def main(argv=None) -> None:
     p.add_argument("command", choices=["run", "report"], help="compute records, or report on them")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to use")
     p.add_argument("--per_class", type=int, default=100, help="run: test images per class in the stratified subset")
-    p.add_argument("--schedules", nargs="+", default=["reference", "full"], choices=["reference", "full"],
-                   help="run: which records to compute")
+    p.add_argument("--schedules", nargs="+", default=["reference", "full"],
+                   choices=["reference", "full", "heldout", "flow_variants"], help="run: which records to compute")
+    p.add_argument("--heldout_per_class", type=int, default=20, help="run: held-out train images per class")
     p.add_argument("--seed", type=int, default=0, help="run: noise seed")
     p.add_argument("--deltas", type=float, nargs="+", default=[0.05, 0.1], help="report: anytime schedules' delta")
     p.add_argument("--z", type=float, nargs="+", default=[2.0, 3.0], help="report: fixed-z schedules")
@@ -157,16 +285,37 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.command == "run":
-        run(args.models, args.per_class, args.schedules, args.seed)
+        run(args.models, args.per_class, args.schedules, args.seed, args.heldout_per_class)
         return
-    results = report(args.models, args.deltas, args.z, args.min_samples)
+    results, fits = report(args.models, args.deltas, args.z, args.min_samples)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fashion_schedules.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / "fashion_heldout_fits.json").write_text(json.dumps(fits, indent=1) + "\n")
     plot(results, RESULTS / "fashion_schedules.png")
     for model, rows in results.items():
-        print(f"\n{model}\n| schedule | top-1 (%) | evaluations per image | images |\n|---|---:|---:|---:|")
+        ref = next((r for r in rows if r["schedule"].startswith("reference")), None)
+        print(f"\n{model}\n| schedule | top-1 (%) | evaluations per image | fewer than the reference | images |"
+              f"\n|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['schedule']} | {r['accuracy']:.2f} | {r['evals_per_image']:.0f} | {r['n_images']} |")
+            fewer = f"{ref['evals_per_image'] / r['evals_per_image']:.1f}x" if ref else ""
+            print(f"| {r['schedule']} | {r['accuracy']:.2f} | {r['evals_per_image']:.0f} | {fewer} | {r['n_images']} |")
+    for model, fit in fits.items():
+        cal = fit.get("calibration")
+        if cal:
+            print(f"\n{model}: fitted on {cal['heldout_images']} train images "
+                  f"({'held out from training' if fit['heldout_unseen'] else 'seen in training'}), applied to "
+                  f"{cal['test_images']} test images; weights chosen: {cal['weights_chosen']}")
+            for name in ("uniform", "weights"):
+                c = cal[name]
+                print(f"  {name}: top-1 {c['test_top1']:.2f}%, temperature {c['temperature']:.4g}, ECE "
+                      f"{c['test_ece_before']:.2f}% -> {c['test_ece_after']:.2f}%, NLL {c['test_nll_before']:.3f} -> "
+                      f"{c['test_nll_after']:.3f}")
+        for variance in ("iid", "stratified"):
+            if f"epsilon_{variance}" in fit:
+                e = fit[f"epsilon_{variance}"]
+                print(f"  indifference zone ({variance}), chosen on the held-out records: {e['chosen']}; "
+                      + ", ".join(f"eps {r['epsilon']}: {r['accuracy']:.1f}% @ {r['evals_per_image']:.0f}"
+                                  for r in e["heldout_rows"]))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,19 @@ def add_statistical_args(parser) -> None:
     parser.add_argument("--variance", default="iid", choices=["iid", "stratified"],
                    help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
                         "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
+    parser.add_argument("--spending", default="even", choices=["even", "decaying"],
+                   help="with --delta: how delta is shared over the looks: evenly over the looks of the schedule, or "
+                        "6 delta / (pi^2 l^2) at look l (most at the first looks; valid for any number of looks)")
+    parser.add_argument("--epsilon", type=float, default=None,
+                   help="statistical schedule: also stop an image once no class can beat the leader by more than "
+                        "epsilon x the leader's mean error (an indifference zone: with --delta, P(the answer is more "
+                        "than that worse than the best class) <= delta); e.g. 0.005")
+
+
+def statistical_options(args) -> dict:
+    """The statistical schedule's settings from the flags of add_statistical_args (for make_schedule and the runs)."""
+    return dict(z=args.z, min_samples=args.min_samples, delta=args.delta, variance=args.variance,
+                epsilon=args.epsilon, spending=args.spending)
 
 
 def add_data_args(parser) -> None:

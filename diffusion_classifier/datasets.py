@@ -113,6 +113,17 @@ def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
     return [int(i) for i in arr]
 
 
+def stratified_indices(labels, per_class: int, seed: int = 0) -> list[int]:
+    """per_class indices of every class in `labels`, chosen by a seeded permutation per class; sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        out += idx[rng.permutation(len(idx))[:per_class]].tolist()
+    return sorted(out)
+
+
 # ---------------------------------------------------------------- datasets
 
 

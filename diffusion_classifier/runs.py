@@ -78,13 +78,21 @@ def _schedule(to_keep, n_samples) -> list[Setting]:
             Setting({"n_samples": list(n_samples)}, "_" + "_".join(map(str, n_samples)) + "samples")]
 
 
-def _statistical(schedule: str, z: float, min_samples: int, delta: float | None, variance: str) -> tuple[Setting, Setting]:
-    """The schedule's settings; the statistical one adds _stat_z<z> (or _stat_d<delta>) _min<m>, and its variance."""
+def _statistical(schedule: str, z: float, min_samples: int, delta: float | None, variance: str,
+                 epsilon: float | None = None, spending: str = "even") -> tuple[Setting, Setting]:
+    """The schedule's settings; the statistical one adds _stat_z<z> (or _stat_d<delta>) _min<m>, then its variance,
+    _decay for the decaying spending of delta and _eps<epsilon> for an indifference zone (absent at their defaults,
+    so older runs keep their folders and manifests)."""
     stat = schedule == "statistical"
     tag = ((f"_stat_z{z:g}" if delta is None else f"_stat_d{delta:g}") + f"_min{min_samples}") if stat else ""
+    decay = stat and spending != "even"
+    eps = stat and epsilon is not None
     return (Setting({"schedule": schedule, "z": z if stat else None, "min_samples": min_samples if stat else None,
                      "delta": delta}, tag),
-            Setting({"variance": variance if variance != "iid" else None}, f"_{variance}" if stat and variance != "iid" else ""))
+            Setting({"variance": variance if variance != "iid" else None,
+                     **({"spending": spending} if decay else {}), **({"epsilon": epsilon} if eps else {})},
+                    (f"_{variance}" if stat and variance != "iid" else "") + ("_decay" if decay else "")
+                    + (f"_eps{epsilon:g}" if eps else "")))
 
 
 def _loss(loss: str) -> Setting:
@@ -100,7 +108,8 @@ def zero_shot_run(*, version: str | None, model: str | None, source: str, datase
                   subset: str | None, corruption: str | None, severity: int | None, schedule: str, z: float,
                   min_samples: int, delta: float | None, variance: str, timestep_weights: str | None, objective,
                   error_space: str | None, flow_grid: str, no_t5: bool, guidance: float | None,
-                  extra: str | None = None, root: str | Path | None = None, data: dict | None = None) -> RunDescription:
+                  extra: str | None = None, root: str | Path | None = None, data: dict | None = None,
+                  epsilon: float | None = None, spending: str = "even") -> RunDescription:
     """eval_prob_adaptive.py's run: v<model>_<n>trials_<keeps>keep_<samples>samples and the suffixes of its options.
 
     `objective` is the one scored with (its prediction type and error space); `error_space` the flag as given.
@@ -122,7 +131,7 @@ def zero_shot_run(*, version: str | None, model: str | None, source: str, datase
         Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}")),
         _loss(loss),
         Setting({"img_size": img_size}, _unless(img_size, 512, f"_{img_size}")),
-        *_statistical(schedule, z, min_samples, delta, variance),
+        *_statistical(schedule, z, min_samples, delta, variance, epsilon, spending),
         _weights(timestep_weights),
         Setting(objective_values, (f"_err{error_space}" if error_space is not None else "")
                 + (f"_grid{flow_grid}" if flow and flow_grid != "timesteps" else "")),
@@ -165,9 +174,9 @@ def class_adaptive_run(*, source: str, vae: str | None, dataset: str, split: str
                        schedule: str, z: float, min_samples: int, delta: float | None, variance: str,
                        null_normalize: bool, classes: list[int], timestep_weights: str | None,
                        extra: str | None = None, root: str | Path | None = None,
-                       data: dict | None = None) -> RunDescription:
+                       data: dict | None = None, epsilon: float | None = None, spending: str = "even") -> RunDescription:
     """eval_prob_dit.py's adaptive run: <model>_<n>trials_<keeps>keep_<samples>samples[_<loss>][_stat..][_null].."""
-    statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance)
+    statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
     settings = (
         _class_model(source, vae, dataset, split, img_size, noise, corruption, severity),
         _trials(n_trials),

@@ -25,6 +25,24 @@ makes the sample mean less variable than independent draws (conservative, but ou
 and "best" is the expected error over all (t, ε), which need not be the class the full evaluation
 on one fixed grid and noise bank picks when two classes are within its own sampling error.
 
+Spending (`spending`). 'even' spends delta / L at each of the L looks, L fixed before the first
+sample. 'decaying' spends 6 delta / (pi^2 l^2) at look l: these shares sum to delta over any number of
+looks, so the bound above holds without fixing L, and most of delta goes to the first looks, where most
+candidates are dropped (with the t law's heavy tails at few samples, that is where a larger share buys
+most). Either way the union over (look, candidate) pairs spends at most delta.
+
+Indifference zone (`epsilon`). Two classes whose expected errors differ by a hair cannot be told apart
+by any budget, and the plain rule spends max_samples on them. With epsilon, an image also stops once
+every remaining candidate j satisfies mean(d_j) - thr se_j >= -epsilon m, m the leader's mean error
+(d_j = e_j - e_leader, thr the threshold of that look): no candidate is then credibly better than the
+leader by more than epsilon m, and the leader is the answer. What this adds to the guarantee: with
+probability at least 1 - delta, b is never dropped and the answer's expected error is at most that of
+b plus epsilon m. The proof needs no more tests: both failures are the same one-sided event, the mean
+of e_b - e_j exceeding its expectation by more than thr standard errors for some j at some look, which
+the union above already bounds. What it does not add: m is estimated, so the zone's width is as exact
+as that estimate; and "within epsilon of the best expected error" is not "correct": on the images
+where the classifier's best class is wrong anyway, it may settle for a near-tie sooner.
+
 variance='stratified' (either threshold) estimates the standard error from differences between
 neighbouring timesteps instead of the plain sample variance: the error differences change smoothly
 with t, and the stratified order samples t evenly, so most of their spread is a trend that the mean
@@ -34,6 +52,7 @@ smoothness (the neighbour differences must not underestimate the noise), an assu
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import torch
@@ -56,20 +75,18 @@ def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:
 VARIANCES = ("iid", "stratified")
 
 
-def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid") -> torch.Tensor:
-    """Keep-mask over candidates given their errors on shared samples (K, n): drop those worse than the
-    leader by more than z paired standard errors.
+def paired_differences(errors: torch.Tensor, t: torch.Tensor | None = None,
+                       variance: str = "iid") -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(leader, mean paired difference to the leader (K,), its standard error (K,)) from the errors of the
+    candidates on shared samples (K, n), n >= 2.
 
     variance 'iid': the sample variance of the differences (independent samples). 'stratified': the
     successive-difference estimator of systematic sampling, sum over neighbours in t of (d_i+1 - d_i)^2
     / (2 (n-1)), which leaves out the part of the spread that is a smooth trend of d over t; it needs the
     samples' timesteps t (n,).
     """
-    k, n = errors.shape
-    means = errors.mean(1)
-    leader = int(means.argmin())
-    if n < 2:
-        return torch.ones(k, dtype=torch.bool)
+    n = errors.shape[1]
+    leader = int(errors.mean(1).argmin())
     d = errors - errors[leader]  # (K, n) paired differences
     if variance == "stratified":
         ds = d[:, torch.argsort(t, stable=True)]
@@ -78,9 +95,31 @@ def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, 
         se = d.std(1, unbiased=True) / n**0.5
     else:
         raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    keep = d.mean(1) <= z * se
+    return leader, d.mean(1), se
+
+
+def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid") -> torch.Tensor:
+    """Keep-mask over candidates given their errors on shared samples (K, n): drop those worse than the
+    leader by more than z paired standard errors (paired_differences gives the variance estimators)."""
+    k, n = errors.shape
+    if n < 2:
+        return torch.ones(k, dtype=torch.bool)
+    leader, mean, se = paired_differences(errors, t, variance)
+    keep = mean <= z * se
     keep[leader] = True
     return keep
+
+
+def settled(errors: torch.Tensor, z: float, epsilon: float, t: torch.Tensor | None = None,
+            variance: str = "iid") -> bool:
+    """Whether no candidate can beat the leader by more than epsilon x the leader's mean error: every lower
+    confidence bound mean(d_j) - z se_j of E[e_j - e_leader] is >= -epsilon x mean(e_leader) (the
+    indifference zone of the statistical schedule's `epsilon`)."""
+    if errors.shape[0] < 2 or errors.shape[1] < 2:
+        return errors.shape[0] < 2
+    leader, mean, se = paired_differences(errors, t, variance)
+    margin = epsilon * float(errors[leader].mean().abs())
+    return bool((mean - z * se >= -margin).all())
 
 
 def n_looks(max_samples: int, min_samples: int, step: int | None = None) -> int:
@@ -89,13 +128,29 @@ def n_looks(max_samples: int, min_samples: int, step: int | None = None) -> int:
     return 1 + -(-(max_samples - min_samples) // step)
 
 
-def anytime_threshold(n: int, delta: float, looks: int, n_candidates: int) -> float:
-    """One-sided t threshold at n paired samples that spends delta over looks x (n_candidates - 1) tests."""
+SPENDINGS = ("even", "decaying")
+
+
+def look_alpha(delta: float, look: int, looks: int, spending: str = "even") -> float:
+    """The share of delta spent at look `look` (1-based): 'even' delta / looks (the number of looks known
+    before the first sample); 'decaying' 6 delta / (pi^2 look^2), which sums to delta over any number of
+    looks and spends most where most candidates are dropped, at the first looks."""
+    if spending == "even":
+        return delta / looks
+    if spending == "decaying":
+        return 6.0 * delta / (math.pi**2 * look**2)
+    raise InputError(f"spending must be one of {SPENDINGS}, got {spending!r}")
+
+
+def anytime_threshold(n: int, delta: float, looks: int, n_candidates: int, look: int = 1,
+                      spending: str = "even") -> float:
+    """One-sided t threshold at n paired samples that spends delta over looks x (n_candidates - 1) tests
+    (look_alpha: evenly, or decaying with the look's number)."""
     from scipy.stats import t as student_t
 
     if n < 2:
         return float("inf")
-    alpha = delta / (looks * max(n_candidates - 1, 1))
+    alpha = look_alpha(delta, look, looks, spending) / max(n_candidates - 1, 1)
     return float(student_t.ppf(1.0 - alpha, n - 1))
 
 
@@ -112,11 +167,16 @@ def statistical_classify(
     delta: float | None = None,
     weights: torch.Tensor | None = None,
     variance: str = "iid",
+    epsilon: float | None = None,
+    spending: str = "even",
 ) -> list[AdaptiveResult]:
     """Classify n_images at once; errors per (t, trial) of the k-th timestep use noise rows n_trials*k+trial.
 
     With `delta` the anytime-valid threshold (module docstring) replaces the fixed `z`. With `weights`
-    (T,) positive, decisions use the weighted errors w(t)·e (records keep the raw errors).
+    (T,) positive, decisions use the weighted errors w(t)·e (records keep the raw errors). With `epsilon`
+    an image also stops once no other candidate can beat the leader by more than epsilon x the leader's
+    mean error (module docstring: the indifference zone); its survivors are then the leader alone.
+    `spending` shares delta over the looks (look_alpha).
     """
     if z <= 0:
         raise InputError(f"z must be positive, got {z}")
@@ -124,6 +184,10 @@ def statistical_classify(
         raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if delta is not None and not 0 < delta < 1:
         raise InputError(f"delta must be in (0, 1), got {delta}")
+    if epsilon is not None and not 0 <= epsilon < 1:
+        raise InputError(f"epsilon must be in [0, 1), got {epsilon}")
+    if spending not in SPENDINGS:
+        raise InputError(f"spending must be one of {SPENDINGS}, got {spending!r}")
     if not 1 <= min_samples <= max_samples:
         raise InputError(f"min_samples must be in 1..max_samples ({max_samples}), got {min_samples}")
     timesteps = stratified_timesteps(max_samples, T)
@@ -132,7 +196,7 @@ def statistical_classify(
     alive = [list(range(n_candidates)) for _ in range(n_images)]
     errs = [[[] for _ in range(n_candidates)] for _ in range(n_images)]  # [image][cand] -> list of (n_trials,) tensors
     ts_done = [[[] for _ in range(n_candidates)] for _ in range(n_images)]
-    k0 = 0
+    k0 = look = 0
     while k0 < max_samples:
         k1 = min(max_samples, k0 + (min_samples if k0 == 0 else step))
         active = [i for i in range(n_images) if len(alive[i]) > 1 or k0 == 0]
@@ -148,6 +212,7 @@ def statistical_classify(
                     noise += range(n_trials * k, n_trials * (k + 1))
         out = evaluate(Jobs.build(image, cond, ts, noise)).view(-1, k1 - k0, n_trials)  # (rows, k, trials)
         row = 0
+        look += 1
         for i in active:
             for c in alive[i]:
                 errs[i][c].append(out[row])
@@ -158,9 +223,14 @@ def statistical_classify(
                 t_i = torch.tensor(ts_done[i][alive[i][0]]).repeat_interleave(n_trials)  # shared by the alive
                 if weights is not None:
                     e = e * weights[t_i].to(e.dtype)
-                thr = z if delta is None else anytime_threshold(e.shape[1], delta, looks, n_candidates)
+                thr = z if delta is None else anytime_threshold(e.shape[1], delta, looks, n_candidates, look,
+                                                                                 spending)
                 keep = paired_prune(e, thr, t_i, variance)
                 alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
+                if epsilon is not None and len(alive[i]) > 1:
+                    e = e[keep]
+                    if settled(e, thr, epsilon, t_i, variance):
+                        alive[i] = [alive[i][int(e.mean(1).argmin())]]
         k0 = k1
     results = []
     for i in range(n_images):
@@ -178,7 +248,8 @@ def statistical_classify(
 
 def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int = 10,
                   T: int = 1000, delta: float | None = None, weights: torch.Tensor | None = None,
-                  variance: str = "iid") -> tuple[Callable, int]:
+                  variance: str = "iid", epsilon: float | None = None,
+                  spending: str = "even") -> tuple[Callable, int]:
     """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'.
 
     `delta` (statistical only) selects the anytime-valid threshold instead of the fixed z; `weights` (T,)
@@ -186,10 +257,14 @@ def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float
     """
     if delta is not None and schedule != "statistical":
         raise InputError("--delta applies to --schedule statistical only")
+    if epsilon is not None and schedule != "statistical":
+        raise InputError("--epsilon applies to --schedule statistical only")
+    if spending != "even" and delta is None:
+        raise InputError(f"--spending {spending} shares --delta over the looks: pass --delta (with --schedule statistical)")
     if schedule == "statistical":
         return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
                                   min_samples=min_samples, T=T, delta=delta, weights=weights,
-                                  variance=variance), n_trials * max(n_samples))
+                                  variance=variance, epsilon=epsilon, spending=spending), n_trials * max(n_samples))
     if schedule == "reference":
         rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
         return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T,

@@ -24,8 +24,10 @@ sys.path.insert(0, str(REPO))  # the script runs from any working directory
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.interrupts import Interrupted  # noqa: E402
+from diffusion_classifier.records import write_json  # noqa: E402
 from diffusion_classifier.training import dit, flow, sd  # noqa: E402
-from diffusion_classifier.training.common import Checkpointing, TrainingPaused, train_images, validation_split  # noqa: E402
+from diffusion_classifier.training.common import (Checkpointing, TrainingPaused, holdout_split, train_images,
+                                                    validation_split)  # noqa: E402
 from diffusion_classifier.training.data import DATA_NAMES, training_data  # noqa: E402
 from diffusion_classifier.training.ddpm import BETA_RANGES  # noqa: E402
 
@@ -38,6 +40,8 @@ KINDS = {
     "dit": (dit, dit.train_dit, dit.write_dit_card, {}),
     "flow": (flow, flow.train_flow, flow.write_flow_card, {}),
 }
+HELDOUT_FILE = "heldout_train.json"
+HOLDOUT_SEED = 1
 GROUPS = {"both": ("sd", "dit"), "all": ("sd", "dit", "flow")}
 ARCH_FLAGS = ("patch", "heads", "head_dim", "layers")
 
@@ -71,7 +75,15 @@ def parse_args(argv):
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="DiT model selection: train on the rest of the train split and report the top-1 on this "
                              "stratified fraction of it (seed 1); needs --model dit and an --out other than the shipped folder")
+    parser.add_argument("--holdout", type=int, default=0, metavar="PER_CLASS",
+                        help="hold out PER_CLASS images of every class of the train split (seeded, stratified) and never "
+                             "train on them; their indices go to the model folder's heldout_train.json, for fitting "
+                             "timestep weights and a temperature on labelled images the model has not seen")
     args = parser.parse_args(argv)
+    if args.holdout and args.val_fraction:
+        parser.error("--holdout and --val-fraction both hold images out; pass one")
+    if args.holdout < 0:
+        parser.error(f"--holdout is a count of images per class, got {args.holdout}")
     if args.val_fraction:
         if args.model != "dit":
             parser.error(f"--val-fraction is implemented for --model dit, got --model {args.model}")
@@ -98,7 +110,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data = training_data(args.data)
-    images, val = train_images(data), None  # read once for every kind trained
+    images, val, held = train_images(data), None, None  # read once for every kind trained
+    if args.holdout:
+        images, held = holdout_split(*images, args.holdout, HOLDOUT_SEED)
     if args.val_fraction:
         images, val = validation_split(*images, args.val_fraction)
     for which in GROUPS.get(args.model, (args.model,)):
@@ -112,7 +126,8 @@ def main(argv=None) -> None:
                              f"or delete it to start over")
         if args.resume and not path.is_file():
             print(f"{name}: no checkpoint at {path}; starting from step 0", flush=True)
-        identity = {"data": data.name, "model": which, **settings, **fixed, "n_train": len(images[1])}
+        identity = {"data": data.name, "model": which, **settings, **fixed, "n_train": len(images[1]),
+                    **({"holdout_per_class": args.holdout} if held else {})}
         identity = {k: list(v) if isinstance(v, tuple) else v for k, v in identity.items()}
         ckpt = Checkpointing(path=path, settings=identity, resume=args.resume, every_s=60 * args.checkpoint_every,
                              stop_at=args.stop_at, time_limit_s=60 * args.time_limit if args.time_limit else None)
@@ -135,6 +150,10 @@ def main(argv=None) -> None:
             stats["val_fraction"] = args.val_fraction
             stats["val_top1"] = dit.dit_accuracy(model, *val, stats["beta_schedule"])
         stats["threads"] = args.threads
+        if held:
+            stats["holdout_per_class"] = args.holdout
+            write_json(out / HELDOUT_FILE, {"data": data.name, "split": "train", "per_class": args.holdout,
+                                            "seed": HOLDOUT_SEED, "indices": held})
         card(out, stats)
         (out / "training.json").write_text(json.dumps(stats, indent=1) + "\n")
         path.unlink(missing_ok=True)

@@ -91,3 +91,62 @@ def test_delta_is_checked():
         statistical_classify(lambda j: torch.zeros(len(j)), 1, 2, max_samples=10, min_samples=5, delta=1.5)
     with pytest.raises(InputError, match="statistical"):
         make_schedule("reference", [1], [10], delta=0.1)
+
+
+def test_decaying_spending_keeps_the_bound_and_sums_to_delta_over_any_number_of_looks():
+    from diffusion_classifier.statistical import look_alpha
+
+    assert sum(look_alpha(0.05, l, 0, "decaying") for l in range(1, 10_000)) == pytest.approx(0.05, rel=1e-3)
+    assert sum(look_alpha(0.05, l, 0, "decaying") for l in range(1, 10_000)) < 0.05
+    # it spends more than the even share at the first looks of a 20-look schedule, less at the last
+    assert anytime_threshold(20, 0.05, 20, 10, 1, "decaying") < anytime_threshold(20, 0.05, 20, 10, 1, "even")
+    assert anytime_threshold(200, 0.05, 20, 10, 20, "decaying") > anytime_threshold(200, 0.05, 20, 10, 20, "even")
+    for variance, seed in (("iid", 3), ("stratified", 4)):
+        rate = best_pruned_rate({"delta": 0.05, "spending": "decaying", "variance": variance}, NEAR_TIE, seed=seed)
+        assert rate <= 0.05, (variance, rate)
+    with pytest.raises(InputError, match="spending"):
+        statistical_classify(lambda j: torch.zeros(len(j)), 1, 2, max_samples=10, min_samples=5, delta=0.1,
+                             spending="front")
+    with pytest.raises(InputError, match="--delta"):
+        make_schedule("statistical", [1], [10], spending="decaying")
+
+
+# errors around 10: classes 1 and 2 are within the indifference zone (epsilon 0.01 of 10 = 0.1) of the best,
+# classes 3 and 4 just beyond it, 5 far beyond
+LEVEL_MEANS = torch.tensor([10.0, 10.04, 10.04, 10.12, 10.12, 11.0])
+
+
+def test_indifference_zone_answers_within_epsilon_of_the_best_with_probability_one_minus_delta():
+    n, max_samples = 600, 60
+    ev = paired_errors(n, LEVEL_MEANS, max_samples, sd=0.1, seed=5)
+    rule = dict(max_samples=max_samples, min_samples=5, delta=0.05, spending="decaying")
+    res = statistical_classify(ev, n, len(LEVEL_MEANS), epsilon=0.01, **rule)
+    too_bad = sum(float(LEVEL_MEANS[r.pred] - LEVEL_MEANS[0]) > 0.01 * 10.0 for r in res) / n
+    assert too_bad <= 0.05, too_bad
+    # the zone is what stops near-ties early: without it most images run to max_samples with 3 classes alive
+    assert sum(len(r.survivors) == 1 for r in res) > 0.9 * n
+    plain = statistical_classify(ev, n, len(LEVEL_MEANS), **rule)
+    assert sum(len(r.survivors) > 1 for r in plain) > 0.5 * n
+
+
+def test_indifference_zone_costs_fewer_evaluations_on_ties_and_changes_nothing_on_clear_cases():
+    def cost(means, epsilon, seed):
+        ev = paired_errors(200, means, 60, sd=0.1, seed=seed)
+        calls = {"n": 0}
+
+        def counting(jobs):
+            calls["n"] += len(jobs)
+            return ev(jobs)
+
+        res = statistical_classify(counting, 200, len(means), max_samples=60, min_samples=5, delta=0.05,
+                                   epsilon=epsilon)
+        return calls["n"], [r.pred for r in res]
+
+    ties = torch.tensor([10.0, 10.0, 10.0, 12.0])
+    assert cost(ties, 0.01, 6)[0] < 0.6 * cost(ties, None, 6)[0]
+    clear = torch.tensor([10.0, 13.0, 13.0, 13.0])  # settled by pruning alone: the zone never decides
+    assert cost(clear, 0.01, 7) == cost(clear, None, 7)
+    with pytest.raises(InputError, match="epsilon"):
+        statistical_classify(lambda j: torch.zeros(len(j)), 1, 2, max_samples=10, min_samples=5, epsilon=-0.1)
+    with pytest.raises(InputError, match="statistical"):
+        make_schedule("reference", [1], [10], epsilon=0.01)

@@ -53,6 +53,10 @@ FOLDERS = [  # (description, LOG_DIR-relative folder as the scripts have always 
         delta=0.05, min_samples=4, variance="stratified", timestep_weights="0123abcd", to_keep=[1], n_samples=[8]),
      "digits_c_fog_2/vtiny_1trials_1keep_8samples_8_stat_d0.05_min4_stratified_tw0123abcd"),
     (sd(variance="stratified"), "pets/v2-0_1trials_5_1keep_50_500samples"),  # the variance names statistical runs only
+    (sd(version="fashion", img_size=28, dataset="fashion_mnist", split="test", loss="l1", schedule="statistical",
+        delta=0.05, variance="stratified", spending="decaying", epsilon=0.005, to_keep=[1], n_samples=[200]),
+     "fashion_mnist/vfashion_1trials_1keep_200samples_l1_28_stat_d0.05_min10_stratified_decay_eps0.005"),
+    (sd(spending="decaying", epsilon=0.01), "pets/v2-0_1trials_5_1keep_50_500samples"),  # statistical runs only
     (sd(version="2-1-768", img_size=768, objective=V), "pets/v2-1-768_1trials_5_1keep_50_500samples_768"),
     (sd(version="2-1-768", img_size=768, objective=V, error_space="native"),
      "pets/v2-1-768_1trials_5_1keep_50_500samples_768_errnative"),
@@ -108,6 +112,8 @@ def test_manifest_holds_the_settings_the_scripts_have_always_written():
     assert set(dit(False).manifest) == {"model", "vae", "dataset", "split", "img_size", "n_trials", "noise", "corruption",
                                         "severity", "to_keep", "n_samples", "loss", "schedule", "z", "min_samples",
                                         "null_normalize", "classes", "delta", "variance", "timestep_weights"}
+    assert dit(False, schedule="statistical", delta=0.1, spending="decaying", epsilon=0.01).manifest == {
+        **dit(False, schedule="statistical", delta=0.1).manifest, "spending": "decaying", "epsilon": 0.01}
     assert winoground_run(model="clip", version="ViT-B/32", model_path=None, source="s").manifest == {
         "model": "clip", "source": "s", "version": "ViT-B/32"}
     assert winoground_run(model="sd", version="tiny", model_path=None, source="s", img_size=8, native_size=8,
@@ -120,6 +126,8 @@ def test_runs_that_differ_in_any_named_setting_get_different_folders():
     variants = [sd(**c) for c in ({}, {"loss": "l1"}, {"interpolation": "lanczos"}, {"img_size": 256}, {"n_trials": 2},
                                   {"schedule": "statistical"}, {"schedule": "statistical", "delta": 0.1},
                                   {"schedule": "statistical", "variance": "stratified"}, {"timestep_weights": "ab"},
+                                  {"schedule": "statistical", "delta": 0.1, "spending": "decaying"},
+                                  {"schedule": "statistical", "epsilon": 0.01},
                                   {"error_space": "eps"}, {"objective": FLOW, "flow_grid": "uniform_sigma"},
                                   {"guidance": 4.0}, {"no_t5": True}, {"to_keep": [2, 1]}, {"n_samples": [50, 400]})]
     assert len({r.name for r in variants}) == len(variants)

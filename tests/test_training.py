@@ -221,3 +221,33 @@ def test_flow_noising_draws_logit_normal_sigmas_through_the_shift():
     xt = FlowNoising(1.0).add_noise(x0, sigma, eps)
     torch.testing.assert_close(xt[0], x0[0]) and torch.testing.assert_close(xt[3], eps[3])
     torch.testing.assert_close(xt[1], 0.75 * x0[1] + 0.25 * eps[1])
+
+
+def test_holdout_keeps_its_images_out_of_training_and_names_them_in_the_model_folder(tmp_path):
+    from diffusion_classifier.digits import load_digits_arrays
+    from diffusion_classifier.training.common import holdout_split, train_images
+    from diffusion_classifier.training.data import DIGITS
+
+    x, y = train_images(DIGITS)
+    (x_fit, y_fit), held = holdout_split(x, y, 3, seed=1)
+    assert len(held) == 30 and len(y_fit) == len(y) - 30
+    assert torch.bincount(y[held]).tolist() == [3] * 10  # stratified
+    assert holdout_split(x, y, 3, seed=1)[1] == held and holdout_split(x, y, 3, seed=2)[1] != held
+    kept = set(range(len(y))) - set(held)
+    assert torch.equal(x_fit, x[sorted(kept)])  # the rest, in order
+    with pytest.raises(InputError, match="--holdout"):
+        holdout_split(x, y, 10_000)
+
+    args = [sys.executable, str(REPO / "scripts" / "train_tiny_models.py"), "--model", "sd", "--steps", "2",
+            "--batch", "4", "--channels", "8", "16", "--holdout", "3", "--out", str(tmp_path / "out"),
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "out" / "digits-sd"
+    record = json.loads((folder / "heldout_train.json").read_text())
+    assert record["indices"] == held and record["split"] == "train" and record["per_class"] == 3
+    stats = json.loads((folder / "training.json").read_text())
+    assert stats["n_train"] == len(load_digits_arrays("train")[1]) - 30 and stats["holdout_per_class"] == 3
+    assert "--holdout 3" in (folder / "README.md").read_text()
+    clash = subprocess.run(args + ["--val-fraction", "0.1"], capture_output=True, text=True)
+    assert clash.returncode == 2 and "--holdout" in clash.stderr

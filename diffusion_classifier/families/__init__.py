@@ -56,6 +56,7 @@ SD_VERSIONS = {
     "tiny": str(TINY_MODELS / "digits-sd"),
     "tiny-flow": str(TINY_MODELS / "tiny-flow"),  # flow matching, SD3 layout, pixel space
     "fashion": str(TINY_MODELS / "fashion-sd"),  # Fashion-MNIST, 28x28 pixels
+    "fashion-flow": str(TINY_MODELS / "fashion-flow"),  # Fashion-MNIST, flow matching, SD3 layout, 28x28 pixels
 }
 
 

@@ -145,6 +145,21 @@ def validation_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: in
     fit, val = torch.from_numpy(fit), torch.from_numpy(val)
     return (x[fit], y[fit]), (x[val], y[val])
 
+def holdout_split(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int = 1):
+    """((x, y) to train on, sorted indices held out): `per_class` images of every class of the given (train) split
+    are held out, chosen as datasets.stratified_indices chooses them; they are never trained on, so a model's
+    timestep weights and temperature can be fitted on them (see scripts/train_tiny_models.py --holdout)."""
+    from ..datasets import stratified_indices
+
+    counts = torch.bincount(y)
+    if per_class < 1 or per_class >= int(counts[counts > 0].min()):
+        raise InputError(f"--holdout must be in 1..{int(counts[counts > 0].min()) - 1} images per class "
+                         f"(the smallest class has {int(counts[counts > 0].min())}), got {per_class}")
+    held = stratified_indices(y.numpy(), per_class, seed)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held] = False
+    return (x[keep], y[keep]), held
+
 
 
 def random_shift(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -349,6 +364,7 @@ def retrain_command(which: str, s: dict, extra: str = "") -> str:
     where = f" --device {s['device']}" if s.get("device", "cpu") != "cpu" else ""
     selection = f" --val-fraction {s['val_fraction']:g} --out OUT" if "val_fraction" in s else ""
     data = f" --data {s['data']}" if s.get("data", "digits") != "digits" else ""
+    selection += f" --holdout {s['holdout_per_class']}" if s.get("holdout_per_class") else ""
     return (
         f"python3 scripts/train_tiny_models.py{data} --model {which} --steps {s['steps']} --batch {s['batch']} --lr {s['lr']}"
         f"{extra} --seed {s['seed']} --threads {s['threads']}{where}{selection}"
@@ -361,7 +377,9 @@ def card_data_line(s: dict) -> str:
 
     data = training_data(s.get("data", "digits"))
     size = data.size
-    return (f"- **Data**: {data.title}, {data.split_note}\n  ({s['n_train']} images). Each image is {size}x{size}, converted to RGB (3 identical channels)\n"
+    held = (f", less {s['holdout_per_class']} images per class held out (never trained on; their indices are in "
+            f"`heldout_train.json`)" if s.get("holdout_per_class") else "")
+    return (f"- **Data**: {data.title}, {data.split_note}{held}\n  ({s['n_train']} images). Each image is {size}x{size}, converted to RGB (3 identical channels)\n"
             f"  and normalised to [-1, 1] (x / 127.5 - 1). Augmentation: a random +-1 px translation with probability {SHIFT_PROB}.")
 
 

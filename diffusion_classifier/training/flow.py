@@ -21,7 +21,7 @@ from .data import DIGITS, TrainingData, training_data
 DEFAULTS = dict(steps=2500, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)
 DATA_DEFAULTS = {
     "digits": DEFAULTS,
-    "fashion_mnist": dict(steps=6000, batch=128, lr=1e-3, shift=1.0, patch=4, heads=4, head_dim=32, layers=6),
+    "fashion_mnist": dict(steps=4000, batch=128, lr=1e-3, shift=1.0, patch=4, heads=3, head_dim=32, layers=6),
 }
 ARCH = ("patch", "heads", "head_dim", "layers")
 # The two CLIP text encoders: (hidden size, layers, projection dim); different widths, as in SD3.
