@@ -17,7 +17,7 @@ with and without the indifference zone), applies the held-out fits to the test r
 benchmarks/results/fashion_schedules.{json,png}.
 
     OMP_NUM_THREADS=1 nohup python benchmarks/fashion_eval.py run --models sd --per_class 10 &
-    python benchmarks/fashion_eval.py run --models sd dit flow --schedules heldout --heldout_per_class 20
+    python benchmarks/fashion_eval.py run --models sd dit flow --schedules heldout --heldout_per_class 10
     python benchmarks/fashion_eval.py report
 """
 from __future__ import annotations
@@ -176,8 +176,12 @@ def calibration(held, test) -> dict:
         tw = None if w is None else TimestepWeights(w)
         tau = fit_temperature(held, tw, range(len(held.labels)))
         p1, pt = probabilities(test, tw, 1.0), probabilities(test, tw, tau)
+        gen = torch.Generator().manual_seed(0)
+        boot = sorted(expected_calibration_error(pt[i], y[i])
+                      for i in (torch.randint(len(y), (len(y),), generator=gen) for _ in range(1000)))
         out[name] = {"temperature": tau, "test_top1": 100.0 * float((predictions(test, tw) == y).double().mean()),
                      "test_ece_before": expected_calibration_error(p1, y), "test_ece_after": expected_calibration_error(pt, y),
+                     "test_ece_after_bootstrap_95": [boot[25], boot[974]],
                      "test_nll_before": nll(p1, y), "test_nll_after": nll(pt, y),
                      "weights": None if w is None else [float(v) for v in w[::50]]}
     out["_weights_full"] = chosen.weights if rep["chosen"] != "uniform" else None
@@ -246,6 +250,37 @@ def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
     return out, fits
 
 
+def folder_stats(folder: Path, only=None) -> dict:
+    """Top-1, per-class top-1 and evaluations per image of a run folder's records (of dataset indices `only`)."""
+    from diffusion_classifier.records import load_record
+
+    preds, labels, evals = [], [], []
+    for path in sorted(folder.glob("*.pt")):
+        if not path.stem.isdigit() or (only is not None and int(path.stem) not in only):
+            continue
+        rec = load_record(path)
+        preds.append(int(rec["pred"]))
+        labels.append(int(rec["label"]))
+        evals.append(sum(len(v["t"]) for v in rec["errors"].values()))
+    summary = accuracy_summary(preds, labels)
+    return {"folder": folder.name, "n_images": summary["n"], "accuracy": summary["top1"],
+            "per_class": summary["per_class"], "evals_per_image": sum(evals) / max(len(evals), 1)}
+
+
+def report_whole() -> dict:
+    """fashion-sd's headline runs on the test split (benchmarks/cache/fashion/sd_whole, README's commands): each
+    run folder's figures, and every rule on the 1,000-image subset that all of them scored."""
+    base = CACHE / "sd_whole" / "fashion_mnist"
+    out = {}
+    subset_file = CACHE / "subset_test_100.npy"
+    subset = set(np.load(subset_file).tolist()) if subset_file.is_file() else None
+    for folder in sorted(base.glob("*")) if base.is_dir() else []:
+        out[folder.name] = {"all": folder_stats(folder)}
+        if subset is not None:
+            out[folder.name]["subset_1000"] = folder_stats(folder, subset)
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -278,12 +313,13 @@ def main(argv=None) -> None:
     p.add_argument("--schedules", nargs="+", default=["reference", "full"],
                    choices=["reference", "full", "heldout", "flow_variants"], help="run: which records to compute")
     p.add_argument("--heldout_per_class", type=int, default=20, help="run: held-out train images per class")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="run: noise seed")
     p.add_argument("--deltas", type=float, nargs="+", default=[0.05, 0.1], help="report: anytime schedules' delta")
     p.add_argument("--z", type=float, nargs="+", default=[2.0, 3.0], help="report: fixed-z schedules")
     p.add_argument("--min_samples", type=int, default=10, help="report: timesteps before the first pruning")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.command == "run":
         run(args.models, args.per_class, args.schedules, args.seed, args.heldout_per_class)
         return
@@ -291,6 +327,13 @@ def main(argv=None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fashion_schedules.json").write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / "fashion_heldout_fits.json").write_text(json.dumps(fits, indent=1) + "\n")
+    whole = report_whole()
+    if whole:
+        (RESULTS / "fashion_test_split.json").write_text(json.dumps(whole, indent=1) + "\n")
+        for name, parts in whole.items():
+            for part, r in parts.items():
+                print(f"{name} [{part}]: {r['accuracy']:.2f}% over {r['n_images']} images at "
+                      f"{r['evals_per_image']:.0f} evaluations per image")
     plot(results, RESULTS / "fashion_schedules.png")
     for model, rows in results.items():
         ref = next((r for r in rows if r["schedule"].startswith("reference")), None)
@@ -307,8 +350,9 @@ def main(argv=None) -> None:
                   f"{cal['test_images']} test images; weights chosen: {cal['weights_chosen']}")
             for name in ("uniform", "weights"):
                 c = cal[name]
+                lo, hi = c["test_ece_after_bootstrap_95"]
                 print(f"  {name}: top-1 {c['test_top1']:.2f}%, temperature {c['temperature']:.4g}, ECE "
-                      f"{c['test_ece_before']:.2f}% -> {c['test_ece_after']:.2f}%, NLL {c['test_nll_before']:.3f} -> "
+                      f"{c['test_ece_before']:.2f}% -> {c['test_ece_after']:.2f}% (bootstrap 95%: {lo:.1f}-{hi:.1f}), NLL {c['test_nll_before']:.3f} -> "
                       f"{c['test_nll_after']:.3f}")
         for variance in ("iid", "stratified"):
             if f"epsilon_{variance}" in fit:

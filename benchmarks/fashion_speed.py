@@ -74,7 +74,8 @@ def main(argv=None) -> None:
                                     "batch": args.batch, "dtype": "float32"}
             print(f"{folder.name}: {rate:.0f} evaluations/s ({params / 1e6:.1f} MB of safetensors)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}  # kinds not timed now keep their entry
+    args.out.write_text(json.dumps({**earlier, **results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -86,13 +86,18 @@ class DiffusionClassifier:
         img_size: int | None = None,
         interpolation: str = "bicubic",
         temperature: float = 1e-3,
+        schedule: str = "reference",
+        **statistical,
     ) -> list[Prediction]:
-        """Classify PIL images or (N,3,H,W) tensors in [-1,1] against `prompts` with the staged schedule."""
+        """Classify PIL images or (N,3,H,W) tensors in [-1,1] against `prompts` with the staged schedule, or with
+        schedule="statistical" and its settings as keywords (z, min_samples, delta, variance, spending, epsilon:
+        statistical.statistical_classify; it scores at most max(n_samples) timesteps per prompt)."""
         m = self.model
         size = img_size or m.native_size
-        validate_schedule(to_keep, n_samples, len(prompts), m.T)
+        if schedule == "reference":
+            validate_schedule(to_keep, n_samples, len(prompts), m.T)
         latents = m.encode_images(preprocess(images, size, interpolation))
-        classify, n_rows = make_schedule("reference", to_keep, n_samples, n_trials, T=m.T)
+        classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=m.T, **statistical)
         if noise is None:
             noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
         objective = m.make_objective(tuple(latents.shape[1:]), self.error_space, self.flow_grid)

@@ -3,6 +3,7 @@ folder (decompressed once into a cache), the one-line error when absent, and bot
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -173,7 +174,12 @@ def test_shipped_fashion_models_resolve_by_name_and_load_at_28_pixels():
     from diffusion_classifier.families import SD_VERSIONS
     from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
 
+    from diffusion_classifier.families import load_model
+
     assert Path(SD_VERSIONS["fashion"]).name == "fashion-sd"
+    flow = load_model(SD_VERSIONS["fashion-flow"])  # --version fashion-flow: SD3 layout, flow matching, no T5
+    assert flow.native_size == 28 and flow.make_objective(flow.latent_shape(28)).prediction_type == "flow"
+    assert json.loads((Path(SD_VERSIONS["fashion-flow"]) / "heldout_train.json").read_text())["per_class"] == 500
     dit = load_class_conditional(resolve_dit_model(256, "fashion"))
     assert dit.num_classes == 10 and dit.native_size == 28 and dit.learned_variance
     assert [dit.id2label[i] for i in range(10)] == fashion_mnist.CLASSNAMES

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from diffusion_classifier import DiffusionClassifier
@@ -9,6 +10,7 @@ from diffusion_classifier.adaptive import adaptive_classify
 from diffusion_classifier.datasets import sd_transform
 from diffusion_classifier.digits import DigitsDataset, load_digits_arrays, split_indices
 from diffusion_classifier.engine import Scorer
+from diffusion_classifier.errors import InputError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
 from diffusion_classifier.families.sd import load_text_conditional
@@ -59,6 +61,23 @@ def test_text_model_classifies_one_test_image_of_each_digit():
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     preds = clf.classify([ds[i][0] for i in idx], words, to_keep=[1], n_samples=[50], seed=0)
     assert sum(p.pred == c for p, c in zip(preds, range(10))) >= 9
+
+
+def test_python_api_runs_the_statistical_schedule_with_its_bound_settings():
+    idx = first_of_each_class()
+    ds = DigitsDataset("test")
+    clf = DiffusionClassifier.from_pretrained("tiny")
+    table = dataset_prompts("digits")
+    images = [ds[i][0] for i in idx]
+    common = dict(to_keep=[1], n_samples=[100], seed=0, schedule="statistical", delta=0.05, variance="stratified")
+    preds = clf.classify(images, table.prompts, spending="decaying", epsilon=0.01, **common)
+    assert sum(table.classidx[p.pred] == c for p, c in zip(preds, range(10))) >= 9
+    spent = [sum(len(e["t"]) for e in p.errors.values()) for p in preds]
+    assert all(n < len(table.prompts) * 100 for n in spent)  # pruned: fewer than every prompt at 100 timesteps
+    plain = clf.classify(images, table.prompts, **common)
+    assert sum(sum(len(e["t"]) for e in p.errors.values()) for p in plain) >= sum(spent)  # the zone only stops sooner
+    with pytest.raises(InputError, match="--delta"):
+        clf.classify(images[:1], table.prompts, to_keep=[1], n_samples=[20], schedule="statistical", spending="decaying")
 
 
 def test_dit_classifies_test_images_of_each_digit():
