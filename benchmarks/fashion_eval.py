@@ -35,8 +35,9 @@ from digits_c_full import N_TIMESTEPS
 
 from diffusion_classifier.calibration import (TimestepWeights, expected_calibration_error, fit_and_report,
                                               fit_temperature, load_full_errors, nll, predictions, probabilities)
-from diffusion_classifier.records import accuracy_summary, read_predictions
+from diffusion_classifier.records import accuracy_summary
 from diffusion_classifier.statistical import statistical_classify
+from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
 from schedules_digits_c import replay, schedules  # the same 200-timestep full evaluation and replays
 
 CACHE = ROOT / "benchmarks" / "cache" / "fashion"
@@ -51,7 +52,6 @@ FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL
 # flow variants of the full evaluation: name -> (flags, the suffix they give the run folder)
 FLOW_VARIANTS = {"eps": (["--error_space", "eps"], "_erreps"),
                  "uniform_sigma": (["--flow_grid", "uniform_sigma"], "_griduniform_sigma")}
-HELDOUT_FILE = "heldout_train.json"  # written by scripts/train_tiny_models.py --holdout
 EPSILONS = (0.0025, 0.005, 0.01, 0.02)  # the indifference zones tried on the held-out train images
 
 
@@ -131,19 +131,15 @@ def run_folders(model: str) -> dict[str, Path]:
     return found
 
 
-def evaluations_per_image(folder: Path) -> float:
-    """Denoiser evaluations per image, counted from the records (timesteps scored per candidate, summed)."""
-    from diffusion_classifier.records import load_record
-
-    paths = sorted(p for p in folder.glob("*.pt") if p.stem.isdigit())
-    total = sum(sum(len(v["t"]) for v in load_record(p)["errors"].values()) for p in paths)
-    return total / max(len(paths), 1)
-
-
 def anytime(delta: float, min_samples: int, variance: str, spending: str = "even", epsilon: float | None = None):
     """classify(ev, n, k, w) of the anytime rule with these settings, on the full evaluation's grid."""
     return lambda ev, n, k, w: statistical_classify(ev, n, k, N_FULL, delta=delta, min_samples=min_samples, weights=w,
                                                     variance=variance, spending=spending, epsilon=epsilon)
+
+
+def full_evaluation(ev, n, k, w):
+    """Every candidate at every timestep of the full evaluation's grid (weighted by w when given)."""
+    return statistical_classify(ev, n, k, N_FULL, min_samples=N_FULL, weights=w)
 
 
 def rule_name(delta: float, variance: str, spending: str, epsilon: float | None = None) -> str:
@@ -165,8 +161,8 @@ def choose_epsilon(fe, delta: float, min_samples: int, variance: str, tolerance:
     return chosen, rows
 
 
-def calibration(held, test) -> dict:
-    """Timestep weights (chosen on the held-out records as fit_and_report chooses them) and temperatures fitted on
+def calibration(held, test) -> tuple[dict, torch.Tensor | None]:
+    """(report, the weights kept or None for uniform): timestep weights (chosen on the held-out records as fit_and_report chooses them) and temperatures fitted on
     the held-out train records `held`, applied to the test records: accuracy, NLL and ECE before and after."""
     chosen, rep = fit_and_report(held, T=1000, holdout=0.5, seed=0)
     out = {"heldout_images": len(held.labels), "test_images": len(test.labels), "weights_chosen": rep["chosen"],
@@ -184,8 +180,7 @@ def calibration(held, test) -> dict:
                      "test_ece_after_bootstrap_95": [boot[25], boot[974]],
                      "test_nll_before": nll(p1, y), "test_nll_after": nll(pt, y),
                      "weights": None if w is None else [float(v) for v in w[::50]]}
-    out["_weights_full"] = chosen.weights if rep["chosen"] != "uniform" else None
-    return out
+    return out, (chosen.weights if rep["chosen"] != "uniform" else None)
 
 
 def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
@@ -195,10 +190,9 @@ def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
         folders = run_folders(m)
         rows, fit = [], {}
         if "reference" in folders:
-            preds, labels, _ = read_predictions(folders["reference"])
-            rows.append({"schedule": "reference keep 5 1 / samples 50 500 (real run)",
-                         "accuracy": accuracy_summary(preds, labels)["top1"],
-                         "evals_per_image": evaluations_per_image(folders["reference"]), "n_images": len(labels)})
+            ref = folder_stats(folders["reference"])
+            rows.append({"schedule": "reference keep 5 1 / samples 50 500 (real run)", "accuracy": ref["accuracy"],
+                         "evals_per_image": ref["evals_per_image"], "n_images": ref["n_images"]})
         held = load_full_errors(folders["heldout"]) if "heldout" in folders else None
         if held is not None:
             fit["heldout_folder"] = folders["heldout"].name
@@ -211,9 +205,7 @@ def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
                     rows.append({"schedule": name + " (exact replay)", **replay(fe, classify, idx)})
             weights = None
             if held is not None:
-                cal = calibration(held, fe)
-                weights = cal.pop("_weights_full")
-                fit["calibration"] = cal
+                fit["calibration"], weights = calibration(held, fe)
             for variance in ("iid", "stratified"):
                 for d in deltas:
                     rows.append({"schedule": rule_name(d, variance, "decaying").format(m=min_samples) + " (exact replay)",
@@ -232,15 +224,13 @@ def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
                                               weights)})
             if weights is not None:
                 rows.append({"schedule": "full, held-out timestep weights (exact replay)",
-                             **replay(fe, lambda ev, n, k, w: statistical_classify(ev, n, k, N_FULL, min_samples=N_FULL,
-                                                                                   weights=w), idx, weights)})
+                             **replay(fe, full_evaluation, idx, weights)})
         for v in FLOW_VARIANTS:
             if f"full {v}" in folders:
                 fv = load_full_errors(folders[f"full {v}"])
                 label = {"eps": "ε̂ vs ε", "uniform_sigma": "evenly spaced σ"}[v]
                 rows.append({"schedule": f"full, {label} (exact replay)",
-                             **replay(fv, lambda ev, n, k, w: statistical_classify(ev, n, k, N_FULL, min_samples=N_FULL),
-                                      range(len(fv.labels)))})
+                             **replay(fv, full_evaluation, range(len(fv.labels)))})
                 rows.append({"schedule": f"anytime delta={deltas[0]:g} (min {min_samples}, stratified), {label} (exact replay)",
                              **replay(fv, anytime(deltas[0], min_samples, "stratified"), range(len(fv.labels)))})
         if rows:

@@ -101,25 +101,25 @@ def paired_differences(errors: torch.Tensor, t: torch.Tensor | None = None,
 def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid") -> torch.Tensor:
     """Keep-mask over candidates given their errors on shared samples (K, n): drop those worse than the
     leader by more than z paired standard errors (paired_differences gives the variance estimators)."""
+    return prune_or_settle(errors, z, t, variance)[0]
+
+
+def prune_or_settle(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid",
+                    epsilon: float | None = None) -> tuple[torch.Tensor, bool]:
+    """(paired_prune's keep-mask, whether the survivors are settled) from one computation of the paired
+    differences. Settled (only with `epsilon`): no survivor can beat the leader by more than epsilon x the
+    leader's mean error, i.e. every lower confidence bound mean(d_j) - z se_j of E[e_j - e_leader] is
+    >= -epsilon x mean(e_leader) (the indifference zone of the statistical schedule's `epsilon`)."""
     k, n = errors.shape
     if n < 2:
-        return torch.ones(k, dtype=torch.bool)
+        return torch.ones(k, dtype=torch.bool), False
     leader, mean, se = paired_differences(errors, t, variance)
     keep = mean <= z * se
     keep[leader] = True
-    return keep
-
-
-def settled(errors: torch.Tensor, z: float, epsilon: float, t: torch.Tensor | None = None,
-            variance: str = "iid") -> bool:
-    """Whether no candidate can beat the leader by more than epsilon x the leader's mean error: every lower
-    confidence bound mean(d_j) - z se_j of E[e_j - e_leader] is >= -epsilon x mean(e_leader) (the
-    indifference zone of the statistical schedule's `epsilon`)."""
-    if errors.shape[0] < 2 or errors.shape[1] < 2:
-        return errors.shape[0] < 2
-    leader, mean, se = paired_differences(errors, t, variance)
+    if epsilon is None or int(keep.sum()) < 2:
+        return keep, False
     margin = epsilon * float(errors[leader].mean().abs())
-    return bool((mean - z * se >= -margin).all())
+    return keep, bool((mean - z * se)[keep].ge(-margin).all())
 
 
 def n_looks(max_samples: int, min_samples: int, step: int | None = None) -> int:
@@ -225,12 +225,10 @@ def statistical_classify(
                     e = e * weights[t_i].to(e.dtype)
                 thr = z if delta is None else anytime_threshold(e.shape[1], delta, looks, n_candidates, look,
                                                                                  spending)
-                keep = paired_prune(e, thr, t_i, variance)
+                keep, settle = prune_or_settle(e, thr, t_i, variance, epsilon)
                 alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
-                if epsilon is not None and len(alive[i]) > 1:
-                    e = e[keep]
-                    if settled(e, thr, epsilon, t_i, variance):
-                        alive[i] = [alive[i][int(e.mean(1).argmin())]]
+                if settle:  # the leader survives pruning and is the answer
+                    alive[i] = [alive[i][int(e[keep].mean(1).argmin())]]
         k0 = k1
     results = []
     for i in range(n_images):

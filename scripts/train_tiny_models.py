@@ -26,8 +26,8 @@ from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.interrupts import Interrupted  # noqa: E402
 from diffusion_classifier.records import write_json  # noqa: E402
 from diffusion_classifier.training import dit, flow, sd  # noqa: E402
-from diffusion_classifier.training.common import (Checkpointing, TrainingPaused, holdout_split, train_images,
-                                                    validation_split)  # noqa: E402
+from diffusion_classifier.training.common import (HELDOUT_FILE, HOLDOUT_SEED, Checkpointing,  # noqa: E402
+                                                    TrainingPaused, holdout_split, train_images, validation_split)
 from diffusion_classifier.training.data import DATA_NAMES, training_data  # noqa: E402
 from diffusion_classifier.training.ddpm import BETA_RANGES  # noqa: E402
 
@@ -40,8 +40,6 @@ KINDS = {
     "dit": (dit, dit.train_dit, dit.write_dit_card, {}),
     "flow": (flow, flow.train_flow, flow.write_flow_card, {}),
 }
-HELDOUT_FILE = "heldout_train.json"
-HOLDOUT_SEED = 1
 GROUPS = {"both": ("sd", "dit"), "all": ("sd", "dit", "flow")}
 ARCH_FLAGS = ("patch", "heads", "head_dim", "layers")
 

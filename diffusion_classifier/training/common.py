@@ -145,7 +145,11 @@ def validation_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: in
     fit, val = torch.from_numpy(fit), torch.from_numpy(val)
     return (x[fit], y[fit]), (x[val], y[val])
 
-def holdout_split(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int = 1):
+HELDOUT_FILE = "heldout_train.json"  # in a model folder: the train-split indices held out of its training
+HOLDOUT_SEED = 1
+
+
+def holdout_split(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int = HOLDOUT_SEED):
     """((x, y) to train on, sorted indices held out): `per_class` images of every class of the given (train) split
     are held out, chosen as datasets.stratified_indices chooses them; they are never trained on, so a model's
     timestep weights and temperature can be fitted on them (see scripts/train_tiny_models.py --holdout)."""
