@@ -4,39 +4,39 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 from pathlib import Path
 
 import torch
 
-from diffusion_classifier.adaptive import validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_data_args, add_statistical_args, statistical_options
+from diffusion_classifier.cli import add_data_args, add_run_args, add_schedule_args, dataset_options, statistical_options
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import (
+from diffusion_classifier.data.datasets import sd_transform, subset_indices
+from diffusion_classifier.data.images import LateTransform, drop_unreadable
+from diffusion_classifier.data.prompts import check_classidx, check_coverage, read_prompts
+from diffusion_classifier.data.registry import (
     DATASETS,
     check_split,
     class_names,
+    data_settings,
+    dataset_info,
     get_dataset,
-    hf_settings,
     labels_of,
     num_classes,
-    sd_transform,
-    subset_indices,
 )
-from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
-from diffusion_classifier.images import LateTransform, drop_unreadable
-from diffusion_classifier.loading import DTYPES, default_dtype
+from diffusion_classifier.loading import default_dtype
+from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.noise import load_noise, noise_bank
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.prompts import check_classidx, check_coverage, read_prompts
-from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, shard
-from diffusion_classifier.runner import launch_state, run_dataset
+from diffusion_classifier.records import check_writable, claim_run_folder, environment_info
 from diffusion_classifier.runs import zero_shot_run
-from diffusion_classifier.statistical import make_schedule
+from diffusion_classifier.schedules.staged import validate_schedule
+from diffusion_classifier.schedules.statistical import make_schedule
+from diffusion_classifier.tasks.classify import run_dataset
 
 ROOT = Path(__file__).resolve().parent
 
@@ -52,45 +52,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", "-b", type=int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: chosen for the device "
                         "(the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones); the predictions do not depend on it")
-    p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
     p.add_argument("--prompt_path", type=Path, default=None, help="prompts CSV (prompt,classname,classidx); default: prompts/<dataset>_prompts.csv")
-    p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
-    p.add_argument("--subset_path", type=Path, default=None, help=".npy of dataset indices to evaluate")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
     p.add_argument("--interpolation", default="bicubic", choices=["bicubic", "bilinear", "lanczos"], help="resize filter")
-    p.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
-    p.add_argument("--n_workers", type=int, default=1, help="number of shards")
-    p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
-    p.add_argument("--load_stats", action="store_true", help="count already finished images into the running accuracy")
-    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="error between the prediction and its target (ε and ε̂ by default)")
-    p.add_argument("--to_keep", nargs="+", type=int, required=True, help="candidates kept after each stage; last must be 1")
-    p.add_argument("--n_samples", nargs="+", type=int, required=True, help="timesteps sampled at each stage")
+    add_schedule_args(p)
     # beyond the reference
+    add_run_args(p)
+    add_data_args(p)
     p.add_argument("--model", default=None, help="local diffusers pipeline folder or hub id; overrides --version")
-    p.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")), help="where datasets live (env DATASET_ROOT)")
-    p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
-    p.add_argument("--device", default=None, help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
-    p.add_argument("--image_batch", type=int, default=None,
-                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (batch size // 8, at most 16)")
     p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batches, faster after)")
-    p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
-                   help="reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference pruning")
-    add_statistical_args(p)
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--timestep_weights", type=Path, default=None,
-                   help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
-    p.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.corruptions)")
-    p.add_argument("--severity", type=int, default=None, help="--dataset digits_c: corruption severity 1..5")
     p.add_argument("--error_space", default=None, choices=list(ERROR_SPACES),
                    help="compare in ε-space or the model's native output space; default: eps for DDPM models, native (velocity) for flow models")
     p.add_argument("--flow_grid", default="timesteps", choices=list(FLOW_GRIDS),
                    help="flow models: σ of the training timesteps through the scheduler's shift, or evenly spaced σ")
     p.add_argument("--no_t5", action="store_true", help="SD3/SD3.5: do not load the T5 text encoder (zeros in its place)")
     p.add_argument("--guidance", type=float, default=None, help="Flux-dev: value of the guidance embedding (default 3.5)")
-    add_data_args(p)
     return p.parse_args(argv)
 
 
@@ -107,10 +84,10 @@ def main(argv=None) -> dict:
 
     check_split(args.dataset, args.split)
     prompt_path = args.prompt_path or ROOT / "prompts" / f"{args.dataset}_prompts.csv"
-    if args.prompt_path is None and args.dataset in ("hf", "imagenetR") and not prompt_path.is_file():
+    if args.prompt_path is None and dataset_info(args.dataset).prompts_from_copy and not prompt_path.is_file():
         raise MissingError(f"--dataset {args.dataset} has no shipped prompts (its classes are those of the copy at "
                            f"--dataset_root): write them with scripts/write_prompts.py --dataset {args.dataset} "
-                           f"--dataset_root DIR{' --split S' if args.dataset == 'hf' else ''} and pass --prompt_path")
+                           f"--dataset_root DIR{' --split S' if dataset_info(args.dataset).splits is None else ''} and pass --prompt_path")
     table = read_prompts(prompt_path)
     validate_schedule(args.to_keep, args.n_samples, len(table))
     if args.noise_path is not None:
@@ -119,8 +96,7 @@ def main(argv=None) -> dict:
 
     # the data and its images are checked before the model loads; the transform follows from the model's size
     transform = LateTransform()
-    dataset = get_dataset(args.dataset, args.dataset_root, args.split, transform, corruption=args.corruption,
-                          severity=args.severity, image_column=args.image_column, label_column=args.label_column)
+    dataset = get_dataset(args.dataset, args.dataset_root, args.split, transform, **dataset_options(args))
     check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
     indices = subset_indices(len(dataset), args.subset_path)
     indices = indices_shard(indices)[state.process_index :: state.num_processes]
@@ -154,7 +130,7 @@ def main(argv=None) -> dict:
         schedule=args.schedule, **statistical_options(args),
         timestep_weights=weights_digest(args.timestep_weights) if tw else None, objective=objective,
         error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
-        extra=args.extra, root=args.dataset_root, data=hf_settings(args.dataset, dataset))
+        extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     folder = run.folder(args.log_dir)
     claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state)
 
@@ -164,9 +140,7 @@ def main(argv=None) -> dict:
                         show_progress=not args.no_progress, skip_unreadable=args.skip_unreadable,
                         unreadable=unreadable)
     print(stats.summary(folder))
-    return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
-            "evaluations": stats.evaluations, "repaired": stats.repaired,
-            "unreadable": [b.name for b in stats.unreadable]}
+    return {"folder": str(folder), "accuracy": stats.accuracy, **stats.as_dict()}
 
 
 if __name__ == "__main__":

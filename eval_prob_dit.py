@@ -13,47 +13,42 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-from pathlib import Path
 
 import torch
 
-from diffusion_classifier.adaptive import interval_timesteps, validate_schedule
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_data_args, add_statistical_args, statistical_options
+from diffusion_classifier.cli import add_data_args, add_run_args, add_schedule_args, dataset_options, statistical_options
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import (
-    PRESENT_CLASS_DATASETS,
+from diffusion_classifier.data.datasets import dit_transform, subset_indices
+from diffusion_classifier.data.images import drop_unreadable
+from diffusion_classifier.data.registry import (
+    candidate_classes,
     check_split,
-    dataset_targets,
-    dit_transform,
+    class_conditional_datasets,
+    data_settings,
     get_dataset,
-    hf_settings,
     num_classes,
-    subset_indices,
 )
-from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
-from diffusion_classifier.images import drop_unreadable, names_of
-from diffusion_classifier.loading import DTYPES, default_dtype
+from diffusion_classifier.loading import default_dtype
+from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.per_class import (
+from diffusion_classifier.records import check_writable, claim_run_folder, environment_info
+from diffusion_classifier.runs import class_adaptive_run, per_class_run
+from diffusion_classifier.schedules.staged import interval_timesteps, validate_schedule
+from diffusion_classifier.schedules.statistical import make_schedule
+from diffusion_classifier.tasks.classify import run_dataset
+from diffusion_classifier.tasks.per_class import (
     NullNormalizedScorer,
-    candidate_classes,
     make_reducer,
     run_per_class,
     save_mode,
     schedule_from_alphas_cumprod,
+    summary_line,
 )
-from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, shard
-from diffusion_classifier.runner import launch_state, run_dataset
-from diffusion_classifier.runs import class_adaptive_run, per_class_run
-from diffusion_classifier.statistical import make_schedule
-
-DIT_DATASETS = ["imagenet", "imagenetv2", "imagenetA", "imagenetR", "imagenet_sketch", "objectnet", "imagefolder", "hf",
-                "digits", "digits_c", "fashion_mnist"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -65,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # the reference's flags, with its defaults
     p.add_argument("--cls", type=int, default=None, help="per-class mode: the class (model label) scored against every image")
     p.add_argument("--t_interval", type=int, default=5, help="per-class mode: timesteps range(t_interval//2, T, t_interval) (paper: 4)")
-    p.add_argument("--dataset", default="imagenet", choices=DIT_DATASETS, help="dataset to classify")
+    p.add_argument("--dataset", default="imagenet", choices=class_conditional_datasets(), help="dataset to classify")
     p.add_argument("--split", default="test",
                    help="dataset split: train or test (ImageNet's test is its val set, the one the paper reports); "
                         "--dataset hf: any split it has")
@@ -79,44 +74,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", "-b", type=int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: 32 where it sets the "
                         "noise (per-class mode without --randomize_noise), else chosen for the device (the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones)")
-    p.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
     p.add_argument("--imgs_to_eval", type=int, default=None, help="evaluate only the first N images (of the subset)")
-    p.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
-    p.add_argument("--subset_path", type=Path, default=None, help=".npy of dataset indices to evaluate")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
     p.add_argument("--randomize_noise", action="store_true",
                    help="per-class mode: the i-th (t, trial) uses noise row i; otherwise each batch reuses rows 0..batch_size-1")
-    p.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
     # beyond the reference
+    add_run_args(p)
+    add_data_args(p)
     p.add_argument("--model", default=None, help="DiT pipeline folder or hub id ('tiny': the shipped digits DiT, 'fashion': the Fashion-MNIST one); default facebook/DiT-XL-2-<size>")
     p.add_argument("--vae", default=None,
                    help="VAE hub id or folder; default: the pipeline's own (the hub DiT-XL/2 pipelines ship stabilityai/sd-vae-ft-ema)")
-    p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"), help="where datasets live (env DATASET_ROOT)")
-    p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
-    p.add_argument("--device", default=None, help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
-    p.add_argument("--n_workers", type=int, default=1, help="number of shards")
-    p.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
-    p.add_argument("--image_batch", type=int, default=None,
-                   help="images whose evaluations are packed into shared batches; not given: chosen for the device (batch size // 8, at most 16)")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.corruptions)")
-    p.add_argument("--severity", type=int, default=None, help="--dataset digits_c: corruption severity 1..5")
     # adaptive mode
-    p.add_argument("--to_keep", nargs="+", type=int, default=None, help="adaptive mode: classes kept after each stage; last must be 1")
-    p.add_argument("--n_samples", nargs="+", type=int, default=None, help="adaptive mode: timesteps sampled at each stage")
-    p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
-                   help="adaptive mode: staged pruning by --to_keep/--n_samples, or paired-difference pruning up to max(--n_samples)")
-    add_statistical_args(p)
-    p.add_argument("--timestep_weights", type=Path, default=None,
-                   help="adaptive mode: JSON of learned timestep weights (scripts/fit_timestep_weights.py)")
-    p.add_argument("--loss", default="l2", choices=list(LOSSES), help="adaptive mode: error between ε and ε̂")
+    add_schedule_args(p, mode="adaptive mode: ", required=False)
     p.add_argument("--null_normalize", action="store_true",
                    help="adaptive mode: subtract the null class's error on the same (t, ε) from every class's error; "
                         "all classes share their (t, ε), so predictions and pruning do not change: it only makes the stored "
                         "errors relative to the unconditional model, at one extra evaluation per (t, ε)")
-    p.add_argument("--load_stats", action="store_true", help="adaptive mode: count finished images into the running accuracy")
-    add_data_args(p)
     return p.parse_args(argv)
 
 
@@ -171,9 +143,7 @@ def main(argv=None) -> dict:
                          f"got {args.cls}")
 
     # after the model, so that a --cls outside its classes fails before any data is read; before any scoring
-    dataset = get_dataset(args.dataset, args.dataset_root or Path("."), args.split, dit_transform(img_size),
-                          corruption=args.corruption, severity=args.severity, image_column=args.image_column,
-                          label_column=args.label_column)
+    dataset = get_dataset(args.dataset, args.dataset_root, args.split, dit_transform(img_size), **dataset_options(args))
     indices = subset_indices(len(dataset), args.subset_path)[: args.imgs_to_eval]
     indices = shard(indices, args.n_workers, args.worker_idx)[state.process_index :: state.num_processes]
     indices, unreadable = drop_unreadable(dataset, indices, args.skip_unreadable, not args.no_progress)
@@ -192,7 +162,7 @@ def main(argv=None) -> dict:
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
     common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
                   n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
-                  extra=args.extra, root=args.dataset_root or ".", data=hf_settings(args.dataset, dataset))
+                  extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     info = {"versions": environment_info(), "dtype": str(dtype)}
 
     if run_mode == "per_class":
@@ -205,17 +175,10 @@ def main(argv=None) -> dict:
                               timesteps, args.n_trials, args.randomize_noise, kind, reduce, image_batch,
                               desc=f"{args.dataset} {run.name} class {args.cls}", show_progress=not args.no_progress,
                               skip_unreadable=args.skip_unreadable, unreadable=unreadable)
-        print(f"{folder / str(args.cls)}: {stats['done']} images scored now, {stats['skipped']} already done"
-              + (f", {stats['elsewhere']} left to other processes" if stats["elsewhere"] else "")
-              + f" ({stats['evaluations']} denoiser evaluations, {len(timesteps) * args.n_trials} per image, "
-              f"{stats['repaired']} repaired"
-              + (f", {len(stats['unreadable'])} unreadable skipped: {names_of(stats['unreadable'])}"
-                 if stats["unreadable"] else "") + ")")
-        stats["unreadable"] = [b.name for b in stats["unreadable"]]
-        return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats}
+        print(summary_line(folder / str(args.cls), stats, len(timesteps) * args.n_trials))
+        return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats.as_dict()}
 
-    present = sorted(set(dataset_targets(dataset))) if args.dataset in PRESENT_CLASS_DATASETS else None
-    classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, present)
+    classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, dataset)
     run = class_adaptive_run(**common, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
                              schedule=args.schedule, **statistical_options(args),
                              null_normalize=args.null_normalize, classes=classes,
@@ -230,9 +193,7 @@ def main(argv=None) -> dict:
                         unreadable=unreadable)
     extra = runner_scorer.extra_evaluations if args.null_normalize else 0
     print(stats.summary(folder, extra))
-    return {"folder": str(folder), "accuracy": stats.accuracy, "done": stats.done, "skipped": stats.skipped,
-            "evaluations": stats.evaluations + extra, "repaired": stats.repaired,
-            "unreadable": [b.name for b in stats.unreadable]}
+    return {"folder": str(folder), "accuracy": stats.accuracy, **stats.as_dict(), "evaluations": stats.evaluations + extra}
 
 
 if __name__ == "__main__":

@@ -9,32 +9,33 @@ from typing import Callable
 
 import torch
 
-from diffusion_classifier.adaptive import interval_timesteps
-from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.datasets import INTERPOLATIONS, sd_transform
-from diffusion_classifier.engine import Scorer
-from diffusion_classifier.errors import InputError, MissingError
-from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_sd_model
-from diffusion_classifier.images import UnreadableImageError, found_before_message, names_of
-from diffusion_classifier.loading import DTYPES, default_dtype
-from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
-from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.records import check_manifest, check_writable, environment_info, note_unreadable
-from diffusion_classifier.runs import RunDescription, winoground_run
-from diffusion_classifier.winoground import (
+from diffusion_classifier.baselines import (
     CLIP_VERSIONS,
     OPENCLIP_PRETRAINED,
     OPENCLIP_VERSION,
-    diffusion_example_scores,
-    find_unreadable_examples,
-    how_to_obtain,
     load_clip,
     load_openclip,
-    load_winoground,
     resolve_clip_model,
+)
+from diffusion_classifier.cli import run as run_cli
+from diffusion_classifier.data.datasets import INTERPOLATIONS, sd_transform
+from diffusion_classifier.data.images import UnreadableImageError, found_before_message
+from diffusion_classifier.data.winoground import find_unreadable_examples, how_to_obtain, load_winoground
+from diffusion_classifier.engine import Scorer
+from diffusion_classifier.errors import InputError, MissingError
+from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_sd_model
+from diffusion_classifier.loading import DTYPES, default_dtype
+from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
+from diffusion_classifier.packing import resolve_packing
+from diffusion_classifier.records import check_manifest, check_writable, environment_info, write_json
+from diffusion_classifier.runs import RunDescription, winoground_run
+from diffusion_classifier.schedules.staged import interval_timesteps
+from diffusion_classifier.tasks.winoground import (
+    diffusion_example_scores,
+    ordered_records,
     run_examples,
-    save_json,
     summarize,
+    summary_line,
     summary_lines,
 )
 
@@ -95,8 +96,8 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable,
     scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, args.batch_size)
     transform = sd_transform(img_size, args.interpolation)
 
-    def score_example(ex) -> dict:
-        pixels = torch.stack([transform(ex.open_image(k)) for k in (0, 1)])  # (2, 3, S, S) in [-1, 1]
+    def score_example(ex, images) -> dict:
+        pixels = torch.stack([transform(im) for im in images])  # (2, 3, S, S) in [-1, 1]
         latents = model.encode_images(pixels)  # (2, C, h, w)
         conds = model.encode_prompts([ex.caption_0, ex.caption_1, ""])  # (3, L, D); "" for the unconditional score
         return diffusion_example_scores(scorer, latents, conds, timesteps, args.n_trials, args.randomize_noise,
@@ -119,8 +120,8 @@ def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callabl
         source = args.model_path or OPENCLIP_PRETRAINED
         score = load_openclip(args.version, source, device, dtype)
 
-    def score_example(ex) -> dict:
-        return {"scores": score([ex.open_image(0), ex.open_image(1)], [ex.caption_0, ex.caption_1])}
+    def score_example(ex, images) -> dict:
+        return {"scores": score(images, [ex.caption_0, ex.caption_1])}
 
     return score_example, winoground_run(model=args.model, version=args.version, model_path=args.model_path,
                                          source=source, extra=args.extra)
@@ -157,22 +158,19 @@ def main(argv=None) -> dict:
     check_manifest(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)})
     print(f"Run folder: {folder}")
 
-    counts = {}
-    note_unreadable(folder, unreadable)
-    records, computed = run_examples(examples, folder, score_example, desc=f"winoground {run.name}",
-                                     show_progress=not args.no_progress, counts=counts,
-                                     skip_unreadable=args.skip_unreadable, unreadable=unreadable)
+    stats = run_examples(examples, folder, score_example, desc=f"winoground {run.name}",
+                         show_progress=not args.no_progress, skip_unreadable=args.skip_unreadable,
+                         unreadable=unreadable)
+    records = ordered_records(examples, stats)
     summary = summarize(records)
     lines = summary_lines(summary)
     for line in lines:
         print(line)
-    result = {"folder": str(folder), "computed": computed, "skipped": len(records) - computed,
-              "repaired": counts.get("repaired", 0), **summary, "lines": lines,
-              "unreadable": [b.name for b in unreadable]}
-    print(f"{folder}: {computed} examples computed now, {len(records) - computed} already done, "
-          f"{result['repaired']} repaired"
-          + (f", {len(unreadable)} unreadable skipped: {names_of(unreadable)}" if unreadable else ""))
-    save_json(folder / RESULT_FILE, result)
+    result = {"folder": str(folder), "computed": stats.done, "skipped": len(records) - stats.done,
+              "repaired": stats.repaired, **summary, "lines": lines,
+              "unreadable": [b.name for b in stats.unreadable]}
+    print(summary_line(folder, stats))
+    write_json(folder / RESULT_FILE, result, sort_keys=False)
     return result
 
 

@@ -20,12 +20,12 @@ for _path in (str(ROOT), str(HERE)):
         sys.path.insert(0, _path)  # the package and the sibling config modules, from any working directory
 
 import sd2_configs  # noqa: E402
-from diffusion_classifier.datasets import sd_transform, stratified_indices  # noqa: E402,F401 (stratified_indices: for the benchmarks)
-from diffusion_classifier.digits import DigitsDataset  # noqa: E402
+from diffusion_classifier.data.datasets import sd_transform, stratified_indices  # noqa: E402,F401 (stratified_indices: for the benchmarks)
+from diffusion_classifier.data.digits import DigitsDataset  # noqa: E402
 from diffusion_classifier.engine import Scorer  # noqa: E402
 from diffusion_classifier.families import SD_VERSIONS  # noqa: E402
 from diffusion_classifier.noise import make_noise  # noqa: E402
-from diffusion_classifier.statistical import make_schedule  # noqa: E402
+from diffusion_classifier.schedules.statistical import make_schedule  # noqa: E402
 from diffusion_classifier.vb import alphas_cumprod_from_config  # noqa: E402
 
 # dense fp16/bf16 tensor-core and fp32 (non-tensor-core) peaks in TFLOP/s; the first name that matches wins
@@ -150,9 +150,9 @@ def tiny_workload(n_images: int, n_prompts: int, rows: int, device: torch.device
     """The shipped digits model on test digits; a same-shaped random model if it is not there yet."""
     folder = Path(SD_VERSIONS["tiny"])
     if (folder / "model_index.json").is_file():
-        from diffusion_classifier.digits import load_digits_arrays
+        from diffusion_classifier.data.digits import load_digits_arrays
         from diffusion_classifier.families.sd import load_text_conditional
-        from diffusion_classifier.prompts import read_prompts
+        from diffusion_classifier.data.prompts import read_prompts
 
         model = load_text_conditional(str(folder), device, dtype)
         table = read_prompts(ROOT / "prompts" / "digits_prompts.csv")

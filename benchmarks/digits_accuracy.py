@@ -18,11 +18,11 @@ import torch
 
 from common import ROOT, describe, digits_test, markdown_table, run
 
-from diffusion_classifier.digits import load_digits_arrays
+from diffusion_classifier.data.digits import load_digits_arrays
 from diffusion_classifier.families import SD_VERSIONS, load_model
 from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
 from diffusion_classifier.families.sd import load_text_conditional
-from diffusion_classifier.prompts import read_prompts
+from diffusion_classifier.data.prompts import read_prompts
 
 
 def logistic_regression() -> dict:

@@ -20,17 +20,18 @@ import torch
 
 from common import ROOT, stratified_indices
 
-from diffusion_classifier.datasets import digits_c_dir, dit_transform, get_dataset, sd_transform
+from diffusion_classifier.data.datasets import dit_transform, sd_transform
+from diffusion_classifier.data.registry import digits_c_dir, get_dataset
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
 from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.noise import make_noise
-from diffusion_classifier.prompts import read_prompts
+from diffusion_classifier.data.prompts import read_prompts
 from diffusion_classifier.records import check_manifest
-from diffusion_classifier.runner import run_dataset
+from diffusion_classifier.tasks.classify import run_dataset
 from diffusion_classifier.runs import RunDescription, Setting
-from diffusion_classifier.statistical import make_schedule
+from diffusion_classifier.schedules.statistical import make_schedule
 
 CACHE = ROOT / "benchmarks" / "cache"
 N_TIMESTEPS = 200
@@ -47,7 +48,7 @@ def set_name(corruption, severity) -> str:
 
 def stratified_subset(per_class: int, seed: int = 0) -> list[int]:
     """per_class test images of every digit, chosen by a seeded permutation; sorted indices."""
-    from diffusion_classifier.digits import load_digits_arrays
+    from diffusion_classifier.data.digits import load_digits_arrays
 
     return stratified_indices(load_digits_arrays("test")[1], per_class, seed)
 

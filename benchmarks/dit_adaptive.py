@@ -48,9 +48,9 @@ def parse_schedule(text: str) -> dict:
 def accuracy_benchmark(args) -> list[dict]:
     """Full per-class evaluation vs adaptive schedules on the digits test split."""
     import eval_prob_dit
-    from diffusion_classifier.adaptive import interval_timesteps
+    from diffusion_classifier.schedules.staged import interval_timesteps
     from diffusion_classifier.families.dit import resolve_dit_model
-    from diffusion_classifier.per_class import load_per_class_scores, per_class_accuracy
+    from diffusion_classifier.tasks.per_class import load_per_class_scores, per_class_accuracy
 
     model_dir = Path(resolve_dit_model(None, args.model))
     if not (model_dir / "model_index.json").is_file():
@@ -102,7 +102,7 @@ def throughput_benchmark(args) -> dict:
     """Forward passes per second of DiT-XL/2 (random weights) through the scoring engine."""
     from diffusers import DiTTransformer2DModel
 
-    from diffusion_classifier.per_class import per_class_jobs
+    from diffusion_classifier.tasks.per_class import per_class_jobs
     from diffusion_classifier.engine import Scorer
     from diffusion_classifier.noise import make_noise
     from diffusion_classifier.vb import linear_betas

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from common import Workload, count_flops, fmt_rate, folder_workload, peak_tflops, sd2_workload, time_runs, tiny_workload
-from diffusion_classifier.adaptive import n_evaluations, validate_schedule
+from diffusion_classifier.schedules.staged import n_evaluations, validate_schedule
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.loading import DTYPES, default_dtype
 from diffusion_classifier.records import write_json
-from diffusion_classifier.statistical import make_schedule
+from diffusion_classifier.schedules.statistical import make_schedule
 from reference_loop import TOLERANCE, compare_results, engine_classify, reference_classify, unet_denoiser
 
 VARIANT_TOKENS = ("eager", "channels_last", "compile", "freeze", "inference_mode", "classic")

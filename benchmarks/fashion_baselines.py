@@ -18,7 +18,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_classifier.fashion_mnist import load_arrays  # noqa: E402
+from diffusion_classifier.data.fashion_mnist import load_arrays  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -36,7 +36,7 @@ from digits_c_full import N_TIMESTEPS
 from diffusion_classifier.calibration import (TimestepWeights, expected_calibration_error, fit_and_report,
                                               fit_temperature, load_full_errors, nll, predictions, probabilities)
 from diffusion_classifier.records import accuracy_summary
-from diffusion_classifier.statistical import statistical_classify
+from diffusion_classifier.schedules.statistical import statistical_classify
 from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
 from schedules_digits_c import replay, schedules  # the same 200-timestep full evaluation and replays
 
@@ -57,7 +57,7 @@ EPSILONS = (0.0025, 0.005, 0.01, 0.02)  # the indifference zones tried on the he
 
 def stratified_subset(per_class: int, split: str = "test", seed: int = 0) -> list[int]:
     """per_class images of every class of the split, by a seeded permutation per class; sorted indices."""
-    from diffusion_classifier.fashion_mnist import load_arrays
+    from diffusion_classifier.data.fashion_mnist import load_arrays
 
     return stratified_indices(load_arrays(split)[1], per_class, seed)
 
@@ -76,7 +76,7 @@ def log_dir(model: str, part: str = "") -> Path:
 def heldout_subset(model: str, per_class: int) -> tuple[list[int], bool]:
     """(train-split indices to fit on, whether the model never trained on them): per_class of every class from
     the model's held-out images when it has a heldout_train.json, else from the whole train split (seed 0)."""
-    from diffusion_classifier.fashion_mnist import load_arrays
+    from diffusion_classifier.data.fashion_mnist import load_arrays
 
     labels = load_arrays("train")[1]
     held = MODELS_DIR / MODELS[model][1] / HELDOUT_FILE

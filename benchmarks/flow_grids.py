@@ -16,7 +16,7 @@ from common import ROOT, digits_test, run
 
 from diffusion_classifier.families import SD_VERSIONS, load_model
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
-from diffusion_classifier.prompts import read_prompts
+from diffusion_classifier.data.prompts import read_prompts
 
 
 def main(argv=None):

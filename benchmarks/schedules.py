@@ -16,7 +16,7 @@ from common import ROOT, describe, digits_test, markdown_table, run
 
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.families.sd import load_text_conditional
-from diffusion_classifier.prompts import read_prompts
+from diffusion_classifier.data.prompts import read_prompts
 
 REFERENCE = {"to_keep": [5, 1], "n_samples": [50, 500]}
 SCHEDULES = [

@@ -24,9 +24,9 @@ import torch
 from common import ROOT
 from digits_c_full import N_TIMESTEPS, SETS, run_folder, set_name
 
-from diffusion_classifier.adaptive import adaptive_classify
+from diffusion_classifier.schedules.staged import adaptive_classify
 from diffusion_classifier.calibration import fit_and_report, fit_weights, load_full_errors, split_indices
-from diffusion_classifier.statistical import Replay, statistical_classify
+from diffusion_classifier.schedules.statistical import Replay, statistical_classify
 MODELS = {"sd": "digits-sd", "dit": "digits-dit"}
 
 
@@ -75,7 +75,7 @@ def logistic_regression(corruption, severity, indices) -> tuple[float, float]:
     """(accuracy on the subset, accuracy on the whole test split) of logistic regression on clean pixels."""
     from sklearn.linear_model import LogisticRegression
 
-    from diffusion_classifier.digits import load_digits_arrays
+    from diffusion_classifier.data.digits import load_digits_arrays
 
     xtr, ytr = load_digits_arrays("train")
     clf = LogisticRegression(max_iter=5000).fit(xtr.reshape(len(xtr), -1) / 255.0, ytr)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from common import ROOT
-from diffusion_classifier.adaptive import n_evaluations
+from diffusion_classifier.schedules.staged import n_evaluations
 from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.records import load_record, write_json
-from diffusion_classifier.statistical import make_schedule
+from diffusion_classifier.schedules.statistical import make_schedule
 from reference_loop import reference_classify
 
 
@@ -36,11 +36,12 @@ def reference_process(version: str, dataset: str, split: str, to_keep, n_samples
     Same model loading, pre-processing, prompts and noise bank (seed `seed`) as eval_prob_adaptive.py
     at its defaults; each record is {pred, label, errors} like the reference's.
     """
-    from diffusion_classifier.datasets import get_dataset, sd_transform
+    from diffusion_classifier.data.datasets import sd_transform
+    from diffusion_classifier.data.registry import get_dataset
     from diffusion_classifier.families import resolve_sd_model
     from diffusion_classifier.families.sd import load_text_conditional
     from diffusion_classifier.noise import noise_bank
-    from diffusion_classifier.prompts import read_prompts
+    from diffusion_classifier.data.prompts import read_prompts
     from diffusion_classifier.records import save_record
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -97,7 +98,7 @@ def compare_records(reference_folder: Path, ours_folder: Path, n_images: int) ->
 def whole_process_benchmark(version: str, dataset: str, split: str, n_images: int, to_keep, n_samples,
                             repeats: int, work_dir: Path, threads: int | None = None) -> dict:
     """Wall time of `eval_prob_adaptive.py` at its defaults vs the re-created reference script, same images."""
-    from diffusion_classifier.prompts import read_prompts
+    from diffusion_classifier.data.prompts import read_prompts
 
     work_dir.mkdir(parents=True, exist_ok=True)
     subset = work_dir / "subset.npy"

@@ -7,13 +7,13 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .adaptive import AdaptiveResult, validate_schedule
+from .schedules.staged import AdaptiveResult, validate_schedule
 from .engine import Scorer
 from .errors import InputError
 from .families import load_model, resolve_model
 from .loading import DTYPES
 from .noise import make_noise
-from .statistical import make_schedule
+from .schedules.statistical import make_schedule
 
 
 @dataclass
@@ -35,7 +35,7 @@ def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor
 
 def preprocess(images, size: int, interpolation: str = "bicubic") -> torch.Tensor:
     """PIL image(s) -> (N, 3, size, size) in [-1, 1]; tensors are taken as already preprocessed."""
-    from .datasets import sd_transform
+    from .data.datasets import sd_transform
 
     if isinstance(images, torch.Tensor):
         return images.unsqueeze(0) if images.dim() == 3 else images

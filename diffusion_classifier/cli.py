@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from . import interrupts
@@ -69,6 +70,73 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+def add_run_args(parser) -> None:
+    """Where a run goes and what it runs on: flags every entry script shares, each with its one default."""
+    from .loading import DTYPES
+
+    parser.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")),
+                        help="where run folders go (env LOG_DIR)")
+    parser.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
+    parser.add_argument("--device", default=None,
+                        help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
+    parser.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
+    parser.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+
+def add_data_args(parser) -> None:
+    """Which images a dataset run reads and how they are shared out: flags of eval_prob_adaptive.py and eval_prob_dit.py."""
+    parser.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")),
+                        help="where datasets live (env DATASET_ROOT); --dataset hf: the Hugging Face dataset itself")
+    parser.add_argument("--subset_path", type=Path, default=None, help=".npy of dataset indices to evaluate")
+    parser.add_argument("--n_workers", type=int, default=1, help="number of shards")
+    parser.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
+    parser.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.data.corruptions)")
+    parser.add_argument("--severity", type=int, default=None, help="--dataset digits_c: corruption severity 1..5")
+    parser.add_argument("--image_column", default=None,
+                        help="--dataset hf: column of the images; default: 'image' or 'img'")
+    parser.add_argument("--label_column", default=None,
+                        help="--dataset hf: column of the class labels; default: 'label' or 'labels'")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help="leave out images that cannot be decoded (listed in the final line and the manifest, "
+                             "never counted in accuracy) instead of stopping with an error naming the file")
+    parser.add_argument("--image_batch", type=int, default=None,
+                        help="images whose evaluations are packed into shared batches; not given: chosen for the device "
+                             "(batch size // 8, at most 16)")
+
+
+def dataset_options(args) -> dict:
+    """The dataset-specific arguments of registry.get_dataset from the flags of add_data_args."""
+    return dict(corruption=args.corruption, severity=args.severity, image_column=args.image_column,
+                label_column=args.label_column)
+
+
+def add_schedule_args(parser, mode: str = "", required: bool = True) -> None:
+    """The evaluation schedule's flags (reference staging, the statistical schedule, weights, loss, running accuracy).
+
+    `mode` prefixes their help (eval_prob_dit.py's "adaptive mode: "); `required`: --to_keep and --n_samples must be given.
+    """
+    from .engine import LOSSES
+
+    default = {} if required else {"default": None}
+    parser.add_argument("--to_keep", nargs="+", type=int, required=required, **default,
+                        help=f"{mode}candidates kept after each stage; last must be 1")
+    parser.add_argument("--n_samples", nargs="+", type=int, required=required, **default,
+                        help=f"{mode}timesteps sampled at each stage")
+    parser.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
+                        help=f"{mode}reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference "
+                             f"pruning up to max(--n_samples)")
+    add_statistical_args(parser)
+    parser.add_argument("--timestep_weights", type=Path, default=None,
+                        help=f"{mode}JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
+    parser.add_argument("--loss", default="l2", choices=list(LOSSES),
+                        help=f"{mode}error between the prediction and its target (ε and ε̂ by default)")
+    parser.add_argument("--load_stats", action="store_true",
+                        help=f"{mode}count already finished images into the running accuracy")
+
+
 def add_statistical_args(parser) -> None:
     """The statistical schedule's flags, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
     parser.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
@@ -92,17 +160,6 @@ def statistical_options(args) -> dict:
     """The statistical schedule's settings from the flags of add_statistical_args (for make_schedule and the runs)."""
     return dict(z=args.z, min_samples=args.min_samples, delta=args.delta, variance=args.variance,
                 epsilon=args.epsilon, spending=args.spending)
-
-
-def add_data_args(parser) -> None:
-    """Flags of Hugging Face datasets and unreadable images, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
-    parser.add_argument("--image_column", default=None,
-                        help="--dataset hf: column of the images; default: 'image' or 'img'")
-    parser.add_argument("--label_column", default=None,
-                        help="--dataset hf: column of the class labels; default: 'label' or 'labels'")
-    parser.add_argument("--skip_unreadable", action="store_true",
-                        help="leave out images that cannot be decoded (listed in the final line and the manifest, "
-                             "never counted in accuracy) instead of stopping with an error naming the file")
 
 
 def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> None:

@@ -69,8 +69,18 @@ def load_record(path: str | Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
+    """Write `obj` as indented JSON atomically (numpy numbers and arrays as lists); keys sorted unless told."""
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def index_width(n: int) -> int:
@@ -197,15 +207,6 @@ def existing_indices(folder: str | Path, ext: str = ".pt") -> set[int]:
     if not folder.is_dir():
         return set()
     return {int(p.stem) for p in folder.glob(f"*{ext}") if p.stem.isdigit()}
-
-
-def shard(indices: list[int], n_workers: int = 1, worker_idx: int = 0) -> list[int]:
-    """The reference's sharding: worker w takes indices[w::n_workers]."""
-    if n_workers < 1:
-        raise InputError(f"--n_workers must be >= 1, got {n_workers}")
-    if not 0 <= worker_idx < n_workers:
-        raise InputError(f"--worker_idx must be in 0..{n_workers - 1} for --n_workers {n_workers}, got {worker_idx}")
-    return list(indices)[worker_idx::n_workers]
 
 
 def read_predictions(folder: str | Path, ext: str = ".pt") -> tuple[list[int], list[int], list[Path]]:

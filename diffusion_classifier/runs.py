@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import digits_c_dir, hf_dir
+from .data import registry
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,7 @@ def dataset_group(dataset: str, corruption: str | None = None, severity: int | N
                   extra: str | None = None, root: str | Path | None = None) -> str:
     """<dataset>[_<extra>] (digits_c_<corruption>_<severity> for the corrupted digits, hf_<folder name> for a local
     Hugging Face dataset at `root`), as the reference names it."""
-    if dataset == "digits_c":
-        name = digits_c_dir(corruption, severity)
-    elif dataset == "hf":
-        name = hf_dir(root or ".")
-    else:
-        name = dataset
+    name = registry.dataset_group(dataset, root, corruption=corruption, severity=severity)
     return name + (f"_{extra}" if extra else "")
 
 

@@ -8,9 +8,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffusion_classifier.digits import load_digits_arrays  # noqa: E402
-from diffusion_classifier.prompts import dataset_prompts  # noqa: E402
-from diffusion_classifier.winoground import write_winoground  # noqa: E402
+from diffusion_classifier.data.digits import load_digits_arrays  # noqa: E402
+from diffusion_classifier.data.prompts import dataset_prompts  # noqa: E402
+from diffusion_classifier.data.winoground import write_winoground  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
 

@@ -11,15 +11,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion_classifier.per_class import class_to_label, load_per_class_scores, per_class_accuracy  # noqa: E402
+from diffusion_classifier.data.registry import class_conditional_datasets, class_to_label  # noqa: E402
+from diffusion_classifier.tasks.per_class import load_per_class_scores, per_class_accuracy  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 
 
 def dataset_labels(name: str, root, split: str, indices: list[int]) -> dict[int, int]:
     """Labels of dataset images, for records written without one (the reference's bare tensors)."""
-    from diffusion_classifier.datasets import get_dataset
+    from diffusion_classifier.data.registry import get_dataset
 
-    dataset = get_dataset(name, root or Path("."), split)
+    dataset = get_dataset(name, root, split)
     targets = getattr(dataset, "targets", None)
     if targets is not None:
         return {i: int(targets[i]) for i in indices}
@@ -29,12 +30,10 @@ def dataset_labels(name: str, root, split: str, indices: list[int]) -> dict[int,
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("folder", type=Path, help="per-class run folder: <folder>/<cls>/<idx>.pt")
-    p.add_argument("--dataset", default="imagenet",
-                   choices=["imagenet", "imagenetv2", "imagenetA", "imagenetR", "imagenet_sketch", "objectnet", "imagefolder",
-                            "digits"],
+    p.add_argument("--dataset", default="imagenet", choices=class_conditional_datasets(),
                    help="dataset of the run: maps model classes to its labels (ImageNet-A, ObjectNet)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split, for records that carry no label")
-    p.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"),
+    p.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")),
                    help="where datasets live (env DATASET_ROOT), for records that carry no label")
     args = p.parse_args(argv)
     unreadable = []

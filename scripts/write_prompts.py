@@ -13,17 +13,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
-from diffusion_classifier.prompts import (  # noqa: E402
+from diffusion_classifier.data.prompts import (  # noqa: E402
     DATASET_PROMPTS,
     classes_table,
     dataset_prompts,
     named_classes_table,
     write_prompts_csv,
 )
+from diffusion_classifier.data.registry import DATASETS, dataset_group, dataset_info  # noqa: E402
 from diffusion_classifier.records import check_output_file, check_writable  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "prompts"
-FROM_COPY = ("imagenetR", "hf")  # classes read from the data on disk
+FROM_COPY = [name for name, info in DATASETS.items() if info.prompts_from_copy]  # classes read from the data on disk
 
 
 def table_of(name: str, args):
@@ -32,11 +33,13 @@ def table_of(name: str, args):
         return dataset_prompts(name)
     if args.dataset_root is None:
         raise InputError(f"--dataset {name} reads its classes from the data: pass --dataset_root DIR (or set DATASET_ROOT)")
-    from diffusion_classifier.datasets import dataset_targets, get_dataset
+    from diffusion_classifier.data.datasets import dataset_targets
+    from diffusion_classifier.data.registry import get_dataset
 
-    if name == "imagenetR":
+    class_list = dataset_info(name).class_list
+    if class_list is not None:  # labels index a known class list: prompts for the classes the copy holds
         dataset = get_dataset(name, args.dataset_root, "test")
-        return classes_table(DATASET_PROMPTS["imagenet"], set(dataset_targets(dataset)))
+        return classes_table(DATASET_PROMPTS[class_list], set(dataset_targets(dataset)))
     dataset = get_dataset(name, args.dataset_root, args.split, image_column=args.image_column,
                           label_column=args.label_column)
     return named_classes_table(dataset.classes, args.template)
@@ -70,12 +73,8 @@ def main(argv=None):
         table = table_of(name, args)
         if args.out is not None:
             path = args.out
-        elif name == "hf":
-            from diffusion_classifier.datasets import hf_dir
-
-            path = args.out_dir / f"{hf_dir(args.dataset_root)}_prompts.csv"
         else:
-            path = args.out_dir / f"{name}_prompts.csv"
+            path = args.out_dir / f"{dataset_group(name, args.dataset_root)}_prompts.csv"
         write_prompts_csv(path, table)
         print(f"{path}: {len(table)} prompts, {len(set(table.classidx))} classes")
         written.append(path)

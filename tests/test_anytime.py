@@ -6,7 +6,7 @@ import torch
 
 from diffusion_classifier.engine import Jobs
 from diffusion_classifier.errors import InputError
-from diffusion_classifier.statistical import (
+from diffusion_classifier.schedules.statistical import (
     anytime_threshold, make_schedule, n_looks, statistical_classify, stratified_timesteps)
 
 
@@ -94,7 +94,7 @@ def test_delta_is_checked():
 
 
 def test_decaying_spending_keeps_the_bound_and_sums_to_delta_over_any_number_of_looks():
-    from diffusion_classifier.statistical import look_alpha
+    from diffusion_classifier.schedules.statistical import look_alpha
 
     assert sum(look_alpha(0.05, l, 0, "decaying") for l in range(1, 10_000)) == pytest.approx(0.05, rel=1e-3)
     assert sum(look_alpha(0.05, l, 0, "decaying") for l in range(1, 10_000)) < 0.05

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_classifier.adaptive import n_evaluations
+from diffusion_classifier.schedules.staged import n_evaluations
 from diffusion_classifier.records import load_record, record_path
 
 ROOT = Path(__file__).resolve().parents[1]

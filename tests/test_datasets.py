@@ -4,22 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_classifier.datasets import (
-    DATASETS,
-    IMAGENET_WNIDS,
-    RemappedLabels,
-    adm_center_crop,
-    align_labels,
-    dit_transform,
-    get_dataset,
-    imagenet_a_indices,
-    num_classes,
-    objectnet_imagenet_indices,
-    sd_transform,
-    subset_indices,
-)
-from diffusion_classifier.digits import DigitsDataset
-from diffusion_classifier.prompts import dataset_prompts
+from diffusion_classifier.data.datasets import IMAGENET_WNIDS, RemappedLabels, adm_center_crop, align_labels, dit_transform, imagenet_a_indices, objectnet_imagenet_indices, sd_transform, subset_indices
+from diffusion_classifier.data.registry import DATASETS, get_dataset, num_classes
+from diffusion_classifier.data.digits import DigitsDataset
+from diffusion_classifier.data.prompts import dataset_prompts
 
 
 def _image_folder(root, classes, per_class=2, size=(6, 4)):

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffusion_classifier.corruptions import CORRUPTIONS, corrupt, corrupt_images
-from diffusion_classifier.datasets import digits_c_dir, get_dataset, num_classes, sd_transform
-from diffusion_classifier.digits import load_digits_arrays, load_digits_native
+from diffusion_classifier.data.corruptions import CORRUPTIONS, corrupt, corrupt_images
+from diffusion_classifier.data.datasets import sd_transform
+from diffusion_classifier.data.registry import digits_c_dir, get_dataset, num_classes
+from diffusion_classifier.data.digits import load_digits_arrays, load_digits_native
 from diffusion_classifier.errors import InputError
 
 
@@ -68,7 +69,7 @@ def test_corruption_flags_only_for_digits_c():
 def test_clean_digits_unchanged_by_the_new_loader():
     from sklearn.datasets import load_digits
 
-    from diffusion_classifier.digits import split_indices
+    from diffusion_classifier.data.digits import split_indices
 
     data = load_digits()
     _, test = split_indices(data.target)

@@ -15,10 +15,10 @@ sys.path.insert(0, str(ROOT))
 
 import eval_prob_dit  # noqa: E402
 from conftest import load_script  # noqa: E402
-from diffusion_classifier.adaptive import interval_timesteps  # noqa: E402
-from diffusion_classifier.datasets import dit_transform  # noqa: E402
-from diffusion_classifier.digits import DigitsDataset  # noqa: E402
-from diffusion_classifier.per_class import (  # noqa: E402
+from diffusion_classifier.schedules.staged import interval_timesteps  # noqa: E402
+from diffusion_classifier.data.datasets import dit_transform  # noqa: E402
+from diffusion_classifier.data.digits import DigitsDataset  # noqa: E402
+from diffusion_classifier.tasks.per_class import (  # noqa: E402
     per_class_jobs,
     schedule_from_alphas_cumprod,
 )
@@ -270,8 +270,9 @@ def test_save_vb_needs_learned_variance(tmp_path):
 
 
 def test_dataset_label_mapping_for_imagenet_a_and_objectnet():
-    from diffusion_classifier.datasets import imagenet_a_indices
-    from diffusion_classifier.per_class import candidate_classes, class_to_label, per_class_accuracy
+    from diffusion_classifier.data.datasets import imagenet_a_indices
+    from diffusion_classifier.data.registry import candidate_classes, class_to_label
+    from diffusion_classifier.tasks.per_class import per_class_accuracy
 
     classes, labels = candidate_classes("imagenetA", 200, 1000)
     assert classes == imagenet_a_indices() and labels == list(range(200))

@@ -84,7 +84,7 @@ def plain_reference(model_dir: Path, image_pixels: torch.Tensor, prompts: list[s
 def test_matches_plain_reference(setup, tiny_sd):
     from torchvision import transforms
 
-    from diffusion_classifier.digits import DigitsDataset
+    from diffusion_classifier.data.digits import DigitsDataset
 
     tmp = setup
     noise = torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(3))
@@ -235,7 +235,7 @@ def test_bad_inputs(setup, tiny_sd, tmp_path, capsys):
 
 def test_python_api_matches_script(setup, tiny_sd):
     from diffusion_classifier import DiffusionClassifier
-    from diffusion_classifier.digits import DigitsDataset
+    from diffusion_classifier.data.digits import DigitsDataset
 
     tmp = setup
     noise = torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(5))

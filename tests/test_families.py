@@ -60,7 +60,7 @@ def folders(tmp_path_factory):
 def digit_pixels(idx: int, size: int = 8) -> torch.Tensor:
     from torchvision import transforms
 
-    from diffusion_classifier.digits import DigitsDataset
+    from diffusion_classifier.data.digits import DigitsDataset
 
     tf = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
                              transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
@@ -290,7 +290,7 @@ def test_version_ids_and_offline_hub_id_message():
 @pytest.mark.parametrize("name", ["sdxl", "sd3_pixels_null_parts"])
 def test_winoground_scores_any_family(name, folders, tmp_path):
     import run_winoground
-    from diffusion_classifier.winoground import load_winoground, write_winoground
+    from diffusion_classifier.data.winoground import load_winoground, write_winoground
 
     rng = np.random.default_rng(0)
     images = {f"img_{k}": Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for k in range(2)}

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from diffusion_classifier import fashion_mnist
-from diffusion_classifier.datasets import get_dataset
+from diffusion_classifier.data import fashion_mnist
+from diffusion_classifier.data.registry import get_dataset
 from diffusion_classifier.errors import MissingError
 
 
@@ -155,7 +155,7 @@ def test_the_installed_package_holds_the_whole_balanced_dataset(tmp_path, monkey
 @needs_package
 def test_shipped_fashion_sd_classifies_test_images_of_every_class(tmp_path, monkeypatch):
     from diffusion_classifier import DiffusionClassifier
-    from diffusion_classifier.prompts import dataset_prompts
+    from diffusion_classifier.data.prompts import dataset_prompts
 
     monkeypatch.delenv(fashion_mnist.PACKAGE_ENV, raising=False)
     monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "cache"))

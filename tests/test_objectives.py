@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_classifier.adaptive import adaptive_classify
+from diffusion_classifier.schedules.staged import adaptive_classify
 from diffusion_classifier.engine import Jobs, Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families.sd import load_text_conditional

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_classifier.prompts import (
+from diffusion_classifier.data.prompts import (
     DATASET_PROMPTS,
     PromptTable,
     check_classidx,

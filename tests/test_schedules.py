@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_classifier.adaptive import adaptive_classify, n_evaluations, reference_stages, stage_jobs
+from diffusion_classifier.schedules.staged import adaptive_classify, n_evaluations, reference_stages, stage_jobs
 from diffusion_classifier.engine import Jobs
-from diffusion_classifier.statistical import paired_prune, statistical_classify, stratified_timesteps
+from diffusion_classifier.schedules.statistical import paired_prune, statistical_classify, stratified_timesteps
 
 
 def test_cifar10_schedule_costs_2750_evaluations():

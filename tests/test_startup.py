@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_digits_arrays_equal_scikit_learns():
     from sklearn.datasets import load_digits
 
-    from diffusion_classifier.digits import _sklearn_digits
+    from diffusion_classifier.data.digits import _sklearn_digits
 
     images, labels = _sklearn_digits()
     ref = load_digits()
@@ -23,7 +23,7 @@ def test_digits_arrays_equal_scikit_learns():
 
 
 def test_digits_run_does_not_import_scikit_learn():
-    code = ("import sys, eval_prob_adaptive; from diffusion_classifier.digits import DigitsDataset; "
+    code = ("import sys, eval_prob_adaptive; from diffusion_classifier.data.digits import DigitsDataset; "
             "ds = DigitsDataset('test'); assert len(ds) == 359; print(sorted({m.split('.')[0] for m in sys.modules} "
             "& {'sklearn', 'scipy'}))")
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_classifier.adaptive import n_evaluations
+from diffusion_classifier.schedules.staged import n_evaluations
 from diffusion_classifier.engine import Scorer
 from conftest import load_benchmark
 from diffusion_classifier.families.sd import load_text_conditional

@@ -12,7 +12,7 @@ from diffusion_classifier.calibration import (
     expected_calibration_error, fit_and_report, fit_weights, load_full_errors, load_weights, predictions)
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.records import save_record
-from diffusion_classifier.statistical import Replay, stratified_timesteps
+from diffusion_classifier.schedules.statistical import Replay, stratified_timesteps
 
 
 def write_records(folder, n=120, k=5, grid=40, band=(600, 800), seed=0, signal=0.1, noise=0.3, prune_one=False):
@@ -109,11 +109,12 @@ def test_ece_of_perfect_and_overconfident_predictions():
 def test_replay_of_a_full_evaluation_matches_real_runs():
     """Statistical schedules replayed from a full evaluation's errors ask for its own (t, noise row) pairs
     and get the same predictions and evaluation counts as running the model."""
-    from diffusion_classifier.datasets import dit_transform, get_dataset
+    from diffusion_classifier.data.datasets import dit_transform
+    from diffusion_classifier.data.registry import get_dataset
     from diffusion_classifier.engine import Scorer
     from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
     from diffusion_classifier.noise import make_noise
-    from diffusion_classifier.statistical import statistical_classify
+    from diffusion_classifier.schedules.statistical import statistical_classify
 
     model = load_class_conditional(DIT_MODELS["tiny"])
     ds = get_dataset("digits_c", ".", "test", dit_transform(model.native_size), corruption="gaussian_noise", severity=3)
@@ -149,7 +150,7 @@ def test_replay_of_a_full_evaluation_matches_real_runs():
             for c in a.errors:
                 torch.testing.assert_close(a.errors[c]["pred_errors"], b.errors[c]["pred_errors"], rtol=1e-5, atol=1e-6)
     # a reference-style schedule asks for other noise rows: the strict replay refuses it
-    from diffusion_classifier.adaptive import adaptive_classify
+    from diffusion_classifier.schedules.staged import adaptive_classify
 
     with pytest.raises(InputError, match="noise row"):
         adaptive_classify(Replay.stratified(errors, t[order]), 3, 10, [2, 1], [8, grid])

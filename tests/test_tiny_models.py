@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from diffusion_classifier import DiffusionClassifier
-from diffusion_classifier.adaptive import adaptive_classify
-from diffusion_classifier.datasets import sd_transform
-from diffusion_classifier.digits import DigitsDataset, load_digits_arrays, split_indices
+from diffusion_classifier.schedules.staged import adaptive_classify
+from diffusion_classifier.data.datasets import sd_transform
+from diffusion_classifier.data.digits import DigitsDataset, load_digits_arrays, split_indices
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
 from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.noise import make_noise
-from diffusion_classifier.prompts import dataset_prompts
+from diffusion_classifier.data.prompts import dataset_prompts
 from diffusion_classifier.training.common import train_images, validation_split
 from diffusion_classifier.training.dit import dit_accuracy, train_dit
 

@@ -224,7 +224,7 @@ def test_flow_noising_draws_logit_normal_sigmas_through_the_shift():
 
 
 def test_holdout_keeps_its_images_out_of_training_and_names_them_in_the_model_folder(tmp_path):
-    from diffusion_classifier.digits import load_digits_arrays
+    from diffusion_classifier.data.digits import load_digits_arrays
     from diffusion_classifier.training.common import holdout_split, train_images
     from diffusion_classifier.training.data import DIGITS
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_classifier.datasets import IMAGENET_WNIDS
+from diffusion_classifier.data.datasets import IMAGENET_WNIDS
 from diffusion_classifier.records import load_record
 from test_cli_failures import ENV, ROOT, assert_user_error, command, last_line, run_in_process
 
@@ -50,7 +50,7 @@ def _truncated_jpeg(path: Path) -> None:
 
 def _digits_folder(root: Path) -> list[tuple[Path, int]]:
     """Two digits test images per class as <label>/<index>.png; returns (file, label) in ImageFolder order."""
-    from diffusion_classifier.digits import DigitsDataset
+    from diffusion_classifier.data.digits import DigitsDataset
 
     ds = DigitsDataset("test")
     chosen = [i for c in range(10) for i in [k for k, t in enumerate(ds.targets) if t == c][:2]]
@@ -66,7 +66,7 @@ def _digits_folder(root: Path) -> list[tuple[Path, int]]:
 def _hf_datasets(tmp: Path, samples: list[tuple[Path, int]]) -> None:
     """The same images as three Hugging Face datasets: save_to_disk, the hub's parquet layout, one parquet file."""
     datasets = pytest.importorskip("datasets")
-    from diffusion_classifier.digits import CLASSNAMES
+    from diffusion_classifier.data.digits import CLASSNAMES
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSNAMES)})
     rows = {"image": [{"bytes": p.read_bytes(), "path": p.name} for p, _ in samples], "label": [y for _, y in samples]}
@@ -457,7 +457,7 @@ def _hf_rows(n_rows: int = 4):
 
 def test_hf_columns_labels_and_layouts(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from diffusion_classifier.datasets import get_dataset, num_classes
+    from diffusion_classifier.data.registry import get_dataset, num_classes
 
     rows = _hf_rows()
     feat = datasets.Features({"img": datasets.Image(), "labels": datasets.Value("string"), "extra": datasets.Value("int32")})
@@ -498,7 +498,7 @@ def test_hf_columns_labels_and_layouts(tmp_path):
 def test_hf_without_the_datasets_package(tmp_path, monkeypatch):
     import sys
 
-    from diffusion_classifier.datasets import get_dataset
+    from diffusion_classifier.data.registry import get_dataset
     from diffusion_classifier.errors import MissingPackageError
 
     monkeypatch.setitem(sys.modules, "datasets", None)  # what an environment without it gives on import
@@ -508,8 +508,8 @@ def test_hf_without_the_datasets_package(tmp_path, monkeypatch):
 
 
 def test_header_checks(tmp_path):
-    from diffusion_classifier.datasets import get_dataset
-    from diffusion_classifier.images import UnreadableImageError, decode_rgb, find_unreadable, header_problem
+    from diffusion_classifier.data.registry import get_dataset
+    from diffusion_classifier.data.images import UnreadableImageError, decode_rgb, find_unreadable, header_problem
 
     good = _png(Image.new("RGB", (16, 16), (1, 2, 3)))
     assert header_problem(good) is None
@@ -528,7 +528,7 @@ def test_header_checks(tmp_path):
 
 
 def test_prompt_coverage_rules():
-    from diffusion_classifier.prompts import PromptTable, check_coverage, dataset_prompts
+    from diffusion_classifier.data.prompts import PromptTable, check_coverage, dataset_prompts
 
     table = PromptTable(["a cat", "a kitten", "a dog"], ["cat", "cat", "dog"], [0, 0, 1])
     check_coverage(table, [0, 1, 1, 0], ["cat", "dog", "bird"])  # several rows per class: a prompt ensemble

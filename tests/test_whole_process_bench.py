@@ -5,7 +5,7 @@ import math
 import pytest
 
 from conftest import load_benchmark
-from diffusion_classifier.adaptive import n_evaluations
+from diffusion_classifier.schedules.staged import n_evaluations
 
 whole_process = load_benchmark("whole_process")
 

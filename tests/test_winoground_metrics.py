@@ -8,17 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_classifier.winoground import (
-    WinogroundImages,
-    format_scores,
-    group_correct,
-    image_correct,
-    load_winoground,
-    normalized_image_scores,
-    save_json,
-    text_correct,
-    winoground_scores,
-)
+from diffusion_classifier.records import write_json
+
+from diffusion_classifier.data.winoground import WinogroundImages, load_winoground
+from diffusion_classifier.tasks.winoground import format_scores, group_correct, image_correct, normalized_image_scores, text_correct, winoground_scores
 
 # scores[caption, image], higher = better match
 PERFECT = [[1.0, 0.0], [0.0, 1.0]]
@@ -146,16 +139,16 @@ def test_normalisation_can_flip_image_correctness():
         normalized_image_scores(s, np.zeros(3))
 
 
-def test_save_json_atomic_roundtrip(tmp_path):
+def test_write_json_atomic_roundtrip(tmp_path):
     path = tmp_path / "out" / "winoground.json"
     r = _hand_result()
-    save_json(path, r)
+    write_json(path, r)
     assert json.loads(path.read_text()) == r
-    save_json(path, {"n": np.int64(3), "acc": np.float32(0.5)})  # overwrites in place
+    write_json(path, {"n": np.int64(3), "acc": np.float32(0.5)})  # overwrites in place
     assert json.loads(path.read_text()) == {"n": 3, "acc": 0.5}
     assert [p.name for p in path.parent.iterdir()] == ["winoground.json"]
     with pytest.raises(TypeError):
-        save_json(path, {"bad": object()})
+        write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"n": 3, "acc": 0.5}  # untouched by the failed write
     assert [p.name for p in path.parent.iterdir()] == ["winoground.json"]
 

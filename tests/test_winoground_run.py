@@ -13,15 +13,11 @@ from PIL import Image
 
 import run_winoground
 from conftest import load_script, write_char_tokenizer
-from diffusion_classifier.adaptive import interval_timesteps
+from diffusion_classifier.schedules.staged import interval_timesteps
 from diffusion_classifier.records import load_record
-from diffusion_classifier.winoground import (
-    format_scores,
-    load_winoground,
-    pair_jobs,
-    winoground_scores,
-    write_winoground,
-)
+from diffusion_classifier.data.winoground import load_winoground, write_winoground
+from diffusion_classifier.tasks.matching import pair_jobs
+from diffusion_classifier.tasks.winoground import format_scores, winoground_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 # short captions: the test tokenizer keeps 16 characters
@@ -350,7 +346,7 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch):
 
 
 def test_make_digits_winoground_deterministic(tmp_path, capsys):
-    from diffusion_classifier.digits import load_digits_arrays
+    from diffusion_classifier.data.digits import load_digits_arrays
 
     make = load_script("make_digits_winoground")
     make.main(["--out", str(tmp_path / "a"), "--n", "12", "--seed", "3"])

@@ -41,7 +41,7 @@ def _uint8_to_unit(images) -> torch.Tensor:
 
 
 def _digits_train() -> tuple[torch.Tensor, torch.Tensor]:
-    from ..digits import load_digits_arrays
+    from ..data.digits import load_digits_arrays
 
     images, labels = load_digits_arrays("train")
     return _uint8_to_unit(images), torch.from_numpy(labels)
@@ -50,14 +50,14 @@ def _digits_train() -> tuple[torch.Tensor, torch.Tensor]:
 def _fashion_train() -> tuple[torch.Tensor, torch.Tensor]:
     import os
 
-    from ..fashion_mnist import load_arrays
+    from ..data.fashion_mnist import load_arrays
 
     images, labels = load_arrays("train", os.environ.get("DATASET_ROOT"))
     return _uint8_to_unit(images), torch.from_numpy(labels)
 
 
 def _digits() -> TrainingData:
-    from ..digits import CLASSNAMES, NATIVE_SIZE
+    from ..data.digits import CLASSNAMES, NATIVE_SIZE
 
     templates = (
         "a photo of the number: '{d}'.", "a photo of the number: {w}.", "a photo of the number {d}.",
@@ -73,8 +73,8 @@ def _digits() -> TrainingData:
 
 
 def _fashion() -> TrainingData:
-    from ..fashion_mnist import CLASSNAMES, NATIVE_SIZE
-    from ..prompts import DATASET_PROMPTS
+    from ..data.fashion_mnist import CLASSNAMES, NATIVE_SIZE
+    from ..data.prompts import DATASET_PROMPTS
 
     spec = DATASET_PROMPTS["fashion_mnist"]
     words = tuple(spec.prompt_names)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import InputError, MissingError, warn
+from ..errors import InputError, MissingError, warn
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parent  # the package data files live beside the readers
 COLUMNS = ("prompt", "classname", "classidx")
 
 
@@ -211,7 +211,7 @@ def check_coverage(table: PromptTable, labels: Iterable[int], class_names: Seque
 
 def write_prompts_csv(path: str | Path, rows: PromptTable | Iterable[Sequence]) -> None:
     """Write rows (prompt, classname, classidx) under the header prompt,classname,classidx, '\\n' line ends."""
-    from .records import atomic_write_bytes
+    from ..records import atomic_write_bytes
 
     if isinstance(rows, PromptTable):
         rows = rows.rows()

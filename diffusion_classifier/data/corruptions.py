@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_VALUE = 16.0  # scikit-learn's digits: integer grey levels 0..16
 SEVERITIES = (1, 2, 3, 4, 5)

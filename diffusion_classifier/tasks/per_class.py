@@ -1,4 +1,4 @@
-"""Classification over class labels (DiT): the reference's per-class protocol, label mapping, null normalisation.
+"""Classification over class labels (DiT): the reference's per-class protocol and null normalisation.
 
 Per-class mode (the reference's `eval_prob_dit.py`): one run scores ONE class against every image
 over `range(t_interval//2, T, t_interval)` × n_trials and stores the raw numbers per image in
@@ -8,15 +8,18 @@ Adaptive mode scores all classes of an image in one run with the staged pruning 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from .engine import Batch, Jobs, Scorer, denoising_error
-from .errors import InputError, MissingError
-from .noise import periodic_noise_rows
-from .records import load_record
-from .vb import DiffusionSchedule, split_learned_variance, vb_terms
+from ..engine import Batch, Jobs, Scorer, denoising_error
+from ..errors import InputError, MissingError
+from ..noise import periodic_noise_rows
+from ..data.images import load_items
+from ..loop import LoopStats, RecordLoop
+from ..records import first_line, load_record, record_path
+from ..vb import DiffusionSchedule, split_learned_variance, vb_terms
 
 # What a per-class record stores per (t, trial); the flag that selects each (none: l2).
 SAVE_MODES = {"l2": None, "vb": "--save_vb", "spatial": "--spatial", "eps": "--save_eps",
@@ -91,45 +94,6 @@ def make_reducer(mode: str, schedule: DiffusionSchedule | None = None,
         assert schedule is not None, "the vb reducer needs the diffusion schedule"
         return vb_reducer(schedule)  # (B, 4)
     raise InputError(f"record kind must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
-
-
-# ---------------------------------------------------------------- dataset labels <-> model classes
-
-
-def candidate_classes(dataset: str, n_dataset_classes: int, num_model_classes: int,
-                      present: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
-    """(model class ids to score, the dataset label each one predicts) for a dataset.
-
-    ImageNet-A scores its 200 ImageNet classes, ObjectNet the ImageNet classes mapped to each of its 113;
-    `present` (labels that are model classes, e.g. ImageNet-R's wnid folders) scores those only;
-    every other dataset's label k is model class k.
-    """
-    if dataset == "imagenetA":
-        from .datasets import imagenet_a_indices
-
-        classes = imagenet_a_indices()
-        labels = list(range(len(classes)))
-    elif dataset == "objectnet":
-        from .datasets import objectnet_imagenet_indices
-
-        pairs = [(c, label) for label, group in enumerate(objectnet_imagenet_indices()) for c in group]
-        classes, labels = [c for c, _ in pairs], [label for _, label in pairs]
-    elif present is not None:
-        classes = labels = sorted(int(c) for c in present)
-    else:
-        classes = labels = list(range(n_dataset_classes))
-    if max(classes) >= num_model_classes:
-        raise InputError(f"dataset {dataset} needs model classes up to {max(classes)}, "
-                         f"the model has {num_model_classes} classes")
-    return list(classes), list(labels)
-
-
-def class_to_label(dataset: str) -> dict[int, int] | None:
-    """Model class -> dataset label for datasets whose labels are not the model's classes (None: identity)."""
-    if dataset not in ("imagenetA", "objectnet"):
-        return None
-    classes, labels = candidate_classes(dataset, 0, 1000)
-    return dict(zip(classes, labels))
 
 
 # ---------------------------------------------------------------- unconditional normalisation
@@ -271,20 +235,13 @@ def run_per_class(
     show_progress: bool = True,
     skip_unreadable: bool = False,
     unreadable: Sequence = (),
-) -> dict[str, int]:
-    """Score class `cls` on dataset[indices] without a record in `folder`; one record per image.
+) -> LoopStats:
+    """Score class `cls` on dataset[indices] without a record in `folder` (<run>/<cls>); one record per image.
 
-    A record is {kind, data [n_t, n_trials, ...], t (n_t,), cls, label}. Returns counts done/skipped/evaluations
-    and `unreadable`, the images left out with `skip_unreadable` (see runner.run_dataset).
+    A record is {kind, data [n_t, n_trials, ...], t (n_t,), cls, label}; unreadable images as in
+    tasks.classify.run_dataset (listed in the run folder's manifest).
     """
-    from tqdm.auto import tqdm
-
-    from .images import load_items
-    from .records import RecordFolder, first_line, note_unreadable, record_path
-    from .runner import skip_or_stop
-
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
 
     def same_class(path: Path, record) -> None:
         if isinstance(record, dict) and "cls" in record and int(record["cls"]) != int(cls):
@@ -292,11 +249,6 @@ def run_per_class(
                              f"{int(record['cls'])}; each class writes to <run>/<cls>/: move the misplaced records "
                              f"to their class folder")
 
-    n_t = len(timesteps)
-    t_saved = torch.as_tensor(list(timesteps), dtype=torch.long)
-    conds = torch.tensor([cls], dtype=torch.long)
-    stats = {"done": 0, "skipped": 0, "evaluations": 0, "repaired": 0, "elsewhere": 0, "unreadable": list(unreadable)}
-    note_unreadable(folder.parent, unreadable)  # the run folder's manifest
     def problem(record) -> str | None:
         try:
             record_data(record)
@@ -304,31 +256,27 @@ def run_per_class(
             return f"not a per-class record ({first_line(e)})"
         return None
 
-    with RecordFolder(folder, problem, same_class) as records:
-        todo = [i for i in indices if records.usable(record_path(folder, i, len(dataset))) is None]
-        stats["skipped"] = len(indices) - len(todo)
-        bar = tqdm(total=len(todo), desc=desc, disable=not show_progress, dynamic_ncols=True)
-        pending = iter(todo)
-        path_of = lambda i: record_path(folder, i, len(dataset))  # noqa: E731
-        while group := records.claim_next(pending, image_batch, path_of):
-            loaded, bad = load_items(dataset, group)
-            skip_or_stop(bad, skip_unreadable, folder.parent, stats["done"], records, path_of, stats["unreadable"])
-            bar.update(len(bad))
-            if not loaded:
-                continue
-            group = [i for i, _ in loaded]
-            items = [item for _, item in loaded]
-            latents = encode_images(torch.stack([x for x, _ in items]))  # (G, C, H, W)
+    n_t = len(timesteps)
+    t_saved = torch.as_tensor(list(timesteps), dtype=torch.long)
+    conds = torch.tensor([cls], dtype=torch.long)
+    path_of = partial(record_path, folder, n=len(dataset))
+    with RecordLoop(folder, path_of, problem, same_class, manifest_folder=folder.parent, desc=desc,
+                    show_progress=show_progress, skip_unreadable=skip_unreadable, unreadable=unreadable) as loop:
+        for group in loop.groups(indices, partial(load_items, dataset), image_batch):
+            latents = encode_images(torch.stack([x for _, (x, _) in group]))  # (G, C, H, W)
             jobs = per_class_jobs(len(group), timesteps, n_trials, scorer.batch_size, randomize_noise)
             out = scorer.evaluate(latents, conds, jobs, reduce)  # (G * n_t * n_trials, ...)
             out = out.view(len(group), n_t, n_trials, *out.shape[1:])
-            for k, (i, (_, label)) in enumerate(zip(group, items)):
-                record = {"kind": kind, "data": out[k].clone(), "t": t_saved, "cls": int(cls), "label": int(label)}
-                records.save(record, record_path(folder, i, len(dataset)))
-            stats["done"] += len(group)
-            stats["evaluations"] += len(jobs)
-            bar.update(len(group))
-        bar.close()
-        stats["repaired"] = records.repaired
-        stats["elsewhere"] = records.busy + records.done_elsewhere
-    return stats
+            loop.stats.evaluations += len(jobs)
+            for k, (i, (_, label)) in enumerate(group):
+                loop.save(i, {"kind": kind, "data": out[k].clone(), "t": t_saved, "cls": int(cls), "label": int(label)})
+    return loop.stats
+
+
+def summary_line(folder: str | Path, stats: LoopStats, per_image: int) -> str:
+    """The final line of a per-class run: images scored now and before, evaluations, repaired and left out."""
+    parts = [f"{stats.evaluations} denoiser evaluations", f"{per_image} per image", f"{stats.repaired} repaired",
+             *stats.unreadable_part()]
+    return (f"{folder}: {stats.done} images scored now, {stats.skipped} already done"
+            + (f", {stats.elsewhere} left to other processes" if stats.elsewhere else "")
+            + f" ({', '.join(parts)})")

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from .errors import InputError
+from ..errors import InputError
 
 SKIP_HINT = "or pass --skip_unreadable to leave such images out (they are listed in the final line and the manifest)"
 
@@ -192,18 +192,18 @@ def drop_unreadable(dataset, indices: Sequence[int], skip_unreadable: bool,
     return [i for i in indices if i not in left_out], bad
 
 
-def load_items(dataset, indices: Sequence[int]) -> tuple[list, list[Unreadable]]:
-    """(dataset[i] for the readable i, the unreadable ones): decoding failures are collected, not raised."""
+def load_items(dataset, indices: Sequence[int]) -> tuple[list, list[tuple[int, Unreadable]]]:
+    """([(i, dataset[i])] for the readable i, [(i, Unreadable)] for the others): decoding failures are collected, not raised."""
     items, bad = [], []
     for i in indices:
         try:
             items.append((i, dataset[i]))
         except UnreadableImageError as e:
-            bad.append(Unreadable(int(i), e.name, e.found))
+            bad.append((i, Unreadable(int(i), e.name, e.found)))
         except Exception as e:  # noqa: BLE001 - torchvision datasets decode with PIL themselves
             if not _raised_in_pil(e):
                 raise
-            bad.append(Unreadable(int(i), image_name(dataset, i), describe_failure(e)))
+            bad.append((i, Unreadable(int(i), image_name(dataset, i), describe_failure(e))))
     return items, bad
 
 

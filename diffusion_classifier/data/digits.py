@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError
+from ..errors import InputError
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -68,7 +68,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 def load_digits_arrays(split: str, corruption: str | None = None, severity: int | None = None, seed: int = 0):
     """(images uint8 (N, 8, 8) in 0..255, labels int64 (N,)) of the given split ('train' or 'test').
 
-    With a corruption (see diffusion_classifier.corruptions) every image is corrupted at `severity`
+    With a corruption (see diffusion_classifier.data.corruptions) every image is corrupted at `severity`
     in the native 0..16 range, seeded per image index, before the conversion to 0..255.
     """
     images, labels = load_digits_native(split)

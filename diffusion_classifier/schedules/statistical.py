@@ -57,9 +57,9 @@ from typing import Callable
 
 import torch
 
-from .adaptive import AdaptiveResult, adaptive_classify, reference_stages
-from .engine import Jobs
-from .errors import InputError
+from .staged import AdaptiveResult, adaptive_classify, reference_stages
+from ..engine import Jobs
+from ..errors import InputError
 
 
 def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:

@@ -1,4 +1,7 @@
-"""Evaluation datasets with labels aligned to the classidx of the matching prompts CSV, and image transforms."""
+"""Dataset builders (torchvision, image folders, the shipped digits and Fashion-MNIST), transforms and subsets.
+
+A builder takes (root, the dataset's own split name, transform) and returns an (image, label) dataset with
+labels in the order of its prompts' classidx; data/registry.py names each one with its facts."""
 from __future__ import annotations
 
 import json
@@ -12,7 +15,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision import datasets as tvd
 
-from .errors import InputError, MissingError
+from ..errors import InputError, MissingError
 from .images import open_rgb
 from .prompts import DATA_DIR, DATASET_PROMPTS
 
@@ -181,13 +184,6 @@ def _torchvision(name: str, cls, expected: Path, fetch_args: str, make: Callable
         raise _not_found(name, expected, how) from None
 
 
-def _split(name: str, split: str, choices: dict[str, str]) -> str:
-    """Map our split name to the dataset's own split name."""
-    if split not in choices:
-        raise InputError(f"{name} split must be one of {', '.join(choices)}, got {split!r}")
-    return choices[split]
-
-
 class FixedClassFolder(tvd.ImageFolder):
     """ImageFolder whose folder -> label map is given, not the sorted order of the folders present."""
 
@@ -223,38 +219,38 @@ def _folder_dataset(name: str, path: Path, how: str, make: Callable):
         raise _not_found(name, path, f"{how} ({e})") from None
 
 
-def _pets(root: Path, split: str, transform):
-    s = _split("pets", split, {"train": "trainval", "test": "test"})
+def build_pets(root: Path, split: str, transform):
+    s = split
     ds = _torchvision("pets", tvd.OxfordIIITPet, root / "oxford-iiit-pet", "",
                       lambda: tvd.OxfordIIITPet(str(root), split=s, transform=transform, download=False))
     return align_labels(ds, ds.classes, "pets")
 
 
-def _flowers(root: Path, split: str, transform):
-    s = _split("flowers", split, {"train": "train", "val": "val", "test": "test"})
+def build_flowers(root: Path, split: str, transform):
+    s = split
     ds = _torchvision("flowers", tvd.Flowers102, root / "flowers-102", f", split={s!r}",
                       lambda: tvd.Flowers102(str(root), split=s, transform=transform, download=False))
     # labels are positions in imagelabels.mat, the order of our class list (torchvision spells 3 names differently)
     return ds
 
 
-def _stl10(root: Path, split: str, transform):
-    s = _split("stl10", split, {"train": "train", "test": "test"})
+def build_stl10(root: Path, split: str, transform):
+    s = split
     ds = _torchvision("stl10", tvd.STL10, root / "stl10_binary", f", split={s!r}",
                       lambda: tvd.STL10(str(root), split=s, transform=transform, download=False))
     return align_labels(ds, ds.classes, "stl10")
 
 
-def _mnist(root: Path, split: str, transform):
-    train = _split("mnist", split, {"train": "train", "test": "test"}) == "train"
+def build_mnist(root: Path, split: str, transform):
+    train = split == "train"
     # labels are the digits themselves, as the prompts' classidx
     return _torchvision("mnist", tvd.MNIST, root / "MNIST" / "raw", f", train={train}",
                         lambda: tvd.MNIST(str(root), train=train, transform=transform, download=False))
 
 
-def _cifar(name: str, cls):
+def build_cifar(name: str, cls):
     def build(root: Path, split: str, transform):
-        train = _split(name, split, {"train": "train", "test": "test"}) == "train"
+        train = split == "train"
         folder = "cifar-10-batches-py" if cls is tvd.CIFAR10 else "cifar-100-python"
         ds = _torchvision(name, cls, root / folder, f", train={train}",
                           lambda: cls(str(root), train=train, transform=transform, download=False))
@@ -262,15 +258,14 @@ def _cifar(name: str, cls):
     return build
 
 
-def _food(root: Path, split: str, transform):
-    s = _split("food", split, {"train": "train", "test": "test"})
+def build_food(root: Path, split: str, transform):
+    s = split
     ds = _torchvision("food", tvd.Food101, root / "food-101", f", split={s!r}",
                       lambda: tvd.Food101(str(root), split=s, transform=transform, download=False))
     return align_labels(ds, ds.classes, "food")
 
 
-def _caltech101(root: Path, split: str, transform):
-    _split("caltech101", split, {"train": "all", "test": "all"})  # no official split: the whole set
+def build_caltech101(root: Path, split: str, transform):
     path = root / "caltech101" / "101_ObjectCategories"
     how = "torchvision can fetch it with torchvision.datasets.Caltech101(DIR, download=True)"
     if not path.is_dir():  # checked here: torchvision would create folders under root first
@@ -280,8 +275,8 @@ def _caltech101(root: Path, split: str, transform):
     return align_labels(ds, ds.categories, "caltech101")
 
 
-def _aircraft(root: Path, split: str, transform):
-    s = _split("aircraft", split, {"train": "trainval", "val": "val", "test": "test"})
+def build_aircraft(root: Path, split: str, transform):
+    s = split
     ds = _torchvision("aircraft", tvd.FGVCAircraft, root / "fgvc-aircraft-2013b",
                       f", split={s!r}, annotation_level='variant'",
                       lambda: tvd.FGVCAircraft(str(root), split=s, annotation_level="variant",
@@ -289,50 +284,49 @@ def _aircraft(root: Path, split: str, transform):
     return align_labels(ds, ds.classes, "aircraft")
 
 
-def _eurosat(root: Path, split: str, transform):
-    _split("eurosat", split, {"train": "all", "test": "all"})  # no official split: the whole set
+def build_eurosat(root: Path, split: str, transform):
     ds = _torchvision("eurosat", tvd.EuroSAT, root / "eurosat" / "2750", "",
                       lambda: tvd.EuroSAT(str(root), transform=transform, download=False))
     return align_labels(ds, ds.classes, "eurosat")
 
 
-def _imagenet(root: Path, split: str, transform):
-    s = _split("imagenet", split, {"train": "train", "val": "val", "test": "val"})
+def build_imagenet(root: Path, split: str, transform):
+    s = split
     path = root / "imagenet" / s
     how = f"expected {root / 'imagenet' / s}/<wnid>/*.JPEG (one folder per ImageNet-1k wnid)"
     class_to_idx = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
     return _folder_dataset("imagenet", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
 
 
-def _imagenetv2(root: Path, split: str, transform):
+def build_imagenetv2(root: Path, split: str, transform):
     path = root / "imagenetv2-matched-frequency-format-val"
     how = f"expected {path}/<0..999>/*.jpeg (the ImageNetV2 matched-frequency release)"
     class_to_idx = {str(i): i for i in range(1000)}  # folder name is the ImageNet-1k index
     return _folder_dataset("imagenetv2", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
 
 
-def _imagenet_a(root: Path, split: str, transform):
+def build_imagenet_a(root: Path, split: str, transform):
     path = root / "imagenet-a"
     how = f"expected {path}/<wnid>/*.jpg (the ImageNet-A release, 200 wnid folders)"
     class_to_idx = {IMAGENET_WNIDS[k]: i for i, k in enumerate(_META["imagenet_a_indices"])}
     return _folder_dataset("imagenetA", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
 
 
-def _imagenet_r(root: Path, split: str, transform):
+def build_imagenet_r(root: Path, split: str, transform):
     path = root / "imagenet-r"
     how = f"expected {path}/<wnid>/*.jpg (the ImageNet-R release: 200 ImageNet-1k wnid folders)"
     class_to_idx = {w: i for i, w in enumerate(IMAGENET_WNIDS)}  # labels are ImageNet-1k indices
     return _folder_dataset("imagenetR", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
 
 
-def _imagenet_sketch(root: Path, split: str, transform):
+def build_imagenet_sketch(root: Path, split: str, transform):
     path = root / "sketch"
     how = f"expected {path}/<wnid>/*.JPEG (the ImageNet-Sketch release: 1000 ImageNet-1k wnid folders)"
     class_to_idx = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
     return _folder_dataset("imagenet_sketch", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
 
 
-def _objectnet(root: Path, split: str, transform):
+def build_objectnet(root: Path, split: str, transform):
     path = root / "objectnet" / "images"
     how = f"expected {path}/<objectnet folder>/*.png (the ObjectNet release; the 113 ImageNet-overlap folders are used)"
     class_to_idx = {c: i for i, c in enumerate(DATASET_PROMPTS["objectnet"].classnames)}
@@ -341,132 +335,24 @@ def _objectnet(root: Path, split: str, transform):
                            lambda: FixedClassFolder(path, class_to_idx, transform, ignore_unknown=True))
 
 
-def _imagefolder(root: Path, split: str, transform):
+def build_imagefolder(root: Path, split: str, transform):
     path = root / split if (root / split).is_dir() else root
     how = f"expected {root}/[<split>/]<class>/<image> (class index = sorted folder order)"
     return _folder_dataset("imagefolder", path, how,
                            lambda: tvd.ImageFolder(str(path), transform=transform, loader=open_rgb))
 
 
-def _fashion_mnist(root: Path, split: str, transform):
+def build_fashion_mnist(root: Path, split: str, transform):
     from .fashion_mnist import load_dataset
 
     # labels are Zalando's order, the order of the prompts' classidx
-    return load_dataset(root, _split("fashion_mnist", split, {"train": "train", "test": "test"}), transform)
+    return load_dataset(root, split, transform)
 
 
-def _digits(root: Path, split: str, transform):
+def build_digits(root: Path, split: str, transform):
     from .digits import DigitsDataset
 
-    return DigitsDataset(_split("digits", split, {"train": "train", "test": "test"}), transform=transform)
-
-
-DATASETS: dict[str, Callable] = {
-    "pets": _pets,
-    "flowers": _flowers,
-    "stl10": _stl10,
-    "mnist": _mnist,
-    "cifar10": _cifar("cifar10", tvd.CIFAR10),
-    "cifar100": _cifar("cifar100", tvd.CIFAR100),
-    "food": _food,
-    "caltech101": _caltech101,
-    "aircraft": _aircraft,
-    "eurosat": _eurosat,
-    "imagenet": _imagenet,
-    "imagenetv2": _imagenetv2,
-    "imagenetA": _imagenet_a,
-    "imagenetR": _imagenet_r,
-    "imagenet_sketch": _imagenet_sketch,
-    "objectnet": _objectnet,
-    "imagefolder": _imagefolder,
-    "digits": _digits,
-    "fashion_mnist": _fashion_mnist,
-    "digits_c": lambda root, split, transform: get_dataset("digits_c", root, split, transform),  # needs a corruption
-    "hf": lambda root, split, transform: get_dataset("hf", root, split, transform),  # a local Hugging Face dataset
-}
-# datasets whose labels are ImageNet-1k indices of wnid folders and whose DiT runs score the classes present
-PRESENT_CLASS_DATASETS = ("imagenetR", "imagenet_sketch")
-
-
-def digits_c_dir(corruption: str, severity: int) -> str:
-    """Log folder name of a digits_c set, e.g. digits_c_gaussian_noise_3."""
-    return f"digits_c_{corruption}_{severity}"
-
-
-def hf_dir(root: str | Path) -> str:
-    """Log folder name of a local Hugging Face dataset: hf_<its folder or file name>, so two datasets never share runs."""
-    path = Path(root).expanduser().resolve()
-    return f"hf_{path.stem if path.is_file() else path.name}"
-
-
-def hf_settings(name: str, dataset) -> dict:
-    """Manifest settings that pick a Hugging Face dataset's data (absent for other datasets, so old runs resume)."""
-    if name != "hf":
-        return {}
-    return {"hf_columns": [dataset.image_column, dataset.label_column]}
-
-
-def get_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,
-                corruption: str | None = None, severity: int | None = None,
-                image_column: str | None = None, label_column: str | None = None):
-    """The (image, label) dataset `name` under root; labels match its prompts' classidx; .classes in label order.
-
-    digits_c needs `corruption` and `severity` (diffusion_classifier.corruptions); no other dataset takes them.
-    hf reads the local Hugging Face dataset at root (hf_data.py); `image_column`/`label_column` apply to it only.
-    """
-    if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if name == "hf":
-        from .hf_data import load_hf_dataset
-
-        return load_hf_dataset(root, split, transform, image_column, label_column)
-    if image_column is not None or label_column is not None:
-        raise InputError(f"--image_column and --label_column apply to --dataset hf only, not {name!r}")
-    if name == "digits_c":
-        from .corruptions import check_corruption
-        from .digits import DigitsDataset
-
-        check_corruption(corruption, severity)
-        _split("digits_c", split, {"test": "test"})
-        return DigitsDataset("test", transform=transform, corruption=corruption, severity=severity)
-    if corruption is not None or severity is not None:
-        raise InputError(f"--corruption and --severity apply to --dataset digits_c only, not {name!r}")
-    ds = DATASETS[name](Path(root).expanduser(), split, transform)
-    if not hasattr(ds, "classes"):  # Caltech101 names them `categories`
-        ds.classes = list(DATASET_PROMPTS[name].classnames)
-    return ds
-
-
-def num_classes(name: str, dataset=None) -> int:
-    """Number of classes of a known dataset (the length of its prompts' class list).
-
-    An image folder has no fixed count: it is len(dataset.classes) of the built `dataset` (its class
-    folders), whereas a named dataset's count holds even when a partial copy lacks some classes.
-    """
-    if name in ("imagefolder", "hf"):
-        if dataset is None:
-            raise InputError(f"{name} has no fixed class count; pass the built dataset to count its classes")
-        return len(dataset.classes)
-    if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if name == "imagenetR":
-        return len(IMAGENET_WNIDS)  # labels are ImageNet-1k indices
-    return len(DATASET_PROMPTS[name].classnames)
-
-
-def check_split(name: str, split: str) -> None:
-    """The reference's train/test splits for named datasets; any split name for a Hugging Face dataset."""
-    if name != "hf" and split not in ("train", "test"):
-        raise InputError(f"--split must be train or test for --dataset {name}, got {split!r} "
-                         f"(any split name applies to --dataset hf)")
-
-
-def labels_of(name: str, dataset, indices) -> list[int]:
-    """The labels of dataset[indices] (without loading images), or every label of the dataset when it keeps none."""
-    targets = dataset_targets(dataset)
-    if targets is None:
-        return list(range(num_classes(name, dataset)))
-    return [targets[i] for i in indices]
+    return DigitsDataset(split, transform=transform)
 
 
 def dataset_targets(dataset) -> list[int] | None:
@@ -480,12 +366,3 @@ def dataset_targets(dataset) -> list[int] | None:
         if values is not None and not callable(values) and len(values) == len(dataset):
             return [int(v) for v in values]
     return None
-
-
-def class_names(name: str, dataset) -> list[str]:
-    """Class names in label order, as prompts name them: the dataset's prompt class list, else its own classes."""
-    if name in ("imagenetR", "imagenet_sketch"):
-        return list(DATASET_PROMPTS["imagenet"].classnames)
-    if name in DATASET_PROMPTS:
-        return list(DATASET_PROMPTS[name].classnames)
-    return [str(c) for c in getattr(dataset, "classes", [])]

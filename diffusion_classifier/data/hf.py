@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .errors import InputError, MissingError, MissingPackageError
+from ..errors import InputError, MissingError, MissingPackageError
 from .images import UnreadableImageError, decode_rgb
 
 IMAGE_COLUMNS = ("image", "img")

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from .engine import Jobs
-from .errors import InputError
+from ..engine import Jobs
+from ..errors import InputError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingError
+from ..errors import InputError, MissingError
 
 NATIVE_SIZE = 28
 # Label order and names as Zalando gives them (torchvision's FashionMNIST.classes).
@@ -61,7 +61,7 @@ def _gz_folders(root: Path | None) -> list[Path]:
 
 def _decompress(src: Path, dest: Path) -> None:
     """gunzip src into dest atomically (records.atomic_write_bytes: a temporary file renamed over dest)."""
-    from .records import atomic_write_bytes
+    from ..records import atomic_write_bytes
 
     with gzip.open(src, "rb") as f:
         atomic_write_bytes(dest, lambda out: shutil.copyfileobj(f, out))
