@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .data.images import Unreadable, UnreadableImageError, met_message, names_of
 from .errors import InputError
-from .records import RecordFolder, note_unreadable
+from .claims import RecordFolder
+from .records import note_unreadable
 
 
 def launch_state(device: str | None = None):
@@ -95,7 +96,7 @@ class LoopStats:
 class RecordLoop:
     """Resumable iteration over the items of one record folder (see the module docstring).
 
-    path_of(key) -> the record's path; `required`/`check` judge existing records (records.RecordFolder);
+    path_of(key) -> the record's path; `required`/`check` judge existing records (claims.RecordFolder);
     `manifest_folder` holds the manifest that lists unreadable items (default: `folder`); `unit` names
     the items in messages; `unreadable` are items already found unreadable from their headers.
     """

@@ -11,8 +11,8 @@ The objective is read from the model's scheduler config:
   shift. By default errors are measured in velocity space.
 
 `error_space='native'` compares the raw output with its own target; `'eps'` converts it to ε̂ first.
-`noise` is the one place x_t is formed; the engine only calls `noise` and `compare`, nothing else depends on
-the objective.
+`noise` is the one place x_t is formed (`flow_noise` the flow's, also for a continuous σ as in training); the
+engine only calls `noise` and `compare`, nothing else depends on the objective.
 """
 from __future__ import annotations
 
@@ -46,15 +46,21 @@ def _check_error_space(error_space: str | None, default: str) -> str:
 
 
 class DDPMObjective:
-    """x_t = sqrt(ᾱ)x0 + sqrt(1-ᾱ)ε (DDPM eq. 4); outputs ε, v or x0, compared in ε-space by default."""
+    """x_t = sqrt(ᾱ)x0 + sqrt(1-ᾱ)ε (DDPM eq. 4); outputs ε, v or x0, compared in ε-space by default.
 
-    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", error_space: str | None = None):
+    `float64_coefficients`: sqrt(ᾱ_t) and sqrt(1-ᾱ_t) are computed in float64 and rounded once to the data's dtype
+    (the training's convention, exact near ᾱ = 1); by default ᾱ_t is rounded to the data's dtype first.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", error_space: str | None = None,
+                 float64_coefficients: bool = False):
         if prediction_type not in DDPM_PREDICTIONS:
             raise InputError(f"unknown prediction type {prediction_type!r} in the scheduler config; expected one of "
                              f"{', '.join(DDPM_PREDICTIONS)}")
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod).to(torch.float64)  # (T,)
         self.prediction_type = prediction_type
         self.error_space = _check_error_space(error_space, "eps")
+        self.float64_coefficients = float64_coefficients
 
     @property
     def T(self) -> int:
@@ -65,11 +71,19 @@ class DDPMObjective:
         out.__dict__.update(self.__dict__, alphas_cumprod=self.alphas_cumprod.to(device))
         return out
 
+    def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)), each (B, 1, ..., 1) in like's dtype."""
+        if self.float64_coefficients:
+            a = self.alphas_cumprod[t]
+            return _per_sample(a.sqrt(), like), _per_sample((1 - a).sqrt(), like)
+        a = _per_sample(self.alphas_cumprod[t], like)
+        return a.sqrt(), (1 - a).sqrt()
+
     def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, the timestep the model is given): (B,C,H,W), (B,)."""
         _check_noise_inputs(x0, t, eps)
-        a = _per_sample(self.alphas_cumprod[t], x0)
-        return a.sqrt() * x0 + (1 - a).sqrt() * eps, t
+        sqrt_a, sqrt_1ma = self.coefficients(t, x0)
+        return sqrt_a * x0 + sqrt_1ma * eps, t
 
     def compare(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor,
                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,13 +91,13 @@ class DDPMObjective:
         pred = out[:, : eps.shape[1]]
         if self.prediction_type == "epsilon":
             return pred, eps
-        a = _per_sample(self.alphas_cumprod[t], x0)
+        sqrt_a, sqrt_1ma = self.coefficients(t, x0)
         if self.error_space == "native":
-            target = a.sqrt() * eps - (1 - a).sqrt() * x0 if self.prediction_type == "v_prediction" else x0
+            target = sqrt_a * eps - sqrt_1ma * x0 if self.prediction_type == "v_prediction" else x0
             return pred, target
         if self.prediction_type == "v_prediction":
-            return a.sqrt() * pred + (1 - a).sqrt() * x_t, eps  # ε̂ = sqrt(ᾱ)v̂ + sqrt(1-ᾱ)x_t
-        return (x_t - a.sqrt() * pred) / (1 - a).sqrt(), eps  # ε̂ from x̂0
+            return sqrt_a * pred + sqrt_1ma * x_t, eps  # ε̂ = sqrt(ᾱ)v̂ + sqrt(1-ᾱ)x_t
+        return (x_t - sqrt_a * pred) / sqrt_1ma, eps  # ε̂ from x̂0
 
 
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
@@ -91,6 +105,17 @@ def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: in
     """μ of the resolution-dependent shift: linear in the image token count (Flux)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def static_shift(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """σ' = shift·σ / (1 + (shift-1)·σ), the scheduler's static shift of σ (SD3), elementwise."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def flow_noise(x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = (1-σ)x0 + σε (rectified flow) for x0, ε (B,C,H,W) and a noise level σ (B,) per sample."""
+    s = _per_sample(sigma, x0)
+    return (1 - s) * x0 + s * eps
 
 
 def flow_sigmas(config: dict, image_seq_len: int | None = None, grid: str = "timesteps") -> torch.Tensor:
@@ -116,8 +141,7 @@ def flow_sigmas(config: dict, image_seq_len: int | None = None, grid: str = "tim
         else:
             s = math.exp(mu) / (math.exp(mu) + (1 / s - 1))
     else:
-        shift = float(config.get("shift", 1.0))
-        s = shift * s / (1 + (shift - 1) * s)
+        s = static_shift(s, float(config.get("shift", 1.0)))
     if config.get("shift_terminal"):
         one_minus = 1 - s
         s = 1 - one_minus / (one_minus[0] / (1 - config["shift_terminal"]))  # smallest σ lands on shift_terminal
@@ -149,8 +173,7 @@ class FlowObjective:
         """(x_t = (1-σ)x0 + σε, the timestep σ·T the model is given): (B,C,H,W), (B,)."""
         _check_noise_inputs(x0, t, eps)
         sigma = self.sigmas[t]
-        s = _per_sample(sigma, x0)
-        return (1 - s) * x0 + s * eps, (sigma * self.num_train_timesteps).float()
+        return flow_noise(x0, sigma, eps), (sigma * self.num_train_timesteps).float()
 
     def compare(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor,
                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

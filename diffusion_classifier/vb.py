@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -61,7 +61,7 @@ def alphas_cumprod_from_config(config: Mapping) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class DiffusionSchedule:
+class NoiseSchedule:
     """Per-timestep constants of q(x_t|x_0) and the posterior q(x_{t-1}|x_t,x_0), all float64 (T,)."""
 
     betas: torch.Tensor
@@ -81,7 +81,7 @@ class DiffusionSchedule:
         return self.betas.shape[0]
 
     @classmethod
-    def from_betas(cls, betas: torch.Tensor) -> DiffusionSchedule:
+    def from_betas(cls, betas: torch.Tensor) -> NoiseSchedule:
         """Schedule from betas (T,), T >= 2, each in (0, 1]; computed in float64."""
         betas = torch.as_tensor(betas).detach().to(device="cpu", dtype=torch.float64)
         if betas.ndim != 1 or betas.shape[0] < 2:
@@ -107,10 +107,19 @@ class DiffusionSchedule:
             posterior_mean_coef2=(1.0 - ac_prev) * torch.sqrt(alphas) / (1.0 - ac),
         )
 
+    def to(self, device) -> NoiseSchedule:
+        """The same schedule with its tables on `device` (still float64)."""
+        return NoiseSchedule(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) so it broadcasts against `like` (B, ...)."""
     return values.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _at(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """table[t] of a float64 table (T,), rounded once to like's dtype: (B, 1, ..., 1) on like's device."""
+    return _per_sample(table.to(t.device)[t].to(like.dtype), like)
 
 
 def split_learned_variance(model_output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +154,51 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
+def vb_kl_and_nll(
+    noise_schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    eps_hat: torch.Tensor,
+    v: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (B,) KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) and decoder NLL -log p_theta(x_0|x_1), bits/dim.
+
+    Computed in x0's dtype (the schedule's constants rounded once to it); inputs (B, C, H, W), t (B,), unchecked.
+    """
+    s, dims = noise_schedule, tuple(range(1, x0.ndim))
+    # learned-range variance (improved DDPM eq. 15): log sigma^2 = frac log beta_t + (1 - frac) log beta~_t (clipped)
+    frac = (v + 1.0) / 2.0
+    true_logvar = _at(s.posterior_log_variance_clipped, t, x0)  # (B, 1, 1, 1)
+    model_logvar = frac * _at(torch.log(s.betas), t, x0) + (1.0 - frac) * true_logvar
+    # x0_hat = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps_hat; posterior means mu~ = coef1 x0 + coef2 x_t
+    x0_hat = _at(s.sqrt_recip_alphas_cumprod, t, x0) * x_t - _at(s.sqrt_recipm1_alphas_cumprod, t, x0) * eps_hat
+    coef1, coef2 = _at(s.posterior_mean_coef1, t, x0), _at(s.posterior_mean_coef2, t, x0)
+    model_mean = coef1 * x0_hat + coef2 * x_t
+    true_mean = coef1 * x0 + coef2 * x_t
+
+    kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dim=dims) / LN2
+    log_probs = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
+    nll = -log_probs.mean(dim=dims) / LN2
+    return kl, nll
+
+
+def vlb_term(
+    noise_schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    eps_hat: torch.Tensor,
+    v: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample (B,) L_t of the variational bound, bits/dim, in x0's dtype: L_0 = -log p_theta(x_0|x_1) at t = 0,
+    KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for t > 0 (the L_vlb of improved DDPM's hybrid loss)."""
+    kl, nll = vb_kl_and_nll(noise_schedule, x0, x_t, t, eps_hat, v)
+    return torch.where(t == 0, nll, kl)
+
+
 def vb_terms(
-    schedule: DiffusionSchedule,
+    noise_schedule: NoiseSchedule,
     x0: torch.Tensor,
     x_t: torch.Tensor,
     t: torch.Tensor,
@@ -161,33 +213,18 @@ def vb_terms(
             raise InputError(f"vb_terms: expected {name} of shape {tuple(shape)} (as x0), found {tuple(tensor.shape)}")
     if t.ndim != 1 or t.shape[0] != shape[0]:
         raise InputError(f"vb_terms: expected t of shape ({shape[0]},), found {tuple(t.shape)}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= schedule.T):
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= noise_schedule.T):
         found = f"[{int(t.min())}, {int(t.max())}]"
-        raise InputError(f"vb_terms: expected timesteps in [0, {schedule.T - 1}], found {found}")
+        raise InputError(f"vb_terms: expected timesteps in [0, {noise_schedule.T - 1}], found {found}")
 
     # float64 throughout; MPS has no float64, so it falls back to the CPU
     device = torch.device("cpu") if x0.device.type == "mps" else x0.device
     x0, x_t, eps, eps_hat, v = (a.to(device=device, dtype=torch.float64) for a in (x0, x_t, eps, eps_hat, v))
     t = t.to(device=device, dtype=torch.long)
 
-    def at(values: torch.Tensor) -> torch.Tensor:
-        return _per_sample(values.to(device)[t], x0)  # (B, 1, 1, 1)
-
     dims = tuple(range(1, x0.ndim))
     diff = eps - eps_hat
     mse = (diff**2).mean(dim=dims)
     l1 = diff.abs().mean(dim=dims)
-
-    # learned-range variance: interpolate log sigma^2 between log beta_t and the clipped posterior log-variance
-    frac = (v + 1.0) / 2.0
-    model_logvar = frac * torch.log(at(schedule.betas)) + (1.0 - frac) * at(schedule.posterior_log_variance_clipped)
-    x0_hat = at(schedule.sqrt_recip_alphas_cumprod) * x_t - at(schedule.sqrt_recipm1_alphas_cumprod) * eps_hat
-    coef1, coef2 = at(schedule.posterior_mean_coef1), at(schedule.posterior_mean_coef2)
-    model_mean = coef1 * x0_hat + coef2 * x_t
-    true_mean = coef1 * x0 + coef2 * x_t
-    true_logvar = at(schedule.posterior_log_variance_clipped)
-
-    kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dim=dims) / LN2
-    log_probs = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
-    nll = -log_probs.mean(dim=dims) / LN2
+    kl, nll = vb_kl_and_nll(noise_schedule, x0, x_t, t, eps_hat, v)
     return {"mse": mse, "l1": l1, "vb": kl, "nll": nll}

@@ -360,7 +360,7 @@ def test_three_processes_share_one_folder(tmp_path):
 
 
 def test_claims_exclusive_and_stale_takeover(tmp_path):
-    from diffusion_classifier.records import Claims
+    from diffusion_classifier.claims import Claims
 
     record = tmp_path / "007.pt"
     claim = tmp_path / "007.pt.claim"

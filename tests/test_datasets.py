@@ -243,3 +243,24 @@ def test_subset_indices(tmp_path):
         subset_indices(4, tmp_path / "2d.npy")
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         subset_indices(4, tmp_path / "missing.npy")
+
+
+def test_a_new_dataset_is_one_registry_entry(tmp_path, monkeypatch):
+    """A dataset added as one table entry runs through eval_prob_dit.py: its choice, folder, classes and labels follow."""
+    from pathlib import Path
+
+    import eval_prob_dit
+    from diffusion_classifier.data import registry
+    from diffusion_classifier.records import load_record
+
+    entry = registry.DatasetInfo("digits_copy", registry.DATASETS["digits"].build, classes="digits", class_conditional=True)
+    monkeypatch.setitem(registry.DATASETS, "digits_copy", entry)
+    args = ["--model", "tiny", "--to_keep", "1", "--n_samples", "4", "--imgs_to_eval", "3", "--log_dir", str(tmp_path),
+            "--no_progress"]
+    new = eval_prob_dit.main(args + ["--dataset", "digits_copy"])
+    old = eval_prob_dit.main(args + ["--dataset", "digits"])
+    assert Path(new["folder"]).parent.name == "digits_copy" and Path(old["folder"]).parent.name == "digits"
+    assert registry.num_classes("digits_copy") == 10 and registry.check_split("digits_copy", "test") is None
+    for name in ("000.pt", "001.pt", "002.pt"):  # the digits test split has 359 images
+        a, b = load_record(Path(new["folder"]) / name), load_record(Path(old["folder"]) / name)
+        assert (a["pred"], a["label"]) == (b["pred"], b["label"])

@@ -115,15 +115,23 @@ def test_script_refuses_to_overwrite_a_checkpoint_and_is_interrupted_into_one(tm
 
 
 def test_v_prediction_target_is_diffusers_velocity_and_the_variant_trains_a_v_pipeline(tmp_path):
-    from diffusion_classifier.training.ddpm import DdpmNoising, make_scheduler, schedule_tables
+    from diffusion_classifier.training.ddpm import DdpmNoising, make_scheduler, training_objective
 
     scheduler = make_scheduler("scaled_linear", "fixed_small", clip_sample=False, steps_offset=1,
                                prediction_type="v_prediction")
-    noising = DdpmNoising(schedule_tables(scheduler))
+    objective = training_objective(scheduler)  # the library's DDPMObjective on the scheduler's betas
     g = torch.Generator().manual_seed(0)
     x0, eps, t = torch.randn(5, 3, 8, 8, generator=g), torch.randn(5, 3, 8, 8, generator=g), torch.tensor([0, 1, 250, 700, 999])
-    torch.testing.assert_close(noising.v_target(x0, t, eps), scheduler.get_velocity(x0, eps, t), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(noising.add_noise(x0, t, eps), scheduler.add_noise(x0, eps, t), rtol=1e-5, atol=1e-6)
+    x_t = DdpmNoising(objective).add_noise(x0, t, eps)
+    out = torch.randn(5, 3, 8, 8, generator=g)
+    pred, v = objective.compare(out, x0, x_t, eps, t)  # the training's target: v, compared in v-space
+    assert torch.equal(pred, out)
+    torch.testing.assert_close(v, scheduler.get_velocity(x0, eps, t), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x_t, scheduler.add_noise(x0, eps, t), rtol=1e-5, atol=1e-6)
+    # sqrt(ᾱ_t) and sqrt(1-ᾱ_t) are rounded once from float64 (exact at t = 0, where 1-ᾱ_t is 1e-3)
+    abar = objective.alphas_cumprod[t]
+    assert [c.flatten().tolist() for c in objective.coefficients(t, x0)] == [abar.sqrt().float().tolist(),
+                                                                            (1 - abar).sqrt().float().tolist()]
 
     stats = sd.train_sd(tmp_path / "v", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0,
                            prediction_type="v_prediction")

@@ -1,4 +1,5 @@
 """Tests of the learned-variance variational-bound terms against closed forms and a plain numpy implementation."""
+import dataclasses
 import math
 
 import numpy as np
@@ -7,22 +8,24 @@ import torch
 
 from diffusion_classifier.objectives import DDPMObjective
 from diffusion_classifier.vb import (
-    DiffusionSchedule,
+    NoiseSchedule,
     betas_from_config,
     linear_betas,
     split_learned_variance,
+    vb_kl_and_nll,
     vb_terms,
+    vlb_term,
 )
 
 SHAPE = (3, 4, 5)  # C, H, W
 
 
 @pytest.fixture(scope="module")
-def schedule():
-    return DiffusionSchedule.from_betas(linear_betas())
+def noise_schedule():
+    return NoiseSchedule.from_betas(linear_betas())
 
 
-def make_batch(schedule, t, seed=0, dtype=torch.float64):
+def make_batch(noise_schedule, t, seed=0, dtype=torch.float64):
     """x0 on the 256-level grid in [-1, 1], noise, x_t and a perturbed prediction for timesteps t."""
     g = torch.Generator().manual_seed(seed)
     t = torch.as_tensor(t, dtype=torch.long)
@@ -31,7 +34,7 @@ def make_batch(schedule, t, seed=0, dtype=torch.float64):
     eps = torch.randn(B, *SHAPE, generator=g, dtype=dtype)
     eps_hat = eps + 0.3 * torch.randn(B, *SHAPE, generator=g, dtype=dtype)
     v = torch.rand(B, *SHAPE, generator=g, dtype=dtype) * 2 - 1
-    x_t, _ = DDPMObjective(schedule.alphas_cumprod).noise(x0, t, eps)
+    x_t, _ = DDPMObjective(noise_schedule.alphas_cumprod).noise(x0, t, eps)
     return x0, x_t, t, eps, eps_hat, v
 
 
@@ -83,24 +86,26 @@ def numpy_vb(x0, x_t, t, eps, eps_hat, v):
     return {k: np.array(a) for k, a in out.items()}
 
 
-def test_schedule_constants(schedule):
+def test_noise_schedule_constants(noise_schedule):
     betas, alphas, ab, ab_prev, post_var = numpy_schedule()
-    assert schedule.T == 1000
-    assert all(getattr(schedule, f).dtype == torch.float64 for f in ("betas", "posterior_variance", "alphas_cumprod"))
-    np.testing.assert_allclose(schedule.alphas_cumprod.numpy(), ab, rtol=1e-12)
-    np.testing.assert_allclose(schedule.alphas_cumprod_prev.numpy(), ab_prev, rtol=1e-12)
-    np.testing.assert_allclose(schedule.posterior_variance.numpy(), post_var, rtol=1e-12, atol=0)
-    lv = schedule.posterior_log_variance_clipped.numpy()
+    assert noise_schedule.T == 1000
+    fields = ("betas", "posterior_variance", "alphas_cumprod")
+    assert all(getattr(noise_schedule, f).dtype == torch.float64 for f in fields)
+    np.testing.assert_allclose(noise_schedule.alphas_cumprod.numpy(), ab, rtol=1e-12)
+    np.testing.assert_allclose(noise_schedule.alphas_cumprod_prev.numpy(), ab_prev, rtol=1e-12)
+    np.testing.assert_allclose(noise_schedule.posterior_variance.numpy(), post_var, rtol=1e-12, atol=0)
+    lv = noise_schedule.posterior_log_variance_clipped.numpy()
     assert lv[0] == lv[1] == pytest.approx(math.log(post_var[1]), rel=1e-12)
     np.testing.assert_allclose(lv[1:], np.log(post_var[1:]), rtol=1e-12)
-    np.testing.assert_allclose(schedule.posterior_mean_coef1.numpy(), betas * np.sqrt(ab_prev) / (1 - ab), rtol=1e-12)
+    coef1 = betas * np.sqrt(ab_prev) / (1 - ab)
+    np.testing.assert_allclose(noise_schedule.posterior_mean_coef1.numpy(), coef1, rtol=1e-12)
 
 
 def test_from_betas_rejects_bad_input():
     with pytest.raises(ValueError, match=r"expected values in \(0, 1\]"):
-        DiffusionSchedule.from_betas(torch.tensor([0.1, 0.0, 0.2]))
+        NoiseSchedule.from_betas(torch.tensor([0.1, 0.0, 0.2]))
     with pytest.raises(ValueError, match="at least 2 steps"):
-        DiffusionSchedule.from_betas(torch.tensor([0.1]))
+        NoiseSchedule.from_betas(torch.tensor([0.1]))
 
 
 def test_split_learned_variance():
@@ -111,29 +116,29 @@ def test_split_learned_variance():
         split_learned_variance(out, 4)
 
 
-def test_kl_zero_for_perfect_prediction(schedule):
-    x0, x_t, t, eps, _, _ = make_batch(schedule, [0, 1, 2, 10, 250, 500, 998, 999])
-    terms = vb_terms(schedule, x0, x_t, t, eps, eps.clone(), -torch.ones_like(eps))
+def test_kl_zero_for_perfect_prediction(noise_schedule):
+    x0, x_t, t, eps, _, _ = make_batch(noise_schedule, [0, 1, 2, 10, 250, 500, 998, 999])
+    terms = vb_terms(noise_schedule, x0, x_t, t, eps, eps.clone(), -torch.ones_like(eps))
     assert terms["vb"].abs().max().item() < 1e-10
     assert terms["mse"].abs().max().item() == 0.0 and terms["l1"].abs().max().item() == 0.0
 
 
-def test_kl_closed_form_at_min_variance(schedule):
+def test_kl_closed_form_at_min_variance(noise_schedule):
     t = torch.tensor([1, 2, 5, 50, 300, 700, 999])
-    x0, x_t, t, eps, eps_hat, _ = make_batch(schedule, t, seed=1)
-    terms = vb_terms(schedule, x0, x_t, t, eps, eps_hat, -torch.ones_like(eps))
+    x0, x_t, t, eps, eps_hat, _ = make_batch(noise_schedule, t, seed=1)
+    terms = vb_terms(noise_schedule, x0, x_t, t, eps, eps_hat, -torch.ones_like(eps))
     # v = -1: sigma^2 = posterior variance, and x0 - x0_hat = sqrt(1/ab - 1) (eps_hat - eps), so
     # KL = coef1^2 (1/ab - 1) mse / (2 sigma^2) = beta^2 / (2 sigma^2 alpha (1 - ab)) mse
-    s = schedule
+    s = noise_schedule
     factor = s.betas[t] ** 2 / (2 * s.posterior_variance[t] * s.alphas[t] * (1 - s.alphas_cumprod[t]))
     expected = factor * terms["mse"] / math.log(2)
     torch.testing.assert_close(terms["vb"], expected, rtol=1e-9, atol=0)
 
 
-def test_kl_nonnegative_on_random_inputs(schedule):
+def test_kl_nonnegative_on_random_inputs(noise_schedule):
     t = torch.arange(0, 1000, 37)
-    x0, x_t, t, eps, eps_hat, v = make_batch(schedule, t, seed=2)
-    terms = vb_terms(schedule, x0, x_t, t, eps, eps_hat, v)
+    x0, x_t, t, eps, eps_hat, v = make_batch(noise_schedule, t, seed=2)
+    terms = vb_terms(noise_schedule, x0, x_t, t, eps, eps_hat, v)
     assert terms["vb"].shape == (t.shape[0],)
     assert (terms["vb"] >= 0).all()
     # the variance mismatch alone already makes every KL strictly positive
@@ -141,12 +146,12 @@ def test_kl_nonnegative_on_random_inputs(schedule):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_vb_terms_match_plain_implementation(schedule, dtype):
+def test_vb_terms_match_plain_implementation(noise_schedule, dtype):
     t = torch.tensor([0, 1, 3, 100, 600, 999])
-    x0, x_t, t, eps, eps_hat, v = make_batch(schedule, t, seed=3, dtype=dtype)
+    x0, x_t, t, eps, eps_hat, v = make_batch(noise_schedule, t, seed=3, dtype=dtype)
     # exercise both edge bins with confident means
     x0[0, 0, 0, :2] = torch.tensor([-1.0, 1.0], dtype=dtype)
-    terms = vb_terms(schedule, x0, x_t, t, eps, eps_hat, v)
+    terms = vb_terms(noise_schedule, x0, x_t, t, eps, eps_hat, v)
     x0_np, x_t_np, eps_np, eps_hat_np, v_np = (a.double().numpy() for a in (x0, x_t, eps, eps_hat, v))
     ref = numpy_vb(x0_np, x_t_np, t.numpy(), eps_np, eps_hat_np, v_np)
     for key in ("mse", "l1", "vb", "nll"):
@@ -154,19 +159,48 @@ def test_vb_terms_match_plain_implementation(schedule, dtype):
         np.testing.assert_allclose(terms[key].numpy(), ref[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-def test_vb_terms_rejects_bad_input(schedule):
-    x0, x_t, t, eps, eps_hat, v = make_batch(schedule, [3, 4])
+def test_vb_terms_rejects_bad_input(noise_schedule):
+    x0, x_t, t, eps, eps_hat, v = make_batch(noise_schedule, [3, 4])
     with pytest.raises(ValueError, match=r"timesteps in \[0, 999\], found \[3, 1000\]"):
-        vb_terms(schedule, x0, x_t, torch.tensor([3, 1000]), eps, eps_hat, v)
+        vb_terms(noise_schedule, x0, x_t, torch.tensor([3, 1000]), eps, eps_hat, v)
     with pytest.raises(ValueError, match="expected v of shape"):
-        vb_terms(schedule, x0, x_t, t, eps, eps_hat, v[:, :1])
+        vb_terms(noise_schedule, x0, x_t, t, eps, eps_hat, v[:, :1])
 
 
-def test_nll_decreases_as_mean_approaches_x0(schedule):
-    x0, x_t, t, eps, _, _ = make_batch(schedule, [0, 0], seed=4)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vlb_term_is_the_decoder_nll_at_t0_and_the_kl_after_in_the_inputs_dtype(noise_schedule, dtype):
+    t = torch.tensor([0, 0, 1, 5, 500, 999])
+    x0, x_t, t, eps, eps_hat, v = make_batch(noise_schedule, t, seed=7, dtype=dtype)
+    terms = vb_terms(noise_schedule, x0, x_t, t, eps, eps_hat, v)  # float64 whatever the inputs
+    expected = torch.where(t == 0, terms["nll"], terms["vb"])
+    kl, nll = vb_kl_and_nll(noise_schedule, x0, x_t, t, eps_hat, v)
+    l_t = vlb_term(noise_schedule, x0, x_t, t, eps_hat, v)
+    assert l_t.dtype == kl.dtype == nll.dtype == dtype and l_t.shape == (6,)
+    if dtype == torch.float64:  # vb_terms is these functions on float64 inputs
+        assert torch.equal(kl, terms["vb"]) and torch.equal(nll, terms["nll"]) and torch.equal(l_t, expected)
+    else:  # computed in float32, the constants rounded once from float64: float32 rounding only
+        torch.testing.assert_close(l_t.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_vlb_term_trains_only_the_variance_when_eps_hat_is_detached(noise_schedule):
+    x0, x_t, t, eps, eps_hat, v = make_batch(noise_schedule, [0, 3, 400], seed=8, dtype=torch.float32)
+    eps_hat, v = eps_hat.requires_grad_(), v.requires_grad_()
+    vlb_term(noise_schedule, x0, x_t, t, eps_hat.detach(), v).mean().backward()
+    assert eps_hat.grad is None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
+
+
+def test_noise_schedule_moves_every_table():
+    moved = NoiseSchedule.from_betas(linear_betas(10)).to("meta")
+    assert all(getattr(moved, f.name).device.type == "meta" and getattr(moved, f.name).dtype == torch.float64
+               for f in dataclasses.fields(NoiseSchedule))
+    assert moved.T == 10
+
+
+def test_nll_decreases_as_mean_approaches_x0(noise_schedule):
+    x0, x_t, t, eps, _, _ = make_batch(noise_schedule, [0, 0], seed=4)
     offset = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     v = -torch.ones_like(x0)  # smallest variance
-    s = schedule
+    s = noise_schedule
     nlls = []
     for scale in (0.5, 0.1, 0.03, 0.01, 0.003, 0.0):
         # at t = 0, coef1 = 1 and coef2 = 0: the model mean is x0_hat; choose eps_hat to place it at x0 + scale * offset
@@ -181,10 +215,10 @@ def test_nll_decreases_as_mean_approaches_x0(schedule):
     assert (nlls[-1] < 2.0).all()
 
 
-def test_nll_finite_and_positive_at_many_timesteps(schedule):
+def test_nll_finite_and_positive_at_many_timesteps(noise_schedule):
     t = torch.arange(0, 1000, 111)
-    x0, x_t, t, eps, eps_hat, v = make_batch(schedule, t, seed=6)
-    nll = vb_terms(schedule, x0, x_t, t, eps, eps_hat, v)["nll"]
+    x0, x_t, t, eps, eps_hat, v = make_batch(noise_schedule, t, seed=6)
+    nll = vb_terms(noise_schedule, x0, x_t, t, eps, eps_hat, v)["nll"]
     assert torch.isfinite(nll).all() and (nll > 0).all()
 
 

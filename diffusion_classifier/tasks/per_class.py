@@ -19,7 +19,7 @@ from ..noise import periodic_noise_rows
 from ..data.images import load_items
 from ..loop import LoopStats, RecordLoop
 from ..records import first_line, load_record, record_path
-from ..vb import DiffusionSchedule, split_learned_variance, vb_terms
+from ..vb import NoiseSchedule, split_learned_variance, vb_terms
 
 # What a per-class record stores per (t, trial); the flag that selects each (none: l2).
 SAVE_MODES = {"l2": None, "vb": "--save_vb", "spatial": "--spatial", "eps": "--save_eps",
@@ -56,11 +56,11 @@ def per_class_jobs(n_images: int, timesteps: Sequence[int], n_trials: int, batch
 # ---------------------------------------------------------------- reducers
 
 
-def schedule_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> DiffusionSchedule:
-    """DiffusionSchedule whose betas are 1 - ᾱ_t / ᾱ_{t-1} (ᾱ_{-1} = 1), in float64."""
+def schedule_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> NoiseSchedule:
+    """NoiseSchedule whose betas are 1 - ᾱ_t / ᾱ_{t-1} (ᾱ_{-1} = 1), in float64."""
     ac = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
     prev = torch.cat([ac.new_ones(1), ac[:-1]])
-    return DiffusionSchedule.from_betas(1.0 - ac / prev)
+    return NoiseSchedule.from_betas(1.0 - ac / prev)
 
 
 def l2_map(b: Batch) -> torch.Tensor:
@@ -68,7 +68,7 @@ def l2_map(b: Batch) -> torch.Tensor:
     return (b.eps_hat - b.eps).pow(2).mean(1)
 
 
-def vb_reducer(schedule: DiffusionSchedule) -> Callable[[Batch], torch.Tensor]:
+def vb_reducer(schedule: NoiseSchedule) -> Callable[[Batch], torch.Tensor]:
     """Reducer returning mse, l1, KL (bits/dim) and decoder NLL (bits/dim) per job: (B, 4) float64."""
 
     def reduce(b: Batch) -> torch.Tensor:
@@ -79,7 +79,7 @@ def vb_reducer(schedule: DiffusionSchedule) -> Callable[[Batch], torch.Tensor]:
     return reduce
 
 
-def make_reducer(mode: str, schedule: DiffusionSchedule | None = None,
+def make_reducer(mode: str, schedule: NoiseSchedule | None = None,
                  store_dtype: torch.dtype = torch.float32) -> Callable[[Batch], torch.Tensor]:
     """The per-job reducer of a record kind; ε̂ and raw outputs are kept in `store_dtype` (the model's)."""
     if mode == "l2":

@@ -1,8 +1,11 @@
-"""DDPM pieces shared by the DDPM-family kinds (digits-sd, its v-prediction variant, digits-dit): the
-scheduler, its float64 tables and the forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+"""DDPM pieces shared by the DDPM-family kinds (digits-sd, its v-prediction variant, digits-dit): the diffusers
+scheduler, the library's noise schedule and objective on its betas, and the noising `common.fit` uses."""
 from __future__ import annotations
 
 import torch
+
+from ..objectives import DDPMObjective
+from ..vb import NoiseSchedule
 
 BETA_RANGES = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
 
@@ -19,43 +22,27 @@ def make_scheduler(beta_schedule: str, variance_type: str, clip_sample: bool, st
     )
 
 
-def schedule_tables(scheduler) -> dict[str, torch.Tensor]:
-    """Forward process and posterior q(x_{t-1} | x_t, x_0) tables in float64, from the scheduler's betas."""
-    betas = scheduler.betas.double()
-    alphas = 1.0 - betas
-    abar = torch.cumprod(alphas, 0)
-    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-    post_var = betas * (1 - abar_prev) / (1 - abar)
-    return {
-        "sqrt_abar": abar.sqrt(),
-        "sqrt_1m_abar": (1 - abar).sqrt(),
-        "sqrt_recip_abar": (1 / abar).sqrt(),
-        "sqrt_recipm1_abar": (1 / abar - 1).sqrt(),
-        "log_betas": betas.log(),
-        "post_log_var_clipped": torch.cat([post_var[1:2], post_var[1:]]).log(),  # entry 0 repeats entry 1
-        "coef1": betas * abar_prev.sqrt() / (1 - abar),
-        "coef2": (1 - abar_prev) * alphas.sqrt() / (1 - abar),
-    }
+def scheduler_noise_schedule(scheduler) -> NoiseSchedule:
+    """The scheduler's noise schedule: float64 (T,) tables from its own (float32) betas, as it noises."""
+    return NoiseSchedule.from_betas(scheduler.betas)
 
 
-def gather(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """table[t] as float32, shaped (N, 1, 1, 1) to broadcast over images."""
-    return table[t].float()[:, None, None, None]
-
+def training_objective(scheduler) -> DDPMObjective:
+    """What the model is trained on: the scheduler's prediction type against its own target (native error space),
+    with sqrt(ᾱ_t) and sqrt(1-ᾱ_t) rounded once from float64."""
+    return DDPMObjective(scheduler_noise_schedule(scheduler).alphas_cumprod, scheduler.config.prediction_type, "native",
+                         float64_coefficients=True)
 
 
 class DdpmNoising:
-    """Uniform integer timesteps in [0, 1000) and the DDPM forward process (the noising `common.fit` uses)."""
+    """Uniform integer timesteps in [0, T) and the objective's forward process (the noising `common.fit` uses)."""
 
-    def __init__(self, tables: dict[str, torch.Tensor]):
-        self.tables = tables
+    def __init__(self, objective: DDPMObjective):
+        self.objective = objective
 
     def draw_times(self, batch: int, gen: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, 1000, (batch,), generator=gen)
+        return torch.randint(0, self.objective.T, (batch,), generator=gen)
 
     def add_noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return gather(self.tables["sqrt_abar"], t) * x0 + gather(self.tables["sqrt_1m_abar"], t) * eps
-
-    def v_target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (the v-prediction target)."""
-        return gather(self.tables["sqrt_abar"], t) * eps - gather(self.tables["sqrt_1m_abar"], t) * x0
+        """x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) eps: (B, C, H, W)."""
+        return self.objective.noise(x0, t, eps)[0]

@@ -3,15 +3,15 @@ hybrid loss (eps MSE + a VB term that trains only the variance), saved in the Di
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..vb import split_learned_variance, vlb_term
 from .common import CAPTION_DROP, EVAL_PROTOCOL, Checkpointing, card_data_line, card_measured, count_params, fit, folder_size, retrain_command, to_rgb, train_images
 from .data import DIGITS, TrainingData
-from .ddpm import BETA_RANGES, DdpmNoising, gather, make_scheduler, schedule_tables
+from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, scheduler_noise_schedule, training_objective
 
 VB_WEIGHT = 1.0  # lambda * T = 0.001 * 1000: improved DDPM's hybrid loss, per-timestep KL in bits
 DEFAULTS = dict(steps=12000, batch=128, lr=1e-3, beta_schedule="scaled_linear", patch=2, heads=4, head_dim=24, layers=4)
@@ -36,64 +36,24 @@ MEASURED = (
 def dit_accuracy(model, x: torch.Tensor, y: torch.Tensor, beta_schedule: str, chunk: int = 8) -> dict[str, float]:
     """Top-1 (%) of a tiny DiT on (N, 1, H, W) images by the model cards' protocol (EVAL_PROTOCOL), l2 and l1."""
     device = next(model.parameters()).device
-    tables = schedule_tables(make_scheduler(beta_schedule, "learned_range", clip_sample=True, steps_offset=0))
+    objective = training_objective(make_scheduler(beta_schedule, "learned_range", clip_sample=True, steps_offset=0))
     ts = torch.arange(10, 1000, 20)
     size, n_classes = x.shape[-1], model.config.num_embeds_ada_norm
     noise = torch.randn(len(ts), 3, size, size, generator=torch.Generator().manual_seed(42))
-    xt_bank = gather(tables["sqrt_1m_abar"], ts) * noise  # (T, 3, 8, 8), plus sqrt(abar_t) * x0 per image below
     n_t, errors = len(ts), {"l2": [], "l1": []}
     model.eval()
     for i in range(0, len(x), chunk):
         x0 = to_rgb(x[i:i + chunk])
         n = len(x0)
-        xt = gather(tables["sqrt_abar"], ts)[None] * x0[:, None] + xt_bank[None]  # (n, T, 3, 8, 8)
-        xt = xt[:, None].expand(n, n_classes, *xt.shape[1:]).reshape(-1, *x0.shape[1:])
+        shape = x0.shape[1:]
+        xt, _ = objective.noise(x0.repeat_interleave(n_t, 0), ts.repeat(n), noise.repeat(n, 1, 1, 1))  # (n T, 3, H, W)
+        xt = xt.view(n, 1, n_t, *shape).expand(n, n_classes, n_t, *shape).reshape(-1, *shape)  # image, class, t
         labels = torch.arange(n_classes).repeat_interleave(n_t).repeat(n)
         eps_hat = model(xt.to(device), timestep=ts.repeat(n * n_classes).to(device), class_labels=labels.to(device))
         diff = eps_hat.sample[:, :3].float().cpu() - noise.repeat(n * n_classes, 1, 1, 1)
         errors["l2"].append(diff.square().mean(dim=(1, 2, 3)).view(n, n_classes, n_t).mean(-1))
         errors["l1"].append(diff.abs().mean(dim=(1, 2, 3)).view(n, n_classes, n_t).mean(-1))
     return {k: 100.0 * (torch.cat(v).argmin(1) == y).float().mean().item() for k, v in errors.items()}
-
-
-def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    """Standard normal CDF (tanh approximation of improved DDPM)."""
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """-log p(x0) of 8-bit images in [-1, 1] under a Gaussian discretised into 256 bins, elementwise, in nats."""
-    inv_std = torch.exp(-0.5 * log_var)
-    centered = x0 - mean
-    cdf_plus = approx_std_normal_cdf(inv_std * (centered + 1.0 / 255))
-    cdf_minus = approx_std_normal_cdf(inv_std * (centered - 1.0 / 255))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_minus = torch.log((1.0 - cdf_minus).clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_minus).clamp(min=1e-12))
-    log_probs = torch.where(x0 < -0.999, log_cdf_plus, torch.where(x0 > 0.999, log_one_minus_cdf_minus, log_delta))
-    return -log_probs
-
-
-def vb_term(tables, x0, xt, t, eps_hat, v) -> torch.Tensor:
-    """Per-image L_t in bits/dim: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0, decoder NLL at t = 0.
-
-    Improved-DDPM learned range: log var = frac * log beta_t + (1 - frac) * log posterior var, frac = (v + 1) / 2.
-    """
-    frac = (v + 1) / 2
-    min_log, max_log = gather(tables["post_log_var_clipped"], t), gather(tables["log_betas"], t)
-    model_log_var = frac * max_log + (1 - frac) * min_log
-    x0_hat = gather(tables["sqrt_recip_abar"], t) * xt - gather(tables["sqrt_recipm1_abar"], t) * eps_hat
-    c1, c2 = gather(tables["coef1"], t), gather(tables["coef2"], t)
-    model_mean = c1 * x0_hat + c2 * xt
-    true_mean = c1 * x0 + c2 * xt
-    kl = normal_kl(true_mean, min_log, model_mean, model_log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
-    nll = discretized_gaussian_nll(x0, model_mean, model_log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
-    return torch.where(t == 0, nll, kl)
 
 
 def build_dit(patch: int, heads: int, head_dim: int, layers: int, size: int = DIGITS.size,
@@ -130,7 +90,8 @@ def train_dit(
     for block in model.transformer_blocks:
         block.norm1.emb.class_embedder.dropout_prob = 0.0
     scheduler = make_scheduler(beta_schedule, "learned_range", clip_sample=True, steps_offset=0)
-    tables = {k: v.to(device) for k, v in schedule_tables(scheduler).items()}
+    noise_schedule = scheduler_noise_schedule(scheduler).to(device)
+    objective = training_objective(scheduler).to(device)
     x_all, y_all = train_images(data) if images is None else images
 
     def draw_label(labels: torch.Tensor) -> torch.Tensor:
@@ -141,13 +102,13 @@ def train_dit(
 
     def losses(x0, y, t, eps, xt) -> dict[str, torch.Tensor]:
         out_t = model(xt, timestep=t, class_labels=y).sample  # (N, 6, H, W)
-        eps_hat, v = out_t[:, :3], out_t[:, 3:]
-        mse = F.mse_loss(eps_hat, eps)
-        vb = vb_term(tables, x0, xt, t, eps_hat.detach(), v).mean()  # stop-gradient on the mean
+        eps_hat, v = split_learned_variance(out_t, eps.shape[1])  # (N, 3, H, W) each
+        mse = F.mse_loss(*objective.compare(out_t, x0, xt, eps, t))  # eps_hat against eps
+        vb = vlb_term(noise_schedule, x0, xt, t, eps_hat.detach(), v).mean()  # stop-gradient on the mean
         return {"loss": mse + VB_WEIGHT * vb, "mse": mse}
 
-    avg, wall = fit([model], (x_all, y_all), DdpmNoising(tables), steps, batch, lr, gen, out.name, draw_label, losses,
-                    device, checkpoint=checkpoint)
+    avg, wall = fit([model], (x_all, y_all), DdpmNoising(objective), steps, batch, lr, gen, out.name, draw_label,
+                    losses, device, checkpoint=checkpoint)
     model.cpu()
 
     model.save_pretrained(out / "transformer", safe_serialization=True)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..families.joint_attention import RepeatedLastKeyAttention
+from ..objectives import flow_noise, static_shift
 from .common import CAPTION_DROP, MAX_LENGTH, Checkpointing, build_tokenizer, caption_sampler, card_data_line, card_measured, count_params, fit, folder_size, retrain_command, train_images
 from .data import DIGITS, TrainingData, training_data
 
@@ -61,12 +62,12 @@ class FlowNoising:
         self.shift = shift
 
     def draw_times(self, batch: int, gen: torch.Generator) -> torch.Tensor:
-        u = torch.sigmoid(torch.randn(batch, generator=gen))
-        return self.shift * u / (1 + (self.shift - 1) * u)
+        """sigma (B,) = shift(sigmoid(n)), n ~ N(0, 1)."""
+        return static_shift(torch.sigmoid(torch.randn(batch, generator=gen)), self.shift)
 
     def add_noise(self, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        s = sigma[:, None, None, None]
-        return (1 - s) * x0 + s * eps
+        """x_t = (1 - sigma) x0 + sigma eps: (B, C, H, W)."""
+        return flow_noise(x0, sigma, eps)
 
 
 def build_text_encoder(vocab_size: int, bos: int, eos: int, pad: int, hidden: int, layers: int, projection: int):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .common import CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, Checkpointing, card_data_line, card_measured, build_tokenizer, caption_sampler, count_params, fit, folder_size, retrain_command, train_images
 from .data import DIGITS, TrainingData, training_data
-from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, schedule_tables
+from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, training_objective
 
 # Committed settings per training data. `channels`: the UNet's block_out_channels, one level per entry, every
 # level a DownBlock2D but the last, a CrossAttnDownBlock2D (the 28x28 model stays at >= 500 evaluations/s on two
@@ -76,7 +76,7 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
         raise InputError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     scheduler = make_scheduler(beta_schedule, "fixed_small", clip_sample=False, steps_offset=1,  # what StableDiffusionPipeline expects
                                prediction_type=prediction_type)
-    noising = DdpmNoising(schedule_tables(scheduler))
+    objective = training_objective(scheduler)  # eps or v = sqrt(ᾱ_t) eps - sqrt(1-ᾱ_t) x0 as the target
     x_all, y_all = train_images(data) if images is None else images
 
     prompts, draw_caption = caption_sampler(gen, data)  # row c*K+k, last = ""
@@ -86,11 +86,10 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
         uniq, inverse = torch.unique(row, return_inverse=True)  # encode each distinct prompt of the batch once
         ctx = text_encoder(ids[uniq]).last_hidden_state  # (P, L, D)
         out_t = unet(xt, t, encoder_hidden_states=ctx[inverse]).sample
-        target = eps if prediction_type == "epsilon" else noising.v_target(x0, t, eps)
-        return {"loss": F.mse_loss(out_t, target)}
+        return {"loss": F.mse_loss(*objective.compare(out_t, x0, xt, eps, t))}  # output against its target
 
-    avg, wall = fit([unet, text_encoder], (x_all, y_all), noising, steps, batch, lr, gen, out.name, draw_caption,
-                    losses, checkpoint=checkpoint)
+    avg, wall = fit([unet, text_encoder], (x_all, y_all), DdpmNoising(objective), steps, batch, lr, gen, out.name,
+                    draw_caption, losses, checkpoint=checkpoint)
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
