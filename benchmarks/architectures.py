@@ -1,12 +1,13 @@
 """Evaluations per second of the real SDXL, SD3.5 and Flux.1 denoisers through the engine, random weights.
 
-Each named architecture is built from its published config (family_configs.py) with random weights
+Each named architecture is built from its published config (lib/family_configs.py) with random weights
 (speed does not depend on them) and timed through the scoring engine with its family's denoiser and
 objective (packing, time ids, σ), with random prompt embeddings of the real shapes. Models whose
 weights exceed --max_gib are built with a common fraction of their blocks, labelled as such; their
 full-depth figure is an estimate that assumes time proportional to the number of blocks.
 
-    python benchmarks/architectures.py --arch sdxl sd3.5-medium sd3.5-large flux-dev --img_size 128 --dtype bfloat16
+    python benchmarks/architectures.py --arch sdxl sd3.5-medium sd3.5-large flux-dev --img_size 128 --batch_size 1 \
+        --n_batches 2 --threads 1 --max_gib 6 --json benchmarks/results/architectures_cpu.json
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-import family_configs
-from common import time_runs
+from lib import HelpFormatter, family_configs
+from lib.results import write_result
+from lib.timing import time_runs
+
 from diffusion_classifier.engine import Conditions, Jobs, Scorer
 from diffusion_classifier.loading import DTYPES, VAE
 from diffusion_classifier.noise import make_noise
-from diffusion_classifier.records import write_json
 from diffusion_classifier.vb import alphas_cumprod_from_config
 
 ARCHS = {  # name -> (family, diffusers class, config, blocks config keys, scheduler config, text shapes)
@@ -132,7 +134,7 @@ def arch_benchmark(name: str, img_size: int, dtype: torch.dtype, device: torch.d
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS), help="architectures to time")
     p.add_argument("--img_size", type=int, default=128, help="image size (latents 8x smaller, as with the real VAEs)")
     p.add_argument("--dtype", default="bfloat16", choices=list(DTYPES), help="weights and activations dtype")
@@ -156,7 +158,7 @@ def main(argv=None) -> dict:
             for a in args.arch]
     out = {"archs": rows, "settings": {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}}
     if args.json:
-        write_json(args.json, out)
+        write_result(args.json, out, __file__, argv, sort_keys=True)
     return out
 
 

@@ -5,24 +5,28 @@ every class at every sampled timestep, (c) the class-conditional DiT (all classe
 timesteps), (d) logistic regression on pixels, (e, f) the flow-matching tiny-flow (SD3 layout) with the
 schedules of (a) and (b), and with --sd_v PATH (g, h) a v-prediction digits-sd trained by
 `scripts/train_tiny_models.py --model sd-v` with the same schedules. Prints a markdown table; --json
-writes the numbers.
+writes the numbers, merged into the file's rows of other models.
+
+    python benchmarks/digits_accuracy.py --json benchmarks/results/digits_accuracy.json
+    python benchmarks/digits_accuracy.py --only flow sd_v --sd_v DIR --json benchmarks/results/digits_accuracy.json
 """
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from common import ROOT, describe, digits_test, markdown_table, run
+from lib import ROOT, HelpFormatter
+from lib.digits import describe, digits_test, markdown_table, run
+from lib.results import write_result
 
 from diffusion_classifier.data.digits import load_digits_arrays
+from diffusion_classifier.data.prompts import read_prompts
 from diffusion_classifier.families import SD_VERSIONS, load_model
 from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
 from diffusion_classifier.families.sd import load_text_conditional
-from diffusion_classifier.data.prompts import read_prompts
 
 
 def logistic_regression() -> dict:
@@ -40,7 +44,7 @@ def logistic_regression() -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--adaptive", nargs=2, default=["5 1", "10 50"], metavar=("TO_KEEP", "N_SAMPLES"),
                    help="the adaptive schedule of row (a), as quoted lists")
     p.add_argument("--full_samples", type=int, default=50, help="timesteps of the no-pruning rows (b) and (c)")
@@ -48,7 +52,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=500, help="denoiser evaluations per batch")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--json", type=Path, default=None, help="merge the results into this JSON file")
     p.add_argument("--sd_v", type=Path, default=None, help="a v-prediction digits-sd folder (rows g, h)")
     p.add_argument("--flow_grid", default="timesteps", help="σ grid of tiny-flow's rows")
     p.add_argument("--only", nargs="+", default=None, choices=["sd", "dit", "logreg", "flow", "sd_v"],
@@ -93,8 +97,7 @@ def main(argv=None):
     print()
     print(markdown_table(rows))
     if args.json:  # merged into the file's earlier rows, so a run of some models keeps the others' numbers
-        old = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        args.json.write_text(json.dumps(old | {name: r for name, r in rows}, indent=2) + "\n")
+        write_result(args.json, {name: r for name, r in rows}, __file__, argv, merge=True)
     return rows
 
 

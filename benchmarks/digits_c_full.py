@@ -4,7 +4,7 @@ For every (model, set) it scores every class at the 200 timesteps of statistical
 (the k-th timestep with noise row k, the order and rows the statistical schedules use) on a fixed
 stratified subset of the test split, one record per image in a resumable run folder, the same
 records as `eval_prob_adaptive.py --schedule statistical --to_keep 1 --n_samples 200 --min_samples 200`
-(and eval_prob_dit.py's adaptive mode) write. benchmarks/schedules.py --corrupted replays every
+(and eval_prob_dit.py's adaptive mode) write. benchmarks/schedules_digits_c.py replays every
 schedule on these errors; scripts/fit_timestep_weights.py and scripts/print_acc.py read them.
 
 Run it in the background (it resumes): OMP_NUM_THREADS=1 nohup python benchmarks/digits_c_full.py &
@@ -13,37 +13,25 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import ROOT, stratified_indices
+from lib import CACHE, ROOT, HelpFormatter
+from lib.digits_c import SETS, full_run, set_name
+from lib.replay import N_TIMESTEPS
 
-from diffusion_classifier.data.datasets import dit_transform, sd_transform
-from diffusion_classifier.data.registry import digits_c_dir, get_dataset
+from diffusion_classifier.data.datasets import dit_transform, sd_transform, stratified_indices
+from diffusion_classifier.data.prompts import read_prompts
+from diffusion_classifier.data.registry import get_dataset
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
 from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.noise import make_noise
-from diffusion_classifier.data.prompts import read_prompts
 from diffusion_classifier.records import check_manifest
-from diffusion_classifier.tasks.classify import run_dataset
-from diffusion_classifier.runs import RunDescription, Setting
 from diffusion_classifier.schedules.statistical import make_schedule
-
-CACHE = ROOT / "benchmarks" / "cache"
-N_TIMESTEPS = 200
-# (corruption, severity) in the order they are computed; None is the clean test split
-SETS = [(None, None), ("gaussian_noise", 3), ("gaussian_blur", 3), ("contrast", 3), ("gaussian_noise", 5),
-        ("shot_noise", 3), ("pixelate", 3), ("impulse_noise", 3), ("defocus_blur", 3), ("fog", 3), ("brightness", 3),
-        ("speckle_noise", 3), ("gaussian_blur", 5), ("contrast", 5), ("gaussian_noise", 1), ("gaussian_blur", 1),
-        ("contrast", 1), ("shot_noise", 5), ("pixelate", 5), ("impulse_noise", 5)]
-
-
-def set_name(corruption, severity) -> str:
-    return "digits" if corruption is None else digits_c_dir(corruption, severity)
+from diffusion_classifier.tasks.classify import run_dataset
 
 
 def stratified_subset(per_class: int, seed: int = 0) -> list[int]:
@@ -51,20 +39,6 @@ def stratified_subset(per_class: int, seed: int = 0) -> list[int]:
     from diffusion_classifier.data.digits import load_digits_arrays
 
     return stratified_indices(load_digits_arrays("test")[1], per_class, seed)
-
-
-def full_run(model: str, corruption, severity, seed: int = 0) -> RunDescription:
-    """CACHE/<model>/<set>/full<N>_stratified: every class at the N stratified timesteps, noise from `seed`."""
-    return RunDescription(f"{model}/{set_name(corruption, severity)}", (
-        Setting({"model": model, "corruption": corruption, "severity": severity}, ""),
-        Setting({"timesteps": N_TIMESTEPS}, f"full{N_TIMESTEPS}"),
-        Setting({"order": "stratified"}, "_stratified"),
-        Setting({"noise": f"seed {seed}"}, ""),  # one seed per cache
-    ))
-
-
-def run_folder(model: str, corruption, severity) -> Path:
-    return full_run(model, corruption, severity).folder(CACHE)
 
 
 def load_model(name: str):
@@ -96,11 +70,12 @@ def compute(model_name: str, model, conds, classes, transform, corruption, sever
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--per_class", type=int, default=10, help="test images per digit in the subset")
-    p.add_argument("--models", nargs="+", default=["dit", "sd"], choices=["sd", "dit"])
+    p.add_argument("--models", nargs="+", default=["dit", "sd"], choices=["sd", "dit"],
+                   help="sd: the shipped digits-sd, dit: the shipped digits-dit")
     p.add_argument("--max_sets", type=int, default=None, help="only the first N sets of the list")
-    p.add_argument("--batch_size", type=int, default=500)
+    p.add_argument("--batch_size", type=int, default=500, help="denoiser evaluations per batch")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

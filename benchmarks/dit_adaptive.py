@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401 - puts the checkout on sys.path
+from lib import HelpFormatter, entry_script
 
 # DiT-XL/2 (Peebles & Xie 2023): hidden 1152 = 16 heads × 72, depth 28, patch 2, learned sigma (out = 2 × 4);
 # the transformer config of the diffusers pipeline facebook/DiT-XL-2-256 (latent 32 = 256 / 8).
@@ -47,10 +47,11 @@ def parse_schedule(text: str) -> dict:
 
 def accuracy_benchmark(args) -> list[dict]:
     """Full per-class evaluation vs adaptive schedules on the digits test split."""
-    import eval_prob_dit
-    from diffusion_classifier.schedules.staged import interval_timesteps
     from diffusion_classifier.families.dit import resolve_dit_model
+    from diffusion_classifier.schedules.staged import interval_timesteps
     from diffusion_classifier.tasks.per_class import load_per_class_scores, per_class_accuracy
+
+    eval_prob_dit = entry_script("eval_prob_dit")
 
     model_dir = Path(resolve_dit_model(None, args.model))
     if not (model_dir / "model_index.json").is_file():
@@ -102,9 +103,9 @@ def throughput_benchmark(args) -> dict:
     """Forward passes per second of DiT-XL/2 (random weights) through the scoring engine."""
     from diffusers import DiTTransformer2DModel
 
-    from diffusion_classifier.tasks.per_class import per_class_jobs
     from diffusion_classifier.engine import Scorer
     from diffusion_classifier.noise import make_noise
+    from diffusion_classifier.tasks.per_class import per_class_jobs
     from diffusion_classifier.vb import linear_betas
 
     device = torch.device(args.device)
@@ -144,10 +145,10 @@ def throughput_benchmark(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="part", required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    sub = p.add_subparsers(dest="part", required=True, help="the measurement")
     a = sub.add_parser("accuracy", help="full per-class evaluation vs adaptive schedules on the digits DiT",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     a.add_argument("--model", default="tiny", help="DiT pipeline folder ('tiny': the shipped digits DiT)")
     a.add_argument("--t_interval", type=int, default=5, help="full evaluation: timesteps range(t//2, 1000, t)")
     a.add_argument("--schedules", nargs="+", default=DEFAULT_SCHEDULES,
@@ -158,7 +159,7 @@ def main(argv=None):
     a.add_argument("--seed", type=int, default=0, help="noise seed")
     a.add_argument("--log_dir", type=Path, default=None, help="where run folders go (default: a fresh temporary folder)")
     t = sub.add_parser("throughput", help="DiT-XL/2 forward passes per second (random weights)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     t.add_argument("--batch_size", type=int, default=4, help="forward passes per batch")
     t.add_argument("--n_batches", type=int, default=2, help="timed batches (after a warm-up)")

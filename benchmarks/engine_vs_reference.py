@@ -1,16 +1,19 @@
 """Denoiser evaluations per second: the package's engine against the reference's per-image loop.
 
 Both run in one process on the same model, images, noise, schedule and dtype. The reference loop
-(reference_loop.py) classifies one image at a time, in batches of 32 jobs, with a host-device sync per
+(lib/reference_loop.py) classifies one image at a time, in batches of 32 jobs, with a host-device sync per
 batch; the engine (`adaptive_classify` + `Scorer.evaluate`) packs the jobs of several images into larger
 batches and syncs once per stage. It prints evaluations per second of each, their ratio, model FLOPs per
 evaluation, achieved FLOP/s (and, on CUDA, the fraction of the GPU's peak and the peak memory), and
 checks that both give the same predictions and errors. Settings are timed interleaved (each repeat
 runs every one in turn), so a change in machine load hits them all alike.
 
-    python benchmarks/engine_vs_reference.py --model tiny
+    python benchmarks/engine_vs_reference.py --model tiny --threads 1 --batch_size 32 128 512 \
+        --variants eager channels_last compile+channels_last --json benchmarks/results/engine_vs_reference_tiny.json
     python benchmarks/engine_vs_reference.py --model sd2 --img_size 128 --n_images 2 --n_prompts 4 --to_keep 2 1 --n_samples 1 2
-    python benchmarks/engine_vs_reference.py --model sd2 --device cuda --dtype float16 --batch_size 32 64 128
+    python benchmarks/engine_vs_reference.py --model sd2 --device cuda --dtype float16 --batch_size 64 128 \
+        --variants eager channels_last compile+channels_last --warmup 1 --repeats 2 \
+        --json benchmarks/results/engine_vs_reference_sd2_h100.json
 """
 from __future__ import annotations
 
@@ -22,13 +25,16 @@ from pathlib import Path
 
 import torch
 
-from common import Workload, count_flops, fmt_rate, folder_workload, peak_tflops, sd2_workload, time_runs, tiny_workload
-from diffusion_classifier.schedules.staged import n_evaluations, validate_schedule
+from lib import HelpFormatter
+from lib.reference_loop import TOLERANCE, compare_results, engine_classify, reference_classify, unet_denoiser
+from lib.results import write_result
+from lib.timing import count_flops, fmt_rate, peak_tflops, time_runs
+from lib.workloads import Workload, folder_workload, sd2_workload, tiny_workload
+
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.loading import DTYPES, default_dtype
-from diffusion_classifier.records import write_json
+from diffusion_classifier.schedules.staged import n_evaluations, validate_schedule
 from diffusion_classifier.schedules.statistical import make_schedule
-from reference_loop import TOLERANCE, compare_results, engine_classify, reference_classify, unet_denoiser
 
 VARIANT_TOKENS = ("eager", "channels_last", "compile", "freeze", "inference_mode", "classic")
 
@@ -190,8 +196,7 @@ def run_benchmark(work: Workload, to_keep, n_samples, n_trials: int, loss: str, 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="tiny",
                    help="tiny: the shipped digits model; sd2: the SD 2 base UNet with random weights; or a SD-format folder")
     p.add_argument("--img_size", type=int, default=None, help="image size; default: 512 for sd2, the model's own otherwise")
@@ -289,7 +294,7 @@ def main(argv=None) -> dict:
                        "image_batches": image_batches, "warmup": warmup, "repeats": repeats, "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "peak_tflops": peak, "workload": work.description}
     if args.json:
-        write_json(args.json, out)
+        write_result(args.json, out, __file__, argv, sort_keys=True)
     return out
 
 

@@ -1,13 +1,11 @@
 """Baselines on the same Fashion-MNIST split and pixels as the diffusion classifiers: logistic regression and a
 small CNN trained from scratch within a stated CPU budget. Writes benchmarks/results/fashion_baselines.json.
 
-    OMP_NUM_THREADS=1 python benchmarks/fashion_baselines.py --cnn_minutes 10
+    python benchmarks/fashion_baselines.py --cnn_minutes 8    (one thread)
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -15,12 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lib import CACHE, RESULTS, HelpFormatter
+from lib.results import write_result
 
-from diffusion_classifier.data.fashion_mnist import load_arrays  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from diffusion_classifier.data.fashion_mnist import load_arrays
 
 
 def logistic_regression(x_train, y_train, x_test, seed: int) -> tuple[np.ndarray, float]:
@@ -86,10 +82,10 @@ def small_cnn(x_train, y_train, x_test, minutes: float, seed: int, batch: int = 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--cnn_minutes", type=float, default=10.0, help="CPU minutes of the CNN's training")
     p.add_argument("--seed", type=int, default=0, help="seed of the CNN's initialisation and batches")
-    p.add_argument("--subset", type=Path, default=ROOT / "benchmarks" / "cache" / "fashion" / "subset_test_10.npy",
+    p.add_argument("--subset", type=Path, default=CACHE / "fashion" / "subset_test_10.npy",
                    help="also report accuracy on these test indices (the diffusion benchmarks' subset), if present")
     p.add_argument("--out", type=Path, default=RESULTS / "fashion_baselines.json", help="where the JSON goes")
     args = p.parse_args(argv)
@@ -108,8 +104,7 @@ def main(argv=None) -> None:
             row["n_subset"] = len(subset)
         results[name] = row
         print(f"{name}: {row}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_result(args.out, results, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ one record per image in benchmarks/cache/fashion/<model>/..., so a stopped run r
     on evenly spaced σ (--flow_grid uniform_sigma), beside the default (velocity, the training timesteps' σ).
 `report` reads the records, replays the schedules (the anytime rule with even and decaying spending of delta,
 with and without the indifference zone), applies the held-out fits to the test records and writes
-benchmarks/results/fashion_schedules.{json,png}.
+benchmarks/results/fashion_schedules.{json,png}, fashion_heldout_fits.json and, when fashion-sd's whole-split
+runs are in benchmarks/cache/fashion/sd_whole, fashion_test_split.json. Records: lib/fashion.py.
 
     OMP_NUM_THREADS=1 nohup python benchmarks/fashion_eval.py run --models sd --per_class 10 &
     python benchmarks/fashion_eval.py run --models sd dit flow --schedules heldout --heldout_per_class 10
@@ -23,67 +24,26 @@ benchmarks/results/fashion_schedules.{json,png}.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import ROOT, stratified_indices
-from digits_c_full import N_TIMESTEPS
+from lib import RESULTS, ROOT, HelpFormatter, entry_script
+from lib.fashion import (CACHE, FLOW_VARIANTS, MODELS, MODELS_DIR, N_FULL, folder_stats, heldout_subset, log_dir,
+                         report_whole, run_folders, stratified_subset)
+from lib.replay import replay, schedules  # the same 200-timestep full evaluation and replays as digits_c
+from lib.results import write_result
 
 from diffusion_classifier.calibration import (TimestepWeights, expected_calibration_error, fit_and_report,
                                               fit_temperature, load_full_errors, nll, predictions, probabilities)
-from diffusion_classifier.records import accuracy_summary
 from diffusion_classifier.schedules.statistical import statistical_classify
 from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
-from schedules_digits_c import replay, schedules  # the same 200-timestep full evaluation and replays
 
-CACHE = ROOT / "benchmarks" / "cache" / "fashion"
-RESULTS = ROOT / "benchmarks" / "results"
-MODELS_DIR = ROOT / "diffusion_classifier" / "tiny_models"
-MODELS = {"sd": ("eval_prob_adaptive", "fashion-sd"), "dit": ("eval_prob_dit", "fashion-dit"),
-          "flow": ("eval_prob_adaptive", "fashion-flow")}
-N_FULL = N_TIMESTEPS
 LOSS = "l1"  # the paper's CIFAR-10 setting
 REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500"]
 FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL), "--min_samples", str(N_FULL)]
-# flow variants of the full evaluation: name -> (flags, the suffix they give the run folder)
-FLOW_VARIANTS = {"eps": (["--error_space", "eps"], "_erreps"),
-                 "uniform_sigma": (["--flow_grid", "uniform_sigma"], "_griduniform_sigma")}
 EPSILONS = (0.0025, 0.005, 0.01, 0.02)  # the indifference zones tried on the held-out train images
-
-
-def stratified_subset(per_class: int, split: str = "test", seed: int = 0) -> list[int]:
-    """per_class images of every class of the split, by a seeded permutation per class; sorted indices."""
-    from diffusion_classifier.data.fashion_mnist import load_arrays
-
-    return stratified_indices(load_arrays(split)[1], per_class, seed)
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def log_dir(model: str, part: str = "") -> Path:
-    return CACHE / (model + (f"_{part}" if part else ""))
-
-
-def heldout_subset(model: str, per_class: int) -> tuple[list[int], bool]:
-    """(train-split indices to fit on, whether the model never trained on them): per_class of every class from
-    the model's held-out images when it has a heldout_train.json, else from the whole train split (seed 0)."""
-    from diffusion_classifier.data.fashion_mnist import load_arrays
-
-    labels = load_arrays("train")[1]
-    held = MODELS_DIR / MODELS[model][1] / HELDOUT_FILE
-    if held.is_file():
-        pool = np.array(json.loads(held.read_text())["indices"])
-        return sorted(pool[stratified_indices(labels[pool], per_class, 0)].tolist()), True
-    return stratified_indices(labels, per_class, 0), False
 
 
 def run(models, per_class: int, which, seed: int, heldout_per_class: int = 20) -> None:
@@ -113,22 +73,8 @@ def run(models, per_class: int, which, seed: int, heldout_per_class: int = 20) -
                          common + ["--split", "train", "--subset_path", str(held), "--log_dir", str(log_dir(m, "heldout"))]
                          + FULL))
         for name, flags in jobs:
-            out = script(entry).main(flags)
+            out = entry_script(entry).main(flags)
             print(f"{m} {name}: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
-
-
-def run_folders(model: str) -> dict[str, Path]:
-    """The run folders of a model's records: reference, full, full eps / full uniform_sigma (flow), heldout."""
-    found = {}
-    for part in ("", "heldout"):
-        base = log_dir(model, part) / "fashion_mnist"
-        for folder in sorted(base.glob("*")) if base.is_dir() else []:
-            if "5_1keep_50_500samples" in folder.name and "stat" not in folder.name:
-                found["reference"] = folder
-            elif f"1keep_{N_FULL}samples" in folder.name and "stat" in folder.name:
-                variant = next((v for v, (_, tag) in FLOW_VARIANTS.items() if folder.name.endswith(tag)), None)
-                found["heldout" if part else (f"full {variant}" if variant else "full")] = folder
-    return found
 
 
 def anytime(delta: float, min_samples: int, variance: str, spending: str = "even", epsilon: float | None = None):
@@ -240,37 +186,6 @@ def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
     return out, fits
 
 
-def folder_stats(folder: Path, only=None) -> dict:
-    """Top-1, per-class top-1 and evaluations per image of a run folder's records (of dataset indices `only`)."""
-    from diffusion_classifier.records import load_record
-
-    preds, labels, evals = [], [], []
-    for path in sorted(folder.glob("*.pt")):
-        if not path.stem.isdigit() or (only is not None and int(path.stem) not in only):
-            continue
-        rec = load_record(path)
-        preds.append(int(rec["pred"]))
-        labels.append(int(rec["label"]))
-        evals.append(sum(len(v["t"]) for v in rec["errors"].values()))
-    summary = accuracy_summary(preds, labels)
-    return {"folder": folder.name, "n_images": summary["n"], "accuracy": summary["top1"],
-            "per_class": summary["per_class"], "evals_per_image": sum(evals) / max(len(evals), 1)}
-
-
-def report_whole() -> dict:
-    """fashion-sd's headline runs on the test split (benchmarks/cache/fashion/sd_whole, README's commands): each
-    run folder's figures, and every rule on the 1,000-image subset that all of them scored."""
-    base = CACHE / "sd_whole" / "fashion_mnist"
-    out = {}
-    subset_file = CACHE / "subset_test_100.npy"
-    subset = set(np.load(subset_file).tolist()) if subset_file.is_file() else None
-    for folder in sorted(base.glob("*")) if base.is_dir() else []:
-        out[folder.name] = {"all": folder_stats(folder)}
-        if subset is not None:
-            out[folder.name]["subset_1000"] = folder_stats(folder, subset)
-    return out
-
-
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -296,7 +211,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("command", choices=["run", "report"], help="compute records, or report on them")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to use")
     p.add_argument("--per_class", type=int, default=100, help="run: test images per class in the stratified subset")
@@ -314,12 +229,11 @@ def main(argv=None) -> None:
         run(args.models, args.per_class, args.schedules, args.seed, args.heldout_per_class)
         return
     results, fits = report(args.models, args.deltas, args.z, args.min_samples)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fashion_schedules.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "fashion_heldout_fits.json").write_text(json.dumps(fits, indent=1) + "\n")
+    write_result(RESULTS / "fashion_schedules.json", results, __file__, argv)
+    write_result(RESULTS / "fashion_heldout_fits.json", fits, __file__, argv)
     whole = report_whole()
     if whole:
-        (RESULTS / "fashion_test_split.json").write_text(json.dumps(whole, indent=1) + "\n")
+        write_result(RESULTS / "fashion_test_split.json", whole, __file__, argv)
         for name, parts in whole.items():
             for part, r in parts.items():
                 print(f"{name} [{part}]: {r['accuracy']:.2f}% over {r['n_images']} images at "

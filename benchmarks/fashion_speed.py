@@ -9,21 +9,19 @@ the weight values), saves it in its pipeline layout, loads it as users do, and t
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lib import RESULTS, HelpFormatter
+from lib.results import write_result
 
-from diffusion_classifier.engine import Jobs, Scorer  # noqa: E402
-from diffusion_classifier.noise import make_noise  # noqa: E402
-from diffusion_classifier.training import dit, flow, sd  # noqa: E402
-from diffusion_classifier.training.data import training_data  # noqa: E402
+from diffusion_classifier.engine import Jobs, Scorer
+from diffusion_classifier.noise import make_noise
+from diffusion_classifier.training import dit, flow, sd
+from diffusion_classifier.training.data import training_data
 
 
 def build(kind: str, out: Path) -> Path:
@@ -56,12 +54,13 @@ def evaluations_per_second(folder: Path, kind: str, batch: int, repeats: int) ->
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--batch", type=int, default=256, help="evaluations per denoiser call")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per model")
     p.add_argument("--kinds", nargs="+", default=["sd", "dit", "flow"], choices=["sd", "dit", "flow"], help="architectures")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_speed_cpu.json", help="JSON output")
+    p.add_argument("--out", type=Path, default=RESULTS / "fashion_speed_cpu.json",
+                   help="JSON output (the kinds timed now replace theirs, the others keep theirs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {}
@@ -73,9 +72,7 @@ def main(argv=None) -> None:
             results[folder.name] = {"evaluations_per_s": rate, "safetensors_bytes": params, "threads": args.threads,
                                     "batch": args.batch, "dtype": "float32"}
             print(f"{folder.name}: {rate:.0f} evaluations/s ({params / 1e6:.1f} MB of safetensors)", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}  # kinds not timed now keep their entry
-    args.out.write_text(json.dumps({**earlier, **results}, indent=1) + "\n")
+    write_result(args.out, results, __file__, argv, merge=True)  # kinds not timed now keep their entry
 
 
 if __name__ == "__main__":

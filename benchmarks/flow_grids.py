@@ -5,33 +5,36 @@ the scheduler (its shift included), 'uniform_sigma' = evenly spaced σ. Each run
 timesteps of the grid (no pruning) on the digits test split. `--shift S` evaluates as if the scheduler's
 shift were S (the 'timesteps' grid moves towards σ = 1 as SD3's shift 3 does; 'uniform_sigma' ignores it).
 Prints a markdown table; --json writes the numbers.
+
+    python benchmarks/flow_grids.py --n_samples 50 --grids timesteps uniform_sigma --error_spaces native eps
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from common import ROOT, digits_test, run
+from lib import ROOT, HelpFormatter
+from lib.digits import digits_test, run
+from lib.results import write_result
 
+from diffusion_classifier.data.prompts import read_prompts
 from diffusion_classifier.families import SD_VERSIONS, load_model
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
-from diffusion_classifier.data.prompts import read_prompts
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default=SD_VERSIONS["tiny-flow"], help="flow-matching pipeline folder")
     p.add_argument("--n_samples", type=int, nargs="+", default=[10, 20, 50], help="timesteps per class")
-    p.add_argument("--grids", nargs="+", default=list(FLOW_GRIDS), choices=list(FLOW_GRIDS))
+    p.add_argument("--grids", nargs="+", default=list(FLOW_GRIDS), choices=list(FLOW_GRIDS), help="σ grids to compare")
     p.add_argument("--shift", type=float, nargs="+", default=[None], help="evaluate with these scheduler shifts (default: the model's own)")
     p.add_argument("--error_spaces", nargs="+", default=["native"], choices=list(ERROR_SPACES),
                    help="compare velocities (native, the flow default) and/or ε̂ with ε")
-    p.add_argument("--loss", default="l2", choices=["l2", "l1", "huber"])
-    p.add_argument("--batch_size", type=int, default=500)
+    p.add_argument("--loss", default="l2", choices=["l2", "l1", "huber"], help="error between prediction and target")
+    p.add_argument("--batch_size", type=int, default=500, help="denoiser evaluations per batch")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
 
     model = load_model(args.model)
@@ -58,7 +61,7 @@ def main(argv=None):
         print(f"| {r['grid']} | {r['error_space']} | {r['shift']:g} | {r['n_samples']} | {r['accuracy']:.2f} "
               f"| {r['evals_per_image']:.0f} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        write_result(args.json, rows, __file__, argv)
     return rows
 
 

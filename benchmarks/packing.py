@@ -9,26 +9,26 @@ beside wall time because it is much less hit by other load on a shared machine.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-import common  # noqa: F401 - puts the checkout on sys.path
-import eval_prob_adaptive
+from lib import HelpFormatter, entry_script
+from lib.results import write_result
 
 SETTINGS = ["1/32", "16/128", "32/256", "16/256", "32/512"]  # images per call / batch size
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n_images", type=int, default=32, help="first N digits test images")
     p.add_argument("--repeats", type=int, default=2, help="runs of every setting, interleaved")
     p.add_argument("--settings", nargs="+", default=SETTINGS, help="IMAGES/BATCH pairs")
     p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
+    eval_prob_adaptive = entry_script("eval_prob_adaptive")  # the script timed, in this process
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "subset.npy"
         np.save(subset, np.arange(args.n_images))
@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
                 print(f"{setting:>8}: {res[setting]['cpu_s'][-1]:.2f} s CPU, {res[setting]['wall_s'][-1]:.2f} s wall",
                       flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"n_images": args.n_images, "settings": res}, indent=2) + "\n")
+        write_result(args.json, {"n_images": args.n_images, "settings": res}, __file__, argv)
     return res
 
 

@@ -2,21 +2,27 @@
 
 The reference-style schedule for a 10-class set is CIFAR-10's (keep 5 1 / samples 50 500, 2750
 evaluations per image). Prints a markdown table with each schedule's saving against it, and saves
-accuracy vs evaluations per image as a PNG.
+accuracy vs evaluations per image as a PNG (benchmarks/results/schedules.{png,json}).
+
+    python benchmarks/schedules.py
+    python benchmarks/schedules.py --corrupted    (runs benchmarks/schedules_digits_c.py with the other flags)
 """
 from __future__ import annotations
 
 import argparse
-import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
-from common import ROOT, describe, digits_test, markdown_table, run
+from lib import RESULTS, ROOT, HelpFormatter
+from lib.digits import describe, digits_test, markdown_table, run
+from lib.results import write_result
 
+from diffusion_classifier.data.prompts import read_prompts
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.families.sd import load_text_conditional
-from diffusion_classifier.data.prompts import read_prompts
 
 REFERENCE = {"to_keep": [5, 1], "n_samples": [50, 500]}
 SCHEDULES = [
@@ -51,17 +57,17 @@ def plot(rows, path: Path) -> None:
 
 
 def main(argv=None):
-    if argv is None:
-        import sys
-
-        argv = sys.argv[1:]
-    if "--corrupted" in argv:
-        from schedules_digits_c import main as corrupted_main
-
-        return corrupted_main([a for a in argv if a != "--corrupted"])
-    p = argparse.ArgumentParser(description=__doc__ + "\n--corrupted: the digits_c replay benchmark "
-                                "(benchmarks/schedules_digits_c.py, its own flags)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--corrupted" in argv:  # another benchmark, in its own process, with the other flags
+        script = Path(__file__).with_name("schedules_digits_c.py")
+        done = subprocess.run([sys.executable, str(script), *(a for a in argv if a != "--corrupted")])
+        if done.returncode:
+            raise SystemExit(done.returncode)
+        return None
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--corrupted", action="store_true",
+                   help="replay every schedule on the digits_c records instead: runs benchmarks/schedules_digits_c.py "
+                        "with the other flags (see its --help)")
     p.add_argument("--z", nargs="+", type=float, default=[1.0, 2.0, 3.0], help="z values of the statistical schedule")
     p.add_argument("--max_samples", type=int, default=500, help="timestep budget of the statistical schedule")
     p.add_argument("--min_samples", type=int, default=10, help="timesteps before the statistical schedule first prunes")
@@ -69,7 +75,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=500, help="denoiser evaluations per batch")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the PNG and JSON")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the PNG and JSON")
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
@@ -95,7 +101,7 @@ def main(argv=None):
               f"accuracy {r['accuracy'] - ref['accuracy']:+.2f} points")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "schedules.png")
-    (args.out / "schedules.json").write_text(json.dumps([{"schedule": n, "kind": k, **r} for n, r, k in rows], indent=2))
+    write_result(args.out / "schedules.json", [{"schedule": n, "kind": k, **r} for n, r, k in rows], __file__, argv)
     print(f"saved {args.out / 'schedules.png'}")
     return rows
 

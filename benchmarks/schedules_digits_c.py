@@ -2,51 +2,34 @@
 
 Reads the full-evaluation records benchmarks/digits_c_full.py wrote (every class at the 200
 stratified timesteps, noise row k for the k-th, on a fixed stratified subset of the test split) and
-replays every schedule on them through statistical.Replay: the statistical schedules (fixed z and
-anytime-valid at several deltas) ask only for (timestep, noise row) pairs of the full evaluation, so
-their replay is exactly a real run; the reference-style staged schedules use the same 200-timestep grid
-but their own noise rows in a real run, so their replay is the same grid with another draw of noise.
+replays every schedule on them (lib/replay.py): the statistical schedules (fixed z and anytime-valid
+at several deltas) ask only for (timestep, noise row) pairs of the full evaluation, so their replay is
+exactly a real run; the reference-style staged schedules use the same 200-timestep grid but their own
+noise rows in a real run, so their replay is the same grid with another draw of noise.
 
 Outputs (benchmarks/results/): schedules_digits_c.json / .png (accuracy vs evaluations per image),
 robustness_digits_c.json / .png (full-evaluation accuracy per corruption and severity for digits-sd,
 digits-dit and logistic regression on clean pixels), timestep_weights_digits_c.json (held-out accuracy
-of learned weights against uniform, and calibration). Run: python benchmarks/schedules.py --corrupted
+of learned weights against uniform, and calibration); a file that is a list is written as {"rows": [...]}.
+
+    python benchmarks/schedules_digits_c.py    (the same as python benchmarks/schedules.py --corrupted)
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import ROOT
-from digits_c_full import N_TIMESTEPS, SETS, run_folder, set_name
+from lib import RESULTS, HelpFormatter
+from lib.digits_c import SETS, run_folder, set_name
+from lib.replay import replay, schedules
+from lib.results import write_result
 
-from diffusion_classifier.schedules.staged import adaptive_classify
 from diffusion_classifier.calibration import fit_and_report, fit_weights, load_full_errors, split_indices
-from diffusion_classifier.schedules.statistical import Replay, statistical_classify
+
 MODELS = {"sd": "digits-sd", "dit": "digits-dit"}
-
-
-def schedules(deltas, zs, min_samples):
-    """(name, kind, classify(evaluate, n, k, weights)) of every schedule compared."""
-    out = [("full: all classes x 200 timesteps", "full",
-            lambda ev, n, k, w: statistical_classify(ev, n, k, N_TIMESTEPS, min_samples=N_TIMESTEPS, weights=w))]
-    for keep, samples in (([5, 1], [20, 200]), ([5, 1], [10, 50]), ([3, 1], [10, 100])):
-        out.append((f"reference-style keep {' '.join(map(str, keep))} / samples {' '.join(map(str, samples))}",
-                    "reference", lambda ev, n, k, w, a=keep, b=samples: adaptive_classify(ev, n, k, a, b, weights=w)))
-    for z in zs:
-        out.append((f"fixed z={z:g} (min {min_samples})", "fixed-z",
-                    lambda ev, n, k, w, z=z: statistical_classify(ev, n, k, N_TIMESTEPS, z=z, min_samples=min_samples,
-                                                                  weights=w)))
-    for variance in ("iid", "stratified"):
-        for d in deltas:
-            out.append((f"anytime delta={d:g} (min {min_samples}, {variance})", f"anytime-{variance}",
-                        lambda ev, n, k, w, d=d, v=variance: statistical_classify(
-                            ev, n, k, N_TIMESTEPS, delta=d, min_samples=min_samples, weights=w, variance=v)))
-    return out
 
 
 def restrict(fe, indices):
@@ -55,20 +38,6 @@ def restrict(fe, indices):
     sel = torch.tensor(keep, dtype=torch.long)
     return type(fe)(fe.errors[sel], fe.t, fe.labels[sel], fe.preds[sel], [fe.indices[i] for i in keep],
                     fe.candidate_class)
-
-
-def replay(fe, classify, idx, weights=None, exact: bool = True) -> dict:
-    """Accuracy and evaluations per image of one schedule replayed on images idx of the full records.
-
-    exact: the schedule must ask for the full evaluation's own (timestep, noise row) pairs (statistical
-    schedules); reference-style schedules are answered by timestep.
-    """
-    idx = torch.as_tensor(idx, dtype=torch.long)
-    ev = Replay.stratified(fe.errors[idx].float(), fe.t, check_noise=exact)
-    res = classify(ev, len(idx), fe.errors.shape[1], weights)
-    preds = torch.tensor([fe.candidate_class[r.pred] for r in res])
-    return {"accuracy": 100.0 * float((preds == fe.labels[idx]).double().mean()),
-            "evals_per_image": ev.evaluations / len(idx), "n_images": len(idx)}
 
 
 def logistic_regression(corruption, severity, indices) -> tuple[float, float]:
@@ -134,13 +103,14 @@ def plot_robustness(table, path: Path) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--deltas", nargs="+", type=float, default=[0.01, 0.05, 0.1, 0.2])
-    p.add_argument("--z", nargs="+", type=float, default=[2.0, 3.0])
-    p.add_argument("--min_samples", type=int, default=10)
-    p.add_argument("--target_points", type=float, default=0.5)
-    p.add_argument("--target_saving", type=float, default=5.0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--deltas", nargs="+", type=float, default=[0.01, 0.05, 0.1, 0.2], help="anytime schedules' delta")
+    p.add_argument("--z", nargs="+", type=float, default=[2.0, 3.0], help="fixed-z schedules' z")
+    p.add_argument("--min_samples", type=int, default=10, help="timesteps before a statistical schedule first prunes")
+    p.add_argument("--target_points", type=float, default=0.5,
+                   help="target: an anytime schedule within this many points of full accuracy ...")
+    p.add_argument("--target_saving", type=float, default=5.0, help="... with this many times fewer evaluations")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG files")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -225,9 +195,9 @@ def main(argv=None):
               f"{k['uniform']['heldout_ece_before']:.1f} -> {k['uniform']['heldout_ece_after']:.1f} | {w['chosen']} |")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "schedules_digits_c.json").write_text(json.dumps({"rows": rows, "targets": targets}, indent=1))
-    (args.out / "robustness_digits_c.json").write_text(json.dumps(robust, indent=1))
-    (args.out / "timestep_weights_digits_c.json").write_text(json.dumps(weights_report, indent=1))
+    write_result(args.out / "schedules_digits_c.json", {"rows": rows, "targets": targets}, __file__, argv)
+    write_result(args.out / "robustness_digits_c.json", robust, __file__, argv)
+    write_result(args.out / "timestep_weights_digits_c.json", weights_report, __file__, argv)
     if rows:
         plot_schedules(rows, args.out / "schedules_digits_c.png")
         plot_robustness(robust, args.out / "robustness_digits_c.png")

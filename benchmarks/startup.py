@@ -11,7 +11,6 @@ timed in another checkout too (e.g. an older commit), interleaved, the median of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -20,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from lib import ROOT, HelpFormatter
+from lib.results import write_result
+
 DEFAULT_COMMAND = ("eval_prob_adaptive.py --version tiny --dataset digits --split test --to_keep 5 1 "
                    "--n_samples 10 50")
 
@@ -56,7 +57,7 @@ def time_to_first_evaluation(checkout: Path, command: list[str], env: dict) -> t
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--command", default=DEFAULT_COMMAND, help="script and flags, run from each checkout's root")
     p.add_argument("--other", type=Path, default=None, help="another checkout to time the same command in")
     p.add_argument("--repeats", type=int, default=3, help="runs per checkout (the median counts)")
@@ -78,8 +79,7 @@ def main(argv=None) -> dict:
         r["median_wall_s"], r["median_cpu_s"] = statistics.median(r["wall_s"]), statistics.median(r["cpu_s"])
         print(f"{name}: median {r['median_wall_s']:.2f} s wall, {r['median_cpu_s']:.2f} s CPU ({checkouts[name]})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_result(args.json, out, __file__, argv)
     return out
 
 

@@ -3,10 +3,11 @@
 Both run as separate Python processes on the same images, noise and schedule, timed from launch to
 exit (imports, model loading, records included), interleaved, the median of --repeats each; their
 records are compared for predictions and errors. The reference side is this script with
---reference_process: reference_loop.py's loop with the same model loading, pre-processing, prompts and
+--reference_process: lib/reference_loop.py's loop with the same model loading, pre-processing, prompts and
 seed-0 noise bank as eval_prob_adaptive.py, one image at a time in batches of 32, one record per image.
 
-    python benchmarks/whole_process.py --model tiny --n_images 64 --repeats 2 --threads 1
+    python benchmarks/whole_process.py --model tiny --n_images 64 --repeats 2 --threads 1 \
+        --json benchmarks/results/whole_process_tiny.json
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT
-from diffusion_classifier.schedules.staged import n_evaluations
+from lib import ROOT, HelpFormatter
+from lib.reference_loop import reference_classify
+from lib.results import write_result
+
 from diffusion_classifier.loading import default_dtype
-from diffusion_classifier.records import load_record, write_json
+from diffusion_classifier.records import load_record
+from diffusion_classifier.schedules.staged import n_evaluations
 from diffusion_classifier.schedules.statistical import make_schedule
-from reference_loop import reference_classify
 
 
 def reference_process(version: str, dataset: str, split: str, to_keep, n_samples, subset_path: Path,
@@ -138,8 +141,7 @@ def whole_process_benchmark(version: str, dataset: str, split: str, n_images: in
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="tiny", help="--version of both runs (tiny: the shipped digits model)")
     p.add_argument("--dataset", default="digits", help="dataset (digits ships with the package)")
     p.add_argument("--split", default="test", help="dataset split")
@@ -150,12 +152,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both processes; default unset")
     p.add_argument("--work_dir", type=Path, default=None, help="run folders; default a temporary one")
     p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
-    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the reference process's noise seed
-    p.add_argument("--device", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--reference_process", action="store_true", help=argparse.SUPPRESS)  # one re-created reference run
-    p.add_argument("--subset_path", type=Path, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    r = p.add_argument_group("the reference side", "this script runs itself with these to re-create the reference's "
+                             "script in a child process (--model, --dataset, --split, --to_keep, --n_samples as above)")
+    r.add_argument("--reference_process", action="store_true",
+                   help="be the re-created reference script: classify the --subset_path images, one record each in --out")
+    r.add_argument("--subset_path", type=Path, default=None, help="reference side: .npy of the dataset indices to classify")
+    r.add_argument("--out", type=Path, default=None, help="reference side: folder of its records")
+    r.add_argument("--seed", type=int, default=0, help="reference side: seed of the noise bank")
+    r.add_argument("--device", default=None, help="reference side: torch device; default cuda if available, else cpu")
+    args = p.parse_args(argv)
+    if args.reference_process and (args.subset_path is None or args.out is None):
+        p.error("--reference_process needs --subset_path and --out")
+    return args
 
 
 def main(argv=None) -> dict:
@@ -178,7 +186,7 @@ def main(argv=None) -> dict:
           f"{out['n_images']} images, errors max abs diff {out['max_abs_diff']:.3g} over {out['errors_compared']}")
     out["torch"] = torch.__version__
     if args.json:
-        write_json(args.json, out)
+        write_result(args.json, out, __file__, argv, sort_keys=True)
     return out
 
 

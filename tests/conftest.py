@@ -17,20 +17,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str):
-    """Import scripts/<name>.py as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+def load_script(path: str):
+    """Import a script of the checkout as a module, by its path from the repository root.
+
+    "scripts/print_acc.py", "eval_prob_dit.py", "benchmarks/whole_process.py", "benchmarks/lib/timing.py": the
+    scripts are not a package. A benchmark is imported by its module name with benchmarks/ on sys.path, as when
+    it runs, so that its `lib.<module>` imports and the helpers the tests import are the same modules.
+    """
+    file = REPO / path
+    if not file.is_file():
+        raise FileNotFoundError(f"no script {file}")
+    if file.parts[-2:-1] == ("lib",) or file.parent == REPO / "benchmarks":
+        folder = str(REPO / "benchmarks")
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        return importlib.import_module(".".join(file.relative_to(REPO / "benchmarks").with_suffix("").parts))
+    spec = importlib.util.spec_from_file_location(file.stem, file)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def load_benchmark(name: str):
-    """Import benchmarks/<name>.py as a module (benchmarks/ goes on sys.path: the scripts import their shared helpers)."""
-    folder = str(REPO / "benchmarks")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(name)
 
 
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a photo of a frog."]

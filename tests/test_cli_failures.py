@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
 from diffusion_classifier.schedules.staged import n_evaluations
 from diffusion_classifier.records import load_record, record_path
 
@@ -158,27 +159,17 @@ CASES = ["prompts_missing_column", "prompts_not_utf8", "subset_past_end", "worke
 
 
 @pytest.fixture(scope="module")
-def error_runs(tmp_path_factory):
+def error_runs(tmp_path_factory, request):
     """Start every subprocess case (3 at a time); each test waits for its own."""
     tmp = tmp_path_factory.mktemp("errors")
     _inputs(tmp)
     cases = _cases(tmp)
+    selected = {item.callspec.params.get("case") for item in request.session.items if hasattr(item, "callspec")}
     pool = ThreadPoolExecutor(max_workers=3)
     futures = {name: pool.submit(subprocess.run, cmd, capture_output=True, text=True, env=ENV, timeout=300)
-               for name, (cmd, _) in cases.items() if name in SUBPROCESS_CASES}
+               for name, (cmd, _) in cases.items() if name in SUBPROCESS_CASES and name in selected}
     yield tmp, cases, futures
     pool.shutdown(wait=True)
-
-
-def _main_of(script: str):
-    """The main() of an entry point script, imported as a module."""
-    import importlib.util
-
-    path = ROOT / script
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 def run_in_process(capsys, cmd: list[str]) -> subprocess.CompletedProcess:
@@ -187,12 +178,12 @@ def run_in_process(capsys, cmd: list[str]) -> subprocess.CompletedProcess:
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run_cli(_main_of(Path(cmd[1]).relative_to(ROOT).as_posix()), cmd[2:])
+        run_cli(load_script(Path(cmd[1]).relative_to(ROOT).as_posix()).main, cmd[2:])
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(cmd, e.value.code, out, err)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SUBPROCESS_CASES else c for c in CASES])
 def test_user_error_is_one_line_exit_2(error_runs, case, capsys, monkeypatch):
     tmp, cases, futures = error_runs
     cmd, pattern = cases[case]
@@ -216,7 +207,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "InputError: --worker_idx" in proc.stderr
     monkeypatch.setenv("DIFFUSION_CLASSIFIER_DEBUG", "1")
     with pytest.raises(InputError, match="--worker_idx must be in 0..1"):  # the exception itself: its traceback
-        run_cli(_main_of("eval_prob_adaptive.py"), list(map(str, args)))
+        run_cli(load_script("eval_prob_adaptive.py").main, list(map(str, args)))
 
 
 def test_prompts_bom_blank_lines_and_duplicates(tmp_path, capsys):
@@ -263,6 +254,7 @@ def _clean(folder: Path) -> None:
         assert set(load_record(p)) == {"errors", "pred", "label"}, p
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_interrupts_full_disk_corrupt_records_then_resume(tmp_path, capsys, monkeypatch):
     n = 16
     np.save(tmp_path / "subset.npy", np.arange(n))
@@ -336,6 +328,7 @@ def test_interrupts_full_disk_corrupt_records_then_resume(tmp_path, capsys, monk
 # ---------------------------------------------------------------- three processes on one folder
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_three_processes_share_one_folder(tmp_path):
     n = 12
     np.save(tmp_path / "subset.npy", np.arange(n))
@@ -393,7 +386,6 @@ def test_claims_exclusive_and_stale_takeover(tmp_path):
 def test_dit_per_class_and_winoground_heal_broken_records(tmp_path, capsys):
     import eval_prob_dit
     import run_winoground
-    from conftest import load_script
 
     np.save(tmp_path / "subset.npy", np.arange(3))
     args = ["--model", "tiny", "--dataset", "digits", "--t_interval", "500", "--cls", "2", "--subset_path",
@@ -414,7 +406,7 @@ def test_dit_per_class_and_winoground_heal_broken_records(tmp_path, capsys):
     torch.testing.assert_close(load_record(broken)["data"], good["data"])  # recomputed: the same numbers
 
     data = tmp_path / "wino"
-    load_script("make_digits_winoground").main(["--out", str(data), "--n", "2"])
+    load_script("scripts/make_digits_winoground.py").main(["--out", str(data), "--n", "2"])
     wargs = ["--version", "tiny", "--data_dir", str(data), "--log_dir", str(tmp_path / "logs"), "--t_interval", "500",
              "--no_progress"]
     first = run_winoground.main(wargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import load_script
 from diffusion_classifier.data.corruptions import CORRUPTIONS, corrupt, corrupt_images
 from diffusion_classifier.data.datasets import sd_transform
 from diffusion_classifier.data.registry import digits_c_dir, get_dataset, num_classes
@@ -78,14 +79,7 @@ def test_clean_digits_unchanged_by_the_new_loader():
 
 
 def _run_script(name, argv):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(argv)
+    return load_script(f"{name}.py").main(argv)
 
 
 @pytest.mark.parametrize("script, model_flags", [

@@ -178,6 +178,7 @@ def test_shards_cover_every_index_once(setup, tiny_sd):
     assert sorted(int(p.stem) for p in folder.glob("*.pt")) == [0, 5, 37, 71]
 
 
+@pytest.mark.slow  # launches a script as a separate process
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process launch")
 def test_accelerate_launch_splits_images(setup, tiny_sd):
     tmp = setup
@@ -252,7 +253,7 @@ def test_python_api_matches_script(setup, tiny_sd):
 
 
 def test_save_noise_is_the_reference_bank(tmp_path):
-    mod = load_script("save_noise")
+    mod = load_script("scripts/save_noise.py")
     out = mod.main(["--img_size", "64", "--out", str(tmp_path / "n.pt")])
     bank = torch.load(out, weights_only=True)
     torch.manual_seed(42)
@@ -268,7 +269,7 @@ def test_print_acc_on_crafted_records(tmp_path, capsys):
     for i, (p, y) in enumerate([(0, 0), (1, 0), (1, 1), (1, 1), (0, 1)]):
         save_record({"errors": {}, "pred": p, "label": y}, tmp_path / f"{i}.pt")
     (tmp_path / "9.pt").write_bytes(b"not a record")
-    res = load_script("print_acc").main([str(tmp_path)])[0]
+    res = load_script("scripts/print_acc.py").main([str(tmp_path)])[0]
     assert res["n"] == 5 and res["unreadable"] == 1
     assert res["top1"] == pytest.approx(60.0) and res["mean_per_class"] == pytest.approx(175 / 3)
     out = capsys.readouterr().out

@@ -117,6 +117,7 @@ def run(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_both_scripts_classify_fashion_mnist_and_records_carry_its_labels(package, tmp_path):
     env = {**os.environ, fashion_mnist.PACKAGE_ENV: str(package["dir"]), fashion_mnist.CACHE_ENV: str(package["cache"])}
     common = ["--dataset", "fashion_mnist", "--split", "test", "--dataset_root", str(tmp_path / "empty_root"),

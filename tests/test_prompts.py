@@ -52,6 +52,7 @@ def test_shipped_csv_is_what_write_prompts_produces(name, tmp_path):
     assert (REPO / "prompts" / f"{name}_prompts.csv").read_bytes() == (tmp_path / "p.csv").read_bytes()
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_script_writes_selected_datasets(tmp_path):
     subprocess.run([sys.executable, str(REPO / "scripts" / "write_prompts.py"), "--out_dir", str(tmp_path),
                     "--dataset", "pets", "digits"], check=True, capture_output=True)

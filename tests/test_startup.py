@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +23,7 @@ def test_digits_arrays_equal_scikit_learns():
     assert np.array_equal(labels, ref.target)
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_digits_run_does_not_import_scikit_learn():
     code = ("import sys, eval_prob_adaptive; from diffusion_classifier.data.digits import DigitsDataset; "
             "ds = DigitsDataset('test'); assert len(ds) == 359; print(sorted({m.split('.')[0] for m in sys.modules} "

@@ -61,7 +61,7 @@ def test_fit_report_prefers_learned_weights_on_held_out_data_and_calibrates(tmp_
 
 def test_uniform_rescoring_reproduces_print_acc(tmp_path, capsys):
     write_records(tmp_path / "run", n=60, signal=0.3, noise=0.2)
-    print_acc = load_script("print_acc")
+    print_acc = load_script("scripts/print_acc.py")
     (tmp_path / "uniform.json").write_text(json.dumps({"weights": [1.0] * 1000}))
     out = print_acc.main([str(tmp_path / "run"), "--timestep_weights", str(tmp_path / "uniform.json"), "--probs"])[0]
     assert out["rescored_top1"] == pytest.approx(out["top1"])
@@ -73,14 +73,14 @@ def test_uniform_rescoring_reproduces_print_acc(tmp_path, capsys):
 
 def test_fit_script_writes_weights_that_print_acc_uses(tmp_path):
     write_records(tmp_path / "run", n=160)
-    fit = load_script("fit_timestep_weights")
+    fit = load_script("scripts/fit_timestep_weights.py")
     res = fit.main([str(tmp_path / "run"), "--out", str(tmp_path / "w.json")])
     w = load_weights(tmp_path / "w.json", 1000)
     assert w.kind == res["chosen"] and w.temperature > 0
     fe = load_full_errors(tmp_path / "run")
     acc_w = float((predictions(fe, w) == fe.labels).double().mean())
     assert acc_w > float((predictions(fe) == fe.labels).double().mean())
-    out = load_script("print_acc").main([str(tmp_path / "run"), "--timestep_weights", str(tmp_path / "w.json"), "--no_table"])
+    out = load_script("scripts/print_acc.py").main([str(tmp_path / "run"), "--timestep_weights", str(tmp_path / "w.json"), "--no_table"])
     assert out[0]["rescored_top1"] == pytest.approx(100 * acc_w)
 
 

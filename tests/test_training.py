@@ -93,6 +93,7 @@ def test_digits_tokenizer_is_the_shipped_one_and_fashion_captions_encode_word_by
     assert fashion.num_classes == 10 and fashion.size == 28
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_script_refuses_to_overwrite_a_checkpoint_and_is_interrupted_into_one(tmp_path):
     args = [sys.executable, str(REPO / "scripts" / "train_tiny_models.py"), "--model", "sd", "--steps", "400",
             "--batch", "4", "--channels", "8", "16", "--out", str(tmp_path / "out"), "--checkpoint-dir",
@@ -231,6 +232,7 @@ def test_flow_noising_draws_logit_normal_sigmas_through_the_shift():
     torch.testing.assert_close(xt[1], 0.75 * x0[1] + 0.25 * eps[1])
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_holdout_keeps_its_images_out_of_training_and_names_them_in_the_model_folder(tmp_path):
     from diffusion_classifier.data.digits import load_digits_arrays
     from diffusion_classifier.training.common import holdout_split, train_images

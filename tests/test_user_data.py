@@ -99,7 +99,7 @@ def _winoground(tmp: Path) -> Path:
     from conftest import load_script
 
     data = tmp / "wino_bad"
-    load_script("make_digits_winoground").main(["--out", str(data), "--n", "3"])
+    load_script("scripts/make_digits_winoground.py").main(["--out", str(data), "--n", "3"])
     (data / "images" / "ex_1_img_0.png").write_text("not a png")
     return data
 
@@ -185,12 +185,13 @@ SUBPROCESS = {"bad_skipped", "midrun", "hf_bad_row", "dit_skipped", "wino_bad", 
 class Cases:
     """The cases' commands; result(name) is the finished process of a subprocess case, or runs it in-process."""
 
-    def __init__(self, tmp: Path, made: dict, env: dict):
+    def __init__(self, tmp: Path, made: dict, env: dict, start: bool):
         self.tmp, self.made, self.env = tmp, made, env
         self.commands = _cases(tmp, made)
         self.pool = ThreadPoolExecutor(max_workers=3)
+        # the subprocess cases start at once (3 at a time) when a test that reads them is selected
         self.futures = {name: self.pool.submit(subprocess.run, cmd, capture_output=True, text=True, env=env, timeout=300)
-                        for name, cmd in self.commands.items() if name in SUBPROCESS}
+                        for name, cmd in self.commands.items() if name in SUBPROCESS and start}
         self.done: dict[str, subprocess.CompletedProcess] = {}
 
     def result(self, name: str, capsys=None, monkeypatch=None) -> subprocess.CompletedProcess:
@@ -203,13 +204,14 @@ class Cases:
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory):
+def cases(tmp_path_factory, request):
     """Build the inputs, then start every subprocess case (3 at a time); each test waits for its own."""
     tmp = tmp_path_factory.mktemp("user_data")
     made = _inputs(tmp)
     np.save(tmp / "none.npy", np.arange(2))
     env = {**ENV, "HF_DATASETS_CACHE": str(tmp / "hf_cache")}  # load_dataset's arrow cache stays in the test folder
-    c = Cases(tmp, made, env)
+    start = any(item.get_closest_marker("slow") and item.module is request.module for item in request.session.items)
+    c = Cases(tmp, made, env, start)
     yield c
     c.pool.shutdown(wait=True)
 
@@ -264,6 +266,7 @@ def test_hf_dataset_gives_the_image_folders_records(runs, case, logs):
     _same_records(records, _records(_run_folder(tmp / "logs_clean")))
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_hf_errors_are_one_line(runs):
     tmp, _, result, _ = runs
     assert_user_error(result("hf_split"), r"hf_hub has split\(s\) test, not 'train': pass --split with one "
@@ -303,6 +306,7 @@ def test_unreadable_image_found_from_headers_before_anything_runs(runs):
     assert not list((tmp / "logs_bad").rglob("*.pt"))
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_skip_unreadable_equals_the_run_without_the_bad_files(runs):
     tmp, made, result, _ = runs
     clean, skipped = _ok(result("clean")), _ok(result("bad_skipped"))
@@ -324,6 +328,7 @@ def test_skip_unreadable_equals_the_run_without_the_bad_files(runs):
     _same_records({k: by_file[p.relative_to(tmp / "clean")] for k, (p, _) in enumerate(made["samples"])}, clean_records)
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_image_that_fails_mid_run_keeps_the_finished_records_then_resume_skips_it(runs, capsys):
     tmp, _, result, _ = runs
     proc = result("midrun")
@@ -343,6 +348,7 @@ def test_image_that_fails_mid_run_keeps_the_finished_records_then_resume_skips_i
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")} == mtimes  # nothing rewritten
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_dit_and_winoground_unreadable_images(runs):
     tmp, _, result, _ = runs
     assert_user_error(result("dit_bad"), r"^error: unreadable image \S+/bad/3/zz_text\.png: not an image")
@@ -371,6 +377,7 @@ def test_prompts_without_a_class_are_refused(runs):
                       r"against prompts that cannot win: add at least one row per class")
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_side_files_are_one_line(runs):
     tmp, made, result, _ = runs
     assert_user_error(result("nan_noise"),
@@ -434,6 +441,7 @@ def test_imagenet_r_and_sketch_absent(runs):
 # ---------------------------------------------------------------- quiet output
 
 
+@pytest.mark.slow  # launches a script as a separate process
 def test_loading_is_quiet_unless_verbose(runs):
     _, _, result, _ = runs
     quiet = result("quiet")

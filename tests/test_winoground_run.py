@@ -348,7 +348,7 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch):
 def test_make_digits_winoground_deterministic(tmp_path, capsys):
     from diffusion_classifier.data.digits import load_digits_arrays
 
-    make = load_script("make_digits_winoground")
+    make = load_script("scripts/make_digits_winoground.py")
     make.main(["--out", str(tmp_path / "a"), "--n", "12", "--seed", "3"])
     make.main(["--out", str(tmp_path / "b"), "--n", "12", "--seed", "3", "--zip"])
     make.main(["--out", str(tmp_path / "c"), "--n", "12", "--seed", "4"])
@@ -373,7 +373,7 @@ def test_make_digits_winoground_deterministic(tmp_path, capsys):
 @pytest.mark.skipif(not (ROOT / "diffusion_classifier" / "tiny_models" / "digits-sd" / "model_index.json").is_file(),
                     reason="the shipped tiny digits model is not in this checkout")
 def test_shipped_tiny_model_on_digits_winoground(tmp_path, capsys):
-    make = load_script("make_digits_winoground")
+    make = load_script("scripts/make_digits_winoground.py")
     make.main(["--out", str(tmp_path / "data"), "--n", "6", "--seed", "0"])
     result, lines = run(capsys, "--version", "tiny", "--data_dir", tmp_path / "data", "--log_dir", tmp_path / "logs",
                         "--t_interval", 200)

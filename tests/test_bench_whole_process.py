@@ -1,20 +1,21 @@
 """benchmarks/whole_process.py: our script at its defaults vs the re-created reference script."""
 import json
 import math
+import shlex
 
 import pytest
 
-from conftest import load_benchmark
+from conftest import load_script
 from diffusion_classifier.schedules.staged import n_evaluations
 
-whole_process = load_benchmark("whole_process")
+whole_process = load_script("benchmarks/whole_process.py")
 
 
 def test_whole_process_mode_agrees_and_times_both(tmp_path):
     out_path = tmp_path / "whole.json"
-    out = whole_process.main(["--model", "tiny", "--n_images", "3", "--to_keep", "2", "1",
-                      "--n_samples", "2", "4", "--repeats", "1", "--threads", "1", "--work_dir", str(tmp_path / "runs"),
-                      "--json", str(out_path)])
+    argv = ["--model", "tiny", "--n_images", "3", "--to_keep", "2", "1", "--n_samples", "2", "4", "--repeats", "1",
+            "--threads", "1", "--work_dir", str(tmp_path / "runs"), "--json", str(out_path)]
+    out = whole_process.main(argv)
     saved = json.loads(out_path.read_text())
     evaluations = 3 * n_evaluations(10, [2, 1], [2, 4])
     assert saved["evaluations"] == out["evaluations"] == evaluations
@@ -32,3 +33,4 @@ def test_whole_process_mode_agrees_and_times_both(tmp_path):
     # both wrote one record per image
     assert len(list((tmp_path / "runs" / "ref0").glob("*.pt"))) == 3
     assert len(list((tmp_path / "runs" / "ours0").rglob("*.pt"))) == 3
+    assert saved["provenance"]["command"].endswith("python benchmarks/whole_process.py " + shlex.join(argv))

@@ -1,6 +1,6 @@
 """Published configs of Stable Diffusion 2 base (stabilityai/stable-diffusion-2-base), for models built in code.
 
-The engine-vs-reference benchmark (common.sd2_workload) builds these with random weights: the speed of a forward
+The engine-vs-reference benchmark (lib.workloads.sd2_workload) builds these with random weights: the speed of a forward
 pass does not depend on the weights, and no checkpoint has to be downloaded.
 """
 from __future__ import annotations

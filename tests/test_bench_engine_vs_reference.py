@@ -1,18 +1,20 @@
-"""The engine-vs-reference benchmark: its re-creation of the reference loop agrees with the engine; FLOP counts are right."""
+"""benchmarks/engine_vs_reference.py: its re-creation of the reference loop agrees with the engine; FLOP counts are right."""
 import json
+import shlex
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_classifier.schedules.staged import n_evaluations
+from conftest import load_script
 from diffusion_classifier.engine import Scorer
-from conftest import load_benchmark
 from diffusion_classifier.families.sd import load_text_conditional
 from diffusion_classifier.noise import make_noise
+from diffusion_classifier.schedules.staged import n_evaluations
 
-common, reference_loop, engine_vs_reference, sd2_configs = map(
-    load_benchmark, ("common", "reference_loop", "engine_vs_reference", "sd2_configs"))
+timing, reference_loop, engine_vs_reference, sd2_configs, results = map(load_script, (
+    "benchmarks/lib/timing.py", "benchmarks/lib/reference_loop.py", "benchmarks/engine_vs_reference.py",
+    "benchmarks/lib/sd2_configs.py", "benchmarks/lib/results.py"))
 PROMPTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a photo of a frog."]
 
 
@@ -38,7 +40,7 @@ def test_reference_loop_matches_engine(pixel_model, loss):
     noise = make_noise(5, (3, 8, 8), seed=2)
     ab = pixel_model.alphas_cumprod
     ref = reference_loop.reference_classify(pixel_model.unet, latents, conds, ab, noise, to_keep, n_samples, batch_size=4,
-                                   loss=loss)
+                                            loss=loss)
     scorer = Scorer(reference_loop.unet_denoiser(pixel_model.unet), ab, noise, batch_size=7)
     eng = reference_loop.engine_classify(scorer, latents, conds, to_keep, n_samples, image_batch=2, loss=loss)
 
@@ -68,23 +70,23 @@ def test_reference_loop_matches_engine(pixel_model, loss):
 def test_flop_count_matches_hand_count():
     linear = torch.nn.Linear(16, 8)
     x = torch.randn(4, 16)
-    assert common.count_flops(lambda: linear(x)) == 2 * 4 * 16 * 8
+    assert timing.count_flops(lambda: linear(x)) == 2 * 4 * 16 * 8
 
     conv = torch.nn.Conv2d(3, 5, 3, padding=1)
     img = torch.randn(2, 3, 8, 8)
-    assert common.count_flops(lambda: conv(img)) == 2 * 2 * 5 * 8 * 8 * 3 * 9
+    assert timing.count_flops(lambda: conv(img)) == 2 * 2 * 5 * 8 * 8 * 3 * 9
 
     q = torch.randn(2, 3, 16, 8)  # (B, heads, tokens, dim): Q·Kᵀ and A·V, each 2·B·h·L·L·d
-    assert common.count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 2 * 3 * 16 * 16 * 8)
+    assert timing.count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 2 * 3 * 16 * 16 * 8)
 
 
 def test_peak_by_device_name():
-    assert common.peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.0
-    assert common.peak_tflops("NVIDIA H200", torch.float16) == 989.0
-    assert common.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float16) == 312.0
-    assert common.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5
-    assert common.peak_tflops("NVIDIA H100 PCIe", torch.float16) == 756.0
-    assert common.peak_tflops("NVIDIA GeForce GTX 1080", torch.float16) is None
+    assert timing.peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.0
+    assert timing.peak_tflops("NVIDIA H200", torch.float16) == 989.0
+    assert timing.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float16) == 312.0
+    assert timing.peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5
+    assert timing.peak_tflops("NVIDIA H100 PCIe", torch.float16) == 756.0
+    assert timing.peak_tflops("NVIDIA GeForce GTX 1080", torch.float16) is None
 
 
 def test_sd2_configs_give_the_published_sizes():
@@ -109,9 +111,9 @@ def test_variant_parsing():
 
 def test_main_writes_consistent_results(tiny_sd_pixels, tmp_path):
     out_path = tmp_path / "bench.json"
-    out = engine_vs_reference.main(["--model", str(tiny_sd_pixels), "--device", "cpu", "--n_images", "2", "--n_prompts", "3",
-                      "--to_keep", "2", "1", "--n_samples", "2", "4", "--batch_size", "5", "16",
-                      "--warmup", "0", "--repeats", "1", "--json", str(out_path)])
+    argv = ["--model", str(tiny_sd_pixels), "--device", "cpu", "--n_images", "2", "--n_prompts", "3", "--to_keep", "2",
+            "1", "--n_samples", "2", "4", "--batch_size", "5", "16", "--warmup", "0", "--repeats", "1", "--json", str(out_path)]
+    out = engine_vs_reference.main(argv)
     saved = json.loads(out_path.read_text())
     assert saved["evaluations"] == out["evaluations"] == 2 * n_evaluations(3, [2, 1], [2, 4]) == 20
     assert [r["batch_size"] for r in saved["engine"]] == [5, 16]
@@ -119,3 +121,21 @@ def test_main_writes_consistent_results(tiny_sd_pixels, tmp_path):
     assert saved["speedup"] == pytest.approx(saved["reference"]["seconds"] / saved["best"]["seconds"])
     assert saved["flops_per_eval"] > 0
     assert saved["reference"]["flops_per_s"] == pytest.approx(saved["flops_per_eval"] * 20 / saved["reference"]["seconds"])
+    made = saved["provenance"]  # the command that made the file, the versions and the date
+    assert made["command"].endswith("python benchmarks/engine_vs_reference.py " + shlex.join(argv))
+    assert made["versions"]["torch"] == torch.__version__ and made["date"]
+
+
+def test_result_writer_records_provenance_and_merges(tmp_path):
+    path = tmp_path / "r.json"
+    results.write_result(path, [{"a": 1}], "benchmarks/x.py", ["--n", "2"])
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == [{"a": 1}] and saved["provenance"]["command"].endswith("python benchmarks/x.py --n 2")
+    assert set(saved["provenance"]["versions"]) >= {"python", "torch"}
+    merged = tmp_path / "merged.json"
+    results.write_result(merged, {"a": 1, "b": 2}, "x.py", ["--all"], merge=True)
+    results.write_result(merged, {"b": 3}, "x.py", ["--only", "b"], merge=True)  # keeps a, replaces b
+    saved = json.loads(merged.read_text())
+    assert (saved["a"], saved["b"]) == (1, 3)
+    assert [(p["command"].split("x.py ")[1], p["wrote"]) for p in saved["provenance"]] == [("--all", ["a"]),
+                                                                                          ("--only b", ["b"])]

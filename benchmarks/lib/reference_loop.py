@@ -12,9 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-import common  # noqa: F401 - puts the checkout on sys.path
-from diffusion_classifier.schedules.staged import adaptive_classify
 from diffusion_classifier.engine import Scorer
+from diffusion_classifier.schedules.staged import adaptive_classify
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}  # relative, on the errors
 

@@ -179,7 +179,7 @@ def test_print_dit_acc_on_crafted_records(tmp_path, capsys):
         for cls, row in enumerate(rows):
             write_vb_record(tmp_path / str(cls) / f"{idx}.pt", row, label)
     write_vb_record(tmp_path / "0" / "4.pt", (0, 0, 0, 0), 0)  # only class 0 has image 4: not counted
-    out = load_script("print_dit_acc").main([str(tmp_path), "--dataset", "digits"])
+    out = load_script("scripts/print_dit_acc.py").main([str(tmp_path), "--dataset", "digits"])
     assert (out["n_images"], out["n_classes"]) == (4, 3)
     assert out["accuracy"] == {"L2": 50.0, "L1": 75.0, "VLB": 75.0, "L2+VLB": 75.0}
     assert "4 images scored by all 3 classes" in capsys.readouterr().out
@@ -191,7 +191,7 @@ def test_print_dit_acc_bare_l2_tensors_take_labels_from_the_dataset(tmp_path, di
         for idx in range(3):
             err = torch.full((4, 1), 1.0 if cls == labels[idx] or idx == 2 and cls == 0 else 2.0)
             save_record(err, tmp_path / str(cls) / f"{idx}.pt")
-    out = load_script("print_dit_acc").main([str(tmp_path), "--dataset", "digits"])
+    out = load_script("scripts/print_dit_acc.py").main([str(tmp_path), "--dataset", "digits"])
     expected = 100.0 * (2 + int(labels[2] == 0)) / 3  # image 2 ties with class 0, which wins argmin
     assert out["accuracy"] == {"L2": pytest.approx(expected)}
 
@@ -210,9 +210,9 @@ def test_adaptive_without_pruning_equals_per_class_evaluation(tiny_dit, tmp_path
             assert rec["errors"][c]["t"].tolist() == list(range(50, 1000, 100))
             torch.testing.assert_close(rec["errors"][c]["pred_errors"], full[c], rtol=1e-5, atol=1e-6)
         assert rec["pred"] == int(full.double().mean(1).argmin())
-    acc = load_script("print_dit_acc").main([str(per_class), "--dataset", "digits"])["accuracy"]["L2"]
+    acc = load_script("scripts/print_dit_acc.py").main([str(per_class), "--dataset", "digits"])["accuracy"]["L2"]
     assert acc == pytest.approx(res["accuracy"])
-    summary = load_script("print_acc").main([res["folder"], "--no_table"])[0]  # the SD path's reader
+    summary = load_script("scripts/print_acc.py").main([res["folder"], "--no_table"])[0]  # the SD path's reader
     assert (summary["n"], summary["top1"]) == (n_img, pytest.approx(res["accuracy"]))
 
 
@@ -293,7 +293,7 @@ def test_print_dit_acc_rejects_records_without_errors(tmp_path):
     save_record({"kind": "eps", "data": torch.zeros(2, 1, 3, 8, 8), "t": torch.tensor([1, 2]), "cls": 0, "label": 0},
                 tmp_path / "0" / "0.pt")
     with pytest.raises(ValueError, match="kind 'eps' hold no errors"):
-        load_script("print_dit_acc").main([str(tmp_path), "--dataset", "digits"])
+        load_script("scripts/print_dit_acc.py").main([str(tmp_path), "--dataset", "digits"])
 
 
 @pytest.mark.skipif(not (ROOT / "diffusion_classifier" / "tiny_models" / "digits-dit" / "model_index.json").is_file(),
