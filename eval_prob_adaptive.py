@@ -9,7 +9,16 @@ from pathlib import Path
 import torch
 
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_data_args, add_run_args, add_schedule_args, dataset_options, statistical_options
+from diffusion_classifier.cli import (
+    add_data_args,
+    add_run_args,
+    add_schedule_args,
+    check_statistical_args,
+    dataset_options,
+    finite_float,
+    positive_int,
+    statistical_options,
+)
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import sd_transform, subset_indices
 from diffusion_classifier.data.images import LateTransform, drop_unreadable
@@ -25,11 +34,11 @@ from diffusion_classifier.data.registry import (
     num_classes,
 )
 from diffusion_classifier.engine import Scorer
-from diffusion_classifier.errors import InputError, MissingError
+from diffusion_classifier.errors import MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
 from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.loop import launch_state, shard
-from diffusion_classifier.noise import load_noise, noise_bank
+from diffusion_classifier.noise import load_noise, noise_bank, noise_digest
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_writable, claim_run_folder, environment_info
@@ -48,11 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dataset to classify ('hf': the local Hugging Face dataset at --dataset_root)")
     p.add_argument("--split", default="train", help="dataset split: train or test (--dataset hf: any split it has)")
     p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="model version ('tiny': the shipped digits model, 'fashion': the Fashion-MNIST one; see the README's model families)")
-    p.add_argument("--img_size", type=int, default=None, help="image size; default: the model's own (512 for SD, 8 for tiny)")
-    p.add_argument("--batch_size", "-b", type=int, default=None,
+    p.add_argument("--img_size", type=positive_int, default=None,
+                   help="image size; not given: the model's own (512 for SD, 8 for tiny)")
+    p.add_argument("--batch_size", "-b", type=positive_int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: chosen for the device "
                         "(the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones); the predictions do not depend on it")
-    p.add_argument("--prompt_path", type=Path, default=None, help="prompts CSV (prompt,classname,classidx); default: prompts/<dataset>_prompts.csv")
+    p.add_argument("--prompt_path", type=Path, default=None, help="prompts CSV (prompt,classname,classidx); not given: prompts/<dataset>_prompts.csv")
     p.add_argument("--interpolation", default="bicubic", choices=["bicubic", "bilinear", "lanczos"], help="resize filter")
     add_schedule_args(p)
     # beyond the reference
@@ -63,19 +73,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batches, faster after)")
     p.add_argument("--error_space", default=None, choices=list(ERROR_SPACES),
-                   help="compare in ε-space or the model's native output space; default: eps for DDPM models, native (velocity) for flow models")
+                   help="compare in ε-space or the model's native output space; not given: eps for DDPM models, native (velocity) for flow models")
     p.add_argument("--flow_grid", default="timesteps", choices=list(FLOW_GRIDS),
                    help="flow models: σ of the training timesteps through the scheduler's shift, or evenly spaced σ")
     p.add_argument("--no_t5", action="store_true", help="SD3/SD3.5: do not load the T5 text encoder (zeros in its place)")
-    p.add_argument("--guidance", type=float, default=None, help="Flux-dev: value of the guidance embedding (default 3.5)")
+    p.add_argument("--guidance", type=finite_float, default=None,
+                   help="Flux-dev: value of the guidance embedding; not given: the pipeline's 3.5")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = parse_args(argv)  # each flag's range is checked here; the checks below need several flags
     validate_schedule(args.to_keep, args.n_samples)
-    if args.n_trials < 1 or any(v is not None and v < 1 for v in (args.batch_size, args.image_batch)):
-        raise InputError("--batch_size, --n_trials and --image_batch must be >= 1")
+    check_statistical_args(args)
     indices_shard = functools.partial(shard, n_workers=args.n_workers, worker_idx=args.worker_idx)
     indices_shard([])  # checks --worker_idx against --n_workers before any loading
 
@@ -109,6 +119,7 @@ def main(argv=None) -> dict:
         model.backbone.to(memory_format=torch.channels_last)
     if args.compile:
         setattr(model, model.backbone_name, torch.compile(model.backbone))
+    validate_schedule(args.to_keep, args.n_samples, len(table), model.T)  # before the run folder is claimed
     img_size = args.img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
     batch_size, image_batch = resolve_packing(device, math.prod(latent_shape), args.batch_size, args.image_batch)
@@ -132,7 +143,8 @@ def main(argv=None) -> dict:
         error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
         extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     folder = run.folder(args.log_dir)
-    claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state)
+    claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state,
+                     numerics={"dtype": str(dtype), "attention": args.attention, "noise_digest": noise_digest(noise)})
 
     embeds = model.encode_prompts(table.prompts)
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,

@@ -17,7 +17,17 @@ import math
 import torch
 
 from diffusion_classifier.calibration import load_weights, weights_digest
-from diffusion_classifier.cli import add_data_args, add_run_args, add_schedule_args, dataset_options, statistical_options
+from diffusion_classifier.cli import (
+    HelpFormatter,
+    add_data_args,
+    add_run_args,
+    add_schedule_args,
+    check_statistical_args,
+    dataset_options,
+    non_negative_int,
+    positive_int,
+    statistical_options,
+)
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import dit_transform, subset_indices
 from diffusion_classifier.data.images import drop_unreadable
@@ -34,7 +44,7 @@ from diffusion_classifier.errors import InputError
 from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
 from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.loop import launch_state, shard
-from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
+from diffusion_classifier.noise import load_noise, noise_bank, noise_digest, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_writable, claim_run_folder, environment_info
 from diffusion_classifier.runs import class_adaptive_run, per_class_run
@@ -51,38 +61,36 @@ from diffusion_classifier.tasks.per_class import (
 )
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Flag defaults in the help, the description as written."""
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # the reference's flags, with its defaults
-    p.add_argument("--cls", type=int, default=None, help="per-class mode: the class (model label) scored against every image")
-    p.add_argument("--t_interval", type=int, default=5, help="per-class mode: timesteps range(t_interval//2, T, t_interval) (paper: 4)")
+    p.add_argument("--cls", type=non_negative_int, default=None,
+                   help="per-class mode: the class (model label, 0..classes-1) scored against every image")
+    p.add_argument("--t_interval", type=positive_int, default=5,
+                   help="per-class mode: timesteps range(t_interval//2, T, t_interval), at most T (paper: 4)")
     p.add_argument("--dataset", default="imagenet", choices=class_conditional_datasets(), help="dataset to classify")
     p.add_argument("--split", default="test",
                    help="dataset split: train or test (ImageNet's test is its val set, the one the paper reports); "
                         "--dataset hf: any split it has")
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=None,
-                   help="image size the model takes; default 256 for DiT-XL/2, the model's own for --model")
+    p.add_argument("--image-size", "--image_size", dest="image_size", type=positive_int, default=None,
+                   help="image size the model takes; not given: 256 for DiT-XL/2, the model's own for --model")
     p.add_argument("--spatial", action="store_true", help="per-class mode: store the per-pixel l2 map (mean over channels) [n_t, n_trials, H, W]")
     p.add_argument("--save_eps", action="store_true", help="per-class mode: store ε̂ [n_t, n_trials, C, H, W] in the model's dtype")
     p.add_argument("--save_eps_and_var", action="store_true", help="per-class mode: store the whole output [n_t, n_trials, 2C, H, W]")
     p.add_argument("--save_vb", action="store_true",
                    help="per-class mode: store mse, l1, KL (bits/dim), decoder NLL (bits/dim) [n_t, n_trials, 4]")
-    p.add_argument("--batch_size", "-b", type=int, default=None,
+    p.add_argument("--batch_size", "-b", type=positive_int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: 32 where it sets the "
                         "noise (per-class mode without --randomize_noise), else chosen for the device (the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones)")
-    p.add_argument("--imgs_to_eval", type=int, default=None, help="evaluate only the first N images (of the subset)")
+    p.add_argument("--imgs_to_eval", type=positive_int, default=None, help="evaluate only the first N images (of the subset)")
     p.add_argument("--randomize_noise", action="store_true",
                    help="per-class mode: the i-th (t, trial) uses noise row i; otherwise each batch reuses rows 0..batch_size-1")
     # beyond the reference
     add_run_args(p)
     add_data_args(p)
-    p.add_argument("--model", default=None, help="DiT pipeline folder or hub id ('tiny': the shipped digits DiT, 'fashion': the Fashion-MNIST one); default facebook/DiT-XL-2-<size>")
+    p.add_argument("--model", default=None, help="DiT pipeline folder or hub id ('tiny': the shipped digits DiT, 'fashion': the Fashion-MNIST one); not given: facebook/DiT-XL-2-<size>")
     p.add_argument("--vae", default=None,
-                   help="VAE hub id or folder; default: the pipeline's own (the hub DiT-XL/2 pipelines ship stabilityai/sd-vae-ft-ema)")
+                   help="VAE hub id or folder; not given: the pipeline's own (the hub DiT-XL/2 pipelines ship stabilityai/sd-vae-ft-ema)")
     # adaptive mode
     add_schedule_args(p, mode="adaptive mode: ", required=False)
     p.add_argument("--null_normalize", action="store_true",
@@ -93,13 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_flags(args: argparse.Namespace) -> str:
-    """Validate flag combinations; returns 'per_class' or 'adaptive'."""
+    """Validate flag combinations (parse_args checked each flag's range); returns 'per_class' or 'adaptive'."""
     mode = save_mode(args.spatial, args.save_eps, args.save_eps_and_var, args.save_vb)
-    for name in ("batch_size", "n_trials", "image_batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.imgs_to_eval is not None and args.imgs_to_eval < 1:
-        raise InputError(f"--imgs_to_eval must be >= 1, got {args.imgs_to_eval}")
     shard([], args.n_workers, args.worker_idx)  # checks --worker_idx against --n_workers
     if (args.to_keep is None) != (args.n_samples is None):
         raise InputError("adaptive mode needs both --to_keep and --n_samples")
@@ -112,6 +115,7 @@ def check_flags(args: argparse.Namespace) -> str:
                              "are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
         return "per_class"
     validate_schedule(args.to_keep, args.n_samples)
+    check_statistical_args(args)
     if args.cls is not None:
         raise InputError("--cls is per-class mode; adaptive mode (--to_keep/--n_samples) scores every class")
     if mode != "l2" or args.randomize_noise:
@@ -164,12 +168,13 @@ def main(argv=None) -> dict:
                   n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
                   extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     info = {"versions": environment_info(), "dtype": str(dtype)}
+    numerics = {"dtype": str(dtype), "noise_digest": noise_digest(noise)}  # beyond the folder name, what changes numbers
 
     if run_mode == "per_class":
         run = per_class_run(**common, t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,
                             batch_size=batch_size)
         folder = run.folder(args.log_dir)
-        claim_run_folder(folder, run.manifest, info, state)
+        claim_run_folder(folder, run.manifest, info, state, numerics)
         reduce = make_reducer(kind, schedule_from_alphas_cumprod(model.alphas_cumprod), dtype)
         stats = run_per_class(dataset, indices, folder / str(args.cls), model.encode_images, scorer, args.cls,
                               timesteps, args.n_trials, args.randomize_noise, kind, reduce, image_batch,
@@ -185,7 +190,7 @@ def main(argv=None) -> dict:
                              timestep_weights=weights_digest(args.timestep_weights) if args.timestep_weights else None)
     folder = run.folder(args.log_dir)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
-    claim_run_folder(folder, run.manifest, info, state)
+    claim_run_folder(folder, run.manifest, info, state, numerics)
     runner_scorer = NullNormalizedScorer(scorer, model.null_class) if args.null_normalize else scorer
     stats = run_dataset(dataset, indices, folder, model.encode_images, runner_scorer, torch.tensor(classes), labels,
                         classify, args.loss, image_batch, args.load_stats, desc=f"{args.dataset} {run.name}",

@@ -17,6 +17,7 @@ from diffusion_classifier.baselines import (
     load_openclip,
     resolve_clip_model,
 )
+from diffusion_classifier.cli import positive_int, seed_int
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message
@@ -25,7 +26,7 @@ from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_sd_model
 from diffusion_classifier.loading import DTYPES, default_dtype
-from diffusion_classifier.noise import load_noise, noise_bank, periodic_noise_needed
+from diffusion_classifier.noise import load_noise, noise_bank, noise_digest, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_manifest, check_writable, environment_info, write_json
 from diffusion_classifier.runs import RunDescription, winoground_run
@@ -48,20 +49,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     # the reference's flags
     p.add_argument("--model", default="sd", choices=["sd", "clip", "openclip"], help="scorer: a diffusion model or CLIP")
     p.add_argument("--version", default=None,
-                   help=f"model version; default per --model: {DEFAULT_VERSION}. sd: {', '.join(SD_VERSIONS)} ('tiny': the "
+                   help=f"model version; not given: per --model, {DEFAULT_VERSION}. sd: {', '.join(SD_VERSIONS)} ('tiny': the "
                         f"shipped digits model); clip: {', '.join(CLIP_VERSIONS)}; openclip: an open_clip architecture")
-    p.add_argument("--t_interval", type=int, default=5, help="sd: score on timesteps range(t_interval//2, T, t_interval)")
-    p.add_argument("--batch_size", type=int, default=None,
+    p.add_argument("--t_interval", type=positive_int, default=5,
+                   help="sd: score on timesteps range(t_interval//2, T, t_interval), at most T")
+    p.add_argument("--batch_size", type=positive_int, default=None,
                    help="sd: denoiser evaluations per batch (the reference's default: 32); without --randomize_noise also "
                         "the number of noise rows reused, so 32 when not given; with it, chosen for the device (the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones)")
-    p.add_argument("--n_trials", type=int, default=1, help="sd: noise draws per timestep")
-    p.add_argument("--noise_path", type=Path, default=None, help="sd: saved noise bank (N, C, H, W); default: drawn from --seed")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
+    p.add_argument("--n_trials", type=positive_int, default=1, help="sd: noise draws per timestep")
+    p.add_argument("--noise_path", type=Path, default=None, help="sd: saved noise bank (N, C, H, W); not given: drawn from --seed")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; not given: float16 on GPU, float32 on CPU")
     p.add_argument("--randomize_noise", action="store_true",
                    help="sd: the k-th (t, trial) uses noise row k; otherwise row k %% batch_size (the reference's reuse)")
     p.add_argument("--interpolation", default="bilinear", choices=list(INTERPOLATIONS), help="sd: resize filter")
     p.add_argument("--extra", default=None, help="suffix of the log folder: winoground_<extra>")
-    p.add_argument("--seed", type=int, default=0, help="sd: seed of the noise bank when --noise_path is not given")
+    p.add_argument("--seed", type=seed_int, default=0, help="sd: seed of the noise bank when --noise_path is not given")
     # beyond the reference
     p.add_argument("--data_dir", type=Path, default=os.environ.get("WINOGROUND_DIR"),
                    help="local Winoground copy: examples.jsonl plus images/ or images.zip (env WINOGROUND_DIR)")
@@ -69,9 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="local model instead of --version's hub id: SD pipeline folder (sd), transformers CLIP folder "
                         "(clip) or open_clip checkpoint (openclip)")
     p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
-    p.add_argument("--device", default=None, help="torch device; default: cuda if available, else cpu")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
-    p.add_argument("--img_size", type=int, default=None, help="sd: image size; default: the model's own (512 for SD 2.0, 8 for tiny)")
+    p.add_argument("--device", default=None, help="torch device; not given: cuda if available, else cpu")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples")
+    p.add_argument("--img_size", type=positive_int, default=None,
+                   help="sd: image size; not given: the model's own (512 for SD 2.0, 8 for tiny)")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="sd: attention kernel")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     p.add_argument("--skip_unreadable", action="store_true",
@@ -80,8 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sd_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription]:
-    """Load the diffusion model; return (score_example, the run's description)."""
+def sd_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription, dict]:
+    """Load the diffusion model; return (score_example, the run's description, the settings beyond it that change numbers)."""
     source = resolve_sd_model(args.version, args.model_path)
     model = load_model(source, device, dtype, args.attention)  # any text-to-image family
     img_size = args.img_size or model.native_size
@@ -108,11 +111,11 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable,
                          t_interval=args.t_interval, T=model.T, n_trials=args.n_trials,
                          randomize_noise=args.randomize_noise, noise=noise_source,
                          noise_period=None if args.randomize_noise else args.batch_size)
-    return score_example, run
+    return score_example, run, {"dtype": str(dtype), "attention": args.attention, "noise_digest": noise_digest(noise)}
 
 
-def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription]:
-    """Load CLIP (transformers) or OpenCLIP; return (score_example, the run's description)."""
+def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription, dict]:
+    """Load CLIP (transformers) or OpenCLIP; return (score_example, the run's description, its dtype)."""
     if args.model == "clip":
         source = resolve_clip_model(args.version, args.model_path)
         score = load_clip(source, device, dtype)
@@ -124,14 +127,11 @@ def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callabl
         return {"scores": score(images, [ex.caption_0, ex.caption_1])}
 
     return score_example, winoground_run(model=args.model, version=args.version, model_path=args.model_path,
-                                         source=source, extra=args.extra)
+                                         source=source, extra=args.extra), {"dtype": str(dtype)}
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.t_interval < 1 or (args.batch_size is not None and args.batch_size < 1) or args.n_trials < 1:
-        raise InputError(f"--t_interval, --batch_size and --n_trials must be >= 1, got {args.t_interval}, "
-                         f"{args.batch_size}, {args.n_trials}")
+    args = parse_args(argv)  # each flag's range is checked here
     args.version = args.version or DEFAULT_VERSION[args.model]
     if args.model == "sd" and args.version not in SD_VERSIONS:
         raise InputError(f"unknown Stable Diffusion version {args.version!r}; expected one of {', '.join(SD_VERSIONS)}")
@@ -153,9 +153,9 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = default_dtype(args.dtype, device)
-    score_example, run = (sd_scorer if args.model == "sd" else clip_scorer)(args, device, dtype)
+    score_example, run, numerics = (sd_scorer if args.model == "sd" else clip_scorer)(args, device, dtype)
     folder = run.folder(args.log_dir)
-    check_manifest(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)})
+    check_manifest(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, numerics)
     print(f"Run folder: {folder}")
 
     stats = run_examples(examples, folder, score_example, desc=f"winoground {run.name}",
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
     result = {"folder": str(folder), "computed": stats.done, "skipped": len(records) - stats.done,
               "repaired": stats.repaired, **summary, "lines": lines,
               "unreadable": [b.name for b in stats.unreadable]}
-    print(summary_line(folder, stats))
+    print(summary_line(folder, stats, summary))
     write_json(folder / RESULT_FILE, result, sort_keys=False)
     return result
 

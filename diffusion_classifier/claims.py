@@ -1,19 +1,23 @@
 """Healing resume and claims: which records of a folder are usable, broken ones moved aside, one process per record."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-from .errors import warn
+from .errors import StorageError, warn
 from .interrupts import critical
-from .records import load_failure, load_record, save_record
+from .records import load_failure, load_record, remove_quietly, save_record, storage_error, storing
 
 CORRUPT_SUFFIX = ".corrupt"
 CLAIM_SUFFIX = ".claim"
+# os.link's errors on a file system without hard links (the claim is then created in place)
+NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 _HELD: set[Path] = set()  # claim files this process holds, over all Claims objects
 
 
@@ -50,7 +54,8 @@ def quarantine(path: str | Path, reason: str) -> Path | None:
         dest = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{k}")
         k += 1
     try:
-        os.replace(path, dest)
+        with storing(path, "moving aside the broken record", "the broken record was left in place"):
+            os.replace(path, dest)
     except FileNotFoundError:
         return None
     warn(f"{path}: {reason}; moved aside to {dest.name}, recomputing it")
@@ -72,11 +77,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take only part)."""
+    while data:
+        data = data[os.write(fd, data):]
+
+
 class Claims:
     """Claim files <record>.claim made by exclusive create: one process computes a record at a time.
 
-    A claim holds pid, host and time and is refreshed (mtime) while held. A claim is stale, and taken
-    over, when its pid is dead on this host, or when it was not refreshed for `timeout` seconds.
+    A claim holds pid, host and time, is written whole (a temporary file hard-linked into place) and is
+    refreshed (mtime) while held. A claim is free, and taken over, when it is empty or unparsable (a
+    leftover), when its pid is dead on this host, or when it was not refreshed for `timeout` seconds.
+    A full disk or a folder that cannot be written is a StorageError (records.storage_error), and a
+    claim this process made is never left behind on the way out.
     """
 
     def __init__(self, timeout: float | None = None):
@@ -84,6 +98,7 @@ class Claims:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.held: set[Path] = set()  # this object's claims (all of the process's are in _HELD)
+        self.failure: StorageError | None = None  # a refresh that failed in the background thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,7 +117,7 @@ class Claims:
             info = json.loads(text)
             pid, host = int(info["pid"]), str(info["host"])
         except (ValueError, KeyError, TypeError):
-            return old, (text, mtime)  # still being written, or garbage: judged by age
+            return True, (text, mtime)  # claims appear whole (_create): an empty or garbled one is a leftover
         if host == self.host:
             if pid == self.pid:
                 return claim not in _HELD, (text, mtime)  # left by an earlier process with our pid
@@ -114,55 +129,110 @@ class Claims:
         if not stale:
             return False
         lock = claim.with_name(claim.name + ".takeover")
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        except FileExistsError:
+        with storing(claim, "taking over the stale claim", "no claim was left behind"):
             try:
-                if time.time() - lock.stat().st_mtime > 60:
-                    lock.unlink(missing_ok=True)  # a takeover lock left by a killed process
-            except OSError:
-                pass
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                try:
+                    if time.time() - lock.stat().st_mtime > 60:
+                        lock.unlink(missing_ok=True)  # a takeover lock left by a killed process
+                except OSError:
+                    pass
+                return False
+            try:
+                again, seen_again = self._stale(claim)
+                if not again or seen_again != seen:
+                    return False
+                claim.unlink(missing_ok=True)
+                return True
+            finally:
+                remove_quietly(lock)
+
+    def _create(self, claim: Path) -> bool:
+        """Create `claim` holding this process's pid, host and time; False if it exists.
+
+        The content goes into a temporary file that is then hard-linked to the claim's name (exclusive,
+        like O_EXCL), so a claim is never seen empty or half-written while its owner lives.
+        """
+        with storing(claim, "writing the claim", "no claim was left behind"):
+            fd, tmp = tempfile.mkstemp(dir=claim.parent, prefix=f".{claim.name}.", suffix=".tmp")
+            try:
+                try:
+                    write_all(fd, self._info().encode())
+                finally:
+                    os.close(fd)
+                try:
+                    os.link(tmp, claim)
+                except FileExistsError:
+                    return False
+                except OSError as e:
+                    if e.errno not in NO_HARD_LINKS:
+                        raise
+                    return self._create_in_place(claim)
+            finally:
+                remove_quietly(tmp)
+        return True
+
+    def _create_in_place(self, claim: Path) -> bool:
+        """_create without hard links: exclusive create, then one write (empty for an instant)."""
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
             return False
         try:
-            again, seen_again = self._stale(claim)
-            if not again or seen_again != seen:
-                return False
-            claim.unlink(missing_ok=True)
-            return True
-        finally:
-            lock.unlink(missing_ok=True)
+            try:
+                write_all(fd, self._info().encode())
+            finally:
+                os.close(fd)
+        except BaseException:
+            remove_quietly(claim)  # made by this process and not written whole: never left behind
+            raise
+        return True
+
+    def check(self) -> None:
+        """Raise the StorageError of a claim refresh that failed in the background."""
+        if self.failure is not None:
+            raise self.failure
 
     def acquire(self, path: str | Path) -> bool:
         """Claim the record at `path`; False if another live process holds it."""
+        self.check()
         claim = Path(str(path) + CLAIM_SUFFIX)
         for attempt in range(2):
-            try:
-                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if attempt == 0 and self._take_over(claim):
-                    continue
-                return False
-            with critical(), os.fdopen(fd, "w") as f:
-                f.write(self._info())
-            self.held.add(claim)
-            _HELD.add(claim)
-            self._start_refresh()
-            return True
+            with critical():  # a claim that exists is in `held`, so the way out releases it
+                if self._create(claim):
+                    self.held.add(claim)
+                    _HELD.add(claim)
+                    self._start_refresh()
+                    return True
+            if attempt == 0 and self._take_over(claim):
+                continue
+            return False
         return False
+
+    def _unlink(self, claim: Path) -> None:
+        self.held.discard(claim)
+        _HELD.discard(claim)
+        with storing(claim, "releasing the claim", "the claim is free once this process ends"):
+            claim.unlink(missing_ok=True)
 
     def release(self, path: str | Path) -> None:
         claim = Path(str(path) + CLAIM_SUFFIX)
         if claim in self.held:
-            self.held.discard(claim)
-            _HELD.discard(claim)
-            claim.unlink(missing_ok=True)
+            self._unlink(claim)
+        self.check()
 
-    def release_all(self) -> None:
-        for claim in list(self.held):
-            self.held.discard(claim)
-            _HELD.discard(claim)
-            claim.unlink(missing_ok=True)
+    def release_all(self, quiet: bool = False) -> None:
+        """Drop every claim; one that cannot be removed is a StorageError unless `quiet` (an error is leaving)."""
         self._stop.set()
+        failed = None
+        for claim in list(self.held):
+            try:
+                self._unlink(claim)
+            except StorageError as e:
+                failed = failed or e
+        if failed is not None and not quiet:
+            raise failed
 
     def _start_refresh(self) -> None:
         if self._thread is None:
@@ -174,14 +244,17 @@ class Claims:
             for claim in list(self.held):
                 try:
                     os.utime(claim)
-                except OSError:
-                    pass
+                except OSError as e:  # reported by the main thread's next claim or release (check)
+                    error = storage_error(e, claim, "refreshing the claim",
+                                          "this run's claims are dropped on the way out")
+                    if error is not None and self.failure is None:
+                        self.failure = error
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.release_all()
+    def __exit__(self, exc_type, *exc):
+        self.release_all(quiet=exc_type is not None)
 
 
 class RecordFolder:
@@ -236,11 +309,12 @@ class RecordFolder:
         save_record(record, path)
         self.claims.release(path)
 
-    def close(self) -> None:
-        self.claims.release_all()
+    def close(self, quiet: bool = False) -> None:
+        """Release every claim; `quiet`: an error is leaving, which a claim that cannot be removed must not hide."""
+        self.claims.release_all(quiet)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(quiet=exc_type is not None)

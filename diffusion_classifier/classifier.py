@@ -11,7 +11,7 @@ from .schedules.staged import AdaptiveResult, validate_schedule
 from .engine import Scorer
 from .errors import InputError
 from .families import load_model, resolve_model
-from .loading import DTYPES
+from .loading import DTYPES, quiet_loading
 from .noise import make_noise
 from .schedules.statistical import make_schedule
 
@@ -38,11 +38,25 @@ def preprocess(images, size: int, interpolation: str = "bicubic") -> torch.Tenso
     from .data.datasets import sd_transform
 
     if isinstance(images, torch.Tensor):
-        return images.unsqueeze(0) if images.dim() == 3 else images
+        images = images.unsqueeze(0) if images.dim() == 3 else images
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"expected image tensors of shape (N, 3, H, W) in [-1, 1], found {tuple(images.shape)}")
+        return images
     if isinstance(images, Image.Image):
         images = [images]
+    images = list(images)
+    foreign = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
+    if foreign:
+        raise InputError(f"expected PIL images or a (N, 3, H, W) tensor in [-1, 1], found {foreign[0]} among the images")
     tf = sd_transform(size, interpolation)
     return torch.stack([tf(im) for im in images])
+
+
+def n_images(images) -> int:
+    """How many images `images` holds (a PIL image, a sequence of them, or a (3, H, W) / (N, 3, H, W) tensor)."""
+    if isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.dim() == 3):
+        return 1
+    return len(images)
 
 
 class DiffusionClassifier:
@@ -59,13 +73,18 @@ class DiffusionClassifier:
     def from_pretrained(cls, model: str = "tiny", device: str | torch.device = "cpu",
                         dtype: torch.dtype | str = torch.float32, batch_size: int = 32,
                         attention: str = "sdpa", error_space: str | None = None, flow_grid: str = "timesteps",
-                        no_t5: bool = False, guidance: float | None = None) -> "DiffusionClassifier":
-        """Load a version id ('2-0', 'xl-1-0', '3-5-medium', 'flux-dev', 'tiny', ...), hub id or local folder of any family."""
+                        no_t5: bool = False, guidance: float | None = None, verbose: bool = False) -> "DiffusionClassifier":
+        """Load a version id ('2-0', 'xl-1-0', '3-5-medium', 'flux-dev', 'tiny', ...), hub id or local folder of any family.
+
+        The libraries' loading bars and messages are silenced unless `verbose`."""
         if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise InputError(f"dtype must be one of {', '.join(DTYPES)} (or a torch.dtype), got {dtype!r}")
             dtype = DTYPES[dtype]
         source = resolve_model(model=model)
-        return cls(load_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance), batch_size,
-                   error_space, flow_grid)
+        with quiet_loading(verbose):
+            model = load_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
+        return cls(model, batch_size, error_space, flow_grid)
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         key = tuple(prompts)
@@ -92,6 +111,10 @@ class DiffusionClassifier:
         """Classify PIL images or (N,3,H,W) tensors in [-1,1] against `prompts` with the staged schedule, or with
         schedule="statistical" and its settings as keywords (z, min_samples, delta, variance, spending, epsilon:
         statistical.statistical_classify; it scores at most max(n_samples) timesteps per prompt)."""
+        if isinstance(prompts, str) or not len(prompts) or not all(isinstance(p, str) for p in prompts):
+            raise InputError(f"expected a non-empty list of prompt strings, found {prompts!r:.80}")
+        if n_images(images) == 0:
+            return []  # nothing to classify
         m = self.model
         size = img_size or m.native_size
         if schedule == "reference":

@@ -3,10 +3,13 @@
     if __name__ == "__main__":
         run(main)
 
-- a UserError (errors.py) prints `error: <message>` as one line on stderr and exits with status 2;
+- a UserError (errors.py) prints `error: <message>` as one line on stderr and exits with status 2, and so
+  does an OSError of a full disk or a folder that cannot be written (records.storage_error);
 - SIGINT / SIGTERM stop after the record being written is complete, say how many records this run
   finished and that re-running the same command resumes, and exit with 130 / 143;
 - any other exception is a bug and keeps its traceback;
+- argparse refuses a flag's value (exit status 2) before anything runs: the `type=` functions below check
+  every numeric flag's range, so no folder is created or claimed for a command that cannot run;
 - `--debug` (taken off the command line before the script parses it) or DIFFUSION_CLASSIFIER_DEBUG=1
   shows the traceback of user errors and interrupts too;
 - the progress bars and warnings that diffusers, transformers, datasets and huggingface_hub print while
@@ -15,14 +18,16 @@
 """
 from __future__ import annotations
 
+import argparse
 import inspect
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from . import interrupts
-from .errors import UserError
+from .errors import InputError, UserError
 
 DEBUG_ENV = "DIFFUSION_CLASSIFIER_DEBUG"
 USER_ERROR_EXIT = 2
@@ -70,6 +75,69 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+# ---------------------------------------------------------------- flag values
+
+INT64_MAX = 2**63 - 1  # counts and sizes beyond it overflow torch's int64
+SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
+_BOUND_NAMES = {INT64_MAX: "2^63-1", SEED_MAX: "2^64-1", 2**31 - 1: "2^31-1"}
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}")
+
+
+def int_in(lo: int, hi: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse `type=`: an integer in lo..hi; anything else is refused with the range and the value found."""
+    span = f"{lo}..{_BOUND_NAMES.get(hi, hi)}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {span}, got {_shown(text)}")
+        return value
+
+    parse.__name__ = f"integer in {span}"
+    return parse
+
+
+def float_in(lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False,
+             hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse `type=`: a finite number in the interval; NaN, +-inf and numbers outside it are refused."""
+    lo_open, hi_open = lo_open or lo == -math.inf, hi_open or hi == math.inf
+    span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = lo < value if lo_open else lo <= value
+        below = value < hi if hi_open else value <= hi
+        if not (math.isfinite(value) and above and below):  # NaN compares false: refused here, never stored
+            raise argparse.ArgumentTypeError(f"expected a finite number in {span}, got {_shown(text)}")
+        return value
+
+    parse.__name__ = f"number in {span}"
+    return parse
+
+
+positive_int = int_in(1)  # counts and sizes: batch sizes, trials, images, steps
+non_negative_int = int_in(0)  # indices and optional counts (0: none)
+seed_int = int_in(0, SEED_MAX)
+finite_float = float_in()
+positive_float = float_in(0, lo_open=True)
+non_negative_float = float_in(0)
+probability = float_in(0, 1, lo_open=True, hi_open=True)  # (0, 1): an error rate such as --delta
+fraction = float_in(0, 1, hi_open=True)  # [0, 1)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Flag defaults in the help, the description as written."""
+
+
 def add_run_args(parser) -> None:
     """Where a run goes and what it runs on: flags every entry script shares, each with its one default."""
     from .loading import DTYPES
@@ -78,11 +146,11 @@ def add_run_args(parser) -> None:
                         help="where run folders go (env LOG_DIR)")
     parser.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
     parser.add_argument("--device", default=None,
-                        help="torch device; default: cuda if available (the process's GPU under accelerate), else cpu")
-    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; default float16 on GPU, float32 on CPU")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise bank when --noise_path is not given")
-    parser.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); default: drawn from --seed")
-    parser.add_argument("--n_trials", type=int, default=1, help="noise draws per timestep")
+                        help="torch device; not given: cuda if available (the process's GPU under accelerate), else cpu")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; not given: float16 on GPU, float32 on CPU")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the noise bank when --noise_path is not given")
+    parser.add_argument("--noise_path", type=Path, default=None, help="saved noise bank (scripts/save_noise.py); not given: drawn from --seed")
+    parser.add_argument("--n_trials", type=positive_int, default=1, help="noise draws per timestep")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
 
@@ -91,18 +159,19 @@ def add_data_args(parser) -> None:
     parser.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")),
                         help="where datasets live (env DATASET_ROOT); --dataset hf: the Hugging Face dataset itself")
     parser.add_argument("--subset_path", type=Path, default=None, help=".npy of dataset indices to evaluate")
-    parser.add_argument("--n_workers", type=int, default=1, help="number of shards")
-    parser.add_argument("--worker_idx", type=int, default=0, help="this shard: takes indices[worker_idx::n_workers]")
+    parser.add_argument("--n_workers", type=positive_int, default=1, help="number of shards")
+    parser.add_argument("--worker_idx", type=non_negative_int, default=0,
+                        help="this shard, 0..n_workers-1: takes indices[worker_idx::n_workers]")
     parser.add_argument("--corruption", default=None, help="--dataset digits_c: corruption name (diffusion_classifier.data.corruptions)")
-    parser.add_argument("--severity", type=int, default=None, help="--dataset digits_c: corruption severity 1..5")
+    parser.add_argument("--severity", type=int_in(1, 5), default=None, help="--dataset digits_c: corruption severity 1..5")
     parser.add_argument("--image_column", default=None,
-                        help="--dataset hf: column of the images; default: 'image' or 'img'")
+                        help="--dataset hf: column of the images; not given: 'image' or 'img'")
     parser.add_argument("--label_column", default=None,
-                        help="--dataset hf: column of the class labels; default: 'label' or 'labels'")
+                        help="--dataset hf: column of the class labels; not given: 'label' or 'labels'")
     parser.add_argument("--skip_unreadable", action="store_true",
                         help="leave out images that cannot be decoded (listed in the final line and the manifest, "
                              "never counted in accuracy) instead of stopping with an error naming the file")
-    parser.add_argument("--image_batch", type=int, default=None,
+    parser.add_argument("--image_batch", type=positive_int, default=None,
                         help="images whose evaluations are packed into shared batches; not given: chosen for the device "
                              "(batch size // 8, at most 16)")
 
@@ -121,10 +190,10 @@ def add_schedule_args(parser, mode: str = "", required: bool = True) -> None:
     from .engine import LOSSES
 
     default = {} if required else {"default": None}
-    parser.add_argument("--to_keep", nargs="+", type=int, required=required, **default,
+    parser.add_argument("--to_keep", nargs="+", type=positive_int, required=required, **default,
                         help=f"{mode}candidates kept after each stage; last must be 1")
-    parser.add_argument("--n_samples", nargs="+", type=int, required=required, **default,
-                        help=f"{mode}timesteps sampled at each stage")
+    parser.add_argument("--n_samples", nargs="+", type=positive_int, required=required, **default,
+                        help=f"{mode}timesteps sampled at each stage (at most the model's training timesteps)")
     parser.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
                         help=f"{mode}reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference "
                              f"pruning up to max(--n_samples)")
@@ -139,21 +208,29 @@ def add_schedule_args(parser, mode: str = "", required: bool = True) -> None:
 
 def add_statistical_args(parser) -> None:
     """The statistical schedule's flags, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
-    parser.add_argument("--z", type=float, default=3.0, help="statistical schedule: prune at z paired standard errors")
-    parser.add_argument("--min_samples", type=int, default=10, help="statistical schedule: timesteps before the first pruning")
-    parser.add_argument("--delta", type=float, default=None,
-                   help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta "
-                        "(replaces --z; see README)")
+    parser.add_argument("--z", type=positive_float, default=3.0, help="statistical schedule: prune at z paired standard errors")
+    parser.add_argument("--min_samples", type=positive_int, default=10,
+                        help="statistical schedule: timesteps before the first pruning, at most max(--n_samples)")
+    parser.add_argument("--delta", type=probability, default=None,
+                   help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta, "
+                        "delta in (0, 1) (replaces --z; see README)")
     parser.add_argument("--variance", default="iid", choices=["iid", "stratified"],
                    help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
                         "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
     parser.add_argument("--spending", default="even", choices=["even", "decaying"],
                    help="with --delta: how delta is shared over the looks: evenly over the looks of the schedule, or "
                         "6 delta / (pi^2 l^2) at look l (most at the first looks; valid for any number of looks)")
-    parser.add_argument("--epsilon", type=float, default=None,
+    parser.add_argument("--epsilon", type=fraction, default=None,
                    help="statistical schedule: also stop an image once no class can beat the leader by more than "
                         "epsilon x the leader's mean error (an indifference zone: with --delta, P(the answer is more "
-                        "than that worse than the best class) <= delta); e.g. 0.005")
+                        "than that worse than the best class) <= delta); in [0, 1), e.g. 0.005")
+
+
+def check_statistical_args(args) -> None:
+    """The statistical schedule's flags against --n_samples, before anything is written (they are read per image)."""
+    if args.schedule == "statistical" and args.n_samples and args.min_samples > max(args.n_samples):
+        raise InputError(f"--min_samples must be in 1..max(--n_samples) = {max(args.n_samples)} for --schedule "
+                         f"statistical, got {args.min_samples}")
 
 
 def statistical_options(args) -> dict:
@@ -189,11 +266,17 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
         print(f"interrupted by {e}: {n} {unit} finished in this run are saved, none is half-written; "
               f"re-run the same command to resume", file=sys.stderr)
         sys.exit(e.exit_code)
-    except UserError as e:
-        if debug:
+    except Exception as e:  # noqa: BLE001 - what is neither a user error nor a storage failure is re-raised
+        if isinstance(e, UserError):
+            error = e
+        else:  # a full disk or unwritable folder that no write of the run wrapped is the user's too
+            cause = records.storage_cause(e)
+            name = os.fsdecode(cause.filename) if cause is not None and cause.filename is not None else None
+            error = cause and records.storage_error(cause, name, left=f"{name or 'the file'} may be incomplete")
+        if debug or error is None:
             raise
         sys.stdout.flush()
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     finally:
         interrupts.restore(previous)

@@ -118,6 +118,40 @@ _truncations: list | None = None  # (count, tokenizer, limit, first prompt) insi
 
 
 @contextlib.contextmanager
+def quiet_loading(verbose: bool = False):
+    """Silence the progress bars and log messages of diffusers, transformers and huggingface_hub while loading.
+
+    What each library showed before is restored afterwards; `verbose` keeps them.
+    """
+    if verbose:
+        yield
+        return
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    libs = [transformers.utils.logging, diffusers.utils.logging]
+    levels = [lib.get_verbosity() for lib in libs]
+    bars = [lib.is_progress_bar_enabled() for lib in libs]
+    hub_bars = not huggingface_hub.utils.are_progress_bars_disabled()
+    for lib in libs:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub)(\.|$)")
+            yield
+    finally:
+        for lib, level, bar in zip(libs, levels, bars):
+            lib.set_verbosity(level)
+            if bar:
+                lib.enable_progress_bar()
+        if hub_bars:
+            huggingface_hub.utils.enable_progress_bars()
+
+
+@contextlib.contextmanager
 def one_truncation_warning():
     """Within this block, prompt truncations by every tokenizer are reported in one warning at the end."""
     global _truncations

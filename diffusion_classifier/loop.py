@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .data.images import Unreadable, UnreadableImageError, met_message, names_of
 from .errors import InputError
 from .claims import RecordFolder
-from .records import note_unreadable
+from .records import make_folder, note_unreadable
 
 
 def launch_state(device: str | None = None):
@@ -59,6 +59,8 @@ class LoopStats:
     skipped: int = 0  # records found usable before the loop started
     correct: int = 0
     counted: int = 0  # records that count towards the running accuracy
+    found_correct: int = 0  # of the records found usable before the loop started (whether counted or not)
+    found_counted: int = 0
     evaluations: int = 0  # denoiser evaluations of this process
     repaired: int = 0  # broken records moved aside and recomputed
     elsewhere: int = 0  # items another process was computing or finished meanwhile
@@ -74,9 +76,17 @@ class LoopStats:
         return [f"{len(self.unreadable)} unreadable skipped: {names_of(self.unreadable)}"] if self.unreadable else []
 
     def summary(self, folder, extra_evaluations: int = 0) -> str:
-        """The classification line: accuracy, counts, denoiser evaluations of this process, repaired records."""
+        """The classification line: accuracy, counts, denoiser evaluations of this process, repaired records.
+
+        A run that found every record done (nothing counted) reports the accuracy of the records it found.
+        """
         evaluations = self.evaluations + extra_evaluations
-        acc = f"accuracy {self.accuracy:.2f}% over {self.counted} images" if self.counted else "no images counted"
+        if self.counted:
+            acc = f"accuracy {self.accuracy:.2f}% over {self.counted} images"
+        elif self.found_counted:
+            acc = f"accuracy {100.0 * self.found_correct / self.found_counted:.2f}% over {self.found_counted} images"
+        else:
+            acc = "no images counted"
         parts = [f"{self.done} classified now", f"{self.skipped} already done"]
         if self.elsewhere:
             parts.append(f"{self.elsewhere} left to other processes")
@@ -106,8 +116,7 @@ class RecordLoop:
                  show_progress: bool = True, skip_unreadable: bool = False,
                  unreadable: Iterable[Unreadable] = (), collect: bool = False,
                  postfix: Callable[[LoopStats], dict] | None = None):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = make_folder(folder)  # a full disk or read-only folder: StorageError (records.storage_error)
         self.path_of = path_of
         self.manifest_folder = Path(manifest_folder) if manifest_folder is not None else self.folder
         self.unit, self.desc, self.show_progress, self.postfix = unit, desc, show_progress, postfix
@@ -117,26 +126,36 @@ class RecordLoop:
         note_unreadable(self.manifest_folder, self.stats.unreadable)
         self.store = RecordFolder(self.folder, required, check)
         self._finished: set = set()  # keys with a usable record, found or saved
+        self._counted_found: set = set()
 
     def __enter__(self) -> RecordLoop:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(quiet=exc_type is not None)
 
-    def close(self) -> None:
-        """Release every claim this loop holds and settle the counts of the record folder."""
-        self.store.close()
+    def close(self, quiet: bool = False) -> None:
+        """Release every claim this loop holds and settle the counts of the record folder.
+
+        `quiet`: an error (e.g. a StorageError) is on its way out; a claim that cannot be removed then
+        does not replace it (it is free once this process ends)."""
         self.stats.repaired = self.store.repaired
         self.stats.elsewhere = self.store.busy + self.store.done_elsewhere
+        self.store.close(quiet)
 
     def _found(self, key, record, count: bool, correct: Callable | None) -> None:
         self._finished.add(key)
         if self.collect:
             self.stats.records[key] = record
-        if count and correct is not None:
-            self.stats.correct += int(bool(correct(record)))
-            self.stats.counted += 1
+        if correct is not None:
+            right = int(bool(correct(record)))
+            if key not in self._counted_found:  # a record another process finished is found once
+                self._counted_found.add(key)
+                self.stats.found_correct += right
+                self.stats.found_counted += 1
+            if count:
+                self.stats.correct += right
+                self.stats.counted += 1
 
     def _left_out(self, bad: list[tuple[Hashable, Unreadable]]) -> None:
         """Items that failed to decode mid-run: stop with one line (finished records stay), or leave them out."""

@@ -92,3 +92,10 @@ def periodic_noise_rows(n: int, period: int, randomize_noise: bool) -> torch.Ten
 def periodic_noise_needed(n: int, period: int, randomize_noise: bool) -> int:
     """Rows of the noise bank that periodic_noise_rows reads."""
     return n if randomize_noise else min(n, period)
+
+
+def noise_digest(noise: torch.Tensor) -> str:
+    """A short digest of a noise bank's values: two runs share records only if they share their noise."""
+    import hashlib
+
+    return hashlib.sha256(noise.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -1,6 +1,7 @@
 """Result records on disk: atomic writes, resumable run folders, a manifest that guards settings."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -14,35 +15,113 @@ from .interrupts import critical
 
 MANIFEST = "manifest.json"
 FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+STORAGE_ERRNOS = FULL_DISK + NOT_WRITABLE  # the OSErrors that are the storage's fault, never a bug
+KEPT = "every record already written is intact"
 
 _records_written = 0
 
 
-def atomic_write_bytes(path: str | Path, write) -> None:
+def storage_error(e: BaseException, target: str | Path | None, action: str = "writing",
+                  left: str = "no file was left behind", flag: str = "--log_dir") -> StorageError | None:
+    """The one-line StorageError for a full disk or a folder that cannot be written; None for any other error.
+
+    The only place that turns an errno into a message: `action` and `target` say what was being done
+    (`writing <file>`, `creating the folder <folder>`, `writing the claim <file>`, ...; None: unknown), `left`
+    what was cleaned up, and the message ends with the fix (free space, make the folder writable, or another `flag`).
+    """
+    if isinstance(e, StorageError):
+        return e
+    e = storage_cause(e)
+    if e is None:
+        return None
+    target = Path(target) if target is not None else None
+    reason = os.strerror(e.errno)
+    if e.errno == errno.ENOSPC:
+        cause, fix = "no space left on the device", f"free space (or pass another {flag})"
+    elif e.errno in FULL_DISK:
+        cause, fix = "disk quota exceeded", f"free space within your quota (or pass another {flag})"
+    else:  # read-only file system, or no permission: name the folder to make writable
+        folder = writable_folder(target) if target is not None else "the run's folder"
+        cause, fix = f"cannot write in {folder}", f"make {folder} writable (or pass another {flag})"
+    what = f"{action} {target if target is not None else 'a file of this run'}"
+    head = f"{cause} while {what} ({reason})" if e.errno in FULL_DISK else f"{cause} ({reason}) while {what}"
+    return StorageError(f"{head}; {left} and {KEPT}: {fix} and re-run the same command to resume")
+
+
+def storage_cause(e: BaseException | None) -> OSError | None:
+    """The storage OSError behind `e`: itself, or the one it was raised from or while handling.
+
+    torch.save on a full disk, for one, raises a RuntimeError while handling the OSError of the write.
+    """
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def writable_folder(target: Path) -> Path:
+    """The folder whose permissions decide whether `target` can be written: its nearest existing parent."""
+    folder = target.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+@contextlib.contextmanager
+def storing(target: str | Path, action: str = "writing", left: str = "no file was left behind",
+            flag: str = "--log_dir"):
+    """Raise a storage failure in the body (full disk, read-only, no permission) as storage_error's StorageError."""
+    try:
+        yield
+    except Exception as e:  # an OSError, or an error raised while handling one (storage_cause)
+        error = storage_error(e, target, action, left, flag)
+        if error is None or error is e:
+            raise
+        raise error from e
+
+
+def make_folder(folder: str | Path, flag: str = "--log_dir") -> Path:
+    """mkdir -p, with a storage failure as a StorageError naming the folder."""
+    folder = Path(folder)
+    with storing(folder, "creating the folder", "nothing was written", flag):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def remove_quietly(path: str | Path) -> None:
+    """Remove a file this process made, on the way out of an error: a failure here must not hide that error."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str | Path, write, flag: str = "--log_dir") -> None:
     """Write through `write(fileobj)` into a temporary file beside `path`, then rename over it.
 
     SIGINT/SIGTERM are held until the rename is done (interrupts.critical), and any failure removes the
-    temporary file, so `path` is always either the old file or the complete new one. A full disk is a
-    StorageError that says so.
+    temporary file, so `path` is always either the old file or the complete new one. A full disk or a
+    folder that cannot be written is a StorageError that says so (storage_error; `flag` names the fix).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, flag)
     with critical():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError) and e.errno in FULL_DISK:
-                raise StorageError(
-                    f"no space left on the device while writing {path} ({os.strerror(e.errno)}); the partial file "
-                    f"was removed and every record already written is intact: free space (or pass another --log_dir) "
-                    f"and re-run the same command to resume") from e
-            raise
+        with storing(path, "writing", flag=flag):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with storing(path, "writing", "the partial file was removed", flag):
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+            except BaseException:
+                remove_quietly(tmp)
+                raise
 
 
 def save_record(obj, path: str | Path) -> None:
@@ -71,10 +150,10 @@ def _json_default(obj):
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
+def write_json(path: str | Path, obj, sort_keys: bool = True, flag: str = "--log_dir") -> None:
     """Write `obj` as indented JSON atomically (numpy numbers and arrays as lists); keys sorted unless told."""
     text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    atomic_write_bytes(path, lambda f: f.write(text.encode()), flag)
 
 
 def index_width(n: int) -> int:
@@ -86,24 +165,39 @@ def record_path(folder: str | Path, idx: int, n: int, ext: str = ".pt") -> Path:
     return Path(folder) / f"{idx:0{index_width(n)}d}{ext}"
 
 
-def check_manifest(folder: str | Path, settings: dict, info: dict | None = None) -> None:
-    """Write the run's settings on first use; refuse to continue a folder made with other settings."""
+def check_manifest(folder: str | Path, settings: dict, info: dict | None = None, numerics: dict | None = None) -> None:
+    """Write the run's settings on first use; refuse to continue a folder made with other settings.
+
+    `settings` name the run (runs.py); `numerics` are the other settings that change its numbers (dtype,
+    attention kernel, the noise bank's digest). A folder written before it recorded `numerics` is checked on
+    what it has (its dtype) and gets the rest written in, so that later runs are checked on them too.
+    """
     path = Path(folder) / MANIFEST
     settings = json.loads(json.dumps(settings))  # normalise tuples, paths
+    numerics = json.loads(json.dumps(numerics or {}))
     if path.is_file():
         try:
             manifest = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as e:
             raise InputError(f"{path} is not valid JSON ({first_line(e)}); it records the settings of the run's records: "
                              f"restore it, or move the folder aside to start a new run") from None
-        old = manifest.get("settings", {}) if isinstance(manifest, dict) else {}
+        manifest = manifest if isinstance(manifest, dict) else {}
+        old = manifest.get("settings", {})
+        recorded = dict(manifest.get("numerics") or {})
+        if "dtype" in manifest and "dtype" not in recorded:  # older folders kept the dtype beside the settings
+            recorded["dtype"] = manifest["dtype"]
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if not diff:  # a named setting that differs explains the numbers that follow from it (noise -> its digest)
+            diff = sorted(k for k in numerics if k in recorded and recorded[k] != numerics[k])
         if diff:
-            shown = "; ".join(f"{k}: folder {_short(old.get(k))}, command {_short(settings.get(k))}" for k in diff)
+            both = {**old, **recorded}, {**settings, **numerics}
+            shown = "; ".join(f"{k}: folder {_short(both[0].get(k))}, command {_short(both[1].get(k))}" for k in diff)
             raise InputError(f"{folder} holds a run made with other settings ({len(diff)} differ: {shown}); "
                              f"re-run with the folder's settings, or use another --log_dir or --extra")
+        if any(k not in recorded for k in numerics):
+            write_json(path, {**manifest, "numerics": {**recorded, **numerics}})
         return
-    write_json(path, {"settings": settings, **(info or {})})
+    write_json(path, {"settings": settings, **({"numerics": numerics} if numerics else {}), **(info or {})})
 
 
 def _short(value, limit: int = 80) -> str:
@@ -121,6 +215,8 @@ def check_writable(folder: str | Path, flag: str = "--log_dir") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
+        if e.errno in FULL_DISK:  # writable, but full: the fix is free space
+            raise storage_error(e, folder, "creating a file in", "nothing was written", flag) from e
         reason = e.strerror or type(e).__name__
         raise InputError(f"{flag} {folder} is not a writable folder ({reason}: {e.filename or folder}); "
                          f"pass a folder you can write to with {flag}") from None
@@ -173,13 +269,14 @@ def read_manifest_settings(folder: str | Path) -> dict:
         return {}
 
 
-def claim_run_folder(folder: str | Path, settings: dict, info: dict | None = None, state=None) -> None:
+def claim_run_folder(folder: str | Path, settings: dict, info: dict | None = None, state=None,
+                     numerics: dict | None = None) -> None:
     """check_manifest for every process of a run: the main one writes the manifest, the others check it."""
     if state is None or state.is_main_process:
-        check_manifest(folder, settings, info)
+        check_manifest(folder, settings, info, numerics)
     if state is not None:
         state.wait_for_everyone()
-        check_manifest(folder, settings)
+        check_manifest(folder, settings, numerics=numerics)
 
 
 def environment_info() -> dict:

@@ -18,33 +18,38 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.calibration import fit_and_report, load_full_errors  # noqa: E402
+from diffusion_classifier.cli import HelpFormatter, non_negative_float, positive_int, probability, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.records import check_output_file  # noqa: E402
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("run_folder", type=Path, help="run folder of a full evaluation (every candidate at every timestep)")
-    p.add_argument("--out", type=Path, default=None, help="weights JSON (default: RUN_FOLDER/timestep_weights.json)")
-    p.add_argument("--holdout", type=float, default=0.5, help="fraction of the images held out")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fit / held-out split")
-    p.add_argument("--n_bins", type=int, default=10, help="bins of the per-bin weights")
-    p.add_argument("--degree", type=int, default=3, help="degree of the polynomial log-weights")
-    p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the log-weight parameters")
+    p.add_argument("--out", type=Path, default=None, help="weights JSON; not given: RUN_FOLDER/timestep_weights.json")
+    p.add_argument("--holdout", type=probability, default=0.5, help="fraction of the images held out, in (0, 1)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the fit / held-out split")
+    p.add_argument("--n_bins", type=positive_int, default=10, help="bins of the per-bin weights")
+    p.add_argument("--degree", type=positive_int, default=3, help="degree of the polynomial log-weights")
+    p.add_argument("--l2", type=non_negative_float, default=1e-2, help="L2 penalty on the log-weight parameters")
     p.add_argument("--kind", default="auto", choices=["auto", "uniform", "poly", "bins"],
                    help="weights to save: auto = best held-out accuracy, ties to the simpler")
-    p.add_argument("--T", type=int, default=1000, help="training timesteps of the model")
-    args = p.parse_args(argv)
-    if args.n_bins < 1 or args.degree < 1:
-        raise InputError(f"--n_bins and --degree must be >= 1, got {args.n_bins} and {args.degree}")
+    p.add_argument("--T", type=positive_int, default=1000, help="training timesteps of the model")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)  # each flag's range is checked here
+    out = args.out or args.run_folder / "timestep_weights.json"
     if args.out is not None:
         check_output_file(args.out)  # before the fit
     fe = load_full_errors(args.run_folder)
     if int(fe.t.max()) >= args.T:
         raise InputError(f"records hold timestep {int(fe.t.max())}, beyond --T {args.T}")
+    if args.out is None:
+        check_output_file(out, "the default --out")  # RUN_FOLDER exists now: a folder in the way fails before the fit
     weights, report = fit_and_report(fe, args.T, args.holdout, args.seed, args.n_bins, args.degree, args.l2, args.kind)
-    out = args.out or args.run_folder / "timestep_weights.json"
     weights.info = {**weights.info, "run_folder": str(args.run_folder)}
     weights.save(out)
     print(f"{args.run_folder}: {len(fe.labels)} images x {fe.errors.shape[1]} candidates x {len(fe.t)} samples; "

@@ -11,8 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusion_classifier.data.digits import load_digits_arrays  # noqa: E402
 from diffusion_classifier.data.prompts import dataset_prompts  # noqa: E402
 from diffusion_classifier.data.winoground import write_winoground  # noqa: E402
+from diffusion_classifier.cli import positive_int, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
-from diffusion_classifier.errors import InputError  # noqa: E402
+from diffusion_classifier.records import check_writable  # noqa: E402
 
 TAG = "Object"
 
@@ -28,16 +29,18 @@ def digit_pairs(labels: np.ndarray, n: int, seed: int) -> list[tuple[int, int, i
     return pairs
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for examples.jsonl and images/")
-    parser.add_argument("--n", type=int, default=200, help="number of examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the digit and image draws")
+    parser.add_argument("--n", type=positive_int, default=200, help="number of examples")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the digit and image draws")
     parser.add_argument("--zip", action="store_true", help="store the images as images.zip instead of images/")
-    args = parser.parse_args(argv)
-    if args.n < 1:
-        raise InputError(f"--n must be >= 1, got {args.n}")
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)  # each flag's range is checked here
+    check_writable(args.out, "--out")  # a file in the way fails before any work
     images, labels = load_digits_arrays("test")  # (N, 8, 8) uint8, (N,)
     table = dataset_prompts("digits")  # "a photo of the number: 'd'.", the prompts of the digits classifier
     captions = {}

@@ -6,15 +6,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.records import accuracy_summary, read_predictions  # noqa: E402
+from diffusion_classifier.cli import positive_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
-from diffusion_classifier.errors import MissingError  # noqa: E402
+from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
 
 
 def rescore(folder: Path, weights_path, probs: bool, top: int) -> dict:
     """Accuracy of the records' errors under timestep weights, and per-image probabilities."""
     from diffusion_classifier.calibration import (
         expected_calibration_error, load_full_errors, load_weights, predictions, probabilities)
-    from diffusion_classifier.errors import InputError
 
     fe = load_full_errors(folder)
     w = load_weights(weights_path) if weights_path is not None else None
@@ -38,7 +38,7 @@ def rescore(folder: Path, weights_path, probs: bool, top: int) -> dict:
     return out
 
 
-def main(argv=None) -> list[dict]:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("folders", nargs="+", type=Path, help="run folders holding one record per image")
     p.add_argument("--no_table", action="store_true", help="skip the per-class table")
@@ -47,10 +47,16 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--probs", action="store_true",
                    help="print per-image class probabilities softmax(-mean error / T) of full-evaluation records "
                         "(T: the weights file's temperature, else 1)")
-    p.add_argument("--top", type=int, default=3, help="--probs: classes shown per image")
-    args = p.parse_args(argv)
+    p.add_argument("--top", type=positive_int, default=3, help="--probs: classes shown per image")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
     out = []
     for folder in args.folders:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder} is a file; expected a run folder holding one record per image")
         if not folder.is_dir():
             raise MissingError(f"run folder {folder} does not exist")
         preds, labels, bad = read_predictions(folder)

@@ -21,10 +21,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the script runs from any working directory
 
+from diffusion_classifier.cli import (fraction, int_in, non_negative_float, non_negative_int,  # noqa: E402
+                                     positive_float, positive_int, seed_int)
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.interrupts import Interrupted  # noqa: E402
-from diffusion_classifier.records import write_json  # noqa: E402
+from diffusion_classifier.records import check_writable, write_json  # noqa: E402
 from diffusion_classifier.training import dit, flow, sd  # noqa: E402
 from diffusion_classifier.training.common import (HELDOUT_FILE, HOLDOUT_SEED, Checkpointing,  # noqa: E402
                                                     TrainingPaused, holdout_split, train_images, validation_split)
@@ -49,46 +51,48 @@ def parse_args(argv):
     parser.add_argument("--data", choices=DATA_NAMES, default="digits", help="training data (its train split)")
     parser.add_argument("--model", choices=[*KINDS, *GROUPS], default="both",
                         help="which model to train (both = sd and dit, the shipped DDPM models; all = sd, dit and flow)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: each model's committed setting)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default: each model's committed setting)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: each model's committed setting)")
-    parser.add_argument("--beta-schedule", choices=sorted(BETA_RANGES), default=None, help="DDPM beta schedule (sd, sd-v, dit; default: each model's committed setting)")
-    parser.add_argument("--shift", type=float, default=None, help="flow: the flow scheduler's shift (default: the committed setting)")
-    parser.add_argument("--channels", type=int, nargs="+", default=None,
-                        help="sd/sd-v: the UNet's block_out_channels, one level each, cross-attention at the last (default: the committed setting)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="optimizer steps; not given: each model's committed setting")
+    parser.add_argument("--batch", type=positive_int, default=None, help="batch size; not given: each model's committed setting")
+    parser.add_argument("--lr", type=positive_float, default=None, help="peak learning rate; not given: each model's committed setting")
+    parser.add_argument("--beta-schedule", choices=sorted(BETA_RANGES), default=None,
+                        help="DDPM beta schedule (sd, sd-v, dit); not given: each model's committed setting")
+    parser.add_argument("--shift", type=positive_float, default=None, help="flow: the flow scheduler's shift; not given: the committed setting")
+    parser.add_argument("--channels", type=positive_int, nargs="+", default=None,
+                        help="sd/sd-v: the UNet's block_out_channels, one level each, cross-attention at the last; "
+                             "not given: the committed setting")
     for k in ARCH_FLAGS:
-        parser.add_argument(f"--{k.replace('_', '-')}", type=int, default=None,
-                            help=f"dit/flow: transformer {k.replace('_', ' ')} (default: the committed setting)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches, noise and augmentation")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (results are reproducible for a fixed count)")
+        parser.add_argument(f"--{k.replace('_', '-')}", type=positive_int, default=None,
+                            help=f"dit/flow: transformer {k.replace('_', ' ')}; not given: the committed setting")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of initialisation, batches, noise and augmentation")
+    parser.add_argument("--threads", type=int_in(1, 2**31 - 1), default=1,
+                        help="CPU threads (results are reproducible for a fixed count)")
     parser.add_argument("--device", default="cpu", help="device of the DiT's training (the committed weights were trained on cpu)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder that receives digits-sd/, fashion-dit/, ...")
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINTS,
                         help="folder of the training checkpoints (<model folder name>.pt; removed when a model is saved)")
-    parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between checkpoints")
+    parser.add_argument("--checkpoint-every", type=non_negative_float, default=5.0,
+                        help="minutes between checkpoints (0: after every step)")
     parser.add_argument("--resume", action="store_true", help="continue from the model's checkpoint, exactly where it stopped")
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="minutes of training in this run after which it saves a checkpoint and stops (continue with --resume)")
-    parser.add_argument("--stop-at", type=int, default=None, help="save a checkpoint and stop after this many steps")
-    parser.add_argument("--val-fraction", type=float, default=0.0,
+    parser.add_argument("--time-limit", type=non_negative_float, default=None,
+                        help="minutes of training in this run after which it saves a checkpoint and stops (continue with "
+                             "--resume); checked after each step, so 0 stops after the first; not given: no limit")
+    parser.add_argument("--stop-at", type=positive_int, default=None, help="save a checkpoint and stop after this many steps")
+    parser.add_argument("--val-fraction", type=fraction, default=0.0,
                         help="DiT model selection: train on the rest of the train split and report the top-1 on this "
-                             "stratified fraction of it (seed 1); needs --model dit and an --out other than the shipped folder")
-    parser.add_argument("--holdout", type=int, default=0, metavar="PER_CLASS",
+                             "stratified fraction of it (seed 1), in [0, 1) (0: none); needs --model dit and an --out "
+                             "other than the shipped folder")
+    parser.add_argument("--holdout", type=non_negative_int, default=0, metavar="PER_CLASS",
                         help="hold out PER_CLASS images of every class of the train split (seeded, stratified) and never "
                              "train on them; their indices go to the model folder's heldout_train.json, for fitting "
-                             "timestep weights and a temperature on labelled images the model has not seen")
-    args = parser.parse_args(argv)
+                             "timestep weights and a temperature on labelled images the model has not seen (0: none)")
+    args = parser.parse_args(argv)  # each flag's range is checked here; the checks below need several flags
     if args.holdout and args.val_fraction:
         parser.error("--holdout and --val-fraction both hold images out; pass one")
-    if args.holdout < 0:
-        parser.error(f"--holdout is a count of images per class, got {args.holdout}")
     if args.val_fraction:
         if args.model != "dit":
             parser.error(f"--val-fraction is implemented for --model dit, got --model {args.model}")
         if args.out.resolve() == DEFAULT_OUT.resolve():
             parser.error(f"--val-fraction trains on part of the split: give an --out other than the shipped {DEFAULT_OUT}")
-        if not 0 < args.val_fraction < 1:
-            parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     return args
 
 
@@ -106,6 +110,8 @@ def settings_for(args, module, which: str) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    check_writable(args.out, "--out")  # a file in the way fails before any training
+    check_writable(args.checkpoint_dir, "--checkpoint-dir")
     torch.set_num_threads(args.threads)
     data = training_data(args.data)
     images, val, held = train_images(data), None, None  # read once for every kind trained
@@ -128,7 +134,8 @@ def main(argv=None) -> None:
                     **({"holdout_per_class": args.holdout} if held else {})}
         identity = {k: list(v) if isinstance(v, tuple) else v for k, v in identity.items()}
         ckpt = Checkpointing(path=path, settings=identity, resume=args.resume, every_s=60 * args.checkpoint_every,
-                             stop_at=args.stop_at, time_limit_s=60 * args.time_limit if args.time_limit else None)
+                             stop_at=args.stop_at,
+                             time_limit_s=None if args.time_limit is None else 60 * args.time_limit)  # 0 is a limit
         out.mkdir(parents=True, exist_ok=True)
         try:
             stats = train(out, images=images, data=data, checkpoint=ckpt, seed=args.seed, **settings, **fixed)

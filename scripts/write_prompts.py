@@ -49,7 +49,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out_dir", type=Path, default=DEFAULT_OUT, help="folder the CSVs are written to")
     parser.add_argument("--out", type=Path, default=None,
-                        help="the CSV file to write, for one dataset; default: <out_dir>/<dataset>_prompts.csv "
+                        help="the CSV file to write, for one dataset; not given: <out_dir>/<dataset>_prompts.csv "
                              "(--dataset hf: <out_dir>/hf_<folder name>_prompts.csv)")
     choices = list(DATASET_PROMPTS) + list(FROM_COPY)
     parser.add_argument("--dataset", nargs="+", default=list(DATASET_PROMPTS), choices=choices,
@@ -57,8 +57,8 @@ def main(argv=None):
     parser.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"),
                         help="imagenetR: the folder holding imagenet-r/; hf: the Hugging Face dataset (env DATASET_ROOT)")
     parser.add_argument("--split", default="train", help="hf: the split whose label column names the classes")
-    parser.add_argument("--image_column", default=None, help="hf: column of the images; default: 'image' or 'img'")
-    parser.add_argument("--label_column", default=None, help="hf: column of the labels; default: 'label' or 'labels'")
+    parser.add_argument("--image_column", default=None, help="hf: column of the images; not given: 'image' or 'img'")
+    parser.add_argument("--label_column", default=None, help="hf: column of the labels; not given: 'label' or 'labels'")
     parser.add_argument("--template", nargs="+", default=["a photo of a {}."],
                         help="hf: prompt templates, {} is the class name (one row per class and template)")
     args = parser.parse_args(argv)

@@ -264,3 +264,17 @@ def test_a_new_dataset_is_one_registry_entry(tmp_path, monkeypatch):
     for name in ("000.pt", "001.pt", "002.pt"):  # the digits test split has 359 images
         a, b = load_record(Path(new["folder"]) / name), load_record(Path(old["folder"]) / name)
         assert (a["pred"], a["label"]) == (b["pred"], b["label"])
+
+
+def test_make_subset_writes_the_stratified_indices_of_a_split(tmp_path):
+    import numpy as np
+
+    from conftest import load_script
+    from diffusion_classifier.data.datasets import dataset_targets, stratified_indices
+    from diffusion_classifier.data.registry import get_dataset
+
+    out = load_script("scripts/make_subset.py").main(["--dataset", "digits", "--split", "test", "--per_class", "3",
+                                                      "--out", str(tmp_path / "s.npy")])
+    indices = np.load(out)
+    labels = np.asarray(dataset_targets(get_dataset("digits", ".", "test")))
+    assert indices.tolist() == stratified_indices(labels, 3, 0) and np.bincount(labels[indices]).tolist() == [3] * 10

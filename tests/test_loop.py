@@ -49,8 +49,11 @@ def test_resume_computes_only_missing_records_and_counts_existing_on_request(tmp
     stats, seen = _run(tmp_path, [1, 2, 3, 4, 5], count_existing=True, correct=lambda r: r["pred"] == r["label"])
     assert seen == [4, 5] and stats.skipped == 3 and stats.done == 2
     assert (stats.correct, stats.counted) == (1 + 1, 3 + 2)  # key 2 found, key 4 computed
-    stats, seen = _run(tmp_path, [1, 2, 3, 4, 5])
-    assert seen == [] and stats.counted == 0 and stats.summary("F").startswith("F: no images counted")
+    stats, seen = _run(tmp_path, [1, 2, 3, 4, 5], correct=lambda r: r["pred"] == r["label"])
+    assert seen == [] and stats.counted == 0  # a finished run reports the accuracy of the records it found
+    assert stats.summary("F").startswith("F: accuracy 40.00% over 5 images (0 classified now, 5 already done")
+    stats, _ = _run(tmp_path / "empty", [])
+    assert stats.summary("F").startswith("F: no images counted")
     assert not list(tmp_path.glob(f"*{CLAIM_SUFFIX}"))
 
 

@@ -1,6 +1,8 @@
 """Run descriptions: the folder names of existing runs stay as they were; name and manifest come from one object."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -138,3 +140,51 @@ def test_a_setting_given_twice_in_one_description_is_refused():
     run = RunDescription("g", (Setting({"loss": "l2"}, ""), Setting({"loss": "l1"}, "_l1")))
     with pytest.raises(AssertionError, match="loss"):
         run.manifest  # noqa: B018
+
+
+def test_the_manifest_guards_settings_that_change_numbers_beyond_the_folder_name(tmp_path):
+    """dtype, attention and the noise bank's contents: a resume with another value is refused, old folders upgraded."""
+    import json
+
+    import pytest
+
+    from diffusion_classifier.errors import InputError
+    from diffusion_classifier.records import MANIFEST, check_manifest
+
+    numerics = {"dtype": "torch.float32", "attention": "sdpa", "noise_digest": "abc"}
+    check_manifest(tmp_path / "run", {"n_trials": 1}, {"versions": {}}, numerics)
+    check_manifest(tmp_path / "run", {"n_trials": 1}, numerics=numerics)  # the same run resumes
+    for key, value in [("dtype", "torch.bfloat16"), ("attention", "xformers"), ("noise_digest", "abd")]:
+        with pytest.raises(InputError, match=rf'\(1 differ: {key}: folder "{numerics[key]}", command "{value}"\)'):
+            check_manifest(tmp_path / "run", {"n_trials": 1}, numerics={**numerics, key: value})
+    with pytest.raises(InputError, match=r'\(1 differ: n_trials: folder 1, command 2\)'):  # named settings first
+        check_manifest(tmp_path / "run", {"n_trials": 2}, numerics={**numerics, "dtype": "torch.float16"})
+    # a folder written before numerics were recorded: its dtype is checked, the rest written in
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / MANIFEST).write_text(json.dumps({"settings": {"n_trials": 1}, "dtype": "torch.float32"}))
+    with pytest.raises(InputError, match=r'dtype: folder "torch.float32", command "torch.bfloat16"'):
+        check_manifest(old, {"n_trials": 1}, numerics={**numerics, "dtype": "torch.bfloat16"})
+    check_manifest(old, {"n_trials": 1}, numerics=numerics)
+    assert json.loads((old / MANIFEST).read_text())["numerics"] == numerics
+    with pytest.raises(InputError, match="attention"):
+        check_manifest(old, {"n_trials": 1}, numerics={**numerics, "attention": "xformers"})
+
+
+def test_a_resume_in_another_dtype_is_refused_before_anything_is_written(tmp_path):
+    import numpy as np
+    import pytest
+
+    import eval_prob_adaptive
+    from diffusion_classifier.errors import InputError
+
+    np.save(tmp_path / "subset.npy", np.arange(3))
+    args = ["--version", "tiny", "--dataset", "digits", "--split", "test", "--to_keep", "1", "--n_samples", "4",
+            "--subset_path", str(tmp_path / "subset.npy"), "--log_dir", str(tmp_path / "logs"), "--no_progress"]
+    first = eval_prob_adaptive.main(args + ["--dtype", "float32"])
+    files = sorted(p.name for p in Path(first["folder"]).iterdir())
+    with pytest.raises(InputError, match=r'1 differ: dtype: folder "torch.float32", command "torch.bfloat16"'):
+        eval_prob_adaptive.main(args + ["--dtype", "bfloat16"])
+    assert sorted(p.name for p in Path(first["folder"]).iterdir()) == files
+    again = eval_prob_adaptive.main(args + ["--dtype", "float32"])
+    assert again["skipped"] == 3 and again["done"] == 0

@@ -131,3 +131,40 @@ def test_tiny_flow_loads_as_an_sd3_flow_model_and_classifies_test_images_of_each
     preds = clf.classify([ds[i][0] for i in idx], table.prompts, to_keep=[5, 1], n_samples=[10, 50], seed=0)
     correct = sum(table.classidx[p.pred] == i // 2 for i, p in enumerate(preds))
     assert correct >= 19  # chance of 19 of 20: 2e-18
+
+
+def test_the_readmes_python_example_runs_on_the_cpu_quietly_and_classifies(capsys):
+    """The README's CPU block, executed as written: it loads without the libraries' bars and gets the digits right."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### From Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    capsys.readouterr()
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the documentation's own example
+    out, err = capsys.readouterr()
+    assert err == ""  # no "Loading weights" bar, no warning
+    preds, labels = [p.pred for p in scope["preds"]], list(scope["labels"])
+    assert sum(p == y for p, y in zip(preds, labels)) >= 4 and out.startswith(str(preds))
+    assert scope["clf"].classify([], scope["prompts"]) == []
+
+
+def test_api_input_errors_are_the_projects_error_kinds():
+    import pytest
+    import torch
+
+    from diffusion_classifier import DiffusionClassifier
+    from diffusion_classifier.errors import InputError
+
+    clf = DiffusionClassifier.from_pretrained("tiny")
+    assert clf.classify(torch.empty(0, 3, 8, 8), ["a"]) == []
+    with pytest.raises(InputError, match="expected PIL images or a \\(N, 3, H, W\\) tensor in \\[-1, 1\\], found int"):
+        clf.classify([1, 2], ["a", "b"])
+    with pytest.raises(InputError, match="expected image tensors of shape \\(N, 3, H, W\\).*found \\(1, 2, 8, 8\\)"):
+        clf.classify(torch.zeros(1, 2, 8, 8).squeeze(0), ["a"])
+    with pytest.raises(InputError, match="expected a non-empty list of prompt strings"):
+        clf.classify([], "a photo")
+    with pytest.raises(InputError, match="dtype must be one of float16, bfloat16, float32"):
+        DiffusionClassifier.from_pretrained("tiny", dtype="half")

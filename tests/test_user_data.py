@@ -343,8 +343,8 @@ def test_image_that_fails_mid_run_keeps_the_finished_records_then_resume_skips_i
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
     resumed = run_in_process(capsys, proc.args + ["--skip_unreadable"])
     line = _ok(resumed)
-    assert re.search(rf"no images counted \(0 classified now, {N_IMAGES} already done, .*1 unreadable skipped: "
-                     rf"\S+/zz_cut\.jpg\)$", line), line
+    assert re.search(rf": accuracy [\d.]+% over {N_IMAGES} images \(0 classified now, {N_IMAGES} already done, .*1 "
+                     rf"unreadable skipped: \S+/zz_cut\.jpg\)$", line), line
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")} == mtimes  # nothing rewritten
 
 
@@ -360,8 +360,8 @@ def test_dit_and_winoground_unreadable_images(runs):
                       r"^error: unreadable image \S+/images/ex_1_img_0\.png: not an image format PIL can read \(it "
                       r"starts with b'not a png'\); nothing was computed")
     line = _ok(result("wino_skipped"))
-    assert re.search(r": 2 examples computed now, 0 already done, 0 repaired, 1 unreadable skipped: "
-                     r"\S+/ex_1_img_0\.png$", line), line
+    assert re.search(r": text score [\d.]+, image score [\d.]+, group score [\d.]+ over 2 examples \(2 computed now, "
+                     r"0 already done, 0 repaired, 1 unreadable skipped: \S+/ex_1_img_0\.png\)$", line), line
     result = json.loads(next((tmp / "logs_wino").rglob("results.json")).read_text())
     assert result["n"] == 2 and len(result["unreadable"]) == 1
 
@@ -568,3 +568,45 @@ def test_output_file_checks(tmp_path):
     torch.save(torch.full((2, 3, 4, 4), float("inf")), tmp_path / "inf.pt")
     with pytest.raises(ValueError, match=r"holds 0 NaN and 96 infinite values \(in 2 of its 2 rows\)"):
         load_noise(tmp_path / "inf.pt")
+
+
+def _string_label_splits(tmp: Path, test_labels: list[str]) -> dict[str, Path]:
+    """The same train and test splits saved with save_to_disk and in the hub's parquet layout; labels are strings."""
+    import datasets
+
+    feat = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    img = Image.fromarray(np.full((8, 8, 3), 128, np.uint8))
+    splits = {"train": ["cat", "dog", "emu"], "test": test_labels}
+    made = {name: datasets.Dataset.from_dict({"image": [img] * len(v), "label": v}, features=feat)
+            for name, v in splits.items()}
+    datasets.DatasetDict(made).save_to_disk(str(tmp / "disk"))
+    (tmp / "hub" / "data").mkdir(parents=True)
+    for name, d in made.items():
+        d.to_parquet(str(tmp / "hub" / "data" / f"{name}-00000-of-00001.parquet"))
+    return {"disk": tmp / "disk", "hub": tmp / "hub"}
+
+
+@pytest.mark.parametrize("layout", ["disk", "hub"])
+def test_an_empty_split_is_named_and_the_other_splits_still_read(tmp_path, layout, monkeypatch):
+    from diffusion_classifier.data.registry import get_dataset
+    from diffusion_classifier.errors import InputError
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    root = _string_label_splits(tmp_path, [])[layout]
+    with pytest.raises(InputError, match=rf"^split 'test' of {re.escape(str(root))} is empty \(0 rows\); it has rows "
+                                         r"in train: pass --split with a split that has rows$"):
+        get_dataset("hf", root, "test")
+    assert get_dataset("hf", root, "train").classes == ["cat", "dog", "emu"]
+
+
+@pytest.mark.parametrize("layout", ["disk", "hub"])
+def test_string_labels_give_every_split_the_classes_of_all_splits(tmp_path, layout, capsys, monkeypatch):
+    from diffusion_classifier.data.registry import get_dataset, num_classes
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    root = _string_label_splits(tmp_path, ["emu", "cat"])[layout]
+    test, train = get_dataset("hf", root, "test"), get_dataset("hf", root, "train")
+    assert test.classes == train.classes == ["cat", "dog", "emu"] and num_classes("hf", test) == 3
+    assert test.targets == [2, 0]  # emu, cat: the label ids of the train split's prompts
+    assert test.missing_classes == ["dog"] and "has no image of 1 of the 3 classes found over all splits: dog" in \
+        capsys.readouterr().err

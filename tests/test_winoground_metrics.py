@@ -8,10 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_classifier.records import write_json
-
 from diffusion_classifier.data.winoground import WinogroundImages, load_winoground
-from diffusion_classifier.tasks.winoground import format_scores, group_correct, image_correct, normalized_image_scores, text_correct, winoground_scores
+from diffusion_classifier.records import write_json
+from diffusion_classifier.tasks.winoground import (
+    format_scores,
+    group_correct,
+    image_correct,
+    normalized_image_scores,
+    text_correct,
+    winoground_scores,
+)
 
 # scores[caption, image], higher = better match
 PERFECT = [[1.0, 0.0], [0.0, 1.0]]
@@ -267,3 +273,43 @@ def test_loader_missing_image(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"'ex_9_img_1' not found: expected member images/ex_9_img_1\.png"):
         load_winoground(z)
     assert "ex_9_img_1" not in WinogroundImages(z) and "ex_0_img_1" in WinogroundImages(z)
+
+
+def _zipped_copy(tmp_path):
+    from diffusion_classifier.data.winoground import write_winoground
+
+    images = {f"ex_0_img_{k}": Image.fromarray(np.full((8, 8, 3), 60 * k, np.uint8)) for k in (0, 1)}
+    record = {"id": 0, "caption_0": "a", "caption_1": "b", "tag": "Noun", "secondary_tag": "", "num_main_preds": 1,
+              "collapsed_tag": "Object", "image_0": "ex_0_img_0", "image_1": "ex_0_img_1"}
+    return write_winoground(tmp_path / "wino", [record], images, zip_images=True)
+
+
+def test_a_zip_cut_short_is_one_line_naming_it(tmp_path):
+    from diffusion_classifier.errors import InputError
+
+    data = _zipped_copy(tmp_path)
+    raw = (data / "images.zip").read_bytes()
+    (data / "images.zip").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"images\.zip is not a readable zip archive \(BadZipFile: .*\); it may be cut "
+                                         r"short: download images\.zip again, or unpack the images into .*images/$"):
+        load_winoground(data)
+
+
+def test_a_damaged_zip_member_is_an_unreadable_image_of_that_example_only(tmp_path):
+    from diffusion_classifier.data.images import UnreadableImageError
+
+    data = _zipped_copy(tmp_path)
+    with zipfile.ZipFile(data / "images.zip") as z:
+        info = z.getinfo("images/ex_0_img_1.png")
+    raw = bytearray((data / "images.zip").read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)  # the member's data
+    raw[start + 20] ^= 0xFF  # a flipped byte: its CRC no longer matches
+    (data / "images.zip").write_bytes(bytes(raw))
+    ex = load_winoground(data)[0]
+    assert ex.open_image(0).size == (8, 8)
+    from diffusion_classifier.data.winoground import find_unreadable_examples
+
+    [bad] = find_unreadable_examples([ex])  # found before a run starts, as a bad header is
+    assert bad.index == 0 and bad.found.startswith("a damaged zip member")
+    with pytest.raises(UnreadableImageError, match=r"ex_0_img_1\.png.*a damaged zip member \(BadZipFile: Bad CRC-32"):
+        ex.open_image(1)

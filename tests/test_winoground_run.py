@@ -67,9 +67,15 @@ def tiny_clip(tmp_path_factory) -> Path:
 
 
 def run(capsys, *argv) -> tuple[dict, list[str]]:
+    """(the run's result, its score lines); its last line is the overall scores and the counts."""
     result = run_winoground.main([*map(str, argv), "--no_progress"])
     out = capsys.readouterr().out.splitlines()
-    return result, [line for line in out if " score" in line]
+    overall = result["scores"]["Overall"]
+    assert out[-1] == (f"{result['folder']}: text score {overall['text']['score']:.1f}, image score "
+                       f"{overall['image']['score']:.1f}, group score {overall['group']['score']:.1f} over {result['n']} "
+                       f"examples ({result['computed']} computed now, {result['skipped']} already done, "
+                       f"{result['repaired']} repaired)")
+    return result, [line for line in out[:-1] if " score" in line]
 
 
 def check_summary(result: dict, lines: list[str], folder: Path, examples) -> np.ndarray:

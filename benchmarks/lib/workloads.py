@@ -98,11 +98,11 @@ def tiny_workload(n_images: int, n_prompts: int, rows: int, device: torch.device
 
 def folder_workload(folder: str, img_size: int | None, n_images: int, n_prompts: int, rows: int,
                     device: torch.device, dtype: torch.dtype, seed: int = 0) -> Workload:
-    """Any Stable-Diffusion-format folder: random latents, prompts 'a photo of class i.'."""
+    """Any Stable-Diffusion-format folder: random latents, prompts 'class i' (short: they fit any tokenizer)."""
     from diffusion_classifier.families.sd import load_text_conditional
 
     model = load_text_conditional(folder, device, dtype)
     shape = model.latent_shape(img_size or model.native_size)
-    conds = model.encode_prompts([f"a photo of class {i}." for i in range(n_prompts)]).cpu()
+    conds = model.encode_prompts([f"class {i}" for i in range(n_prompts)]).cpu()
     return Workload(model.unet, make_noise(n_images, shape, seed + 1), conds, model.alphas_cumprod,
                     make_noise(rows, shape, seed), None, f"model folder {folder}, latents {shape}")

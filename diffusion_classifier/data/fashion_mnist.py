@@ -64,7 +64,7 @@ def _decompress(src: Path, dest: Path) -> None:
     from ..records import atomic_write_bytes
 
     with gzip.open(src, "rb") as f:
-        atomic_write_bytes(dest, lambda out: shutil.copyfileobj(f, out))
+        atomic_write_bytes(dest, lambda out: shutil.copyfileobj(f, out), flag="--dataset_root")
 
 
 def not_found_error(root: Path | None) -> MissingError:

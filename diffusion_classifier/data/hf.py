@@ -2,17 +2,19 @@
 
 Read with the `datasets` library, offline. The image column holds encoded images (an `Image`
 feature, or a struct of bytes and path); the label column holds `ClassLabel` ids (class names from
-the feature), plain integers, or strings (classes in sorted order, as an image folder's).
+the feature), plain integers, or strings (classes in sorted order, as an image folder's). Plain integers and
+strings give the same class list to every split: the classes found over all of the dataset's splits.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import InputError, MissingError, MissingPackageError
+from ..errors import InputError, MissingError, MissingPackageError, warn
 from .images import UnreadableImageError, decode_rgb
 
 IMAGE_COLUMNS = ("image", "img")
@@ -37,36 +39,84 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _read(root: Path):
-    """The Dataset or DatasetDict stored at root, and whether root is a single file (which holds one split)."""
+def _empty(root: Path, split: str, others: list[str]) -> InputError:
+    rest = f"; it has rows in {', '.join(others)}" if others else ""
+    return InputError(f"split {split!r} of {root} is empty (0 rows){rest}: pass --split with a split that has rows")
+
+
+def _no_split(root: Path, split: str, names: list[str]) -> InputError:
+    return InputError(f"{root} has split(s) {', '.join(names)}, not {split!r}: pass --split with one of them")
+
+
+def _disk_split(lib, folder: Path):
+    """One split saved by save_to_disk, or None when it holds no rows (the library cannot load an empty one)."""
+    state = folder / "state.json"
+    if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
+        return None
+    data = lib.load_from_disk(str(folder))
+    return data if len(data) else None
+
+
+def _hub_split(lib, root: Path, name: str):
+    """One split of a folder in the hub's layout, or None when it holds no rows."""
+    try:
+        data = lib.load_dataset(str(root), split=name)
+    except ValueError as e:
+        if "corresponds to no data" in str(e):
+            return None
+        raise
+    return data if len(data) else None
+
+
+def _read(root: Path, split: str):
+    """(the split `split` of the dataset at root, the dataset's other non-empty splits, whether root is one file).
+
+    A file holds one split, whatever its name; a folder's splits are read one by one, so that an empty split
+    is named as such and never stops the others from being read.
+    """
     lib = import_datasets()
     if not root.exists():
         raise MissingError(f"hf data not found at {root}: pass --dataset_root PATH; expected {LAYOUTS}")
     try:
         if root.is_file():
             if root.suffix == ".parquet":
-                return lib.load_dataset("parquet", data_files=str(root), split="train"), True
-            if root.suffix == ".arrow":
-                return lib.Dataset.from_file(str(root)), True
-            raise InputError(f"{root}: expected a .parquet or .arrow file, or a folder ({LAYOUTS})")
-        if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
-            return lib.load_from_disk(str(root)), False
-        return lib.load_dataset(str(root)), False
+                data = lib.load_dataset("parquet", data_files=str(root), split="train")
+            elif root.suffix == ".arrow":
+                data = lib.Dataset.from_file(str(root))
+            else:
+                raise InputError(f"{root}: expected a .parquet or .arrow file, or a folder ({LAYOUTS})")
+            if not len(data):
+                raise InputError(f"{root} is empty (0 rows): pass a file with rows")
+            return data, [], True
+        if (root / "state.json").is_file():  # one saved Dataset: its own split name is checked by _pick_split
+            data = lib.load_from_disk(str(root))
+            if not len(data):
+                raise InputError(f"{root} is empty (0 rows): pass a dataset with rows")
+            return data, [], False
+        if (root / "dataset_dict.json").is_file():
+            names = list(json.loads((root / "dataset_dict.json").read_text(encoding="utf-8"))["splits"])
+            if split not in names:
+                raise _no_split(root, split, names)
+            splits = {name: _disk_split(lib, root / name) for name in names}
+        else:
+            names = list(lib.load_dataset_builder(str(root)).config.data_files or {})
+            if names and split not in names:
+                raise _no_split(root, split, names)
+            splits = {name: _hub_split(lib, root, name) for name in names or [split]}
     except InputError:
         raise
     except FileNotFoundError as e:  # also the library's "no data files" errors
         raise MissingError(f"{root}: no dataset found ({_first_line(e)}); expected {LAYOUTS}") from None
     except Exception as e:  # noqa: BLE001 - damaged parquet/arrow files, several configs, ...: one line
         raise InputError(f"{root}: the datasets library cannot read it ({_first_line(e)}); expected {LAYOUTS}") from None
+    others = [data for name, data in splits.items() if name != split and data is not None]
+    if splits[split] is None:
+        raise _empty(root, split, [name for name, data in splits.items() if data is not None])
+    return splits[split], others, False
 
 
 def _pick_split(data, single_file: bool, split: str, root: Path):
-    """The split named `split` of a DatasetDict; a Dataset holds one split (a file, or a folder saved from one)."""
-    lib = import_datasets()
-    if isinstance(data, lib.DatasetDict):
-        if split not in data:
-            raise InputError(f"{root} has split(s) {', '.join(data)}, not {split!r}: pass --split with one of them")
-        return data[split]
+    """A Dataset saved alone holds one split: the one asked for, unless it is a file (a file is any split)."""
     saved = None if single_file else data.split
     if saved is not None and str(saved) != split:
         raise InputError(f"{root} holds the {saved} split only, not {split!r}: pass --split {saved}")
@@ -89,7 +139,7 @@ class HFImageDataset(torch.utils.data.Dataset):
     """(transform(RGB image), label) pairs of one split of a Hugging Face dataset; `.classes` in label order."""
 
     def __init__(self, data, root: Path, where: str, image_column: str | None = None,
-                 label_column: str | None = None, transform: Callable | None = None):
+                 label_column: str | None = None, transform: Callable | None = None, others: list = ()):
         lib = import_datasets()
         columns = list(data.features)
         self.image_column = _pick_column(image_column, IMAGE_COLUMNS, columns, "--image_column", root)
@@ -103,18 +153,28 @@ class HFImageDataset(torch.utils.data.Dataset):
         self.data = data.select_columns([self.image_column, self.label_column]).with_format(None)
         self.where = where
         self.transform = transform
-        self.classes, self.targets = self._labels(data, data.features[self.label_column], root)
+        self.classes, self.targets = self._labels(data, data.features[self.label_column], root, others)
+        present = set(self.targets)
+        self.missing_classes = [c for k, c in enumerate(self.classes) if k not in present]
+        if self.missing_classes and others:
+            shown = ", ".join(self.missing_classes[:10]) + (" ..." if len(self.missing_classes) > 10 else "")
+            warn(f"{where} has no image of {len(self.missing_classes)} of the {len(self.classes)} classes found over "
+                 f"all splits: {shown}")
 
-    def _labels(self, data, feature, root: Path) -> tuple[list[str], list[int]]:
+    def _labels(self, data, feature, root: Path, others: list = ()) -> tuple[list[str], list[int]]:
+        """(class names in label order, each row's label); classes come from a ClassLabel, else from every split."""
         lib = import_datasets()
         values = data.with_format("arrow")[self.label_column].to_pylist()  # the column alone, without images
+        every = values + [v for other in others if self.label_column in other.features
+                          for v in other.with_format("arrow")[self.label_column].to_pylist()]
         where = f"{root}: column {self.label_column!r}"
         if isinstance(feature, lib.ClassLabel):
             classes = list(feature.names)
         elif isinstance(feature, lib.Value) and feature.dtype.startswith(("int", "uint")):
-            classes = [str(k) for k in range(max((v for v in values if v is not None), default=-1) + 1)]
+            ints = [v for v in every if isinstance(v, int)]
+            classes = [str(k) for k in range(max(ints, default=-1) + 1)]
         elif isinstance(feature, lib.Value) and feature.dtype in ("string", "large_string"):
-            classes = sorted({v for v in values if v is not None})
+            classes = sorted({v for v in every if isinstance(v, str)})
             index = {c: k for k, c in enumerate(classes)}
             values = [None if v is None else index[v] for v in values]
         else:
@@ -155,7 +215,15 @@ def load_hf_dataset(root: str | os.PathLike, split: str, transform: Callable | N
                     image_column: str | None = None, label_column: str | None = None) -> HFImageDataset:
     """One split of the local Hugging Face dataset at root (folder or file), as (image, label) pairs."""
     root = Path(root).expanduser()
-    data, single_file = _read(root)
+    data, others, single_file = _read(root, split)
     data = _pick_split(data, single_file, split, root)
     where = f"{root}" if single_file else f"{root}[{split}]"
-    return HFImageDataset(data, root, where, image_column, label_column, transform)
+    return HFImageDataset(data, root, where, image_column, label_column, transform, others)
+
+
+def read_split(root: str | os.PathLike, split: str):
+    """(one split of the local Hugging Face dataset at root as a `datasets.Dataset`, its name for messages)."""
+    root = Path(root).expanduser()
+    data, _, single_file = _read(root, split)
+    data = _pick_split(data, single_file, split, root)
+    return data, (f"{root}" if single_file else f"{root}[{split}]")

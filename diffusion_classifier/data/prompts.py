@@ -221,4 +221,4 @@ def write_prompts_csv(path: str | Path, rows: PromptTable | Iterable[Sequence]) 
     for prompt, classname, classidx in rows:
         writer.writerow((prompt, classname, int(classidx)))
     data = text.getvalue().encode("utf-8")
-    atomic_write_bytes(path, lambda f: f.write(data))  # an existing CSV stays whole if the write fails
+    atomic_write_bytes(path, lambda f: f.write(data), flag="--out")  # an existing CSV stays whole if the write fails

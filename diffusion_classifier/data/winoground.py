@@ -5,13 +5,14 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import InputError, MissingError
-from .images import Unreadable, decode_rgb, header_problem
+from .images import Unreadable, UnreadableImageError, decode_rgb, header_problem
 
 HUB_URL = "https://huggingface.co/datasets/facebook/winoground"
 EXAMPLE_KEYS = (
@@ -43,7 +44,12 @@ class WinogroundImages:
 
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
-            self._zip = zipfile.ZipFile(self.zip_path)
+            try:
+                self._zip = zipfile.ZipFile(self.zip_path)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise InputError(f"{self.zip_path} is not a readable zip archive ({type(e).__name__}: {e}); it may be "
+                                 f"cut short: download images.zip again, or unpack the images into "
+                                 f"{self.data_dir / 'images'}/") from None
             members = {}
             for member in self._zip.namelist():
                 parent, _, base = member.rpartition("/")
@@ -78,7 +84,10 @@ class WinogroundImages:
         self.source(name)  # raises a clear FileNotFoundError if it is absent
         if self.folder is not None:
             return str(self.folder / f"{name}.png")
-        return self._open_zip().read(self._members[name])
+        try:
+            return self._open_zip().read(self._members[name])
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged member: the others may be fine
+            raise UnreadableImageError(self.source(name), f"a damaged zip member ({type(e).__name__}: {e})") from None
 
     def open(self, name: str) -> Image.Image:
         """The image `name` as a loaded PIL RGB image; UnreadableImageError naming it if it cannot be decoded."""
@@ -86,7 +95,10 @@ class WinogroundImages:
 
     def unreadable(self, name: str) -> str | None:
         """What image `name` holds if its header cannot be read (see images.header_problem), else None."""
-        return header_problem(self.read(name))
+        try:
+            return header_problem(self.read(name))
+        except UnreadableImageError as e:  # a damaged zip member
+            return e.found
 
     def close(self) -> None:
         if self._zip is not None:

@@ -174,11 +174,13 @@ def ordered_records(examples: list[WinogroundExample], stats: LoopStats) -> list
     return [stats.records[int(ex.id)] for ex in examples if int(ex.id) in stats.records]
 
 
-def summary_line(folder: str | os.PathLike, stats: LoopStats) -> str:
-    """The last line of a Winoground run: examples computed now and before, repaired and left out."""
-    parts = [f"{stats.done} examples computed now", f"{len(stats.records) - stats.done} already done",
+def summary_line(folder: str | os.PathLike, stats: LoopStats, summary: dict) -> str:
+    """The last line of a Winoground run: the overall scores, then examples computed now and before, repaired, left out."""
+    overall = summary["scores"]["Overall"]
+    scores = ", ".join(f"{kind} score {overall[kind]['score']:.1f}" for kind in KINDS)
+    parts = [f"{stats.done} computed now", f"{len(stats.records) - stats.done} already done",
              f"{stats.repaired} repaired", *stats.unreadable_part()]
-    return f"{folder}: {', '.join(parts)}"
+    return f"{folder}: {scores} over {summary['n']} examples ({', '.join(parts)})"
 
 
 def summarize(records: list[dict]) -> dict:

@@ -238,6 +238,8 @@ class Checkpointing:
     the step and the loss averages, so a resumed run continues exactly where the saved one stopped. It is
     written atomically every `every_s` seconds, on SIGINT/SIGTERM (after the step under way) and when the run
     pauses at `stop_at` steps or after `time_limit_s` seconds of this run; `settings` must match on resume.
+    Both limits are checked after each step: `time_limit_s=0` pauses after the first step of this run, None
+    (not 0) means no limit.
     """
 
     path: Path
