@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from diffusion_classifier.cli import dataset_options, positive_int, seed_int  # noqa: E402
+from diffusion_classifier.cli import HelpFormatter, dataset_options, int_in, positive_int, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.data.datasets import dataset_targets, stratified_indices  # noqa: E402
 from diffusion_classifier.data.registry import DATASETS, check_split, get_dataset  # noqa: E402
@@ -23,17 +23,17 @@ from diffusion_classifier.records import atomic_write_bytes, check_output_file  
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset whose split is sampled")
-    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--split", default="test", help="dataset split")
     p.add_argument("--per_class", type=positive_int, required=True, help="images of each class")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the per-class permutations (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the per-class permutations")
     p.add_argument("--out", type=Path, required=True, help="the .npy file to write")
     p.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")),
-                   help="where datasets live (env DATASET_ROOT; default: datasets)")
+                   help="where datasets live (env DATASET_ROOT)")
     for flag in ("--corruption", "--image_column", "--label_column"):
         p.add_argument(flag, default=None, help=f"as {flag} of eval_prob_adaptive.py")
-    p.add_argument("--severity", type=positive_int, default=None, help="as --severity of eval_prob_adaptive.py")
+    p.add_argument("--severity", type=int_in(1, 5), default=None, help="as --severity of eval_prob_adaptive.py")
     return p.parse_args(argv)
 
 

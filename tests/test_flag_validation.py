@@ -51,6 +51,7 @@ BASE = {
     "scripts/make_digits_winoground.py": ["--out", "OUT/wino"],
     "scripts/print_acc.py": ["OUT/run", "--probs"],
     "scripts/train_tiny_models.py": ["--out", "OUT/models", "--checkpoint-dir", "OUT/ck"],
+    "scripts/make_subset.py": ["--dataset", "digits", "--per_class", "2", "--out", "OUT/subset.npy"],
 }
 SHARED = [("--seed", "seed"), ("--n_trials", "count"), ("--n_workers", "count"), ("--worker_idx", "count0"),
           ("--severity", "severity"), ("--image_batch", "count"), ("--batch_size", "count"),
@@ -72,6 +73,7 @@ FLAGS = {  # script -> [(flag, kind, extra arguments)]
                                         ("--l2", "non_negative", []), ("--T", "count", [])],
     "scripts/make_digits_winoground.py": [("--n", "count", []), ("--seed", "seed", [])],
     "scripts/print_acc.py": [("--top", "count", [])],
+    "scripts/make_subset.py": [("--per_class", "count", []), ("--seed", "seed", []), ("--severity", "severity", [])],
     "scripts/train_tiny_models.py": [
         ("--steps", "count", []), ("--batch", "count", []), ("--lr", "positive", []), ("--shift", "positive", []),
         ("--channels", "count", []), ("--patch", "count", []), ("--heads", "count", []), ("--head-dim", "count", []),
