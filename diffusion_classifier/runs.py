@@ -210,3 +210,40 @@ def winoground_run(*, model: str, version: str, model_path: str | None, source: 
         Setting({"noise": noise, "loss": "l2"}, ""),
     )
     return RunDescription(group, settings)
+
+
+def grounding_run(*, model: str, version: str | None, model_path: str | None, source: str, dataset: str,
+                  data: dict, split: str, proposals: str, region: str = "crop", template: str = "{}",
+                  score: str = "null", n_trials: int = 1, to_keep=(1,), n_samples=(50,), loss: str = "l2",
+                  schedule: str = "reference", z: float = 3.0, min_samples: int = 10, delta: float | None = None,
+                  variance: str = "iid", epsilon: float | None = None, spending: str = "even",
+                  img_size: int | None = None, native_size: int | None = None, interpolation: str = "bicubic",
+                  noise: str | None = None, extra: str | None = None) -> RunDescription:
+    """run_refcoco.py's run: <group> = <dataset>[_<split_by>]_<split>[_<extra>] (reclip_<file>, hf_<folder>);
+    name v<model>_<region>_<score>_<n>trials_<keeps>keep_<samples>samples[...] for diffusion models,
+    <model>_<version> for CLIP. `data` are the manifest entries that pick the queries (files, split_by);
+    `proposals` is 'gt' or the detections file's digest (tagged _det<digest>)."""
+    group = "_".join(str(p) for p in (dataset, data.get("split_by"), split, extra) if p)
+    det = Setting({"proposals": proposals}, "" if proposals == "gt" else f"_det{proposals[:8]}")
+    picks = Setting({"dataset": dataset, "split": split, "template": template, **data}, "")
+    label = model_label(version, model_path)
+    if model != "sd":
+        return RunDescription(group, (Setting({"model": model, "source": source, "version": version},
+                                              f"{model}_{label.replace('/', '_')}"), det, picks))
+    statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
+    settings = (
+        Setting({"model": "sd", "source": source}, f"v{label}"),
+        Setting({"region": region}, f"_{region}"),
+        Setting({"score": score}, f"_{score}"),
+        _trials(n_trials),
+        *_schedule(to_keep, n_samples),
+        _loss(loss),
+        statistical,
+        variance_setting,
+        Setting({"img_size": img_size}, _unless(img_size, native_size, f"_{img_size}")),
+        Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}")),
+        det,
+        Setting({"noise": noise}, ""),
+        picks,
+    )
+    return RunDescription(group, settings)

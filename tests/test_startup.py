@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_digits_arrays_equal_scikit_learns():
     from sklearn.datasets import load_digits
 
-    from diffusion_classifier.data.digits import _sklearn_digits
+    from diffusion_classifier.data.digits import read_digits_csv
 
-    images, labels = _sklearn_digits()
+    images, labels = read_digits_csv()
     ref = load_digits()
     assert np.array_equal(images, ref.images) and images.dtype == ref.images.dtype
     assert np.array_equal(labels, ref.target)

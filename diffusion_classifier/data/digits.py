@@ -30,7 +30,7 @@ def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED, test_fraction: flo
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+def read_digits_csv() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as (images float64 (1797, 8, 8) in 0..16, labels (1797,)).
 
     Read straight from the CSV that scikit-learn ships, as its load_digits does, so that a run does
@@ -53,7 +53,7 @@ def load_digits_native(split: str):
     """(images float64 (N, 8, 8) in scikit-learn's 0..16, labels int64 (N,)) of the split ('train' or 'test')."""
     if split not in ("train", "test"):
         raise InputError(f"digits split must be 'train' or 'test', got {split!r}")
-    raw, target = _sklearn_digits()
+    raw, target = read_digits_csv()
     labels = target.astype(np.int64)
     train, test = split_indices(labels)
     idx = train if split == "train" else test

@@ -78,3 +78,16 @@ def text_choice(scores) -> np.ndarray:
 def image_choice(scores) -> np.ndarray:
     """Per text, the index of the best-matching image: (..., n_texts, n_images) -> (..., n_texts)."""
     return as_array(scores).argmax(-1)
+
+
+def null_normalized_errors(scorer: Scorer, latents: torch.Tensor, conds, jobs: Jobs, null: int,
+                           loss: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+    """err(c, i) - err("", i) per job, each pair on the job's own (t, ε), from one batched evaluation.
+
+    jobs name (image, condition, t, noise); `null` is the index of the empty prompt in conds. The score of a
+    job is a log-likelihood-ratio estimate, comparable across images (see null_normalized). Returns the
+    normalised errors (J,) and the raw errors (J, 2) [condition, empty prompt], float32.
+    """
+    both = Jobs.cat([jobs, Jobs(jobs.image, torch.full_like(jobs.cond, null), jobs.t, jobs.noise)])
+    raw = scorer.evaluate(latents, conds, both, loss).float().reshape(2, len(jobs)).T  # (J, 2)
+    return raw[:, 0] - raw[:, 1], raw.contiguous()
