@@ -5,6 +5,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
         recorded = dict(manifest.get("numerics") or {})
         if "dtype" in manifest and "dtype" not in recorded:  # older folders kept the dtype beside the settings
             recorded["dtype"] = manifest["dtype"]
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        diff = sorted(k for k in set(old) | set(settings) if _portable(old.get(k)) != _portable(settings.get(k)))
         if not diff:  # a named setting that differs explains the numbers that follow from it (noise -> its digest)
             diff = sorted(k for k in numerics if k in recorded and recorded[k] != numerics[k])
         if diff:
@@ -198,6 +199,17 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
             write_json(path, {**manifest, "numerics": {**recorded, **numerics}})
         return
     write_json(path, {"settings": settings, **({"numerics": numerics} if numerics else {}), **(info or {})})
+
+
+SHIPPED = re.compile(r"^.*[/\\](diffusion_classifier[/\\]tiny_models[/\\][^/\\]+)[/\\]?$")
+
+
+def _portable(value):
+    """A setting as compared between runs: a shipped model's folder by its place in the package, so that a run
+    folder resumes from another checkout or installation of the toolkit."""
+    if isinstance(value, str) and (m := SHIPPED.match(value)):
+        return m.group(1).replace("\\", "/")
+    return value
 
 
 def _short(value, limit: int = 80) -> str:

@@ -188,3 +188,17 @@ def test_a_resume_in_another_dtype_is_refused_before_anything_is_written(tmp_pat
     assert sorted(p.name for p in Path(first["folder"]).iterdir()) == files
     again = eval_prob_adaptive.main(args + ["--dtype", "float32"])
     assert again["skipped"] == 3 and again["done"] == 0
+
+
+def test_a_run_of_a_shipped_model_resumes_from_another_checkout(tmp_path):
+    """The manifest holds the shipped model's absolute folder; another installation of the toolkit resumes it."""
+    from diffusion_classifier.errors import InputError
+    from diffusion_classifier.records import check_manifest
+
+    check_manifest(tmp_path, {"model": "/old/checkout/diffusion_classifier/tiny_models/digits-sd", "n_trials": 1})
+    check_manifest(tmp_path, {"model": "/usr/lib/python3/site-packages/diffusion_classifier/tiny_models/digits-sd/",
+                              "n_trials": 1})
+    with pytest.raises(InputError, match="1 differ: model"):
+        check_manifest(tmp_path, {"model": "/old/checkout/diffusion_classifier/tiny_models/fashion-sd", "n_trials": 1})
+    with pytest.raises(InputError, match="1 differ: model"):
+        check_manifest(tmp_path, {"model": "/home/me/my_models/digits-sd", "n_trials": 1})
