@@ -9,14 +9,7 @@ from typing import Callable
 
 import torch
 
-from diffusion_classifier.baselines import (
-    CLIP_VERSIONS,
-    OPENCLIP_PRETRAINED,
-    OPENCLIP_VERSION,
-    load_clip,
-    load_openclip,
-    resolve_clip_model,
-)
+from diffusion_classifier.baselines import CLIP_VERSIONS, OPENCLIP_VERSION, load_baseline
 from diffusion_classifier.cli import positive_int, seed_int
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import INTERPOLATIONS, sd_transform
@@ -116,12 +109,7 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable,
 
 def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription, dict]:
     """Load CLIP (transformers) or OpenCLIP; return (score_example, the run's description, its dtype)."""
-    if args.model == "clip":
-        source = resolve_clip_model(args.version, args.model_path)
-        score = load_clip(source, device, dtype)
-    else:
-        source = args.model_path or OPENCLIP_PRETRAINED
-        score = load_openclip(args.version, source, device, dtype)
+    source, score = load_baseline(args.model, args.version, args.model_path, device, dtype)
 
     def score_example(ex, images) -> dict:
         return {"scores": score(images, [ex.caption_0, ex.caption_1])}

@@ -104,3 +104,17 @@ def load_openclip(arch: str = OPENCLIP_VERSION, pretrained: str = OPENCLIP_PRETR
         return _logits_to_scores(model.logit_scale.exp().float() * img @ txt.T)  # (image, caption)
 
     return score
+
+
+def load_baseline(model: str, version: str, model_path: str | None = None, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> tuple[str, Callable]:
+    """(the weights' source, `score(images, captions)`) of `model` 'clip' (transformers; `version` an OpenAI CLIP
+    name, or `model_path` a folder or hub id) or 'openclip' (`version` an architecture, `model_path` a
+    pretrained tag or checkpoint; not given: OPENCLIP_PRETRAINED)."""
+    if model == "clip":
+        source = resolve_clip_model(version, model_path)
+        return source, load_clip(source, device, dtype)
+    if model == "openclip":
+        source = model_path or OPENCLIP_PRETRAINED
+        return source, load_openclip(version, source, device, dtype)
+    raise InputError(f"a contrastive baseline is clip or openclip, got {model!r}")

@@ -135,6 +135,20 @@ def _pick_column(given: str | None, defaults: tuple[str, ...], columns: list[str
                      f"pass {flag} NAME")
 
 
+def cell_reader(cell: dict, name: str) -> Callable[[], bytes]:
+    """A function reading the encoded bytes of an image cell ({bytes, path}); UnreadableImageError naming it if none."""
+    data, path = cell.get("bytes"), cell.get("path")
+
+    def read() -> bytes:
+        if data is not None:
+            return data
+        if path and Path(path).is_file():
+            return Path(path).read_bytes()
+        raise UnreadableImageError(name, "no image bytes" + (f", and its file {path} does not exist" if path else ""))
+
+    return read
+
+
 class HFImageDataset(torch.utils.data.Dataset):
     """(transform(RGB image), label) pairs of one split of a Hugging Face dataset; `.classes` in label order."""
 
@@ -193,17 +207,8 @@ class HFImageDataset(torch.utils.data.Dataset):
     def image_source(self, i: int) -> tuple[str, Callable[[], bytes]]:
         """(name of row i for messages, a function reading its encoded image bytes)."""
         cell = self.data[int(i)][self.image_column] or {}
-        path, data = cell.get("path"), cell.get("bytes")
-        name = f"{self.where} row {i}" + (f" ({path})" if path else "")
-
-        def read() -> bytes:
-            if data is not None:
-                return data
-            if path and Path(path).is_file():
-                return Path(path).read_bytes()
-            raise UnreadableImageError(name, "no image bytes" + (f", and its file {path} does not exist" if path else ""))
-
-        return name, read
+        name = f"{self.where} row {i}" + (f" ({cell['path']})" if cell.get("path") else "")
+        return name, cell_reader(cell, name)
 
     def __getitem__(self, i: int):
         name, read = self.image_source(i)

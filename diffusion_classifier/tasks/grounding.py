@@ -1,0 +1,298 @@
+"""Referring expression comprehension: pick the candidate box an expression names, one record per expression.
+
+Each candidate box becomes the image(s) the model scores (`views`: its crop padded to a square, or the whole
+image with everything outside the box blanked, or both). A diffusion model scores candidate k by its
+denoising error under the prompt, with every candidate of an expression on the same (t, ε). Errors of
+different images under one text are not comparable as they stand (a region that is easy to denoise wins
+whatever the text says), so by default each view's error under the empty prompt on the same (t, ε) is
+subtracted: err(prompt, x_k) - err("", x_k) estimates -log p(prompt | x_k) + const (the ELBO of x_k under
+the prompt against its ELBO without it), the likelihood ratio that ranks regions under a uniform prior on
+which one is meant (tasks/matching.py). The schedules of schedules/ prune candidates as they prune
+classes; CLIP and OpenCLIP score crop-text similarity. A hit is IoU(chosen box, gold box) > 0.5.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from ..data.images import Unreadable, UnreadableImageError
+from ..data.refcoco import Query, box_problem, iou
+from ..engine import Jobs, Scorer, cat_conditions
+from ..errors import InputError
+from ..loop import LoopStats, RecordLoop
+from .matching import null_normalized_errors
+
+REGIONS = ("crop", "mask", "both")
+SCORES = ("null", "raw")  # null-normalised errors (the default) or raw errors
+HIT_IOU = 0.5
+RECORD_KEYS = ("qid", "pred", "iou", "hit")
+FILL = (0, 0, 0)  # what pads a crop and blanks a mask
+
+
+# ---------------------------------------------------------------- regions
+
+
+def pixel_bounds(box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box [x, y, w, h] as integer (left, top, right, bottom), rounded outwards and clipped to the image."""
+    x, y, w, h = box
+    width, height = size
+    left, top = max(0, math.floor(x)), max(0, math.floor(y))
+    right, bottom = min(width, math.ceil(x + w)), min(height, math.ceil(y + h))
+    return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+def pad_square(image: Image.Image, fill=FILL) -> Image.Image:
+    """The image centred on a square canvas of its longer side (nothing is cut)."""
+    w, h = image.size
+    side = max(w, h)
+    if w == h:
+        return image
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def square_crop(image: Image.Image, box, fill=FILL) -> Image.Image:
+    """The box's pixels padded to a square (the whole box, never cut)."""
+    return pad_square(image.crop(pixel_bounds(box, image.size)), fill)
+
+
+def masked(image: Image.Image, box, fill=FILL) -> Image.Image:
+    """The whole image with everything outside the box blanked, padded to a square."""
+    bounds = pixel_bounds(box, image.size)
+    canvas = Image.new("RGB", image.size, fill)
+    canvas.paste(image.crop(bounds), bounds[:2])
+    return pad_square(canvas, fill)
+
+
+def n_views(region: str) -> int:
+    if region not in REGIONS:
+        raise InputError(f"--region must be one of {', '.join(REGIONS)}, got {region!r}")
+    return 2 if region == "both" else 1
+
+
+def region_views(image: Image.Image, boxes: Sequence, region: str, fill=FILL) -> list[Image.Image]:
+    """The images scored for each box, candidate-major: [crop_0 | mask_0 | crop_0, mask_0, crop_1, ...]."""
+    n_views(region)
+    views = []
+    for box in boxes:
+        if region in ("crop", "both"):
+            views.append(square_crop(image, box, fill))
+        if region in ("mask", "both"):
+            views.append(masked(image, box, fill))
+    return views
+
+
+def check_boxes(query: Query, image: Image.Image) -> None:
+    """InputError naming the image when a candidate or the gold box lies outside it."""
+    for cid, box in [*query.candidates, ("gold", query.gold_box)]:
+        problem = box_problem(box, *image.size)
+        if problem:
+            raise InputError(f"{query.image}: {'gold' if cid == 'gold' else f'candidate {cid}'} {problem} "
+                             f"(query {query.qid}); expected boxes [x, y, w, h] within the image")
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def candidate_evaluator(scorer: Scorer, latents: torch.Tensor, conds, views: int, normalize: bool,
+                        loss: str = "l2", log: dict | None = None, count: Callable[[int], None] | None = None):
+    """`evaluate(jobs)` for the schedules: job (cond = candidate k, t, noise) -> one error per job.
+
+    Candidate k's error is the mean over its views v (latents[k * views + v]) of err(prompt, view) -
+    err("", view) with `normalize`, else err(prompt, view); conds are (prompt, empty prompt). Every view and
+    both prompts are evaluated on the job's (t, ε), in one batched call. `log` (candidate -> lists) collects
+    the raw errors per job in job order; `count` gets the number of denoiser evaluations.
+    """
+    def evaluate(jobs: Jobs) -> torch.Tensor:
+        k = jobs.cond
+        per_view = [Jobs(k * views + v, torch.zeros_like(k), jobs.t, jobs.noise) for v in range(views)]
+        expanded = Jobs.cat(per_view)
+        if normalize:
+            norm, raw = null_normalized_errors(scorer, latents, conds, expanded, null=1, loss=loss)  # (V J,), (V J, 2)
+            raw = raw.reshape(views, len(jobs), 2)
+            out = norm.reshape(views, len(jobs)).mean(0)
+        else:
+            raw = scorer.evaluate(latents, conds, expanded, loss).float().reshape(views, len(jobs), 1)
+            out = raw[..., 0].mean(0)
+        if count is not None:
+            count(len(expanded) * raw.shape[-1])
+        if log is not None:
+            for c in k.unique().tolist():
+                mask = k == c
+                entry = log.setdefault(c, {"cond": [], "null": []})
+                entry["cond"].append(raw[:, mask, 0].T)  # (n, V)
+                if normalize:
+                    entry["null"].append(raw[:, mask, 1].T)
+        return out
+
+    return evaluate
+
+
+def choose(scores) -> int:
+    """The candidate with the lowest error (ties: the lower index)."""
+    return int(torch.argmin(torch.as_tensor(scores, dtype=torch.float64)))
+
+
+def diffusion_query_scorer(encode_images: Callable, encode_prompts: Callable, scorer: Scorer, transform: Callable,
+                           schedule_for: Callable[[int], Callable], region: str = "crop", template: str = "{}",
+                           normalize: bool = True, loss: str = "l2",
+                           fill=FILL) -> Callable[[Query, Image.Image], dict]:
+    """score(query, image) -> the record's scores (and its denoiser `evaluations`): the schedule of
+    `schedule_for(n_candidates)` over the candidates."""
+    views = n_views(region)
+    null = encode_prompts([""])
+
+    def score(query: Query, image: Image.Image) -> dict:
+        boxes = [box for _, box in query.candidates]
+        prompt = template.format(query.expression)
+        n = len(boxes)
+        if n == 1:  # nothing to compare
+            return {"prompt": prompt, "pred": 0, "errors": {}, "scores": [0.0], "evaluations": 0}
+        pixels = torch.stack([transform(v) for v in region_views(image, boxes, region, fill)])  # (K V, 3, S, S)
+        latents = encode_images(pixels)
+        conds = cat_conditions([encode_prompts([prompt]), null])  # (2, ...): the prompt, ""
+        log: dict = {}
+        spent = [0]
+        evaluate = candidate_evaluator(scorer, latents, conds, views, normalize, loss, log,
+                                       lambda m: spent.__setitem__(0, spent[0] + m))
+        result = schedule_for(n)(evaluate, 1, n)[0]
+        errors = {}
+        for c, e in result.errors.items():
+            entry = {"t": e["t"], "pred_errors": e["pred_errors"].float(),
+                     "cond_errors": torch.cat(log[c]["cond"]) if c in log else torch.empty(0, views)}
+            if normalize:
+                entry["null_errors"] = torch.cat(log[c]["null"]) if c in log else torch.empty(0, views)
+            assert len(entry["cond_errors"]) == len(e["t"]), (len(entry["cond_errors"]), len(e["t"]))
+            errors[c] = entry
+        scores = [float(errors[c]["pred_errors"].mean()) if c in errors and len(errors[c]["t"]) else math.inf
+                  for c in range(n)]
+        return {"prompt": prompt, "pred": int(result.pred), "errors": errors, "scores": scores,
+                "evaluations": spent[0]}
+
+    return score
+
+
+def clip_query_scorer(score: Callable, template: str = "{}", fill=FILL) -> Callable[[Query, Image.Image], dict]:
+    """score(query, image) for CLIP/OpenCLIP: crop-text similarity of each candidate's square crop."""
+    def score_query(query: Query, image: Image.Image) -> dict:
+        prompt = template.format(query.expression)
+        crops = region_views(image, [box for _, box in query.candidates], "crop", fill)
+        sims = score(crops, [prompt])[0].double()  # (K,)
+        return {"prompt": prompt, "pred": int(torch.argmax(sims)), "errors": {}, "scores": (-sims).tolist(),
+                "evaluations": 0}
+
+    return score_query
+
+
+# ---------------------------------------------------------------- runs
+
+
+def record_file(folder: str | os.PathLike, qid: str) -> Path:
+    """Where a query's record is stored: <folder>/<qid>.pt (characters other than [A-Za-z0-9_.-] become '-')."""
+    return Path(folder) / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', str(qid))}.pt"
+
+
+def make_record(query: Query, scored: dict) -> dict:
+    """A query's record: the scores, the chosen box and its IoU with the gold box, the hit."""
+    pred = int(scored["pred"])
+    cid, box = query.candidates[pred]
+    overlap = iou(box, query.gold_box)
+    return {"qid": query.qid, "image": query.image, "image_id": query.image_id, "expression": query.expression,
+            **scored, "evaluations": int(scored.get("evaluations", 0)), "candidates": [int(c) for c, _ in query.candidates],
+            "boxes": [list(b) for _, b in query.candidates], "pred_id": int(cid), "box": list(box),
+            "gold": query.gold, "gold_box": list(query.gold_box), "iou": overlap, "hit": overlap > HIT_IOU,
+            "category": query.category, "split": query.split}
+
+
+def record_problem(record) -> str | None:
+    if not isinstance(record, dict) or not set(RECORD_KEYS) <= set(record):
+        return f"expected a dict with keys {', '.join(RECORD_KEYS)}"
+    return None
+
+
+def open_queries(by_id: dict[str, Query], qids: list[str], position: dict | None = None) -> tuple[list, list]:
+    """([(qid, (query, image))] decoded and checked, [(qid, Unreadable)] whose image cannot be decoded);
+    `position`: each qid's index for the manifest's list of unreadable images."""
+    loaded, bad = [], []
+    position = position if position is not None else {q: n for n, q in enumerate(by_id)}
+    for q in qids:
+        query, n = by_id[q], position[q]
+        try:
+            image = query.open_image()
+        except UnreadableImageError as e:
+            bad.append((q, Unreadable(n, e.name, e.found)))
+            continue
+        check_boxes(query, image)
+        loaded.append((q, (query, image)))
+    return loaded, bad
+
+
+def running_postfix(stats: LoopStats) -> dict:
+    return {"acc": f"{stats.accuracy:.1f}", "evals": f"{stats.evaluations / max(stats.done, 1):.0f}"}
+
+
+def run_queries(queries: Sequence[Query], folder: str | os.PathLike,
+                score_query: Callable[[Query, Image.Image], dict], desc: str = "", show_progress: bool = True,
+                skip_unreadable: bool = False, unreadable: Sequence[Unreadable] = ()) -> LoopStats:
+    """Score the queries without a record in `folder`; save one record each. `stats.records`: every record seen.
+
+    `score_query` returns the record's scores with `pred` and its denoiser `evaluations` (counted into the stats).
+    """
+    by_id = {q.qid: q for q in queries}
+    position = {q: n for n, q in enumerate(by_id)}
+    if len(by_id) != len(queries):
+        raise InputError(f"query ids repeat ({len(queries)} queries, {len(by_id)} distinct ids); expected one id per "
+                         f"expression")
+    with RecordLoop(folder, partial(record_file, folder), record_problem, unit="expressions", desc=desc,
+                    show_progress=show_progress, skip_unreadable=skip_unreadable, unreadable=unreadable,
+                    collect=True, postfix=running_postfix) as loop:
+        stats = loop.stats
+        for [(q, (query, image))] in loop.groups(by_id, partial(open_queries, by_id, position=position), 1, True,
+                                                 lambda r: bool(r["hit"])):
+            record = make_record(query, score_query(query, image))
+            stats.evaluations += record["evaluations"]
+            loop.save(q, record, correct=record["hit"])
+    return stats
+
+
+def accuracy_tables(records: Sequence[dict]) -> dict:
+    """Accuracy (IoU > 0.5) overall, per split and per category; mean evaluations per expression."""
+    def table(key: str) -> dict:
+        out: dict = {}
+        for r in records:
+            name = str(r.get(key)) if r.get(key) is not None else "-"
+            hit, n = out.get(name, (0, 0))
+            out[name] = (hit + int(bool(r["hit"])), n + 1)
+        return {k: {"accuracy": 100.0 * h / n, "n": n} for k, (h, n) in sorted(out.items())}
+
+    n = len(records)
+    return {"accuracy": 100.0 * sum(bool(r["hit"]) for r in records) / max(n, 1), "n": n,
+            "evaluations_per_expression": sum(int(r.get("evaluations", 0)) for r in records) / max(n, 1),
+            "mean_iou": sum(float(r["iou"]) for r in records) / max(n, 1),
+            "per_split": table("split"), "per_category": table("category")}
+
+
+def table_lines(tables: dict) -> list[str]:
+    """Markdown tables of the accuracy per split and per category."""
+    lines = []
+    for key, title in (("per_split", "split"), ("per_category", "category")):
+        lines += [f"| {title} | accuracy (IoU > 0.5) | expressions |", "|---|---|---|"]
+        lines += [f"| {k} | {v['accuracy']:.2f}% | {v['n']} |" for k, v in tables[key].items()]
+        lines.append("")
+    return lines[:-1]
+
+
+def summary_line(folder, tables: dict, stats: LoopStats) -> str:
+    """`<run folder>: accuracy X% over N expressions (IoU > 0.5), E evaluations per expression` and the counts."""
+    parts = [f"{stats.done} scored now", f"{stats.skipped} already done", f"{stats.repaired} repaired",
+             *stats.unreadable_part()]
+    return (f"{folder}: accuracy {tables['accuracy']:.2f}% over {tables['n']} expressions (IoU > {HIT_IOU}), "
+            f"{tables['evaluations_per_expression']:.0f} evaluations per expression ({', '.join(parts)})")

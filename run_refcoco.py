@@ -1,0 +1,224 @@
+"""Referring expression comprehension (RefCOCO, RefCOCO+, RefCOCOg) with a diffusion model, CLIP or OpenCLIP:
+pick the candidate box an expression names; a hit is IoU(chosen, gold) > 0.5."""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import math
+import os
+from pathlib import Path
+
+
+from diffusion_classifier.cli import HelpFormatter, add_run_args, add_statistical_args, check_statistical_args
+from diffusion_classifier.cli import non_negative_int, positive_int, statistical_options
+from diffusion_classifier.cli import run as run_cli
+from diffusion_classifier.data.datasets import INTERPOLATIONS, sd_transform
+from diffusion_classifier.data.images import Unreadable, UnreadableImageError, found_before_message, header_problem
+from diffusion_classifier.data.refcoco import SPLIT_BY, read_hf, read_jsonl, read_proposals, read_refer
+from diffusion_classifier.engine import LOSSES, Scorer
+from diffusion_classifier.errors import InputError, MissingError
+from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
+from diffusion_classifier.loading import default_dtype
+from diffusion_classifier.loop import launch_state, shard
+from diffusion_classifier.noise import load_noise, noise_bank, noise_digest
+from diffusion_classifier.packing import resolve_packing
+from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, write_json
+from diffusion_classifier.runs import grounding_run
+from diffusion_classifier.schedules.staged import validate_schedule
+from diffusion_classifier.schedules.statistical import make_schedule
+from diffusion_classifier.tasks.grounding import (
+    REGIONS,
+    SCORES,
+    accuracy_tables,
+    clip_query_scorer,
+    diffusion_query_scorer,
+    run_queries,
+    summary_line,
+    table_lines,
+)
+
+DATASETS = ("refcoco", "refcoco+", "refcocog", "reclip", "hf")
+DEFAULT_VERSION = {"sd": "2-1", "clip": "ViT-L/14", "openclip": "ViT-H-14"}
+DEFAULTS = {"region": "crop", "score": "null", "to_keep": [1], "n_samples": [60], "loss": "l1"}  # measured: docs/grounding.md
+RESULT_FILE = "results.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", default="refcoco", choices=DATASETS,
+                   help="refcoco/refcoco+/refcocog: the refer release at --dataset_root; reclip: the jsonl at "
+                        "--data_path; hf: a local Hugging Face dataset at --dataset_root")
+    p.add_argument("--split", default="val", help="val, testA, testB (refcoco, refcoco+), test (refcocog), or any split the data has")
+    p.add_argument("--split_by", default=None, help=f"the refer release's partition; not given: {SPLIT_BY}")
+    p.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")),
+                   help="the refer release's folder (DIR/refcoco/refs(unc).p, DIR/refcoco/instances.json), or the hf dataset (env DATASET_ROOT)")
+    p.add_argument("--data_path", type=Path, default=None, help="--dataset reclip: the jsonl file, one referred object a line")
+    p.add_argument("--image_root", type=Path, default=None,
+                   help="folder of the images; not given: DATASET_ROOT/images/mscoco/images/train2014")
+    p.add_argument("--proposals", default="gt",
+                   help="candidates: gt (the image's annotated objects) or a JSON file {image_id: [[x, y, w, h], ...]}")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N expressions")
+    # scoring
+    p.add_argument("--model", default="sd", choices=["sd", "clip", "openclip"], help="scorer: a diffusion model or CLIP")
+    p.add_argument("--version", default=None,
+                   help=f"model version; not given: {DEFAULT_VERSION}; sd: {', '.join(SD_VERSIONS)} ('fashion': fashion-sd, 'tiny': the digits model)")
+    p.add_argument("--model_path", default=None, help="a local model folder or hub id instead of --version")
+    p.add_argument("--region", default=DEFAULTS["region"], choices=REGIONS,
+                   help="what a candidate is scored as: its crop padded to a square, the image masked to it, or both")
+    p.add_argument("--template", default="a photo of {}", help="the prompt; {} is the expression")
+    p.add_argument("--score", default=DEFAULTS["score"], choices=SCORES,
+                   help="null: each region's error minus its error under the empty prompt on the same (t, ε), "
+                        "comparable across regions; raw: the error as it stands")
+    p.add_argument("--to_keep", nargs="+", type=positive_int, default=DEFAULTS["to_keep"],
+                   help="candidates kept after each stage (capped at a query's candidates); last must be 1")
+    p.add_argument("--n_samples", nargs="+", type=positive_int, default=DEFAULTS["n_samples"],
+                   help="timesteps sampled at each stage")
+    p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
+                   help="reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference pruning up to max(--n_samples)")
+    add_statistical_args(p)
+    p.add_argument("--loss", default=DEFAULTS["loss"], choices=list(LOSSES), help="error between the prediction and its target")
+    p.add_argument("--batch_size", type=positive_int, default=None, help="denoiser evaluations per batch; not given: chosen for the device")
+    p.add_argument("--img_size", type=positive_int, default=None, help="image size; not given: the model's own")
+    p.add_argument("--interpolation", default="bicubic", choices=list(INTERPOLATIONS), help="resize filter")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
+    add_run_args(p)
+    p.add_argument("--n_workers", type=positive_int, default=1, help="number of shards")
+    p.add_argument("--worker_idx", type=non_negative_int, default=0, help="this shard: takes queries[worker_idx::n_workers]")
+    p.add_argument("--skip_unreadable", action="store_true",
+                   help="leave out expressions whose image cannot be decoded (listed in the final line and the manifest)")
+    return p.parse_args(argv)
+
+
+def read_queries(args, proposals):
+    """The queries of the chosen layout and split."""
+    readers = {
+        "reclip": lambda: read_jsonl(_given(args.data_path, "--data_path FILE.jsonl"),
+                                     _given(args.image_root, "--image_root DIR"), proposals, args.split),
+        "hf": lambda: read_hf(args.dataset_root, args.split, args.image_root, proposals),
+    }
+    refer = lambda: read_refer(args.dataset_root, args.dataset, args.split, args.split_by, args.image_root, proposals)
+    return readers.get(args.dataset, refer)()
+
+
+def _given(value, flag: str):
+    if value is None:
+        raise MissingError(f"this dataset needs {flag}")
+    return value
+
+
+def data_settings(args) -> dict:
+    """The manifest entries that pick the queries."""
+    if args.dataset in SPLIT_BY:
+        return {"root": str(args.dataset_root), "split_by": args.split_by or SPLIT_BY[args.dataset]}
+    if args.data_path is not None and args.dataset == "reclip":
+        return {"data_path": str(args.data_path)}
+    return {"root": str(args.dataset_root)}
+
+
+def group_name(args) -> str:
+    stems = {"reclip": lambda: f"reclip_{Path(args.data_path).stem}",
+             "hf": lambda: f"hf_{Path(args.dataset_root).name}"}
+    return stems.get(args.dataset, lambda: args.dataset)()
+
+
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def find_unreadable(queries) -> list[Unreadable]:
+    """Image files whose header does not read (missing ones included), one entry per file, before the model loads."""
+    seen, bad = set(), []
+    for n, q in enumerate(queries):
+        if q.read is None and q.image not in seen:
+            seen.add(q.image)
+            problem = header_problem(q.image)
+            if problem:
+                bad.append(Unreadable(n, q.image, problem))
+    return bad
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.version = args.version or DEFAULT_VERSION[args.model]
+    validate_schedule(args.to_keep, args.n_samples)
+    check_statistical_args(args)
+    make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, **statistical_options(args))  # flag checks
+    try:
+        args.template.format("x")
+    except (IndexError, KeyError, ValueError) as e:
+        raise InputError(f"--template {args.template!r} cannot be filled ({e}); expected one {{}} for the expression") from None
+    shard([], args.n_workers, args.worker_idx)
+    if args.noise_path is not None:
+        load_noise(args.noise_path)
+    check_writable(args.log_dir)
+
+    proposals = None if args.proposals == "gt" else read_proposals(args.proposals)
+    queries = read_queries(args, proposals)[: args.limit]
+    unreadable = find_unreadable(queries)
+    if unreadable and not args.skip_unreadable:
+        raise UnreadableImageError(unreadable[0].name, unreadable[0].found,
+                                   found_before_message(unreadable, len({q.image for q in queries}), "images"))
+    gone = {b.name for b in unreadable}
+    queries = [q for q in queries if q.image not in gone]
+
+    state, device = launch_state(args.device)
+    dtype = default_dtype(args.dtype, device)
+    queries = shard(queries, args.n_workers, args.worker_idx)[state.process_index :: state.num_processes]
+    common = dict(dataset=group_name(args), data=data_settings(args), split=args.split,
+                  proposals="gt" if proposals is None else file_digest(args.proposals), template=args.template,
+                  extra=args.extra, version=args.version, model_path=args.model_path)
+    if args.model == "sd":
+        source = resolve_model(args.version, args.model_path)
+        model = load_model(source, device, dtype, args.attention)
+        img_size = args.img_size or model.native_size
+        latent_shape = model.latent_shape(img_size)
+        batch_size, _ = resolve_packing(device, math.prod(latent_shape), args.batch_size)
+        validate_schedule(args.to_keep, args.n_samples, T=model.T)
+        classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
+                                         **statistical_options(args))
+
+        @functools.lru_cache(maxsize=None)
+        def schedule_for(n_candidates: int):
+            keep = [min(k, n_candidates) for k in args.to_keep]  # a query with fewer candidates keeps them all
+            return make_schedule(args.schedule, keep, args.n_samples, args.n_trials, T=model.T,
+                                 **statistical_options(args))[0]
+
+        noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
+        scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
+        score_query = diffusion_query_scorer(model.encode_images, model.encode_prompts, scorer,
+                                             sd_transform(img_size, args.interpolation), schedule_for, args.region,
+                                             args.template, args.score == "null", args.loss)
+        run = grounding_run(model="sd", source=source, region=args.region, score=args.score, n_trials=args.n_trials,
+                            to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, schedule=args.schedule,
+                            **statistical_options(args), img_size=img_size, native_size=model.native_size,
+                            interpolation=args.interpolation, noise=noise_source, **common)
+        numerics = {"dtype": str(dtype), "attention": args.attention, "noise_digest": noise_digest(noise)}
+    else:
+        from diffusion_classifier.baselines import load_baseline
+
+        source, score = load_baseline(args.model, args.version, args.model_path, device, dtype)
+        score_query = clip_query_scorer(score, args.template)
+        run = grounding_run(model=args.model, source=source, **common)
+        numerics = {"dtype": str(dtype)}
+    folder = run.folder(args.log_dir)
+    claim_run_folder(folder, run.manifest, {"versions": environment_info()}, state, numerics=numerics)
+
+    stats = run_queries(queries, folder, score_query, desc=f"{args.dataset} {args.split} {run.name}",
+                        show_progress=not args.no_progress, skip_unreadable=args.skip_unreadable,
+                        unreadable=unreadable)
+    records = [stats.records[q.qid] for q in queries if q.qid in stats.records]
+    if not records:
+        raise InputError(f"no expression was scored in {folder}: every image was left out as unreadable")
+    tables = accuracy_tables(records)
+    for line in table_lines(tables):
+        print(line)
+    write_json(folder / (RESULT_FILE if args.n_workers * state.num_processes == 1 else
+                         f"results_{args.worker_idx}_{state.process_index}.json"), tables)
+    line = summary_line(folder, tables, stats)
+    print(line)
+    return {"folder": str(folder), **tables, **stats.as_dict(), "line": line}
+
+
+if __name__ == "__main__":
+    run_cli(main, unit="expressions")
