@@ -239,6 +239,11 @@ def statistical_options(args) -> dict:
                 epsilon=args.epsilon, spending=args.spending)
 
 
+def _flag_error(parser: argparse.ArgumentParser, message: str):
+    """argparse's error as a user error, one line: `argument --delta: expected a finite number in (0, 1), got 'nan'`."""
+    raise InputError(message)
+
+
 def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> None:
     """Call main(argv) under the boundary and exit with its status; `unit` names what a record holds."""
     from . import records
@@ -250,6 +255,8 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
     argv = [a for a in argv if a not in ("--debug", "--verbose")]
     previous = interrupts.install()
     written_before = records.records_written()
+    parser_error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _flag_error  # a bad flag is one line too, not the usage block
     try:
         if inspect.signature(main).parameters:
             main(argv)
@@ -279,5 +286,6 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     finally:
+        argparse.ArgumentParser.error = parser_error
         interrupts.restore(previous)
     sys.exit(0)

@@ -117,14 +117,15 @@ def workdir(tmp_path, monkeypatch):
 
 
 def run_refused(script: str, argv: list[str], capsys) -> str:
-    """cli.run(main, argv): assert exit 2 without a traceback; the last line of stderr."""
+    """cli.run(main, argv): assert exit 2 without a traceback, one line on stderr (no usage block); that line."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run_cli(module(script).main, argv)
     err = capsys.readouterr().err
     assert e.value.code == 2, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
-    return err.strip().splitlines()[-1]
+    assert len(err.strip().splitlines()) == 1, err[-2000:]
+    return err.strip()
 
 
 def assert_nothing_written(tmp: Path) -> None:
