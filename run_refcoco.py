@@ -3,30 +3,24 @@ pick the candidate box an expression names; a hit is IoU(chosen, gold) > 0.5."""
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
-import math
 import os
 from pathlib import Path
 
 
-from diffusion_classifier.cli import HelpFormatter, add_run_args, add_statistical_args, check_statistical_args
-from diffusion_classifier.cli import non_negative_int, positive_int, statistical_options
+from diffusion_classifier.cli import HelpFormatter, add_candidate_args, check_candidate_args
+from diffusion_classifier.cli import positive_int, statistical_options
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.data.datasets import INTERPOLATIONS, sd_transform
+from diffusion_classifier.data.datasets import sd_transform
 from diffusion_classifier.data.images import Unreadable, UnreadableImageError, found_before_message, header_problem
 from diffusion_classifier.data.refcoco import SPLIT_BY, read_hf, read_jsonl, read_proposals, read_refer
-from diffusion_classifier.engine import LOSSES, Scorer
 from diffusion_classifier.errors import InputError, MissingError
-from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
+from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.loop import launch_state, shard
-from diffusion_classifier.noise import load_noise, noise_bank, noise_digest
-from diffusion_classifier.packing import resolve_packing
-from diffusion_classifier.records import check_writable, claim_run_folder, environment_info, write_json
+from diffusion_classifier.records import claim_run_folder, environment_info, write_json
 from diffusion_classifier.runs import grounding_run
-from diffusion_classifier.schedules.staged import validate_schedule
-from diffusion_classifier.schedules.statistical import make_schedule
+from diffusion_classifier.tasks.candidates import candidate_scoring
 from diffusion_classifier.tasks.grounding import (
     REGIONS,
     SCORES,
@@ -70,23 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score", default=DEFAULTS["score"], choices=SCORES,
                    help="null: each region's error minus its error under the empty prompt on the same (t, ε), "
                         "comparable across regions; raw: the error as it stands")
-    p.add_argument("--to_keep", nargs="+", type=positive_int, default=DEFAULTS["to_keep"],
-                   help="candidates kept after each stage (capped at a query's candidates); last must be 1")
-    p.add_argument("--n_samples", nargs="+", type=positive_int, default=DEFAULTS["n_samples"],
-                   help="timesteps sampled at each stage")
-    p.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
-                   help="reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference pruning up to max(--n_samples)")
-    add_statistical_args(p)
-    p.add_argument("--loss", default=DEFAULTS["loss"], choices=list(LOSSES), help="error between the prediction and its target")
-    p.add_argument("--batch_size", type=positive_int, default=None, help="denoiser evaluations per batch; not given: chosen for the device")
-    p.add_argument("--img_size", type=positive_int, default=None, help="image size; not given: the model's own")
-    p.add_argument("--interpolation", default="bicubic", choices=list(INTERPOLATIONS), help="resize filter")
-    p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
-    add_run_args(p)
-    p.add_argument("--n_workers", type=positive_int, default=1, help="number of shards")
-    p.add_argument("--worker_idx", type=non_negative_int, default=0, help="this shard: takes queries[worker_idx::n_workers]")
-    p.add_argument("--skip_unreadable", action="store_true",
-                   help="leave out expressions whose image cannot be decoded (listed in the final line and the manifest)")
+    add_candidate_args(p, DEFAULTS, "expressions")
     return p.parse_args(argv)
 
 
@@ -141,17 +119,11 @@ def find_unreadable(queries) -> list[Unreadable]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.version = args.version or DEFAULT_VERSION[args.model]
-    validate_schedule(args.to_keep, args.n_samples)
-    check_statistical_args(args)
-    make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, **statistical_options(args))  # flag checks
+    check_candidate_args(args)
     try:
         args.template.format("x")
     except (IndexError, KeyError, ValueError) as e:
         raise InputError(f"--template {args.template!r} cannot be filled ({e}); expected one {{}} for the expression") from None
-    shard([], args.n_workers, args.worker_idx)
-    if args.noise_path is not None:
-        load_noise(args.noise_path)
-    check_writable(args.log_dir)
 
     proposals = None if args.proposals == "gt" else read_proposals(args.proposals)
     queries = read_queries(args, proposals)[: args.limit]
@@ -169,31 +141,19 @@ def main(argv=None) -> dict:
                   proposals="gt" if proposals is None else file_digest(args.proposals), template=args.template,
                   extra=args.extra, version=args.version, model_path=args.model_path)
     if args.model == "sd":
-        source = resolve_model(args.version, args.model_path)
-        model = load_model(source, device, dtype, args.attention)
-        img_size = args.img_size or model.native_size
-        latent_shape = model.latent_shape(img_size)
-        batch_size, _ = resolve_packing(device, math.prod(latent_shape), args.batch_size)
-        validate_schedule(args.to_keep, args.n_samples, T=model.T)
-        classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
-                                         **statistical_options(args))
-
-        @functools.lru_cache(maxsize=None)
-        def schedule_for(n_candidates: int):
-            keep = [min(k, n_candidates) for k in args.to_keep]  # a query with fewer candidates keeps them all
-            return make_schedule(args.schedule, keep, args.n_samples, args.n_trials, T=model.T,
-                                 **statistical_options(args))[0]
-
-        noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
-        scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
-        score_query = diffusion_query_scorer(model.encode_images, model.encode_prompts, scorer,
-                                             sd_transform(img_size, args.interpolation), schedule_for, args.region,
-                                             args.template, args.score == "null", args.loss)
-        run = grounding_run(model="sd", source=source, region=args.region, score=args.score, n_trials=args.n_trials,
-                            to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss, schedule=args.schedule,
-                            **statistical_options(args), img_size=img_size, native_size=model.native_size,
-                            interpolation=args.interpolation, noise=noise_source, **common)
-        numerics = {"dtype": str(dtype), "attention": args.attention, "noise_digest": noise_digest(noise)}
+        setup = candidate_scoring(args.version, args.model_path, device, dtype, args.attention, args.img_size,
+                                  args.batch_size, args.schedule, args.to_keep, args.n_samples, args.n_trials,
+                                  args.seed, args.noise_path, statistical_options(args))
+        model = setup.model
+        score_query = diffusion_query_scorer(model.encode_images, model.encode_prompts, setup.scorer,
+                                             sd_transform(setup.img_size, args.interpolation), setup.schedule_for,
+                                             args.region, args.template, args.score == "null", args.loss)
+        run = grounding_run(model="sd", source=setup.source, region=args.region, score=args.score,
+                            n_trials=args.n_trials, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
+                            schedule=args.schedule, **statistical_options(args), img_size=setup.img_size,
+                            native_size=model.native_size, interpolation=args.interpolation, noise=setup.noise_source,
+                            **common)
+        numerics = setup.numerics
     else:
         from diffusion_classifier.baselines import load_baseline
 

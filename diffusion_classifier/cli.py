@@ -206,6 +206,55 @@ def add_schedule_args(parser, mode: str = "", required: bool = True) -> None:
                         help=f"{mode}count already finished images into the running accuracy")
 
 
+def add_candidate_args(parser, defaults: dict, unit: str) -> None:
+    """Flags of the scripts that score an item's candidates one item at a time (run_refcoco.py,
+    run_compositional.py): the schedule over the candidates, the model's packing and the run's place and shards.
+
+    `defaults` holds the measured to_keep, n_samples and loss; `unit` names the items in the help ("queries").
+    """
+    from .data.datasets import INTERPOLATIONS
+    from .engine import LOSSES
+
+    parser.add_argument("--to_keep", nargs="+", type=positive_int, default=defaults["to_keep"],
+                        help="candidates kept after each stage (capped at an item's candidates); last must be 1")
+    parser.add_argument("--n_samples", nargs="+", type=positive_int, default=defaults["n_samples"],
+                        help="timesteps sampled at each stage")
+    parser.add_argument("--schedule", default="reference", choices=["reference", "statistical"],
+                        help="reference: staged pruning by --to_keep/--n_samples; statistical: paired-difference "
+                             "pruning up to max(--n_samples)")
+    add_statistical_args(parser)
+    parser.add_argument("--loss", default=defaults["loss"], choices=list(LOSSES),
+                        help="error between the prediction and its target")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help="denoiser evaluations per batch; not given: chosen for the device")
+    parser.add_argument("--img_size", type=positive_int, default=None, help="image size; not given: the model's own")
+    parser.add_argument("--interpolation", default="bicubic", choices=list(INTERPOLATIONS), help="resize filter")
+    parser.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
+    add_run_args(parser)
+    parser.add_argument("--n_workers", type=positive_int, default=1, help="number of shards")
+    parser.add_argument("--worker_idx", type=non_negative_int, default=0,
+                        help=f"this shard: takes {unit}[worker_idx::n_workers]")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help=f"leave out {unit} whose image cannot be decoded (listed in the final line and the manifest)")
+
+
+def check_candidate_args(args) -> None:
+    """The checks of add_candidate_args' flags that involve several of them, before anything is read or written."""
+    from .loop import shard
+    from .noise import load_noise
+    from .records import check_writable
+    from .schedules.staged import validate_schedule
+    from .schedules.statistical import make_schedule
+
+    validate_schedule(args.to_keep, args.n_samples)
+    check_statistical_args(args)
+    make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, **statistical_options(args))
+    shard([], args.n_workers, args.worker_idx)
+    if args.noise_path is not None:
+        load_noise(args.noise_path)  # a bad noise file fails before the data is read and the model loads
+    check_writable(args.log_dir)
+
+
 def add_statistical_args(parser) -> None:
     """The statistical schedule's flags, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
     parser.add_argument("--z", type=positive_float, default=3.0, help="statistical schedule: prune at z paired standard errors")

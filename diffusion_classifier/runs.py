@@ -247,3 +247,34 @@ def grounding_run(*, model: str, version: str | None, model_path: str | None, so
         picks,
     )
     return RunDescription(group, settings)
+
+
+def compositional_run(*, model: str, version: str | None, model_path: str | None, source: str, dataset: str,
+                      data: dict, n_trials: int = 1, to_keep=(1,), n_samples=(100,), loss: str = "l2",
+                      schedule: str = "reference", z: float = 3.0, min_samples: int = 10, delta: float | None = None,
+                      variance: str = "iid", epsilon: float | None = None, spending: str = "even",
+                      img_size: int | None = None, native_size: int | None = None, interpolation: str = "bicubic",
+                      noise: str | None = None, extra: str | None = None) -> RunDescription:
+    """run_compositional.py's run: <group> = <dataset>[_<extra>] (e.g. sugarcrepe_add_att, jsonl_<file>);
+    name v<model>_<n>trials_<keeps>keep_<samples>samples[...] for diffusion models, <model>_<version> for CLIP.
+    `data` are the manifest entries that pick the items (files, split, columns)."""
+    group = dataset + (f"_{extra}" if extra else "")
+    picks = Setting({"dataset": dataset, **data}, "")
+    label = model_label(version, model_path)
+    if model != "sd":
+        return RunDescription(group, (Setting({"model": model, "source": source, "version": version},
+                                              f"{model}_{label.replace('/', '_')}"), picks))
+    statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
+    settings = (
+        Setting({"model": "sd", "source": source}, f"v{label}"),
+        _trials(n_trials),
+        *_schedule(to_keep, n_samples),
+        _loss(loss),
+        statistical,
+        variance_setting,
+        Setting({"img_size": img_size}, _unless(img_size, native_size, f"_{img_size}")),
+        Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}")),
+        Setting({"noise": noise}, ""),
+        picks,
+    )
+    return RunDescription(group, settings)

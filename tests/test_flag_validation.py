@@ -46,6 +46,7 @@ BASE = {
     "eval_prob_dit.py": ["--model", "tiny", "--dataset", "digits", "--log_dir", "LOG", "--to_keep", "1",
                          "--n_samples", "2", "--no_progress"],
     "run_winoground.py": ["--version", "tiny", "--data_dir", "OUT/wino", "--log_dir", "LOG", "--no_progress"],
+    "run_compositional.py": ["--version", "tiny", "--data_path", "OUT/items.jsonl", "--log_dir", "LOG", "--no_progress"],
     "scripts/save_noise.py": ["--out", "OUT/noise.pt"],
     "scripts/fit_timestep_weights.py": ["OUT/run", "--out", "OUT/weights.json"],
     "scripts/make_digits_winoground.py": ["--out", "OUT/wino"],
@@ -65,6 +66,10 @@ FLAGS = {  # script -> [(flag, kind, extra arguments)]
         ("--imgs_to_eval", "count", [])],
     "run_winoground.py": [("--t_interval", "count", []), ("--batch_size", "count", []), ("--n_trials", "count", []),
                           ("--seed", "seed", []), ("--limit", "count", []), ("--img_size", "count", [])],
+    "run_compositional.py": [("--to_keep", "count", []), ("--n_samples", "count", []), ("--batch_size", "count", []),
+                             ("--n_trials", "count", []), ("--seed", "seed", []), ("--limit", "count", []),
+                             ("--img_size", "count", []), ("--z", "positive", []), ("--delta", "probability", []),
+                             ("--worker_idx", "count0", [])],
     "scripts/save_noise.py": [("--img_size", "count", ["--downsample", "1"]), ("--channels", "count", []),
                               ("--downsample", "count", ["--img_size", "1"]), ("--n", "count", []),
                               ("--seed", "seed", [])],
@@ -84,6 +89,7 @@ FLAGS = {  # script -> [(flag, kind, extra arguments)]
 }
 LIST_FLAGS = {("eval_prob_adaptive.py", "--to_keep"), ("eval_prob_adaptive.py", "--n_samples"),
               ("eval_prob_dit.py", "--to_keep"), ("eval_prob_dit.py", "--n_samples"),
+              ("run_compositional.py", "--to_keep"), ("run_compositional.py", "--n_samples"),
               ("scripts/train_tiny_models.py", "--channels")}  # nargs="+": each element is checked
 ROWS = [(script, flag, kind, extra) for script, rows in FLAGS.items() for flag, kind, extra in rows]
 
