@@ -132,11 +132,12 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    out.pop("provenance", None)
+    out: dict = {}
     base = ["--version", "fashion", "--template", "{}"]
     root = scene_data(3, args.n_scenes)
-    out["set"] = {"scenes": args.n_scenes, "items": 3, "canvas": 64, "item_px": [20, 32], "chance": 100 / 3}
+    # the scenes these entries were measured on (a later run with another --n_scenes writes its own entries)
+    out[f"set_{args.n_scenes}"] = {"scenes": args.n_scenes, "items": 3, "canvas": 64, "item_px": [20, 32],
+                                   "chance": 100 / 3, "configs": args.configs}
     if "target" in args.configs:
         target = run(root, *base)
         target["raw_choice_on_same_evaluations"] = raw_choice_on_same_evaluations(records_of(target["line"]))
@@ -160,7 +161,7 @@ def main(argv=None) -> dict:
                        for score in ("null", "raw")]
     if "items" in args.configs:
         out["items"] = [dict(run(scene_data(n, args.n_scenes), *base), items=n) for n in (2, 3, 4, 5)]
-    write_result(OUT, out, __file__, argv)
+    write_result(OUT, out, __file__, argv, merge=True)  # entries of the other --configs runs are kept
     print(json.dumps({k: v for k, v in out.items()}, indent=1, default=str)[:4000])
     return out
 
