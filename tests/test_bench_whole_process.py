@@ -11,6 +11,7 @@ from diffusion_classifier.schedules.staged import n_evaluations
 whole_process = load_script("benchmarks/whole_process.py")
 
 
+@pytest.mark.slow  # launches both scripts as separate processes
 def test_whole_process_mode_agrees_and_times_both(tmp_path):
     out_path = tmp_path / "whole.json"
     argv = ["--model", "tiny", "--n_images", "3", "--to_keep", "2", "1", "--n_samples", "2", "4", "--repeats", "1",

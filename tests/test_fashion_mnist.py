@@ -153,6 +153,7 @@ def test_the_installed_package_holds_the_whole_balanced_dataset(tmp_path, monkey
         assert np.bincount(labels).tolist() == [n // 10] * 10
 
 
+@pytest.mark.slow  # half a minute: 100 real test images through the shipped model
 @needs_package
 def test_shipped_fashion_sd_classifies_test_images_of_every_class(tmp_path, monkeypatch):
     from diffusion_classifier import DiffusionClassifier
