@@ -19,7 +19,7 @@ from diffusion_classifier.data.compositional import (
     read_whatsup,
 )
 from diffusion_classifier.data.datasets import sd_transform
-from diffusion_classifier.data.images import Unreadable, UnreadableImageError, found_before_message, header_problem
+from diffusion_classifier.data.images import UnreadableImageError, found_before_message, unreadable_files
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.loading import default_dtype
@@ -116,26 +116,13 @@ def group_name(args) -> str:
     return f"{args.dataset}_{path.name if path.is_dir() else path.stem}{split}"
 
 
-def find_unreadable(items) -> list[Unreadable]:
-    """Image files whose header does not read (missing ones included), one entry per file, before the model loads."""
-    seen, bad = set(), []
-    for n, item in enumerate(items):
-        for s in item.images:
-            if s.read is None and s.name not in seen:
-                seen.add(s.name)
-                problem = header_problem(s.name)
-                if problem:
-                    bad.append(Unreadable(n, s.name, problem))
-    return bad
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.version = args.version or DEFAULT_VERSION[args.model]
     check_candidate_args(args)
 
     items = read_items(args)[: args.limit]
-    unreadable = find_unreadable(items)
+    unreadable = unreadable_files((n, s.name) for n, it in enumerate(items) for s in it.images if s.read is None)
     if unreadable and not args.skip_unreadable:
         raise UnreadableImageError(unreadable[0].name, unreadable[0].found,
                                    found_before_message(unreadable, len({s.name for it in items for s in it.images})))

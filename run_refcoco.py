@@ -12,7 +12,7 @@ from diffusion_classifier.cli import HelpFormatter, add_candidate_args, check_ca
 from diffusion_classifier.cli import positive_int, statistical_options
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import sd_transform
-from diffusion_classifier.data.images import Unreadable, UnreadableImageError, found_before_message, header_problem
+from diffusion_classifier.data.images import UnreadableImageError, found_before_message, unreadable_files
 from diffusion_classifier.data.refcoco import SPLIT_BY, read_hf, read_jsonl, read_proposals, read_refer
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS
@@ -104,18 +104,6 @@ def file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def find_unreadable(queries) -> list[Unreadable]:
-    """Image files whose header does not read (missing ones included), one entry per file, before the model loads."""
-    seen, bad = set(), []
-    for n, q in enumerate(queries):
-        if q.read is None and q.image not in seen:
-            seen.add(q.image)
-            problem = header_problem(q.image)
-            if problem:
-                bad.append(Unreadable(n, q.image, problem))
-    return bad
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.version = args.version or DEFAULT_VERSION[args.model]
@@ -127,7 +115,7 @@ def main(argv=None) -> dict:
 
     proposals = None if args.proposals == "gt" else read_proposals(args.proposals)
     queries = read_queries(args, proposals)[: args.limit]
-    unreadable = find_unreadable(queries)
+    unreadable = unreadable_files((n, q.image) for n, q in enumerate(queries) if q.read is None)
     if unreadable and not args.skip_unreadable:
         raise UnreadableImageError(unreadable[0].name, unreadable[0].found,
                                    found_before_message(unreadable, len({q.image for q in queries}), "images"))

@@ -20,7 +20,6 @@ per-task tables). Layouts, read offline:
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +27,7 @@ from typing import Callable
 from PIL import Image
 
 from ..errors import InputError, MissingError
+from .entries import field, json_lines, load_json, short
 from .images import decode_rgb
 
 TEXT, IMAGE = "text", "image"  # text retrieval: captions are the candidates; image retrieval: images are
@@ -72,51 +72,14 @@ def make_item(id: str, task: str, kind: str, images, captions, label, where: str
     """An Item with its fields checked; InputError naming `where` otherwise."""
     images, captions = tuple(images), tuple(captions)
     if not all(isinstance(c, str) for c in captions):
-        raise InputError(f"{where}: captions must be strings, found {_short(list(captions))}")
+        raise InputError(f"{where}: captions must be strings, found {short(list(captions))}")
     n = len(captions) if kind == TEXT else len(images)
     if n < 2:
         what = "captions for its image" if kind == TEXT else "images for its caption"
         raise InputError(f"{where}: expected at least 2 {what}, found {n}")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
-        raise InputError(f"{where}: label must be an integer in 0..{n - 1}, found {_short(label)}")
+        raise InputError(f"{where}: label must be an integer in 0..{n - 1}, found {short(label)}")
     return Item(str(id), str(task), kind, images, captions, int(label))
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _field(obj, key: str, where: str, kind=None):
-    if not isinstance(obj, dict) or key not in obj:
-        raise InputError(f"{where}: missing field {key!r}; expected it in every entry")
-    value = obj[key]
-    if kind is not None and not isinstance(value, kind):
-        raise InputError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', kind)}, found {_short(value)}")
-    return value
-
-
-def _load_json(path: Path, expected: str):
-    if not path.is_file():
-        raise MissingError(f"{path} does not exist; expected {expected}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not valid JSON ({e}); expected {expected}") from None
-
-
-def _json_lines(path: Path, expected: str):
-    """(line number, object) of each non-empty line of a jsonl file."""
-    if not path.is_file():
-        raise MissingError(f"{path} does not exist; expected {expected}")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except ValueError as e:
-                raise InputError(f"{path} line {n} is not valid JSON ({e}); expected {expected}") from None
 
 
 def _unique(items: list[Item], where: Path | str) -> list[Item]:
@@ -140,22 +103,22 @@ def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[I
     path = Path(path).expanduser()
     root = Path(image_root).expanduser() if image_root else path.parent
     items = []
-    for n, obj in _json_lines(path, JSONL_EXPECTED):
+    for n, obj in json_lines(path, JSONL_EXPECTED):
         where = f"{path} line {n}"
         if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected {JSONL_EXPECTED}, found {_short(obj)}")
+            raise InputError(f"{where}: expected {JSONL_EXPECTED}, found {short(obj)}")
         if "image" in obj and "captions" in obj:
-            kind, images = TEXT, [_field(obj, "image", where, str)]
-            captions = _field(obj, "captions", where, list)
+            kind, images = TEXT, [field(obj, "image", where, str)]
+            captions = field(obj, "captions", where, list)
         elif "images" in obj and "caption" in obj:
-            kind, images = IMAGE, _field(obj, "images", where, list)
-            captions = [_field(obj, "caption", where, str)]
+            kind, images = IMAGE, field(obj, "images", where, list)
+            captions = [field(obj, "caption", where, str)]
             if not all(isinstance(p, str) for p in images):
-                raise InputError(f"{where}: field 'images' must be a list of paths, found {_short(images)}")
+                raise InputError(f"{where}: field 'images' must be a list of paths, found {short(images)}")
         else:
             raise InputError(f"{where}: expected {JSONL_EXPECTED}, found keys {sorted(obj)}")
         items.append(make_item(obj.get("id", n), obj.get("task", path.stem), kind,
-                               [ImageSource(str(root / p)) for p in images], captions, _field(obj, "label", where),
+                               [ImageSource(str(root / p)) for p in images], captions, field(obj, "label", where),
                                where))
     return _unique(items, path)
 
@@ -209,17 +172,17 @@ def read_hf(root: str | Path, split: str, image_column: str | None = None, capti
             kind, cells = IMAGE, cell
             if not isinstance(captions, str):
                 raise InputError(f"{where}: a list of images needs one caption (a string) in column "
-                                 f"{caption_cols[0]!r}, found {_short(captions)}")
+                                 f"{caption_cols[0]!r}, found {short(captions)}")
             captions = [captions]
         else:
             kind, cells = TEXT, [cell]
             if not isinstance(captions, list):
                 raise InputError(f"{where}: one image needs a list of captions in column {caption_cols[0]!r} (or "
-                                 f"several --caption_column), found {_short(captions)}")
+                                 f"several --caption_column), found {short(captions)}")
         sources = []
         for k, c in enumerate(cells):
             if not isinstance(c, dict):
-                raise InputError(f"{where}: column {image_col!r} holds {_short(c)}, not an encoded image; expected "
+                raise InputError(f"{where}: column {image_col!r} holds {short(c)}, not an encoded image; expected "
                                  f"an Image feature (or a list of them): pass --image_column NAME")
             name = f"{where}" + (f" image {k}" if kind == IMAGE else "") + (f" ({c['path']})" if c.get("path") else "")
             sources.append(ImageSource(name, cell_reader(c, name)))
@@ -242,13 +205,13 @@ def read_sugarcrepe(path: str | Path, image_root: str | Path) -> list[Item]:
         raise MissingError(f"{path} holds no .json file; expected SugarCrepe's split files (add_att.json, ...)")
     items = []
     for file in files:
-        data = _load_json(file, SUGARCREPE_EXPECTED)
+        data = load_json(file, SUGARCREPE_EXPECTED)
         if not isinstance(data, dict):
             raise InputError(f"{file}: expected an object {SUGARCREPE_EXPECTED}, found a {type(data).__name__}")
         for key, obj in data.items():
             where = f"{file} item {key}"
-            image = root / str(_field(obj, "filename", where))
-            captions = [_field(obj, "caption", where, str), _field(obj, "negative_caption", where, str)]
+            image = root / str(field(obj, "filename", where))
+            captions = [field(obj, "caption", where, str), field(obj, "negative_caption", where, str)]
             items.append(make_item(f"{file.stem}_{key}", file.stem, TEXT, [ImageSource(str(image))], captions, 0,
                                    where))
     return _unique(items, path)
@@ -264,29 +227,29 @@ def read_aro(path: str | Path, image_root: str | Path | None = None, which: str 
     to the box, the true caption label 0."""
     path = Path(path).expanduser()
     root = Path(image_root).expanduser() if image_root else path.parent
-    data = _load_json(path, ARO_EXPECTED)
+    data = load_json(path, ARO_EXPECTED)
     if not isinstance(data, list):
         raise InputError(f"{path}: expected {ARO_EXPECTED}, found a {type(data).__name__}")
     items = []
     for n, obj in enumerate(data):
         where = f"{path} item {n}"
-        box = tuple(_number(_field(obj, f"bbox_{k}", where), f"{where} bbox_{k}") for k in "xywh")
+        box = tuple(_number(field(obj, f"bbox_{k}", where), f"{where} bbox_{k}") for k in "xywh")
         if box[2] <= 0 or box[3] <= 0:
             raise InputError(f"{where}: box {list(box)} has zero or negative size; expected bbox_w, bbox_h > 0")
         if which == "vg_relation":
-            task = str(_field(obj, "relation_name", where))
+            task = str(field(obj, "relation_name", where))
         else:
-            attributes = _field(obj, "attributes", where, list)
+            attributes = field(obj, "attributes", where, list)
             task = "-".join(map(str, attributes))
-        captions = [_field(obj, "true_caption", where, str), _field(obj, "false_caption", where, str)]
-        image = ImageSource(str(root / str(_field(obj, "image_path", where))), box=box)
+        captions = [field(obj, "true_caption", where, str), field(obj, "false_caption", where, str)]
+        image = ImageSource(str(root / str(field(obj, "image_path", where))), box=box)
         items.append(make_item(n, task, TEXT, [image], captions, 0, where))
     return _unique(items, path)
 
 
 def _number(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where}: expected a number, found {_short(value)}")
+        raise InputError(f"{where}: expected a number, found {short(value)}")
     return float(value)
 
 
@@ -299,22 +262,22 @@ def read_whatsup(path: str | Path, image_root: str | Path | None = None) -> list
     """What'sUp: the first caption option is true (label 0); task = the file's stem."""
     path = Path(path).expanduser()
     root = Path(image_root).expanduser() if image_root else path.parent
-    data = _load_json(path, WHATSUP_EXPECTED)
+    data = load_json(path, WHATSUP_EXPECTED)
     if not isinstance(data, list):
         raise InputError(f"{path}: expected {WHATSUP_EXPECTED}, found a {type(data).__name__}")
     items = []
     for n, obj in enumerate(data):
         where = f"{path} item {n}"
         if isinstance(obj, dict):
-            image, captions = str(_field(obj, "image_path", where)), _field(obj, "caption_options", where, list)
+            image, captions = str(field(obj, "image_path", where)), field(obj, "caption_options", where, list)
         elif isinstance(obj, list) and len(obj) >= 3:
             image, captions = obj[0], obj[1:]
             if isinstance(image, int) and not isinstance(image, bool):
                 image = f"{image:012d}.jpg"  # COCO-spatial: a COCO val2017 image id
             elif not isinstance(image, str):
-                raise InputError(f"{where}: expected an image path or COCO id first, found {_short(image)}")
+                raise InputError(f"{where}: expected an image path or COCO id first, found {short(image)}")
         else:
-            raise InputError(f"{where}: expected {WHATSUP_EXPECTED}, found {_short(obj)}")
+            raise InputError(f"{where}: expected {WHATSUP_EXPECTED}, found {short(obj)}")
         items.append(make_item(n, path.stem, TEXT, [ImageSource(str(root / image))], captions, 0, where))
     return _unique(items, path)
 
@@ -348,7 +311,7 @@ def read_geneval(root: str | Path, prompts_file: str | Path | None = None, domai
         found = [p for p in (root / GENEVAL_PROMPTS, root.parent / "prompts" / GENEVAL_PROMPTS) if p.is_file()]
         prompts_file = found[0] if found else root / GENEVAL_PROMPTS
     prompts_file = Path(prompts_file).expanduser()
-    table = _load_json(prompts_file, "{domain: {tag: [prompts] or {class: [prompts]} or {class: {class: [prompts]}}}}")
+    table = load_json(prompts_file, "{domain: {tag: [prompts] or {class: [prompts]} or {class: {class: [prompts]}}}}")
     if not isinstance(table, dict) or domain not in table:
         raise InputError(f"{prompts_file}: no domain {domain!r}; its domains are "
                          f"{', '.join(table) if isinstance(table, dict) else 'none'}: pass --domain NAME")
@@ -359,12 +322,12 @@ def read_geneval(root: str | Path, prompts_file: str | Path | None = None, domai
     items = []
     for folder in folders:
         meta_path = folder / "metadata.jsonl"
-        lines = list(_json_lines(meta_path, "one object {tag, include, prompt}"))
+        lines = list(json_lines(meta_path, "one object {tag, include, prompt}"))
         if not lines:
             raise InputError(f"{meta_path} is empty; expected one object {{tag, include, prompt}}")
         n, meta = lines[0]
         where = f"{meta_path} line {n}"
-        tag, prompt = str(_field(meta, "tag", where)), str(_field(meta, "prompt", where))
+        tag, prompt = str(field(meta, "tag", where)), str(field(meta, "prompt", where))
         if tag not in table[domain]:
             raise InputError(f"{where}: tag {tag!r} is not in {prompts_file}[{domain!r}]; its tags are "
                              f"{', '.join(table[domain])}")

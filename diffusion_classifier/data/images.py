@@ -182,6 +182,19 @@ def find_unreadable(dataset, indices: Sequence[int], show_progress: bool = False
     return bad
 
 
+def unreadable_files(entries) -> list[Unreadable]:
+    """Image files whose header cannot be read (a missing file included), from (index, path) pairs: one entry per
+    file, at the first index that names it; checked before a model loads."""
+    seen, bad = set(), []
+    for n, path in entries:
+        if path not in seen:
+            seen.add(path)
+            problem = header_problem(path)
+            if problem:
+                bad.append(Unreadable(n, path, problem))
+    return bad
+
+
 def drop_unreadable(dataset, indices: Sequence[int], skip_unreadable: bool,
                     show_progress: bool = False) -> tuple[list[int], list[Unreadable]]:
     """(indices without the images whose header cannot be read, those images); InputError on them unless skipping."""

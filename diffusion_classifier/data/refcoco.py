@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError, MissingError
+from .entries import field, short
 from .images import decode_rgb
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}  # the refer release's default partition
@@ -57,12 +58,12 @@ def as_box(value, where: str) -> tuple[float, float, float, float]:
     """[x, y, w, h] as four finite floats with w, h > 0; InputError naming `where` otherwise."""
     if not isinstance(value, (list, tuple)) or len(value) < 4 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value[:4]):
-        raise InputError(f"{where}: expected a box [x, y, w, h] of numbers, found {_short(value)}")
+        raise InputError(f"{where}: expected a box [x, y, w, h] of numbers, found {short(value)}")
     x, y, w, h = (float(v) for v in value[:4])
     if not all(math.isfinite(v) for v in (x, y, w, h)):
-        raise InputError(f"{where}: expected a box [x, y, w, h] of finite numbers, found {_short(value)}")
+        raise InputError(f"{where}: expected a box [x, y, w, h] of finite numbers, found {short(value)}")
     if w <= 0 or h <= 0:
-        raise InputError(f"{where}: box {_short(value)} has zero or negative size; expected w > 0 and h > 0")
+        raise InputError(f"{where}: box {short(value)} has zero or negative size; expected w > 0 and h > 0")
     return x, y, w, h
 
 
@@ -83,11 +84,6 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # ---------------------------------------------------------------- proposals
 
 
@@ -106,8 +102,8 @@ def read_proposals(path: str | Path) -> dict[int, list[tuple[float, float, float
     out = {}
     for key, boxes in data.items():
         if not str(key).lstrip("-").isdigit() or not isinstance(boxes, list):
-            raise InputError(f"proposals file {path}: entry {_short(key)} must map an integer image id to a list of "
-                             f"boxes, found {_short(boxes)}")
+            raise InputError(f"proposals file {path}: entry {short(key)} must map an integer image id to a list of "
+                             f"boxes, found {short(boxes)}")
         out[int(key)] = [as_box(b, f"proposals file {path}, image {key}, box {j}") for j, b in enumerate(boxes)]
     return out
 
@@ -157,15 +153,6 @@ def refer_files(root: str | Path, dataset: str, split_by: str | None = None) -> 
     return refs, instances
 
 
-def _field(obj, key: str, where: str, kind=None):
-    if not isinstance(obj, dict) or key not in obj:
-        raise InputError(f"{where}: missing field {key!r}; expected it in every entry")
-    value = obj[key]
-    if kind is not None and not isinstance(value, kind):
-        raise InputError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', kind)}, found {_short(value)}")
-    return value
-
-
 def _check_on_image(box, size, where: str) -> None:
     if size is not None:
         problem = box_problem(box, *size)
@@ -186,17 +173,17 @@ def read_refer(root: str | Path, dataset: str, split: str, split_by: str | None 
         raise InputError(f"{inst_path} is not valid JSON ({e}); expected COCO instances (images, annotations, "
                          f"categories)") from None
     for key in ("images", "annotations"):
-        _field(inst, key, str(inst_path), list)
-    images = {int(_field(im, "id", f"{inst_path} images")): im for im in inst["images"]}
+        field(inst, key, str(inst_path), list)
+    images = {int(field(im, "id", f"{inst_path} images")): im for im in inst["images"]}
     cats = {c.get("id"): c.get("name") for c in inst.get("categories", []) if isinstance(c, dict)}
     by_image: dict[int, list] = {}
     anns = {}
     for a in inst["annotations"]:
         where = f"{inst_path} annotation {a.get('id') if isinstance(a, dict) else '?'}"
-        ann_id = int(_field(a, "id", where))
-        box = as_box(_field(a, "bbox", where), where)
+        ann_id = int(field(a, "id", where))
+        box = as_box(field(a, "bbox", where), where)
         anns[ann_id] = (box, a.get("category_id"))
-        by_image.setdefault(int(_field(a, "image_id", where)), []).append((ann_id, box))
+        by_image.setdefault(int(field(a, "image_id", where)), []).append((ann_id, box))
     image_dir = Path(image_root).expanduser() if image_root else Path(root).expanduser() / IMAGE_SUBDIR
     splits = sorted({str(r.get("split")) for r in refs if isinstance(r, dict)})
     chosen = [r for r in refs if isinstance(r, dict) and r.get("split") == split]
@@ -205,7 +192,7 @@ def read_refer(root: str | Path, dataset: str, split: str, split_by: str | None 
     queries = []
     for r in chosen:
         where = f"{refs_path} ref {r.get('ref_id')}"
-        ann_id, image_id = int(_field(r, "ann_id", where)), int(_field(r, "image_id", where))
+        ann_id, image_id = int(field(r, "ann_id", where)), int(field(r, "image_id", where))
         if ann_id not in anns:
             raise InputError(f"{where}: ann_id {ann_id} is not in {inst_path}; expected every ref's annotation there")
         if image_id not in images:
@@ -216,10 +203,10 @@ def read_refer(root: str | Path, dataset: str, split: str, split_by: str | None 
         for cid, box in gt:
             _check_on_image(box, size, f"{inst_path} annotation {cid}")
         cands = _candidates(gt, image_id, proposals, where, "its image has no annotated object")
-        name = str(_field(im, "file_name", f"{inst_path} image {image_id}"))
+        name = str(field(im, "file_name", f"{inst_path} image {image_id}"))
         cat = r.get("category_id", anns[ann_id][1])
-        for k, s in enumerate(_field(r, "sentences", where, list)):
-            raw = _field(s, "raw", f"{where} sentence {k}", str)
+        for k, s in enumerate(field(r, "sentences", where, list)):
+            raw = field(s, "raw", f"{where} sentence {k}", str)
             qid = str(s["sent_id"]) if isinstance(s, dict) and "sent_id" in s else f"{ann_id}_{k}"
             queries.append(Query(qid, str(image_dir / name), image_id, raw, cands, anns[ann_id][0],
                                  ann_id if proposals is None else None, cats.get(cat, None if cat is None else str(cat)),
@@ -255,23 +242,23 @@ def read_jsonl(path: str | Path, image_root: str | Path, proposals: dict | None 
                 obj = json.loads(line)
             except ValueError as e:
                 raise InputError(f"{where} is not valid JSON ({e}); expected one object a line") from None
-            file_name = str(_field(obj, "file_name", where))
-            image_id, ann_id = int(_field(obj, "image_id", where)), int(_field(obj, "ann_id", where))
+            file_name = str(field(obj, "file_name", where))
+            image_id, ann_id = int(field(obj, "image_id", where)), int(field(obj, "ann_id", where))
             size = (int(obj["width"]), int(obj["height"])) if "width" in obj and "height" in obj else None
             gt = []
-            for j, a in enumerate(_field(obj, "anns", where, list)):
+            for j, a in enumerate(field(obj, "anns", where, list)):
                 aw = f"{where} anns[{j}]"
-                box = as_box(_field(a, "bbox", aw), aw)
+                box = as_box(field(a, "bbox", aw), aw)
                 _check_on_image(box, size, aw)
-                gt.append((int(_field(a, "id", aw)), box))
+                gt.append((int(field(a, "id", aw)), box))
             gold = dict(gt).get(ann_id)
             if gold is None:
                 raise InputError(f"{where}: ann_id {ann_id} is not among its anns ids {[i for i, _ in gt]}; expected "
                                  f"the gold object among the candidates")
             cands = _candidates(gt, image_id, proposals, where, "anns is empty")
             image = str(jsonl_image(image_root, file_name))
-            for k, s in enumerate(_field(obj, "sentences", where, list)):
-                raw = _field(s, "raw", f"{where} sentences[{k}]", str)
+            for k, s in enumerate(field(obj, "sentences", where, list)):
+                raw = field(s, "raw", f"{where} sentences[{k}]", str)
                 qid = str(s["sent_id"]) if isinstance(s, dict) and "sent_id" in s else f"{ann_id}_{k}"
                 queries.append(Query(qid, image, image_id, raw, cands, gold, ann_id if proposals is None else None,
                                      obj.get("category") or obj.get("category_name"), obj.get("split", split)))
@@ -347,7 +334,7 @@ def read_hf(root: str | Path, split: str, image_root: str | Path | None = None,
         where = f"{where_split} row {i}"
         image_id = _row_image_id(row, where)
         gold_box, gold_id = _row_gold(row, where)
-        gt = [(int(_field(a, "id", f"{where} anns")), as_box(_field(a, "bbox", f"{where} anns"), f"{where} anns"))
+        gt = [(int(field(a, "id", f"{where} anns")), as_box(field(a, "bbox", f"{where} anns"), f"{where} anns"))
               for a in row.get("anns") or []]
         cands = _candidates(gt, image_id, proposals, where, "anns is empty")
         if has_image and row["image"] is not None:

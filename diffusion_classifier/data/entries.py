@@ -1,0 +1,47 @@
+"""Entries of the JSON and jsonl files datasets are distributed in, read with one-line errors that name the file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError, MissingError
+
+
+def short(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def field(obj, key: str, where: str, kind=None):
+    """obj[key]; InputError naming `where` when obj is no dict, lacks the key, or its value is not of `kind`."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise InputError(f"{where}: missing field {key!r}; expected it in every entry")
+    value = obj[key]
+    if kind is not None and not isinstance(value, kind):
+        raise InputError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', kind)}, found {short(value)}")
+    return value
+
+
+def load_json(path: Path, expected: str):
+    """The JSON document at `path`; MissingError or InputError saying what was `expected`."""
+    if not path.is_file():
+        raise MissingError(f"{path} does not exist; expected {expected}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({e}); expected {expected}") from None
+
+
+def json_lines(path: Path, expected: str):
+    """(line number, object) of each non-empty line of a jsonl file."""
+    if not path.is_file():
+        raise MissingError(f"{path} does not exist; expected {expected}")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except ValueError as e:
+                raise InputError(f"{path} line {n} is not valid JSON ({e}); expected {expected}") from None
