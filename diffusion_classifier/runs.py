@@ -187,6 +187,21 @@ def class_adaptive_run(*, source: str, vae: str | None, dataset: str, split: str
     return RunDescription(dataset_group(dataset, corruption, severity, extra, root), settings)
 
 
+def _baseline(model: str, source: str, version: str, label: str) -> Setting:
+    """A contrastive baseline's one setting (CLIP, OpenCLIP): <model>_<version>."""
+    return Setting({"model": model, "source": source, "version": version}, f"{model}_{label.replace('/', '_')}")
+
+
+def _candidate_scoring(n_trials: int, to_keep, n_samples, loss: str, schedule: str, z: float, min_samples: int,
+                       delta: float | None, variance: str, epsilon: float | None, spending: str, img_size: int | None,
+                       native_size: int | None, interpolation: str) -> list[Setting]:
+    """The settings of a diffusion model scoring an item's candidates (grounding, compositional), in name order."""
+    statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
+    return [_trials(n_trials), *_schedule(to_keep, n_samples), _loss(loss), statistical, variance_setting,
+            Setting({"img_size": img_size}, _unless(img_size, native_size, f"_{img_size}")),
+            Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}"))]
+
+
 def winoground_run(*, model: str, version: str, model_path: str | None, source: str, extra: str | None = None,
                    img_size: int | None = None, native_size: int | None = None, interpolation: str = "bilinear",
                    t_interval: int = 5, T: int = 1000, n_trials: int = 1, randomize_noise: bool = False,
@@ -198,8 +213,7 @@ def winoground_run(*, model: str, version: str, model_path: str | None, source: 
     group = "winoground" + (f"_{extra}" if extra else "")
     label = model_label(version, model_path)
     if model != "sd":
-        return RunDescription(group, (Setting({"model": model, "source": source, "version": version},
-                                              f"{model}_{label.replace('/', '_')}"),))
+        return RunDescription(group, (_baseline(model, source, version, label),))
     settings = (
         Setting({"model": "sd", "source": source}, f"sd_v{label}"),
         Setting({"t_interval": t_interval, "T": T}, f"_t{t_interval}"),
@@ -228,20 +242,13 @@ def grounding_run(*, model: str, version: str | None, model_path: str | None, so
     picks = Setting({"dataset": dataset, "split": split, "template": template, **data}, "")
     label = model_label(version, model_path)
     if model != "sd":
-        return RunDescription(group, (Setting({"model": model, "source": source, "version": version},
-                                              f"{model}_{label.replace('/', '_')}"), det, picks))
-    statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
+        return RunDescription(group, (_baseline(model, source, version, label), det, picks))
     settings = (
         Setting({"model": "sd", "source": source}, f"v{label}"),
         Setting({"region": region}, f"_{region}"),
         Setting({"score": score}, f"_{score}"),
-        _trials(n_trials),
-        *_schedule(to_keep, n_samples),
-        _loss(loss),
-        statistical,
-        variance_setting,
-        Setting({"img_size": img_size}, _unless(img_size, native_size, f"_{img_size}")),
-        Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}")),
+        *_candidate_scoring(n_trials, to_keep, n_samples, loss, schedule, z, min_samples, delta, variance, epsilon,
+                            spending, img_size, native_size, interpolation),
         det,
         Setting({"noise": noise}, ""),
         picks,
@@ -262,18 +269,11 @@ def compositional_run(*, model: str, version: str | None, model_path: str | None
     picks = Setting({"dataset": dataset, **data}, "")
     label = model_label(version, model_path)
     if model != "sd":
-        return RunDescription(group, (Setting({"model": model, "source": source, "version": version},
-                                              f"{model}_{label.replace('/', '_')}"), picks))
-    statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
+        return RunDescription(group, (_baseline(model, source, version, label), picks))
     settings = (
         Setting({"model": "sd", "source": source}, f"v{label}"),
-        _trials(n_trials),
-        *_schedule(to_keep, n_samples),
-        _loss(loss),
-        statistical,
-        variance_setting,
-        Setting({"img_size": img_size}, _unless(img_size, native_size, f"_{img_size}")),
-        Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}")),
+        *_candidate_scoring(n_trials, to_keep, n_samples, loss, schedule, z, min_samples, delta, variance, epsilon,
+                            spending, img_size, native_size, interpolation),
         Setting({"noise": noise}, ""),
         picks,
     )
