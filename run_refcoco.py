@@ -20,7 +20,7 @@ from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.records import claim_run_folder, environment_info, write_json
 from diffusion_classifier.runs import grounding_run
-from diffusion_classifier.tasks.candidates import candidate_scoring
+from diffusion_classifier.tasks.candidates import candidate_scoring, results_file
 from diffusion_classifier.tasks.grounding import (
     REGIONS,
     SCORES,
@@ -161,8 +161,8 @@ def main(argv=None) -> dict:
     tables = accuracy_tables(records)
     for line in table_lines(tables):
         print(line)
-    write_json(folder / (RESULT_FILE if args.n_workers * state.num_processes == 1 else
-                         f"results_{args.worker_idx}_{state.process_index}.json"), tables)
+    write_json(results_file(folder, RESULT_FILE, args.n_workers, args.worker_idx, state.num_processes,
+                            state.process_index), tables)
     line = summary_line(folder, tables, stats)
     print(line)
     return {"folder": str(folder), **tables, **stats.as_dict(), "line": line}

@@ -1,20 +1,28 @@
-"""A text-conditional model set up to score candidates (captions, regions) of one item at a time, on shared (t, ε).
+"""Items scored one at a time against their candidates (captions, regions): what the tasks of run_refcoco.py and
+run_compositional.py share.
 
-What run_refcoco.py and run_compositional.py share: the model, its image size and latent shape, the packed
-Scorer over one noise bank, the schedule for an item with n candidates (the staged schedule keeps at most n),
-and the settings beyond the folder name that change the numbers (records.check_manifest's `numerics`).
+A text-conditional model set up for it: the model, its image size and latent shape, the packed Scorer over one
+noise bank, the schedule for an item with n candidates (the staged schedule keeps at most n), and the settings
+beyond the folder name that change the numbers (records.check_manifest's `numerics`). The run over the one loop
+with one record per item, its accuracy grouped by a record field, and the results file of a shard.
 """
 from __future__ import annotations
 
 import functools
 import math
+import os
+import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Callable, Hashable, Sequence
 
 import torch
 
 from ..engine import Scorer
+from ..errors import InputError
 from ..families import load_model, resolve_model
+from ..loop import LoopStats, RecordLoop
 from ..noise import noise_bank, noise_digest
 from ..packing import resolve_packing
 from ..schedules.staged import validate_schedule
@@ -54,3 +62,69 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
     scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
     numerics = {"dtype": str(dtype), "attention": attention, "noise_digest": noise_digest(noise)}
     return CandidateScoring(model, img_size, source, scorer, schedule_for, noise_source, numerics)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def record_file(folder: str | os.PathLike, key: str) -> Path:
+    """Where an item's record is stored: <folder>/<key>.pt (characters other than [A-Za-z0-9_.-] become '-')."""
+    return Path(folder) / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', str(key))}.pt"
+
+
+def running_postfix(stats: LoopStats) -> dict:
+    """The progress bar's running accuracy and evaluations per item."""
+    return {"acc": f"{stats.accuracy:.1f}", "evals": f"{stats.evaluations / max(stats.done, 1):.0f}"}
+
+
+def run_items_once(by_id: dict[Hashable, object], folder: str | os.PathLike, keys: Sequence[str],
+                   load: Callable[[list], tuple[list, list]], score_and_record: Callable[[object, object], dict],
+                   correct_key: str, unit: str, desc: str = "", show_progress: bool = True,
+                   skip_unreadable: bool = False, unreadable=()) -> LoopStats:
+    """Score the items of `by_id` without a usable record in `folder`, one at a time; save one record each.
+
+    load(ids) -> ([(id, (item, decoded))], [(id, Unreadable)]) as loop.RecordLoop.groups takes it;
+    score_and_record(item, decoded) -> the record, with its denoiser `evaluations` (counted into the stats) and
+    `correct_key` (the hit that counts into the accuracy). A record must hold `keys`. `stats.records`: every record.
+    """
+    def problem(record) -> str | None:
+        if not isinstance(record, dict) or not set(keys) <= set(record):
+            return f"expected a dict with keys {', '.join(keys)}"
+        return None
+
+    with RecordLoop(folder, partial(record_file, folder), problem, unit=unit, desc=desc, show_progress=show_progress,
+                    skip_unreadable=skip_unreadable, unreadable=unreadable, collect=True,
+                    postfix=running_postfix) as loop:
+        stats = loop.stats
+        for [(key, (item, decoded))] in loop.groups(by_id, load, 1, True, lambda r: bool(r[correct_key])):
+            record = score_and_record(item, decoded)
+            stats.evaluations += record["evaluations"]
+            loop.save(key, record, correct=record[correct_key])
+    return stats
+
+
+def unique_ids(items: Sequence, key: Callable[[object], Hashable], noun: str, plural: str, per: str) -> dict:
+    """{id: item} in order; InputError when two items share an id ("<noun> ids repeat (5 <plural>, ...)")."""
+    by_id = {key(it): it for it in items}
+    if len(by_id) != len(items):
+        raise InputError(f"{noun} ids repeat ({len(items)} {plural}, {len(by_id)} distinct ids); expected one id per "
+                         f"{per}")
+    return by_id
+
+
+def accuracy_by(records: Sequence[dict], key: str, correct_key: str, missing: str = "-") -> dict:
+    """{value of `key` (records without one: `missing`): {accuracy (%), n}} in sorted order."""
+    out: dict = {}
+    for r in records:
+        name = str(r.get(key)) if r.get(key) is not None else missing
+        right, n = out.get(name, (0, 0))
+        out[name] = (right + int(bool(r[correct_key])), n + 1)
+    return {k: {"accuracy": 100.0 * right / n, "n": n} for k, (right, n) in sorted(out.items())}
+
+
+def results_file(folder: Path, name: str, n_workers: int, worker_idx: int, num_processes: int,
+                 process_index: int) -> Path:
+    """The run's results JSON: `name`, or one per shard and process when the run is split."""
+    if n_workers * num_processes == 1:
+        return folder / name
+    return folder / f"{Path(name).stem}_{worker_idx}_{process_index}.json"

@@ -19,9 +19,9 @@ import torch
 from ..data.compositional import IMAGE, TEXT, Item
 from ..data.images import Unreadable, UnreadableImageError
 from ..engine import Jobs, Scorer, cat_conditions
-from ..errors import InputError
-from ..loop import LoopStats, RecordLoop
-from .grounding import candidate_evaluator, record_file
+from ..loop import LoopStats
+from .candidates import accuracy_by, run_items_once, unique_ids
+from .grounding import candidate_evaluator
 
 RECORD_KEYS = ("id", "task", "kind", "pred", "label", "correct")
 
@@ -90,12 +90,6 @@ def make_record(item: Item, scored: dict) -> dict:
             "evaluations": int(scored.get("evaluations", 0)), "pred": pred, "correct": pred == item.label}
 
 
-def record_problem(record) -> str | None:
-    if not isinstance(record, dict) or not set(RECORD_KEYS) <= set(record):
-        return f"expected a dict with keys {', '.join(RECORD_KEYS)}"
-    return None
-
-
 def open_items(by_id: dict[str, Item], position: dict, ids: list[str]) -> tuple[list, list]:
     """([(id, (item, images))] decoded, [(id, Unreadable)] with an image that cannot be decoded)."""
     loaded, bad = [], []
@@ -110,37 +104,20 @@ def open_items(by_id: dict[str, Item], position: dict, ids: list[str]) -> tuple[
     return loaded, bad
 
 
-def running_postfix(stats: LoopStats) -> dict:
-    return {"acc": f"{stats.accuracy:.1f}", "evals": f"{stats.evaluations / max(stats.done, 1):.0f}"}
-
-
 def run_items(items: Sequence[Item], folder: str | os.PathLike, score_item: Callable[[Item, list], dict],
               desc: str = "", show_progress: bool = True, skip_unreadable: bool = False,
               unreadable: Sequence[Unreadable] = ()) -> LoopStats:
     """Score the items without a record in `folder`; save one record each. `stats.records`: every record seen."""
-    by_id = {it.id: it for it in items}
-    if len(by_id) != len(items):
-        raise InputError(f"item ids repeat ({len(items)} items, {len(by_id)} distinct ids); expected one id per item")
+    by_id = unique_ids(items, lambda it: it.id, "item", "items", "item")
     position = {i: n for n, i in enumerate(by_id)}
-    with RecordLoop(folder, partial(record_file, folder), record_problem, unit="items", desc=desc,
-                    show_progress=show_progress, skip_unreadable=skip_unreadable, unreadable=unreadable,
-                    collect=True, postfix=running_postfix) as loop:
-        stats = loop.stats
-        for [(i, (item, images))] in loop.groups(by_id, partial(open_items, by_id, position), 1, True,
-                                                 lambda r: bool(r["correct"])):
-            record = make_record(item, score_item(item, images))
-            stats.evaluations += record["evaluations"]
-            loop.save(i, record, correct=record["correct"])
-    return stats
+    return run_items_once(by_id, folder, RECORD_KEYS, partial(open_items, by_id, position),
+                          lambda item, images: make_record(item, score_item(item, images)), "correct", "items", desc,
+                          show_progress, skip_unreadable, unreadable)
 
 
 def accuracy_tables(records: Sequence[dict]) -> dict:
     """Accuracy over items, per task, and the macro average over tasks; mean evaluations per item."""
-    per_task: dict = {}
-    for r in records:
-        right, n = per_task.get(str(r["task"]), (0, 0))
-        per_task[str(r["task"])] = (right + int(bool(r["correct"])), n + 1)
-    tasks = {k: {"accuracy": 100.0 * c / n, "n": n} for k, (c, n) in sorted(per_task.items())}
+    tasks = accuracy_by(records, "task", "correct")
     n = len(records)
     return {"accuracy": 100.0 * sum(bool(r["correct"]) for r in records) / max(n, 1), "n": n,
             "macro_accuracy": sum(t["accuracy"] for t in tasks.values()) / max(len(tasks), 1),

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from functools import partial
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -26,7 +24,8 @@ from ..data.images import Unreadable, UnreadableImageError
 from ..data.refcoco import Query, box_problem, iou
 from ..engine import Jobs, Scorer, cat_conditions
 from ..errors import InputError
-from ..loop import LoopStats, RecordLoop
+from ..loop import LoopStats
+from .candidates import accuracy_by, run_items_once, unique_ids
 from .matching import null_normalized_errors
 
 REGIONS = ("crop", "mask", "both")
@@ -195,11 +194,6 @@ def clip_query_scorer(score: Callable, template: str = "{}", fill=FILL) -> Calla
 # ---------------------------------------------------------------- runs
 
 
-def record_file(folder: str | os.PathLike, qid: str) -> Path:
-    """Where a query's record is stored: <folder>/<qid>.pt (characters other than [A-Za-z0-9_.-] become '-')."""
-    return Path(folder) / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', str(qid))}.pt"
-
-
 def make_record(query: Query, scored: dict) -> dict:
     """A query's record: the scores, the chosen box and its IoU with the gold box, the hit."""
     pred = int(scored["pred"])
@@ -210,12 +204,6 @@ def make_record(query: Query, scored: dict) -> dict:
             "boxes": [list(b) for _, b in query.candidates], "pred_id": int(cid), "box": list(box),
             "gold": query.gold, "gold_box": list(query.gold_box), "iou": overlap, "hit": overlap > HIT_IOU,
             "category": query.category, "split": query.split}
-
-
-def record_problem(record) -> str | None:
-    if not isinstance(record, dict) or not set(RECORD_KEYS) <= set(record):
-        return f"expected a dict with keys {', '.join(RECORD_KEYS)}"
-    return None
 
 
 def open_queries(by_id: dict[str, Query], qids: list[str], position: dict | None = None) -> tuple[list, list]:
@@ -235,10 +223,6 @@ def open_queries(by_id: dict[str, Query], qids: list[str], position: dict | None
     return loaded, bad
 
 
-def running_postfix(stats: LoopStats) -> dict:
-    return {"acc": f"{stats.accuracy:.1f}", "evals": f"{stats.evaluations / max(stats.done, 1):.0f}"}
-
-
 def run_queries(queries: Sequence[Query], folder: str | os.PathLike,
                 score_query: Callable[[Query, Image.Image], dict], desc: str = "", show_progress: bool = True,
                 skip_unreadable: bool = False, unreadable: Sequence[Unreadable] = ()) -> LoopStats:
@@ -246,38 +230,20 @@ def run_queries(queries: Sequence[Query], folder: str | os.PathLike,
 
     `score_query` returns the record's scores with `pred` and its denoiser `evaluations` (counted into the stats).
     """
-    by_id = {q.qid: q for q in queries}
+    by_id = unique_ids(queries, lambda q: q.qid, "query", "queries", "expression")
     position = {q: n for n, q in enumerate(by_id)}
-    if len(by_id) != len(queries):
-        raise InputError(f"query ids repeat ({len(queries)} queries, {len(by_id)} distinct ids); expected one id per "
-                         f"expression")
-    with RecordLoop(folder, partial(record_file, folder), record_problem, unit="expressions", desc=desc,
-                    show_progress=show_progress, skip_unreadable=skip_unreadable, unreadable=unreadable,
-                    collect=True, postfix=running_postfix) as loop:
-        stats = loop.stats
-        for [(q, (query, image))] in loop.groups(by_id, partial(open_queries, by_id, position=position), 1, True,
-                                                 lambda r: bool(r["hit"])):
-            record = make_record(query, score_query(query, image))
-            stats.evaluations += record["evaluations"]
-            loop.save(q, record, correct=record["hit"])
-    return stats
+    return run_items_once(by_id, folder, RECORD_KEYS, partial(open_queries, by_id, position=position),
+                          lambda query, image: make_record(query, score_query(query, image)), "hit", "expressions",
+                          desc, show_progress, skip_unreadable, unreadable)
 
 
 def accuracy_tables(records: Sequence[dict]) -> dict:
     """Accuracy (IoU > 0.5) overall, per split and per category; mean evaluations per expression."""
-    def table(key: str) -> dict:
-        out: dict = {}
-        for r in records:
-            name = str(r.get(key)) if r.get(key) is not None else "-"
-            hit, n = out.get(name, (0, 0))
-            out[name] = (hit + int(bool(r["hit"])), n + 1)
-        return {k: {"accuracy": 100.0 * h / n, "n": n} for k, (h, n) in sorted(out.items())}
-
     n = len(records)
     return {"accuracy": 100.0 * sum(bool(r["hit"]) for r in records) / max(n, 1), "n": n,
             "evaluations_per_expression": sum(int(r.get("evaluations", 0)) for r in records) / max(n, 1),
             "mean_iou": sum(float(r["iou"]) for r in records) / max(n, 1),
-            "per_split": table("split"), "per_category": table("category")}
+            "per_split": accuracy_by(records, "split", "hit"), "per_category": accuracy_by(records, "category", "hit")}
 
 
 def table_lines(tables: dict) -> list[str]:
