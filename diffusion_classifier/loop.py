@@ -126,7 +126,6 @@ class RecordLoop:
         note_unreadable(self.manifest_folder, self.stats.unreadable)
         self.store = RecordFolder(self.folder, required, check)
         self._finished: set = set()  # keys with a usable record, found or saved
-        self._counted_found: set = set()
 
     def __enter__(self) -> RecordLoop:
         return self
@@ -149,10 +148,8 @@ class RecordLoop:
             self.stats.records[key] = record
         if correct is not None:
             right = int(bool(correct(record)))
-            if key not in self._counted_found:  # a record another process finished is found once
-                self._counted_found.add(key)
-                self.stats.found_correct += right
-                self.stats.found_counted += 1
+            self.stats.found_correct += right  # each key is found once: a found key is never looked up again
+            self.stats.found_counted += 1
             if count:
                 self.stats.correct += right
                 self.stats.counted += 1
