@@ -220,24 +220,21 @@ def _folder_dataset(name: str, path: Path, how: str, make: Callable):
 
 
 def build_pets(root: Path, split: str, transform):
-    s = split
     ds = _torchvision("pets", tvd.OxfordIIITPet, root / "oxford-iiit-pet", "",
-                      lambda: tvd.OxfordIIITPet(str(root), split=s, transform=transform, download=False))
+                      lambda: tvd.OxfordIIITPet(str(root), split=split, transform=transform, download=False))
     return align_labels(ds, ds.classes, "pets")
 
 
 def build_flowers(root: Path, split: str, transform):
-    s = split
-    ds = _torchvision("flowers", tvd.Flowers102, root / "flowers-102", f", split={s!r}",
-                      lambda: tvd.Flowers102(str(root), split=s, transform=transform, download=False))
+    ds = _torchvision("flowers", tvd.Flowers102, root / "flowers-102", f", split={split!r}",
+                      lambda: tvd.Flowers102(str(root), split=split, transform=transform, download=False))
     # labels are positions in imagelabels.mat, the order of our class list (torchvision spells 3 names differently)
     return ds
 
 
 def build_stl10(root: Path, split: str, transform):
-    s = split
-    ds = _torchvision("stl10", tvd.STL10, root / "stl10_binary", f", split={s!r}",
-                      lambda: tvd.STL10(str(root), split=s, transform=transform, download=False))
+    ds = _torchvision("stl10", tvd.STL10, root / "stl10_binary", f", split={split!r}",
+                      lambda: tvd.STL10(str(root), split=split, transform=transform, download=False))
     return align_labels(ds, ds.classes, "stl10")
 
 
@@ -259,9 +256,8 @@ def build_cifar(name: str, cls):
 
 
 def build_food(root: Path, split: str, transform):
-    s = split
-    ds = _torchvision("food", tvd.Food101, root / "food-101", f", split={s!r}",
-                      lambda: tvd.Food101(str(root), split=s, transform=transform, download=False))
+    ds = _torchvision("food", tvd.Food101, root / "food-101", f", split={split!r}",
+                      lambda: tvd.Food101(str(root), split=split, transform=transform, download=False))
     return align_labels(ds, ds.classes, "food")
 
 
@@ -276,10 +272,9 @@ def build_caltech101(root: Path, split: str, transform):
 
 
 def build_aircraft(root: Path, split: str, transform):
-    s = split
     ds = _torchvision("aircraft", tvd.FGVCAircraft, root / "fgvc-aircraft-2013b",
-                      f", split={s!r}, annotation_level='variant'",
-                      lambda: tvd.FGVCAircraft(str(root), split=s, annotation_level="variant",
+                      f", split={split!r}, annotation_level='variant'",
+                      lambda: tvd.FGVCAircraft(str(root), split=split, annotation_level="variant",
                                                transform=transform, download=False))
     return align_labels(ds, ds.classes, "aircraft")
 
@@ -291,9 +286,8 @@ def build_eurosat(root: Path, split: str, transform):
 
 
 def build_imagenet(root: Path, split: str, transform):
-    s = split
-    path = root / "imagenet" / s
-    how = f"expected {root / 'imagenet' / s}/<wnid>/*.JPEG (one folder per ImageNet-1k wnid)"
+    path = root / "imagenet" / split
+    how = f"expected {root / 'imagenet' / split}/<wnid>/*.JPEG (one folder per ImageNet-1k wnid)"
     class_to_idx = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
     return _folder_dataset("imagenet", path, how, lambda: FixedClassFolder(path, class_to_idx, transform))
 
