@@ -10,7 +10,9 @@ import torch
 
 from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import (
+    RESIZE_HELP,
     add_data_args,
+    add_img_size_arg,
     add_run_args,
     add_schedule_args,
     check_statistical_args,
@@ -57,8 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dataset to classify ('hf': the local Hugging Face dataset at --dataset_root)")
     p.add_argument("--split", default="train", help="dataset split: train or test (--dataset hf: any split it has)")
     p.add_argument("--version", default="2-0", choices=list(SD_VERSIONS), help="model version ('tiny': the shipped digits model, 'fashion': the Fashion-MNIST one; see the README's model families)")
-    p.add_argument("--img_size", type=positive_int, default=None,
-                   help="image size; not given: the model's own (512 for SD, 8 for tiny)")
+    add_img_size_arg(p, f"image size ({RESIZE_HELP}); not given: the model's own (512 for SD, 8 for tiny)")
     p.add_argument("--batch_size", "-b", type=positive_int, default=None,
                    help="denoiser evaluations per batch (the reference's default: 32); not given: chosen for the device "
                         "(the reference's 32 for 512 px Stable Diffusion latents, up to 256 for small ones); the predictions do not depend on it")

@@ -20,6 +20,7 @@ from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import (
     HelpFormatter,
     add_data_args,
+    add_img_size_arg,
     add_run_args,
     add_schedule_args,
     check_statistical_args,
@@ -72,8 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test",
                    help="dataset split: train or test (ImageNet's test is its val set, the one the paper reports); "
                         "--dataset hf: any split it has")
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=positive_int, default=None,
-                   help="image size the model takes; not given: 256 for DiT-XL/2, the model's own for --model")
+    add_img_size_arg(p, "image size the model takes, S (or H W with H = W: a DiT takes squares); not given: 256 for "
+                        "DiT-XL/2, the model's own for --model", "--image-size", "--image_size", dest="image_size")
     p.add_argument("--spatial", action="store_true", help="per-class mode: store the per-pixel l2 map (mean over channels) [n_t, n_trials, H, W]")
     p.add_argument("--save_eps", action="store_true", help="per-class mode: store ε̂ [n_t, n_trials, C, H, W] in the model's dtype")
     p.add_argument("--save_eps_and_var", action="store_true", help="per-class mode: store the whole output [n_t, n_trials, 2C, H, W]")

@@ -138,15 +138,16 @@ def main(argv=None) -> dict:
     if args.model == "sd":
         setup = candidate_scoring(args.version, args.model_path, device, dtype, args.attention, args.img_size,
                                   args.batch_size, args.schedule, args.to_keep, args.n_samples, args.n_trials,
-                                  args.seed, args.noise_path, statistical_options(args))
+                                  args.seed, args.noise_path, statistical_options(args), args.timestep_weights)
         model = setup.model
         score_item = diffusion_item_scorer(model.encode_images, model.encode_prompts, setup.scorer,
                                            sd_transform(setup.img_size, args.interpolation), setup.schedule_for,
-                                           args.loss)
+                                           args.loss, setup.weights)
         run = compositional_run(model="sd", source=setup.source, n_trials=args.n_trials, to_keep=args.to_keep,
                                 n_samples=args.n_samples, loss=args.loss, schedule=args.schedule,
                                 **statistical_options(args), img_size=setup.img_size, native_size=model.native_size,
-                                interpolation=args.interpolation, noise=setup.noise_source, **common)
+                                interpolation=args.interpolation, timestep_weights=setup.weights_digest,
+                                noise=setup.noise_source, **common)
         numerics = setup.numerics
     else:
         from diffusion_classifier.baselines import load_baseline

@@ -14,6 +14,7 @@ from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message, unreadable_files
 from diffusion_classifier.data.refcoco import SPLIT_BY, read_hf, read_jsonl, read_proposals, read_refer
+from diffusion_classifier.data.sizes import image_hw
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.loading import default_dtype
@@ -131,16 +132,17 @@ def main(argv=None) -> dict:
     if args.model == "sd":
         setup = candidate_scoring(args.version, args.model_path, device, dtype, args.attention, args.img_size,
                                   args.batch_size, args.schedule, args.to_keep, args.n_samples, args.n_trials,
-                                  args.seed, args.noise_path, statistical_options(args))
+                                  args.seed, args.noise_path, statistical_options(args), args.timestep_weights)
         model = setup.model
         score_query = diffusion_query_scorer(model.encode_images, model.encode_prompts, setup.scorer,
                                              sd_transform(setup.img_size, args.interpolation), setup.schedule_for,
-                                             args.region, args.template, args.score == "null", args.loss)
+                                             args.region, args.template, args.score == "null", args.loss,
+                                             weights=setup.weights, aspect=image_hw(setup.img_size))
         run = grounding_run(model="sd", source=setup.source, region=args.region, score=args.score,
                             n_trials=args.n_trials, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
                             schedule=args.schedule, **statistical_options(args), img_size=setup.img_size,
-                            native_size=model.native_size, interpolation=args.interpolation, noise=setup.noise_source,
-                            **common)
+                            native_size=model.native_size, interpolation=args.interpolation,
+                            timestep_weights=setup.weights_digest, noise=setup.noise_source, **common)
         numerics = setup.numerics
     else:
         from diffusion_classifier.baselines import load_baseline

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from diffusion_classifier.baselines import CLIP_VERSIONS, OPENCLIP_VERSION, load_baseline
-from diffusion_classifier.cli import positive_int, seed_int
+from diffusion_classifier.cli import RESIZE_HELP, add_img_size_arg, positive_int, seed_int
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import INTERPOLATIONS, sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message
@@ -66,8 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")), help="where run folders go (env LOG_DIR)")
     p.add_argument("--device", default=None, help="torch device; not given: cuda if available, else cpu")
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples")
-    p.add_argument("--img_size", type=positive_int, default=None,
-                   help="sd: image size; not given: the model's own (512 for SD 2.0, 8 for tiny)")
+    add_img_size_arg(p, f"sd: image size ({RESIZE_HELP}); not given: the model's own (512 for SD 2.0, 8 for tiny)")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="sd: attention kernel")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     p.add_argument("--skip_unreadable", action="store_true",

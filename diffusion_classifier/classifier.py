@@ -33,8 +33,9 @@ def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor
     return torch.softmax(-mean_errors.double() / temperature, dim=-1).float()
 
 
-def preprocess(images, size: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """PIL image(s) -> (N, 3, size, size) in [-1, 1]; tensors are taken as already preprocessed."""
+def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """PIL image(s) -> (N, 3, S, S) (or (N, 3, H, W) for size (H, W)) in [-1, 1] (data.datasets.sd_transform);
+    tensors are taken as already preprocessed."""
     from .data.datasets import sd_transform
 
     if isinstance(images, torch.Tensor):
@@ -102,7 +103,7 @@ class DiffusionClassifier:
         loss: str = "l2",
         noise: torch.Tensor | None = None,
         seed: int = 0,
-        img_size: int | None = None,
+        img_size: int | tuple[int, int] | None = None,
         interpolation: str = "bicubic",
         temperature: float = 1e-3,
         schedule: str = "reference",
@@ -110,7 +111,8 @@ class DiffusionClassifier:
     ) -> list[Prediction]:
         """Classify PIL images or (N,3,H,W) tensors in [-1,1] against `prompts` with the staged schedule, or with
         schedule="statistical" and its settings as keywords (z, min_samples, delta, variance, spending, epsilon:
-        statistical.statistical_classify; it scores at most max(n_samples) timesteps per prompt)."""
+        statistical.statistical_classify; it scores at most max(n_samples) timesteps per prompt). `img_size`: S
+        (resize, centre crop) or (H, W) (resize, no crop); not given: the model's native size."""
         if isinstance(prompts, str) or not len(prompts) or not all(isinstance(p, str) for p in prompts):
             raise InputError(f"expected a non-empty list of prompt strings, found {prompts!r:.80}")
         if n_images(images) == 0:

@@ -134,6 +134,26 @@ probability = float_in(0, 1, lo_open=True, hi_open=True)  # (0, 1): an error rat
 fraction = float_in(0, 1, hi_open=True)  # [0, 1)
 
 
+class ImageSize(argparse.Action):
+    """`--img_size S` or `--img_size H W` (nargs="+", type=positive_int): stored as S, or (H, W) when H != W."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .data.sizes import image_size
+
+        if len(values) > 2:
+            raise argparse.ArgumentError(self, f"expected S or H W, got {len(values)} values")
+        setattr(namespace, self.dest, image_size(values[0] if len(values) == 1 else values))
+
+
+RESIZE_HELP = "S: resize the short side to S, centre-crop S x S; H W: resize to H x W, no crop"
+
+
+def add_img_size_arg(parser, help: str, *names: str, default=None, **kwargs) -> None:
+    """The image-size flag (`--img_size` unless `names` are given): S or H W, positive integers."""
+    parser.add_argument(*(names or ("--img_size",)), nargs="+", type=positive_int, action=ImageSize,
+                        metavar=("S|H", "W"), default=default, help=help, **kwargs)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Flag defaults in the help, the description as written."""
 
@@ -225,9 +245,12 @@ def add_candidate_args(parser, defaults: dict, unit: str) -> None:
     add_statistical_args(parser)
     parser.add_argument("--loss", default=defaults["loss"], choices=list(LOSSES),
                         help="error between the prediction and its target")
+    parser.add_argument("--timestep_weights", type=Path, default=None,
+                        help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): the schedule and the "
+                             "scores use weighted errors")
     parser.add_argument("--batch_size", type=positive_int, default=None,
                         help="denoiser evaluations per batch; not given: chosen for the device")
-    parser.add_argument("--img_size", type=positive_int, default=None, help="image size; not given: the model's own")
+    add_img_size_arg(parser, f"image size ({RESIZE_HELP}); not given: the model's own")
     parser.add_argument("--interpolation", default="bicubic", choices=list(INTERPOLATIONS), help="resize filter")
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
     add_run_args(parser)
@@ -252,6 +275,10 @@ def check_candidate_args(args) -> None:
     shard([], args.n_workers, args.worker_idx)
     if args.noise_path is not None:
         load_noise(args.noise_path)  # a bad noise file fails before the data is read and the model loads
+    if getattr(args, "timestep_weights", None) is not None:
+        from .calibration import load_weights
+
+        load_weights(args.timestep_weights)  # likewise a bad weights file (its length is checked against the model)
     check_writable(args.log_dir)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .data.sizes import image_hw, image_size, size_name
 from .engine import Conditions
 from .errors import InputError, MissingError, MissingPackageError
 from .objectives import DDPMObjective, objective_from_config
@@ -240,9 +241,11 @@ class VAE:
                for i in range(0, len(pixels), batch_size)]
         return (torch.cat(out).float() - self.shift_factor) * self.scaling_factor  # (N, C, H/f, W/f)
 
-    def check_size(self, img_size: int, multiple: int = 1) -> None:
-        if img_size % (self.downsample * multiple):
-            raise InputError(f"image size must be divisible by {self.downsample * multiple} for this model, got {img_size}")
+    def check_size(self, img_size: int | tuple[int, int], multiple: int = 1) -> None:
+        """Raise InputError unless both sides of the size (S or (H, W)) are multiples of downsample × multiple."""
+        if any(side % (self.downsample * multiple) for side in image_hw(img_size)):
+            raise InputError(f"image size must be divisible by {self.downsample * multiple} for this model, "
+                             f"got {size_name(img_size)}")
 
 
 class ModelGeometry:
@@ -263,8 +266,10 @@ class ModelGeometry:
         return getattr(self, self.backbone_name)
 
     @property
-    def native_size(self) -> int:
-        return self.backbone.config.sample_size * self.autoencoder.downsample
+    def native_size(self) -> int | tuple[int, int]:
+        """The backbone's `sample_size` in pixels: S for a square, (H, W) where the config gives [H, W]."""
+        h, w = image_hw(self.backbone.config.sample_size)
+        return image_size((h * self.autoencoder.downsample, w * self.autoencoder.downsample))
 
     @property
     def T(self) -> int:
@@ -283,10 +288,11 @@ class ModelGeometry:
             seq_len = (latent_shape[-2] // self.token_patch) * (latent_shape[-1] // self.token_patch)
         return objective_from_config(self.scheduler_config, error_space, seq_len, grid)
 
-    def latent_shape(self, img_size: int) -> tuple[int, int, int]:
+    def latent_shape(self, img_size: int | tuple[int, int]) -> tuple[int, int, int]:
+        """(C, H/f, W/f) of images of size S or (H, W)."""
         self.autoencoder.check_size(img_size, self.size_multiple)
-        s = img_size // self.autoencoder.downsample
-        return (self.autoencoder.channels, s, s)
+        h, w = image_hw(img_size)
+        return (self.autoencoder.channels, h // self.autoencoder.downsample, w // self.autoencoder.downsample)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.encode(pixels)

@@ -18,13 +18,13 @@ def make_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(n, *shape, generator=g)
 
 
-def reference_noise(img_size: int, channels: int = 4, downsample: int = 8,
+def reference_noise(img_size: int | tuple[int, int], channels: int = 4, downsample: int = 8,
                     n: int = REFERENCE_ROWS, seed: int = REFERENCE_SEED) -> torch.Tensor:
-    """The bank scripts/save_noise.py writes: 1024 draws of (4, S/8, S/8) seeded with 42."""
-    if img_size % downsample:
+    """The bank scripts/save_noise.py writes: 1024 draws of (4, S/8, S/8) seeded with 42 ((4, H/8, W/8) for (H, W))."""
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size  # data.sizes is beside this floor
+    if h % downsample or w % downsample:
         raise InputError(f"image size must be divisible by {downsample}, got {img_size}")
-    s = img_size // downsample
-    return make_noise(n, (channels, s, s), seed)
+    return make_noise(n, (channels, h // downsample, w // downsample), seed)
 
 
 def load_noise(path: str | Path) -> torch.Tensor:

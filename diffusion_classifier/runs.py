@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import registry
+from .data.sizes import image_size, size_name
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,14 @@ def _unless(value, default, tag: str) -> str:
     return tag if value != default else ""
 
 
+def _img_size(img_size, default) -> Setting:
+    """img_size in the manifest (S, or [H, W] when not square) and its tag _S or _HxW unless it is `default`."""
+    size = None if img_size is None else image_size(img_size)
+    default = None if default is None else image_size(default)
+    value = list(size) if isinstance(size, tuple) else size
+    return Setting({"img_size": value}, _unless(size, default, f"_{size_name(size)}" if size is not None else ""))
+
+
 def _trials(n_trials: int) -> Setting:
     return Setting({"n_trials": n_trials}, f"_{n_trials}trials")
 
@@ -98,10 +107,11 @@ def _weights(digest: str | None) -> Setting:
     return Setting({"timestep_weights": digest}, f"_tw{digest}" if digest else "")
 
 
-def zero_shot_run(*, version: str | None, model: str | None, source: str, dataset: str, split: str, img_size: int,
-                  n_trials: int, to_keep, n_samples, loss: str, interpolation: str, noise: str, prompts: list,
-                  subset: str | None, corruption: str | None, severity: int | None, schedule: str, z: float,
-                  min_samples: int, delta: float | None, variance: str, timestep_weights: str | None, objective,
+def zero_shot_run(*, version: str | None, model: str | None, source: str, dataset: str, split: str,
+                  img_size: int | tuple[int, int], n_trials: int, to_keep, n_samples, loss: str, interpolation: str,
+                  noise: str, prompts: list, subset: str | None, corruption: str | None, severity: int | None,
+                  schedule: str, z: float, min_samples: int, delta: float | None, variance: str,
+                  timestep_weights: str | None, objective,
                   error_space: str | None, flow_grid: str, no_t5: bool, guidance: float | None,
                   extra: str | None = None, root: str | Path | None = None, data: dict | None = None,
                   epsilon: float | None = None, spending: str = "even") -> RunDescription:
@@ -125,7 +135,7 @@ def zero_shot_run(*, version: str | None, model: str | None, source: str, datase
         *_schedule(to_keep, n_samples),
         Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}")),
         _loss(loss),
-        Setting({"img_size": img_size}, _unless(img_size, 512, f"_{img_size}")),
+        _img_size(img_size, 512),
         *_statistical(schedule, z, min_samples, delta, variance, epsilon, spending),
         _weights(timestep_weights),
         Setting(objective_values, (f"_err{error_space}" if error_space is not None else "")
@@ -193,17 +203,19 @@ def _baseline(model: str, source: str, version: str, label: str) -> Setting:
 
 
 def _candidate_scoring(n_trials: int, to_keep, n_samples, loss: str, schedule: str, z: float, min_samples: int,
-                       delta: float | None, variance: str, epsilon: float | None, spending: str, img_size: int | None,
-                       native_size: int | None, interpolation: str) -> list[Setting]:
+                       delta: float | None, variance: str, epsilon: float | None, spending: str,
+                       img_size: int | tuple[int, int] | None, native_size: int | tuple[int, int] | None,
+                       interpolation: str, timestep_weights: str | None = None) -> list[Setting]:
     """The settings of a diffusion model scoring an item's candidates (grounding, compositional), in name order."""
     statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
     return [_trials(n_trials), *_schedule(to_keep, n_samples), _loss(loss), statistical, variance_setting,
-            Setting({"img_size": img_size}, _unless(img_size, native_size, f"_{img_size}")),
+            _weights(timestep_weights), _img_size(img_size, native_size),
             Setting({"interpolation": interpolation}, _unless(interpolation, "bicubic", f"_{interpolation}"))]
 
 
 def winoground_run(*, model: str, version: str, model_path: str | None, source: str, extra: str | None = None,
-                   img_size: int | None = None, native_size: int | None = None, interpolation: str = "bilinear",
+                   img_size: int | tuple[int, int] | None = None, native_size: int | tuple[int, int] | None = None,
+                   interpolation: str = "bilinear",
                    t_interval: int = 5, T: int = 1000, n_trials: int = 1, randomize_noise: bool = False,
                    noise: str | None = None, noise_period: int | None = None) -> RunDescription:
     """run_winoground.py's run: sd_v<version>_t<interval>_<n>trials[_randnoise][...] for SD, <model>_<version> for CLIP.
@@ -220,7 +232,7 @@ def winoground_run(*, model: str, version: str, model_path: str | None, source: 
         _trials(n_trials),
         Setting({"randomize_noise": randomize_noise, "noise_period": noise_period}, "_randnoise" if randomize_noise else ""),
         Setting({"interpolation": interpolation}, _unless(interpolation, "bilinear", f"_{interpolation}")),
-        Setting({"img_size": img_size}, _unless(img_size, native_size, f"_{img_size}")),
+        _img_size(img_size, native_size),
         Setting({"noise": noise, "loss": "l2"}, ""),
     )
     return RunDescription(group, settings)
@@ -231,7 +243,8 @@ def grounding_run(*, model: str, version: str | None, model_path: str | None, so
                   score: str = "null", n_trials: int = 1, to_keep=(1,), n_samples=(50,), loss: str = "l2",
                   schedule: str = "reference", z: float = 3.0, min_samples: int = 10, delta: float | None = None,
                   variance: str = "iid", epsilon: float | None = None, spending: str = "even",
-                  img_size: int | None = None, native_size: int | None = None, interpolation: str = "bicubic",
+                  img_size: int | tuple[int, int] | None = None, native_size: int | tuple[int, int] | None = None,
+                  interpolation: str = "bicubic", timestep_weights: str | None = None,
                   noise: str | None = None, extra: str | None = None) -> RunDescription:
     """run_refcoco.py's run: <group> = <dataset>[_<split_by>]_<split>[_<extra>] (reclip_<file>, hf_<folder>);
     name v<model>_<region>_<score>_<n>trials_<keeps>keep_<samples>samples[...] for diffusion models,
@@ -248,7 +261,7 @@ def grounding_run(*, model: str, version: str | None, model_path: str | None, so
         Setting({"region": region}, f"_{region}"),
         Setting({"score": score}, f"_{score}"),
         *_candidate_scoring(n_trials, to_keep, n_samples, loss, schedule, z, min_samples, delta, variance, epsilon,
-                            spending, img_size, native_size, interpolation),
+                            spending, img_size, native_size, interpolation, timestep_weights),
         det,
         Setting({"noise": noise}, ""),
         picks,
@@ -260,7 +273,8 @@ def compositional_run(*, model: str, version: str | None, model_path: str | None
                       data: dict, n_trials: int = 1, to_keep=(1,), n_samples=(100,), loss: str = "l2",
                       schedule: str = "reference", z: float = 3.0, min_samples: int = 10, delta: float | None = None,
                       variance: str = "iid", epsilon: float | None = None, spending: str = "even",
-                      img_size: int | None = None, native_size: int | None = None, interpolation: str = "bicubic",
+                      img_size: int | tuple[int, int] | None = None, native_size: int | tuple[int, int] | None = None,
+                      interpolation: str = "bicubic", timestep_weights: str | None = None,
                       noise: str | None = None, extra: str | None = None) -> RunDescription:
     """run_compositional.py's run: <group> = <dataset>[_<extra>] (e.g. sugarcrepe_add_att, jsonl_<file>);
     name v<model>_<n>trials_<keeps>keep_<samples>samples[...] for diffusion models, <model>_<version> for CLIP.
@@ -273,7 +287,7 @@ def compositional_run(*, model: str, version: str | None, model_path: str | None
     settings = (
         Setting({"model": "sd", "source": source}, f"v{label}"),
         *_candidate_scoring(n_trials, to_keep, n_samples, loss, schedule, z, min_samples, delta, variance, epsilon,
-                            spending, img_size, native_size, interpolation),
+                            spending, img_size, native_size, interpolation, timestep_weights),
         Setting({"noise": noise}, ""),
         picks,
     )

@@ -5,9 +5,11 @@
 (`sd-v`: the same trained with v targets); `dit` is a class-conditional DiTTransformer2DModel with learned
 variance in the DiT pipeline layout; `flow` is a rectified-flow SD3Transformer2DModel with two CLIP text
 encoders in the Stable Diffusion 3 layout. All denoise RGB images in [-1, 1] directly (no VAE), so the loaders
-that read those layouts read them too. CPU, seeded. Long runs save a checkpoint every few minutes and on
+that read those layouts read them too. `clip` (--data fashion_pairs) is the contrastive baseline: a tiny CLIPModel
+trained with CLIP's objective on the same data, saved as a transformers CLIP folder (run_compositional.py --model
+clip). CPU, seeded. Long runs save a checkpoint every few minutes and on
 SIGINT/SIGTERM; `--resume` continues exactly where one stopped. Each kind's training lives in
-`diffusion_classifier/training/<kind>.py`; this script only parses flags.
+`diffusion_classifier/training/<kind>.py` (clip: `contrastive.py`); this script only parses flags.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.interrupts import Interrupted  # noqa: E402
 from diffusion_classifier.records import check_writable, write_json  # noqa: E402
-from diffusion_classifier.training import dit, flow, sd  # noqa: E402
+from diffusion_classifier.training import contrastive, dit, flow, sd  # noqa: E402
 from diffusion_classifier.training.common import (HELDOUT_FILE, HOLDOUT_SEED, Checkpointing,  # noqa: E402
                                                     TrainingPaused, holdout_split, train_images, validation_split)
 from diffusion_classifier.training.data import DATA_NAMES, training_data  # noqa: E402
@@ -41,6 +43,7 @@ KINDS = {
     "sd-v": (sd, sd.train_sd, sd.write_sd_card, {"prediction_type": "v_prediction"}),
     "dit": (dit, dit.train_dit, dit.write_dit_card, {}),
     "flow": (flow, flow.train_flow, flow.write_flow_card, {}),
+    "clip": (contrastive, contrastive.train_clip, contrastive.write_clip_card, {}),
 }
 GROUPS = {"both": ("sd", "dit"), "all": ("sd", "dit", "flow")}
 ARCH_FLAGS = ("patch", "heads", "head_dim", "layers")
@@ -62,7 +65,7 @@ def parse_args(argv):
                              "not given: the committed setting")
     for k in ARCH_FLAGS:
         parser.add_argument(f"--{k.replace('_', '-')}", type=positive_int, default=None,
-                            help=f"dit/flow: transformer {k.replace('_', ' ')}; not given: the committed setting")
+                            help=f"dit/flow/clip (its ViT): transformer {k.replace('_', ' ')}; not given: the committed setting")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of initialisation, batches, noise and augmentation")
     parser.add_argument("--threads", type=int_in(1, 2**31 - 1), default=1,
                         help="CPU threads (results are reproducible for a fixed count)")
@@ -86,6 +89,10 @@ def parse_args(argv):
                              "train on them; their indices go to the model folder's heldout_train.json, for fitting "
                              "timestep weights and a temperature on labelled images the model has not seen (0: none)")
     args = parser.parse_args(argv)  # each flag's range is checked here; the checks below need several flags
+    data = training_data(args.data)
+    missing = [k for k in GROUPS.get(args.model, (args.model,)) if k not in data.folders]
+    if missing:
+        parser.error(f"--data {args.data} trains {', '.join(data.folders)} (no {', '.join(missing)}); got --model {args.model}")
     if args.holdout and args.val_fraction:
         parser.error("--holdout and --val-fraction both hold images out; pass one")
     if args.val_fraction:

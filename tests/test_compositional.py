@@ -28,6 +28,7 @@ from diffusion_classifier.data.compositional import (
 from diffusion_classifier.data.datasets import sd_transform
 from diffusion_classifier.data.digits import DigitsDataset
 from diffusion_classifier.engine import Jobs, Scorer, cat_conditions
+from diffusion_classifier.errors import InputError
 from diffusion_classifier.families import load_model, resolve_model
 from diffusion_classifier.noise import make_noise
 from diffusion_classifier.records import load_record
@@ -272,6 +273,38 @@ def test_run_records_tables_and_resume(data, tmp_path, capsys):
     again = script.main(_argv(data, tmp_path))
     assert again["done"] == 0 and again["skipped"] == 5 and again["accuracy"] == first["accuracy"]
     assert json.loads((tmp_path / "jsonl_items" / "vtiny_1trials_1keep_4samples" / "results.json").read_text())["n"] == 5
+
+
+def test_timestep_weights_rank_captions_and_images_by_weighted_errors_on_the_same_evaluations(data, tmp_path):
+    from diffusion_classifier.calibration import TimestepWeights, weights_digest
+
+    script = load_script("run_compositional.py")
+    plain = script.main(_argv(data, tmp_path))
+    w = torch.full((1000,), 0.05, dtype=torch.float64)
+    w[::7] = 20.0  # a few timesteps carry the decision
+    path = tmp_path / "w.json"
+    TimestepWeights(w, "bins").save(path)
+    weighted = script.main(_argv(data, tmp_path, "--timestep_weights", str(path)))
+    assert weighted["folder"].endswith(f"vtiny_1trials_1keep_4samples_tw{weights_digest(path)}")
+    manifest = json.loads((tmp_path / "jsonl_items" / weighted["folder"].split("/")[-1] / "manifest.json").read_text())
+    assert manifest["settings"]["timestep_weights"] == weights_digest(path)
+    before = {p.name: load_record(p) for p in (tmp_path / "jsonl_items" / plain["folder"].split("/")[-1]).glob("*.pt")}
+    after = {p.name: load_record(p) for p in (tmp_path / "jsonl_items" / weighted["folder"].split("/")[-1]).glob("*.pt")}
+    assert before.keys() == after.keys() and len(after) == 5
+    changed = 0
+    for name, r in after.items():
+        for c, e in r["errors"].items():  # the same (t, ε), so the same errors: only the ranking differs
+            assert torch.equal(e["t"], before[name]["errors"][c]["t"])
+            assert torch.allclose(e["pred_errors"], before[name]["errors"][c]["pred_errors"])
+            expect = float((e["pred_errors"].double() * w[e["t"].long()]).mean())
+            assert r["scores"][c] == pytest.approx(expect, rel=1e-9)
+        assert r["pred"] == int(np.argmin(r["scores"]))
+        changed += r["scores"] != before[name]["scores"]
+    assert changed == 5
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"weights": [1.0, -1.0]}))
+    with pytest.raises(InputError, match="positive finite"):  # before the model loads
+        script.main(_argv(data, tmp_path, "--timestep_weights", str(bad)))
 
 
 def test_sugarcrepe_run_and_unreadable_skipped(data, tmp_path):

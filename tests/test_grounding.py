@@ -110,6 +110,25 @@ def test_crop_is_square_and_whole_and_mask_blanks_outside():
     assert len(region_views(image, [box, box], "both")) == 4
 
 
+def test_a_non_square_model_gets_regions_padded_to_its_own_shape_whole():
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(1, 255, (30, 40, 3), dtype=np.uint8))
+    tall, wide = (7.0, 3.0, 6.0, 20.0), (5.0, 7.0, 30.0, 4.0)  # [x, y, w, h]
+    for box, aspect in [(tall, (28, 56)), (wide, (28, 56)), (tall, (56, 28)), (wide, (1, 1))]:
+        x, y, w, h = map(int, box)
+        crop = np.asarray(square_crop(image, box, aspect=aspect))
+        height, width = crop.shape[:2]
+        assert height * aspect[1] == width * aspect[0]  # the model's shape (exact for these boxes)
+        assert height >= h and width >= w and (height == h or width == w)  # the smallest such canvas
+        top, left = (height - h) // 2, (width - w) // 2
+        assert np.array_equal(crop[top:top + h, left:left + w], np.asarray(image)[y:y + h, x:x + w])  # whole, centred
+        assert crop.sum() == np.asarray(image)[y:y + h, x:x + w].sum()  # the rest is padding
+    assert np.asarray(square_crop(image, wide, aspect=(28, 56))).shape == (15, 30, 3)
+    assert np.asarray(masked(image, wide, aspect=(28, 56))).shape == (30, 60, 3)
+    views = region_views(image, [tall, wide], "both", aspect=(28, 56))
+    assert [v.size[0] / v.size[1] for v in views] == [2.0] * 4  # width : height = 56 : 28
+
+
 def test_iou_and_hit():
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
     assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)

@@ -18,6 +18,7 @@ from torchvision import datasets as tvd
 from ..errors import InputError, MissingError
 from .images import open_rgb
 from .prompts import DATA_DIR, DATASET_PROMPTS
+from .sizes import image_size
 
 ROOT_HINT = "pass --dataset_root DIR or set DATASET_ROOT"
 INTERPOLATIONS = {
@@ -58,13 +59,17 @@ class ADMCenterCrop:
         return adm_center_crop(img.convert("RGB"), self.size)
 
 
-def sd_transform(size: int, interpolation: str = "bicubic") -> Callable:
-    """Stable Diffusion pre-processing: resize, centre crop, RGB, [0, 1] tensor, then [-1, 1]."""
+def sd_transform(size: int | tuple[int, int], interpolation: str = "bicubic") -> Callable:
+    """Stable Diffusion pre-processing: resize, centre crop, RGB, [0, 1] tensor, then [-1, 1].
+
+    A square size S resizes the short side to S and crops the centre; (H, W) with H != W resizes to (H, W), no crop."""
     if interpolation not in INTERPOLATIONS:
         raise InputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    size = image_size(size)
+    crop = [T.CenterCrop(size)] if isinstance(size, int) else []  # (H, W): Resize gives exactly that size
     return T.Compose([
         T.Resize(size, interpolation=INTERPOLATIONS[interpolation]),
-        T.CenterCrop(size),
+        *crop,
         _to_rgb,
         T.ToTensor(),
         T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),

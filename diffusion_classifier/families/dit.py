@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.sizes import size_name
 from ..errors import InputError
 from ..loading import TINY_MODELS, VAE, DDPMModel, frozen, load_part, load_vae, pipeline_index, require_components, scheduler_config
 from ..vb import alphas_cumprod_from_config
@@ -57,10 +58,11 @@ class ClassConditionalModel(DDPMModel):
     def learned_variance(self) -> bool:
         return self.transformer.config.out_channels == 2 * self.transformer.config.in_channels
 
-    def latent_shape(self, img_size: int) -> tuple[int, int, int]:
+    def latent_shape(self, img_size: int | tuple[int, int]) -> tuple[int, int, int]:
         shape = super().latent_shape(img_size)
-        if shape[1] != self.transformer.config.sample_size:  # DiT's position embedding fixes the size
-            raise InputError(f"this DiT takes {self.native_size}px images (latent {self.transformer.config.sample_size}), got {img_size}")
+        side = self.transformer.config.sample_size
+        if shape[1:] != (side, side):  # DiT's position embedding fixes the size, a square
+            raise InputError(f"this DiT takes {self.native_size}px images (latent {side}), got {size_name(img_size)}")
         return shape
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

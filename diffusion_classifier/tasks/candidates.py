@@ -32,36 +32,56 @@ from ..schedules.statistical import make_schedule
 @dataclass
 class CandidateScoring:
     model: object
-    img_size: int
+    img_size: int | tuple[int, int]
     source: str
     scorer: Scorer
     schedule_for: Callable[[int], Callable]  # n_candidates -> classify(evaluate, n_images, n_candidates)
     noise_source: str
     numerics: dict
+    weights: torch.Tensor | None = None  # (T,) timestep weights of the schedule and the scores, or None
+    weights_digest: str | None = None  # the weights file's digest (run folder name and manifest)
 
 
 def candidate_scoring(version: str | None, model_path: str | None, device: torch.device, dtype: torch.dtype,
-                      attention: str, img_size: int | None, batch_size: int | None, schedule: str,
+                      attention: str, img_size: int | tuple[int, int] | None, batch_size: int | None, schedule: str,
                       to_keep: Sequence[int], n_samples: Sequence[int], n_trials: int, seed: int, noise_path,
-                      statistical: dict) -> CandidateScoring:
-    """Load the model and build its Scorer and per-item schedules (schedules.statistical.make_schedule)."""
+                      statistical: dict, timestep_weights: str | os.PathLike | None = None) -> CandidateScoring:
+    """Load the model and build its Scorer and per-item schedules (schedules.statistical.make_schedule); with
+    `timestep_weights` (a scripts/fit_timestep_weights.py file) the schedules decide on weighted errors."""
+    from ..calibration import load_weights, weights_digest
+
     source = resolve_model(version, model_path)
     model = load_model(source, device, dtype, attention)
+    weights = None if timestep_weights is None else load_weights(timestep_weights, model.T).weights
     img_size = img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
     batch_size, _ = resolve_packing(device, math.prod(latent_shape), batch_size)
     validate_schedule(to_keep, n_samples, T=model.T)
-    _, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=model.T, **statistical)
+    _, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=model.T, weights=weights, **statistical)
 
     @functools.lru_cache(maxsize=None)
     def schedule_for(n_candidates: int) -> Callable:
         keep = [min(k, n_candidates) for k in to_keep]  # an item with fewer candidates keeps them all
-        return make_schedule(schedule, keep, n_samples, n_trials, T=model.T, **statistical)[0]
+        return make_schedule(schedule, keep, n_samples, n_trials, T=model.T, weights=weights, **statistical)[0]
 
     noise, noise_source = noise_bank(n_rows, latent_shape, seed, noise_path)
     scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
     numerics = {"dtype": str(dtype), "attention": attention, "noise_digest": noise_digest(noise)}
-    return CandidateScoring(model, img_size, source, scorer, schedule_for, noise_source, numerics)
+    return CandidateScoring(model, img_size, source, scorer, schedule_for, noise_source, numerics, weights,
+                            None if timestep_weights is None else weights_digest(timestep_weights))
+
+
+def candidate_scores(errors: dict, n: int, weights: torch.Tensor | None = None) -> list[float]:
+    """Each candidate's mean error over its samples (weighted by w(t) with `weights`, as the schedules rank them);
+    inf for a candidate without samples."""
+    def mean(e: dict) -> float:
+        pe = e["pred_errors"].double()
+        if weights is None:
+            return float(pe.mean())
+        w = weights[e["t"].long()].to(pe).reshape(-1, *[1] * (pe.dim() - 1))  # one weight per sample (row)
+        return float((pe * w).mean())
+
+    return [mean(errors[c]) if c in errors and len(errors[c]["t"]) else math.inf for c in range(n)]
 
 
 # ---------------------------------------------------------------- runs

@@ -9,7 +9,6 @@ prune images. CLIP and OpenCLIP score image-caption similarity.
 """
 from __future__ import annotations
 
-import math
 import os
 from functools import partial
 from typing import Callable, Sequence
@@ -20,7 +19,7 @@ from ..data.compositional import IMAGE, TEXT, Item
 from ..data.images import Unreadable, UnreadableImageError
 from ..engine import Jobs, Scorer, cat_conditions
 from ..loop import LoopStats
-from .candidates import accuracy_by, run_items_once, unique_ids
+from .candidates import accuracy_by, candidate_scores, run_items_once, unique_ids
 from .grounding import candidate_evaluator
 
 RECORD_KEYS = ("id", "task", "kind", "pred", "label", "correct")
@@ -38,9 +37,11 @@ def text_evaluator(scorer: Scorer, latents: torch.Tensor, conds, loss: str = "l2
 
 
 def diffusion_item_scorer(encode_images: Callable, encode_prompts: Callable, scorer: Scorer, transform: Callable,
-                          schedule_for: Callable[[int], Callable], loss: str = "l2") -> Callable[[Item, list], dict]:
+                          schedule_for: Callable[[int], Callable], loss: str = "l2",
+                          weights: torch.Tensor | None = None) -> Callable[[Item, list], dict]:
     """score(item, images) -> the record's scores: the schedule of `schedule_for(n_candidates)` over the captions
-    (text retrieval, raw errors) or the images (image retrieval, null-normalised errors)."""
+    (text retrieval, raw errors) or the images (image retrieval, null-normalised errors); scores are mean errors,
+    weighted by `weights` (T,) if given (the weights the schedule decides with)."""
     null = encode_prompts([""])
 
     def score(item: Item, images: list) -> dict:
@@ -63,8 +64,7 @@ def diffusion_item_scorer(encode_images: Callable, encode_prompts: Callable, sco
                 entry["cond_errors"] = torch.cat(log[c]["cond"])[:, 0]
                 entry["null_errors"] = torch.cat(log[c]["null"])[:, 0]
             errors[c] = entry
-        scores = [float(errors[c]["pred_errors"].mean()) if c in errors and len(errors[c]["t"]) else math.inf
-                  for c in range(n)]
+        scores = candidate_scores(errors, n, weights)
         return {"pred": int(result.pred), "errors": errors, "scores": scores, "evaluations": spent[0]}
 
     return score

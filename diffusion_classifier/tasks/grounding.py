@@ -25,7 +25,7 @@ from ..data.refcoco import Query, box_problem, iou
 from ..engine import Jobs, Scorer, cat_conditions
 from ..errors import InputError
 from ..loop import LoopStats
-from .candidates import accuracy_by, run_items_once, unique_ids
+from .candidates import accuracy_by, candidate_scores, run_items_once, unique_ids
 from .matching import null_normalized_errors
 
 REGIONS = ("crop", "mask", "both")
@@ -47,28 +47,30 @@ def pixel_bounds(box, size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def pad_square(image: Image.Image, fill=FILL) -> Image.Image:
-    """The image centred on a square canvas of its longer side (nothing is cut)."""
+def pad_square(image: Image.Image, fill=FILL, aspect: tuple[int, int] = (1, 1)) -> Image.Image:
+    """The image centred on the smallest canvas of the model's shape `aspect` = (H, W) that holds it (a square by
+    default; nothing is cut), so that resizing it to the model's size distorts nothing."""
     w, h = image.size
-    side = max(w, h)
-    if w == h:
+    ah, aw = aspect
+    width, height = max(w, math.ceil(h * aw / ah)), max(h, math.ceil(w * ah / aw))
+    if (width, height) == (w, h):
         return image
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    canvas = Image.new("RGB", (width, height), fill)
+    canvas.paste(image, ((width - w) // 2, (height - h) // 2))
     return canvas
 
 
-def square_crop(image: Image.Image, box, fill=FILL) -> Image.Image:
-    """The box's pixels padded to a square (the whole box, never cut)."""
-    return pad_square(image.crop(pixel_bounds(box, image.size)), fill)
+def square_crop(image: Image.Image, box, fill=FILL, aspect: tuple[int, int] = (1, 1)) -> Image.Image:
+    """The box's pixels padded to a square, or to the shape `aspect` (the whole box, never cut)."""
+    return pad_square(image.crop(pixel_bounds(box, image.size)), fill, aspect)
 
 
-def masked(image: Image.Image, box, fill=FILL) -> Image.Image:
-    """The whole image with everything outside the box blanked, padded to a square."""
+def masked(image: Image.Image, box, fill=FILL, aspect: tuple[int, int] = (1, 1)) -> Image.Image:
+    """The whole image with everything outside the box blanked, padded to a square or to the shape `aspect`."""
     bounds = pixel_bounds(box, image.size)
     canvas = Image.new("RGB", image.size, fill)
     canvas.paste(image.crop(bounds), bounds[:2])
-    return pad_square(canvas, fill)
+    return pad_square(canvas, fill, aspect)
 
 
 def n_views(region: str) -> int:
@@ -77,15 +79,17 @@ def n_views(region: str) -> int:
     return 2 if region == "both" else 1
 
 
-def region_views(image: Image.Image, boxes: Sequence, region: str, fill=FILL) -> list[Image.Image]:
-    """The images scored for each box, candidate-major: [crop_0 | mask_0 | crop_0, mask_0, crop_1, ...]."""
+def region_views(image: Image.Image, boxes: Sequence, region: str, fill=FILL,
+                 aspect: tuple[int, int] = (1, 1)) -> list[Image.Image]:
+    """The images scored for each box, candidate-major: [crop_0 | mask_0 | crop_0, mask_0, crop_1, ...], each
+    padded to the model's shape `aspect` = (H, W) (square by default)."""
     n_views(region)
     views = []
     for box in boxes:
         if region in ("crop", "both"):
-            views.append(square_crop(image, box, fill))
+            views.append(square_crop(image, box, fill, aspect))
         if region in ("mask", "both"):
-            views.append(masked(image, box, fill))
+            views.append(masked(image, box, fill, aspect))
     return views
 
 
@@ -142,10 +146,12 @@ def choose(scores) -> int:
 
 def diffusion_query_scorer(encode_images: Callable, encode_prompts: Callable, scorer: Scorer, transform: Callable,
                            schedule_for: Callable[[int], Callable], region: str = "crop", template: str = "{}",
-                           normalize: bool = True, loss: str = "l2",
-                           fill=FILL) -> Callable[[Query, Image.Image], dict]:
+                           normalize: bool = True, loss: str = "l2", fill=FILL,
+                           weights: torch.Tensor | None = None,
+                           aspect: tuple[int, int] = (1, 1)) -> Callable[[Query, Image.Image], dict]:
     """score(query, image) -> the record's scores (and its denoiser `evaluations`): the schedule of
-    `schedule_for(n_candidates)` over the candidates."""
+    `schedule_for(n_candidates)` over the candidates; scores are mean errors, weighted by `weights` (T,) if given
+    (the weights the schedule decides with). Regions are padded to `aspect` = the model's (H, W) shape."""
     views = n_views(region)
     null = encode_prompts([""])
 
@@ -155,7 +161,7 @@ def diffusion_query_scorer(encode_images: Callable, encode_prompts: Callable, sc
         n = len(boxes)
         if n == 1:  # nothing to compare
             return {"prompt": prompt, "pred": 0, "errors": {}, "scores": [0.0], "evaluations": 0}
-        pixels = torch.stack([transform(v) for v in region_views(image, boxes, region, fill)])  # (K V, 3, S, S)
+        pixels = torch.stack([transform(v) for v in region_views(image, boxes, region, fill, aspect)])  # (K V, 3, H, W)
         latents = encode_images(pixels)
         conds = cat_conditions([encode_prompts([prompt]), null])  # (2, ...): the prompt, ""
         log: dict = {}
@@ -171,8 +177,7 @@ def diffusion_query_scorer(encode_images: Callable, encode_prompts: Callable, sc
                 entry["null_errors"] = torch.cat(log[c]["null"]) if c in log else torch.empty(0, views)
             assert len(entry["cond_errors"]) == len(e["t"]), (len(entry["cond_errors"]), len(e["t"]))
             errors[c] = entry
-        scores = [float(errors[c]["pred_errors"].mean()) if c in errors and len(errors[c]["t"]) else math.inf
-                  for c in range(n)]
+        scores = candidate_scores(errors, n, weights)
         return {"prompt": prompt, "pred": int(result.pred), "errors": errors, "scores": scores,
                 "evaluations": spent[0]}
 

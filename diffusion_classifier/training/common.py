@@ -1,5 +1,5 @@
 """What every tiny model's training shares: the training data's captions and tokenizer, augmentation, the lr
-schedule, the EMA, checkpoints and the training loop (`fit`)."""
+schedule, the EMA, checkpoints, the training loop (`train_loop`) and the diffusion models' step over it (`fit`)."""
 from __future__ import annotations
 
 import json
@@ -178,6 +178,24 @@ def random_shift(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Te
     return out[:, None]
 
 
+def draw_batch(x_all: torch.Tensor, y_all: torch.Tensor, batch: int, gen: torch.Generator, parts: int = 1,
+               item_classes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch (grey (B, 1, h, parts * w), labels (B,)): `batch * parts` uniform draws of the items, each
+    randomly shifted; with parts = 2 consecutive draws stand side by side (left, right) and the label is the
+    ordered pair, left * item_classes + right (see TrainingData.parts)."""
+    idx = torch.randint(0, len(x_all), (batch * parts,), generator=gen)
+    x, y = random_shift(x_all[idx], SHIFT_PROB, gen), y_all[idx]
+    if parts == 1:
+        return x, y
+    _, c, h, w = x.shape
+    x = x.view(batch, parts, c, h, w).permute(0, 2, 3, 1, 4).reshape(batch, c, h, parts * w)
+    y = y.view(batch, parts)
+    label = y[:, 0]
+    for k in range(1, parts):
+        label = label * item_classes + y[:, k]
+    return x, label
+
+
 def to_rgb(x: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) -> (N, 3, H, W) with identical channels, as RGB-converted greyscale images."""
     return x.expand(-1, 3, -1, -1).contiguous()
@@ -287,19 +305,17 @@ def _load_checkpoint(ckpt: Checkpointing, modules, opt, ema, gen) -> tuple[int, 
     return state["step"], state["avg"], state["wall"]
 
 
-def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.Generator, desc: str,
-        draw_cond, losses, device: str = "cpu", checkpoint: Checkpointing | None = None) -> tuple[dict[str, float], float]:
-    """The training loop every model shares; returns (moving averages of the loss terms, wall seconds).
+def train_loop(modules, steps: int, lr: float, gen: torch.Generator, desc: str, step_terms,
+               checkpoint: Checkpointing | None = None, after_step=None) -> tuple[dict[str, float], float]:
+    """The optimisation every model shares; returns (moving averages of the loss terms, wall seconds).
 
     AdamW (weight decay 0.01) with warmup and cosine decay of the lr, grad-norm clip 1, and an EMA of the
-    weights, which is copied into the modules at the end (they are left in eval mode). Each step draws from
-    the CPU generator, in this order: the images (randomly shifted), `draw_cond(labels)` (the conditioning,
-    with its dropout), `noising.draw_times(batch, gen)` (the timesteps or noise levels) and the noise;
-    `noising.add_noise(x0, t, eps)` forms x_t, and `losses(x0, cond, t, eps, x_t)` returns the named terms,
-    of which "loss" is minimised. With `checkpoint`, the state is saved as it says (and restored first when it
-    resumes); a run that stops at its step or time limit raises TrainingPaused after saving.
+    weights, which is copied into the modules at the end (they are left in eval mode). `step_terms()` draws one
+    batch (from `gen` only, so a checkpoint restores it) and returns the named loss terms, of which "loss" is
+    minimised; `after_step()`, if given, runs after each optimizer step, before the EMA update (e.g. a clamp).
+    With `checkpoint`, the state is saved as it says (and restored first when it resumes); a run that stops at
+    its step or time limit raises TrainingPaused after saving.
     """
-    x_all, y_all = images
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = Ema(modules)
@@ -322,18 +338,13 @@ def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.
             with critical():  # SIGINT/SIGTERM wait for the step to end, so a checkpoint is never half a step
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, steps, lr)
-                idx = torch.randint(0, len(x_all), (batch,), generator=gen)
-                x0 = to_rgb(random_shift(x_all[idx], SHIFT_PROB, gen))
-                cond = draw_cond(y_all[idx])
-                t = noising.draw_times(batch, gen)
-                eps = torch.randn(x0.shape, generator=gen)
-                x0, t, eps = x0.to(device), t.to(device), eps.to(device)
-                xt = noising.add_noise(x0, t, eps)
-                terms = losses(x0, cond, t, eps, xt)
+                terms = step_terms()
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
+                if after_step is not None:
+                    after_step()
                 ema.update()
                 for k, v in terms.items():
                     avg[k] = v.item() if k not in avg else 0.99 * avg[k] + 0.01 * v.item()
@@ -365,6 +376,32 @@ def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.
     return avg, wall
 
 
+def fit(modules, images, noising, steps: int, batch: int, lr: float, gen: torch.Generator, desc: str,
+        draw_cond, losses, device: str = "cpu", checkpoint: Checkpointing | None = None, parts: int = 1,
+        item_classes: int = 0) -> tuple[dict[str, float], float]:
+    """The diffusion models' training (train_loop over a denoising step); returns (loss averages, wall seconds).
+
+    Each step draws from the CPU generator, in this order: the images (randomly shifted; `parts` items side by
+    side, see draw_batch), `draw_cond(labels)` (the conditioning, with its dropout), `noising.draw_times(batch,
+    gen)` (the timesteps or noise levels) and the noise; `noising.add_noise(x0, t, eps)` forms x_t, and
+    `losses(x0, cond, t, eps, x_t)` returns the named terms, of which "loss" is minimised. `checkpoint`: see
+    train_loop.
+    """
+    x_all, y_all = images
+
+    def step_terms() -> dict[str, torch.Tensor]:
+        x0, labels = draw_batch(x_all, y_all, batch, gen, parts, item_classes)
+        x0 = to_rgb(x0)
+        cond = draw_cond(labels)
+        t = noising.draw_times(batch, gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+        xt = noising.add_noise(x0, t, eps)
+        return losses(x0, cond, t, eps, xt)
+
+    return train_loop(modules, steps, lr, gen, desc, step_terms, checkpoint)
+
+
 def retrain_command(which: str, s: dict, extra: str = "") -> str:
     """The command that reproduces a model folder (`extra`: the kind's own flags)."""
     where = f" --device {s['device']}" if s.get("device", "cpu") != "cpu" else ""
@@ -382,16 +419,24 @@ def card_data_line(s: dict) -> str:
     from .data import training_data
 
     data = training_data(s.get("data", "digits"))
-    size = data.size
+    h, w = data.shape
     held = (f", less {s['holdout_per_class']} images per class held out (never trained on; their indices are in "
             f"`heldout_train.json`)" if s.get("holdout_per_class") else "")
-    return (f"- **Data**: {data.title}, {data.split_note}{held}\n  ({s['n_train']} images). Each image is {size}x{size}, converted to RGB (3 identical channels)\n"
+    what = "items" if data.parts > 1 else "images"
+    return (f"- **Data**: {data.title}, {data.split_note}{held}\n  ({s['n_train']} {what}). Each image is {h}x{w}, converted to RGB (3 identical channels)\n"
             f"  and normalised to [-1, 1] (x / 127.5 - 1). Augmentation: a random +-1 px translation with probability {SHIFT_PROB}.")
 
 
 def card_measured(s: dict, digits_text: str) -> str:
     """The model card's accuracy text: `digits_text` for the digits models, the measured figures otherwise."""
-    if s.get("data", "digits") == "digits":
+    data = s.get("data", "digits")
+    if data == "digits":
         return digits_text
-    return s.get("measured") or ("Measured on the Fashion-MNIST test split through the toolkit: see "
-                                 "`benchmarks/results/fashion_*.json` and the README's Fashion-MNIST section.")
+    if data == "fashion_pairs":
+        where = ("Measured on pairs of Fashion-MNIST test items through run_compositional.py (order, object and "
+                 "relation swaps) and eval_prob_adaptive.py (the 100-way classification of the ordered pair): see "
+                 "`benchmarks/results/compositional_fashion.json` and docs/compositional.md.")
+    else:
+        where = ("Measured on the Fashion-MNIST test split through the toolkit: see "
+                 "`benchmarks/results/fashion_*.json` and the README's Fashion-MNIST section.")
+    return s.get("measured") or where

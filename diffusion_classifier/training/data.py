@@ -14,24 +14,38 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class TrainingData:
-    """One training set; images are grey, (N, 1, size, size) floats in [-1, 1], turned into RGB for the models."""
+    """One training set; images are grey, (N, 1, H, W) floats in [-1, 1], turned into RGB for the models.
+
+    With `parts` = 2 a training image is two items of the loaded split side by side (each drawn uniformly, so each
+    ordered pair of item classes equally often), and its class is the ordered pair: label = left * n + right with
+    n = len(words); captions fill "{a}" and "{b}" with the two items' words instead of "{w}" and "{d}".
+    """
 
     name: str  # the --data value and the evaluation scripts' --dataset
     title: str  # how the model cards name the data
     classnames: tuple[str, ...]  # in label order
     templates: tuple[str, ...]  # caption wordings, "{w}" = the class's word, "{d}" = its label; the first is the prompts CSV's
-    words: tuple[str, ...]  # per class, the word that fills "{w}"
-    size: int  # native image side
-    load: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # the train split: (N, 1, H, W) in [-1, 1], (N,) int64
+    words: tuple[str, ...]  # per item class, the word that fills "{w}" (or "{a}", "{b}")
+    size: int | tuple[int, int]  # native image side, or (height, width) of a non-square image
+    load: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # the items: (N, 1, h, w) in [-1, 1], (N,) int64 labels
     split_note: str  # the card's words on which images are trained on
     folders: dict  # model kind -> model folder name
+    parts: int = 1  # items side by side in one training image (1, or 2: ordered pairs)
 
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of a training image."""
+        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+
     def captions_for(self, label: int) -> list[str]:
         """Every caption wording for one class."""
+        if self.parts == 2:
+            a, b = divmod(label, len(self.words))
+            return [t.format(a=self.words[a], b=self.words[b]) for t in self.templates]
         return [t.format(d=str(label), w=self.words[label]) for t in self.templates]
 
 
@@ -90,7 +104,28 @@ def _fashion() -> TrainingData:
     )
 
 
-_BUILDERS = {"digits": _digits, "fashion_mnist": _fashion}
+# The wordings of fashion-pairs: each names both items, in the order they stand (left, then right); the first is
+# the wording of prompts/fashion_pairs_prompts.csv.
+PAIR_TEMPLATES = (
+    "a {a} to the left of a {b}.", "a {b} to the right of a {a}.", "a {a} on the left and a {b} on the right.",
+    "a {b} on the right and a {a} on the left.", "a {a} and a {b}.", "a {a} left, a {b} right",
+)
+
+
+def _fashion_pairs() -> TrainingData:
+    single = _fashion()
+    names = tuple(f"{a} | {b}" for a in single.classnames for b in single.classnames)  # label = 10 * left + right
+    return TrainingData(
+        name="fashion_pairs", title="Fashion-MNIST (Zalando) items in pairs", classnames=names,
+        templates=PAIR_TEMPLATES, words=single.words, size=(single.size, 2 * single.size), load=_fashion_train,
+        split_note=("the original **train split**, every training image two of its items side by side, each drawn "
+                    "uniformly and shifted on its own, afresh at every step (the 10,000 test images are never "
+                    "trained on)"),
+        folders={"sd": "fashion-pairs", "clip": "fashion-pairs-clip"}, parts=2,
+    )
+
+
+_BUILDERS = {"digits": _digits, "fashion_mnist": _fashion, "fashion_pairs": _fashion_pairs}
 DATA_NAMES = tuple(_BUILDERS)
 
 

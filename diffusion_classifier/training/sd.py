@@ -20,6 +20,7 @@ DEFAULTS = dict(steps=2000, batch=64, lr=1e-3, beta_schedule="scaled_linear", ch
 DATA_DEFAULTS = {
     "digits": DEFAULTS,
     "fashion_mnist": dict(steps=3000, batch=128, lr=1e-3, beta_schedule="scaled_linear", channels=(16, 32, 64, 64)),
+    "fashion_pairs": dict(steps=3000, batch=128, lr=1e-3, beta_schedule="scaled_linear", channels=(16, 32, 64, 64)),
 }
 ARCH = ("channels",)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -36,8 +37,9 @@ MEASURED = {
 }
 
 
-def build_sd(vocab_size: int, bos: int, eos: int, pad: int, size: int = DIGITS.size, channels=DEFAULTS["channels"]):
-    """Tiny UNet2DConditionModel (size x size, 3 channels) and CLIPTextModel."""
+def build_sd(vocab_size: int, bos: int, eos: int, pad: int, size: int | tuple[int, int] = DIGITS.size,
+             channels=DEFAULTS["channels"]):
+    """Tiny UNet2DConditionModel (size x size, or H x W for size (H, W); 3 channels) and CLIPTextModel."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -89,7 +91,7 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
         return {"loss": F.mse_loss(*objective.compare(out_t, x0, xt, eps, t))}  # output against its target
 
     avg, wall = fit([unet, text_encoder], (x_all, y_all), DdpmNoising(objective), steps, batch, lr, gen, out.name,
-                    draw_caption, losses, checkpoint=checkpoint)
+                    draw_caption, losses, checkpoint=checkpoint, parts=data.parts, item_classes=len(data.words))
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
