@@ -145,7 +145,7 @@ def plot_classes(rows: list[dict], path: Path) -> None:
     ax.set_xticks(k, [str(v) for v in k])
     ax.set_xlabel("classes (ordered pairs of Fashion-MNIST items)")
     ax.set_ylabel("denoiser evaluations per image")
-    ax.set_title("fashion-pairs: cost against the number of classes (top-1 beside each point)")
+    ax.set_title("fashion-pairs: cost against the number of classes\n(top-1 beside each point)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -179,7 +179,7 @@ def write_cards(results: dict) -> None:
                        ("classify_100_staged", "staged schedule, --to_keep 10 1 --n_samples 50 500")):
         if key in results:
             r = results[key]
-            extra += (f"\n- 100-way classification of the ordered pair ({r['images']} test pairs, one per class), "
+            extra += (f"\n- fashion-pairs, 100-way classification of the ordered pair ({r['images']} test pairs, one per class), "
                       f"{label}: {r['accuracy']:.1f}% top-1 at {r['evaluations_per_image']:.0f} evaluations per image.")
     measured = intro + swaps_table(rows) + ("\n" + extra if extra else "")
     for name, writer in (("fashion-pairs", write_sd_card), ("fashion-pairs-clip", write_clip_card)):

@@ -98,3 +98,26 @@ def test_swap_items_hold_one_true_and_one_swapped_caption_of_the_drawn_pair(tmp_
         else:  # one side replaced by a third class
             third = [c for c in range(10) if c not in (a, b)]
             assert false in [f"a w{c} to the left of a w{b}." for c in third] + [f"a w{a} to the left of a w{c}." for c in third]
+
+
+def test_a_pair_folder_and_its_prompts_agree_on_every_class_index(tmp_path):
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    pairs_lib = load_script("benchmarks/lib/pairs.py")
+    words, names = [f"w{c}" for c in range(10)], [f"N{c}" for c in range(10)]
+    images = np.repeat(np.arange(10, dtype=np.uint8)[:, None, None] * 20, 28 * 28, 0).reshape(10, 28, 28)
+    labels = np.arange(10)
+    classes = [71, 5, 23]  # not in order: the folder and the CSV both sort them
+    root = pairs_lib.pair_folder(images, labels, 10, 2, 0, tmp_path / "f", classes)
+    csv_path = pairs_lib.write_prompts(tmp_path / "p.csv", words, names, classes)
+    folder = ImageFolder(str(root))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(folder) == 6 and len(rows) == 3
+    for (path, idx) in folder.samples:
+        pixels = np.asarray(Image.open(path))
+        a, b = pixels[0, 0] // 20, pixels[0, 55] // 20
+        row = rows[idx]
+        assert int(row["classidx"]) == idx and row["prompt"] == f"a w{a} to the left of a w{b}."
+        assert row["classname"] == f"N{a} | N{b}"

@@ -77,9 +77,9 @@ def pair_classes(words: list[str], classnames: list[str]) -> list[tuple[str, str
 
 def write_prompts(path: Path, words: list[str], classnames: list[str], classes: list[int] | None = None) -> Path:
     """The prompts CSV (prompt,classname,classidx) of the pair classes (all, or `classes`, renumbered 0..k-1 in
-    their order: the order of an ImageFolder holding those classes' folders)."""
+    increasing order: the order of the ImageFolder pair_folder writes for them)."""
     rows = pair_classes(words, classnames)
-    classes = list(range(len(rows))) if classes is None else classes
+    classes = list(range(len(rows))) if classes is None else sorted(classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -95,7 +95,7 @@ def pair_folder(images: np.ndarray, labels: np.ndarray, n_classes: int, per_clas
     `classes`): the folder names sort in label order, so ImageFolder's class index is the label's rank."""
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(labels == c) for c in range(n_classes)]
-    for pair in range(n_classes * n_classes) if classes is None else classes:
+    for pair in range(n_classes * n_classes) if classes is None else sorted(classes):
         a, b = divmod(pair, n_classes)
         (root / f"{pair:02d}").mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
