@@ -278,6 +278,8 @@ def check_candidate_args(args) -> None:
     if getattr(args, "timestep_weights", None) is not None:
         from .calibration import load_weights
 
+        if getattr(args, "model", "sd") != "sd":
+            raise InputError(f"--timestep_weights weights a diffusion model's errors (--model sd), got --model {args.model}")
         load_weights(args.timestep_weights)  # likewise a bad weights file (its length is checked against the model)
     check_writable(args.log_dir)
 

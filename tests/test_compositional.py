@@ -305,6 +305,8 @@ def test_timestep_weights_rank_captions_and_images_by_weighted_errors_on_the_sam
     bad.write_text(json.dumps({"weights": [1.0, -1.0]}))
     with pytest.raises(InputError, match="positive finite"):  # before the model loads
         script.main(_argv(data, tmp_path, "--timestep_weights", str(bad)))
+    with pytest.raises(InputError, match="--model sd"):  # CLIP has no timesteps
+        script.main(_argv(data, tmp_path, "--timestep_weights", str(path), "--model", "clip"))
 
 
 def test_sugarcrepe_run_and_unreadable_skipped(data, tmp_path):
