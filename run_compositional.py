@@ -20,13 +20,13 @@ from diffusion_classifier.data.compositional import (
 )
 from diffusion_classifier.data.datasets import sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message, unreadable_files
-from diffusion_classifier.errors import InputError, MissingError
+from diffusion_classifier.errors import MissingError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.loop import launch_state, shard
-from diffusion_classifier.records import claim_run_folder, environment_info, write_json
+from diffusion_classifier.records import claim_run_folder, environment_info
 from diffusion_classifier.runs import compositional_run
-from diffusion_classifier.tasks.candidates import candidate_scoring, results_file
+from diffusion_classifier.tasks.candidates import candidate_scoring, report_run, results_file
 from diffusion_classifier.tasks.compositional import (
     accuracy_tables,
     clip_item_scorer,
@@ -161,17 +161,10 @@ def main(argv=None) -> dict:
 
     stats = run_items(items, folder, score_item, desc=f"{args.dataset} {run.name}", show_progress=not args.no_progress,
                       skip_unreadable=args.skip_unreadable, unreadable=unreadable)
-    records = [stats.records[it.id] for it in items if it.id in stats.records]
-    if not records:
-        raise InputError(f"no item was scored in {folder}: every image was left out as unreadable")
-    tables = accuracy_tables(records)
-    for line in table_lines(tables):
-        print(line)
-    write_json(results_file(folder, RESULT_FILE, args.n_workers, args.worker_idx, state.num_processes,
-                            state.process_index), tables)
-    line = summary_line(folder, tables, stats)
-    print(line)
-    return {"folder": str(folder), **tables, **stats.as_dict(), "line": line}
+    results = results_file(folder, RESULT_FILE, args.n_workers, args.worker_idx, state.num_processes,
+                           state.process_index)
+    return report_run(folder, stats, [it.id for it in items], accuracy_tables, table_lines, summary_line, results,
+                      "item")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.loop import launch_state, shard
-from diffusion_classifier.records import claim_run_folder, environment_info, write_json
+from diffusion_classifier.records import claim_run_folder, environment_info
 from diffusion_classifier.runs import grounding_run
-from diffusion_classifier.tasks.candidates import candidate_scoring, results_file
+from diffusion_classifier.tasks.candidates import candidate_scoring, report_run, results_file
 from diffusion_classifier.tasks.grounding import (
     REGIONS,
     SCORES,
@@ -157,17 +157,10 @@ def main(argv=None) -> dict:
     stats = run_queries(queries, folder, score_query, desc=f"{args.dataset} {args.split} {run.name}",
                         show_progress=not args.no_progress, skip_unreadable=args.skip_unreadable,
                         unreadable=unreadable)
-    records = [stats.records[q.qid] for q in queries if q.qid in stats.records]
-    if not records:
-        raise InputError(f"no expression was scored in {folder}: every image was left out as unreadable")
-    tables = accuracy_tables(records)
-    for line in table_lines(tables):
-        print(line)
-    write_json(results_file(folder, RESULT_FILE, args.n_workers, args.worker_idx, state.num_processes,
-                            state.process_index), tables)
-    line = summary_line(folder, tables, stats)
-    print(line)
-    return {"folder": str(folder), **tables, **stats.as_dict(), "line": line}
+    results = results_file(folder, RESULT_FILE, args.n_workers, args.worker_idx, state.num_processes,
+                           state.process_index)
+    return report_run(folder, stats, [q.qid for q in queries], accuracy_tables, table_lines, summary_line, results,
+                      "expression")
 
 
 if __name__ == "__main__":

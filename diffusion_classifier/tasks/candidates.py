@@ -25,6 +25,7 @@ from ..families import load_model, resolve_model
 from ..loop import LoopStats, RecordLoop
 from ..noise import noise_bank, noise_digest
 from ..packing import resolve_packing
+from ..records import write_json
 from ..schedules.staged import validate_schedule
 from ..schedules.statistical import make_schedule
 
@@ -148,3 +149,20 @@ def results_file(folder: Path, name: str, n_workers: int, worker_idx: int, num_p
     if n_workers * num_processes == 1:
         return folder / name
     return folder / f"{Path(name).stem}_{worker_idx}_{process_index}.json"
+
+
+def report_run(folder: Path, stats: LoopStats, ids: Sequence[Hashable], tables_of: Callable, lines_of: Callable,
+               line_of: Callable, results_path: Path, unit: str) -> dict:
+    """The end of a run over `ids` (in their order): the task's tables of the records found (`tables_of`),
+    printed (`lines_of`) and written to `results_path`, then its final line (`line_of(folder, tables, stats)`);
+    InputError when no `unit` was scored because every image was left out as unreadable."""
+    records = [stats.records[i] for i in ids if i in stats.records]
+    if not records:
+        raise InputError(f"no {unit} was scored in {folder}: every image was left out as unreadable")
+    tables = tables_of(records)
+    for line in lines_of(tables):
+        print(line)
+    write_json(results_path, tables)
+    line = line_of(folder, tables, stats)
+    print(line)
+    return {"folder": str(folder), **tables, **stats.as_dict(), "line": line}
