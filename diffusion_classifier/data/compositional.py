@@ -222,14 +222,20 @@ def read_sugarcrepe(path: str | Path, image_root: str | Path) -> list[Item]:
 ARO_EXPECTED = "a json list of {image_path, bbox_x, bbox_y, bbox_w, bbox_h, true_caption, false_caption}"
 
 
+def _json_list(path: str | Path, image_root: str | Path | None, expected: str) -> tuple[Path, Path, list]:
+    """(the file, the folder its image paths are relative to, its entries) of a json file holding a list."""
+    path = Path(path).expanduser()
+    root = Path(image_root).expanduser() if image_root else path.parent
+    data = load_json(path, expected)
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected {expected}, found a {type(data).__name__}")
+    return path, root, data
+
+
 def read_aro(path: str | Path, image_root: str | Path | None = None, which: str = "vg_relation") -> list[Item]:
     """ARO's VG-Relation (task = relation_name) or VG-Attribution (task = its two attributes): the image cropped
     to the box, the true caption label 0."""
-    path = Path(path).expanduser()
-    root = Path(image_root).expanduser() if image_root else path.parent
-    data = load_json(path, ARO_EXPECTED)
-    if not isinstance(data, list):
-        raise InputError(f"{path}: expected {ARO_EXPECTED}, found a {type(data).__name__}")
+    path, root, data = _json_list(path, image_root, ARO_EXPECTED)
     items = []
     for n, obj in enumerate(data):
         where = f"{path} item {n}"
@@ -260,11 +266,7 @@ WHATSUP_EXPECTED = "a json list of {image_path, caption_options} or of [image, t
 
 def read_whatsup(path: str | Path, image_root: str | Path | None = None) -> list[Item]:
     """What'sUp: the first caption option is true (label 0); task = the file's stem."""
-    path = Path(path).expanduser()
-    root = Path(image_root).expanduser() if image_root else path.parent
-    data = load_json(path, WHATSUP_EXPECTED)
-    if not isinstance(data, list):
-        raise InputError(f"{path}: expected {WHATSUP_EXPECTED}, found a {type(data).__name__}")
+    path, root, data = _json_list(path, image_root, WHATSUP_EXPECTED)
     items = []
     for n, obj in enumerate(data):
         where = f"{path} item {n}"
