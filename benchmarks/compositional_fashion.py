@@ -201,7 +201,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     out: dict = {}
     sd, clip = ["--version", "fashion-pairs"], ["--model", "clip", "--model_path", str(MODELS / "fashion-pairs-clip")]
-    test = items("test", args.per_task, 0)
+    test = items("test", args.per_task, 0) if {"swaps", "statistical", "weights"} & set(args.configs) else None
     if "swaps" in args.configs:
         out["swaps"] = {"per_task": args.per_task, "fashion-pairs": compositional(test, *sd)}
         if (MODELS / "fashion-pairs-clip").is_dir():
