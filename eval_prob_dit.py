@@ -111,7 +111,7 @@ def check_flags(args: argparse.Namespace) -> str:
         if args.cls is None:
             raise InputError("pass --cls C (per-class mode) or --to_keep and --n_samples (adaptive mode)")
         if args.null_normalize or args.schedule != "reference" or args.loss != "l2" or args.delta is not None \
-                or args.timestep_weights is not None or args.epsilon is not None or args.spending != "even":
+                or args.timestep_weights is not None or args.epsilon is not None or args.spending is not None:
             raise InputError("--null_normalize, --schedule, --delta, --epsilon, --spending, --timestep_weights and --loss "
                              "are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
         return "per_class"

@@ -9,13 +9,15 @@ and eval_prob_adaptive.py.
   timestep weights and a temperature fitted on them (scripts/fit_timestep_weights.py), and the test swaps ranked
   by weighted errors (replayed on the swaps run's own evaluations); l1: the held-out swaps with --loss l1;
 - classify / staged: the 100-way classification of the ordered pair (an ImageFolder, one test pair per class,
-  and the 100-row prompts CSV) with the statistical schedule / with the staged schedule in the CIFAR-10
-  command's shape (10,000 evaluations per image);
-- classes: evaluations per image of the statistical schedule as the number of classes grows (10, 25, 50, 100
-  pair classes, 100 images each), beside the staged schedule's fixed cost (plot: compositional_classes.png).
+  and the 100-row prompts CSV) with the statistical schedule (its defaults, and the plain rule it had before
+  benchmarks/default_rule.py chose them) / with the staged schedule in the CIFAR-10 command's shape (10,000
+  evaluations per image); log: the statistical schedule with --loss log_l2;
+- classes: evaluations per image of the statistical schedule (the plain rule) as the number of classes grows
+  (10, 25, 50, 100 pair classes, 100 images each), beside the staged schedule's fixed cost (plot:
+  compositional_classes.png).
 
     python benchmarks/compositional_fashion.py --configs swaps statistical weights l1
-    python benchmarks/compositional_fashion.py --configs classify classes
+    python benchmarks/compositional_fashion.py --configs classify log classes
     python benchmarks/compositional_fashion.py --configs staged
 """
 from __future__ import annotations
@@ -37,6 +39,8 @@ OUT = RESULTS / "compositional_fashion.json"
 MODELS = ROOT / "diffusion_classifier" / "tiny_models"
 PAIRS = CACHE / "compositional"
 STATISTICAL = ["--schedule", "statistical", "--delta", "0.05", "--to_keep", "1", "--n_samples", "200"]
+# the anytime rule before benchmarks/default_rule.py chose its defaults (the classes sweep was measured with it)
+PLAIN_RULE = ["--variance", "iid", "--spending", "even", "--min_samples", "10", "--epsilon", "0"]
 STAGED = ["--to_keep", "10", "1", "--n_samples", "50", "500"]  # the reference's CIFAR-10 command's shape
 CLASS_COUNTS = (10, 25, 50, 100)
 
@@ -175,7 +179,10 @@ def write_cards(results: dict) -> None:
     rows = [("fashion-pairs (diffusion classifier)", swaps["fashion-pairs"]),
             ("fashion-pairs-clip (contrastive, same data)", swaps["fashion-pairs-clip"])]
     extra = ""
-    for key, label in (("classify_100_statistical", "statistical schedule, delta 0.05, --to_keep 1 --n_samples 200"),
+    stat = "statistical schedule, --delta 0.05 --to_keep 1 --n_samples 200"
+    for key, label in (("classify_100_statistical_plain", stat + " with the rule of " + " ".join(PLAIN_RULE)),
+                       ("classify_100_statistical", stat + " (its default rule)"),
+                       ("classify_100_statistical_log", stat + " --loss log_l2"),
                        ("classify_100_staged", "staged schedule, --to_keep 10 1 --n_samples 50 500")):
         if key in results:
             r = results[key]
@@ -193,7 +200,7 @@ def write_cards(results: dict) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--configs", nargs="+", default=["swaps", "weights"],
-                   choices=["swaps", "statistical", "weights", "l1", "classify", "staged", "classes", "cards"],
+                   choices=["swaps", "statistical", "weights", "l1", "classify", "log", "staged", "classes", "cards"],
                    help="what to measure (module docstring); cards: write the measured figures into both model cards")
     p.add_argument("--per_task", type=int, default=200, help="items per swap task")
     p.add_argument("--threads", type=int, default=2)
@@ -221,10 +228,13 @@ def main(argv=None) -> dict:
                           "test_swaps_uniform": plain["per_task"]}
     if "l1" in args.configs:  # the default loss against l1, on the held-out swaps
         out["heldout_l1"] = compositional(items("heldout", args.per_task, 1), *sd, "--loss", "l1")
-    if "classify" in args.configs or "staged" in args.configs:
+    if {"classify", "log", "staged"} & set(args.configs):
         root, csv = classify_set(1, 0)  # entries of their own: a later run of one keeps the other's (merge)
         if "classify" in args.configs:
             out["classify_100_statistical"] = classify(root, csv, *STATISTICAL)
+            out["classify_100_statistical_plain"] = classify(root, csv, *STATISTICAL, *PLAIN_RULE)
+        if "log" in args.configs:
+            out["classify_100_statistical_log"] = classify(root, csv, *STATISTICAL, "--loss", "log_l2")
         if "staged" in args.configs:
             out["classify_100_staged"] = classify(root, csv, *STAGED)
     if "classes" in args.configs:
@@ -233,7 +243,7 @@ def main(argv=None) -> dict:
         for k in CLASS_COUNTS:
             classes = None if k == 100 else sorted(rng.choice(100, size=k, replace=False).tolist())
             root, csv = classify_set(100 // k, 0, classes)
-            row = classify(root, csv, *STATISTICAL)
+            row = classify(root, csv, *STATISTICAL, *PLAIN_RULE)
             row.update(classes=k, staged_evaluations_per_image=k * 50 + min(10, k) * 500)
             rows.append(row)
         out["classes"] = rows

@@ -117,19 +117,25 @@ class DiffusionClassifier:
             raise InputError(f"expected a non-empty list of prompt strings, found {prompts!r:.80}")
         if n_images(images) == 0:
             return []  # nothing to classify
-        m = self.model
-        size = img_size or m.native_size
         if schedule == "reference":
-            validate_schedule(to_keep, n_samples, len(prompts), m.T)
-        latents = m.encode_images(preprocess(images, size, interpolation))
-        classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=m.T, **statistical)
+            validate_schedule(to_keep, n_samples, len(prompts), self.model.T)
+        classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=self.model.T, **statistical)
+        evaluate = self.evaluator(images, prompts, n_rows, loss, noise, seed, img_size, interpolation)
+        results = classify(evaluate, n_images(images), len(prompts))
+        return [self._prediction(r, len(prompts), temperature) for r in results]
+
+    def evaluator(self, images, prompts: Sequence[str], n_rows: int, loss: str = "l2", noise: torch.Tensor | None = None,
+                  seed: int = 0, img_size: int | tuple[int, int] | None = None, interpolation: str = "bicubic"):
+        """evaluate(jobs) -> the denoising error of each (image, prompt, t, noise row) job (engine.Jobs): what a
+        schedule calls, over these images and prompts and a noise bank of n_rows draws (seeded, unless given)."""
+        m = self.model
+        latents = m.encode_images(preprocess(images, img_size or m.native_size, interpolation))
         if noise is None:
             noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
         objective = m.make_objective(tuple(latents.shape[1:]), self.error_space, self.flow_grid)
         scorer = Scorer(m.denoiser, objective, noise, m.device, m.dtype, self.batch_size)
         embeds = self.embed(prompts)
-        results = classify(lambda jobs: scorer.evaluate(latents, embeds, jobs, loss), len(latents), len(prompts))
-        return [self._prediction(r, len(prompts), temperature) for r in results]
+        return lambda jobs: scorer.evaluate(latents, embeds, jobs, loss)
 
     @staticmethod
     def _prediction(r: AdaptiveResult, k: int, temperature: float) -> Prediction:

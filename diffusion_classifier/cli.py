@@ -221,7 +221,8 @@ def add_schedule_args(parser, mode: str = "", required: bool = True) -> None:
     parser.add_argument("--timestep_weights", type=Path, default=None,
                         help=f"{mode}JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
     parser.add_argument("--loss", default="l2", choices=list(LOSSES),
-                        help=f"{mode}error between the prediction and its target (ε and ε̂ by default)")
+                        help=f"{mode}error between the prediction and its target (ε and ε̂ by default); log_l2: the log "
+                             f"of the l2 error (classes compared by relative differences at each timestep)")
     parser.add_argument("--load_stats", action="store_true",
                         help=f"{mode}count already finished images into the running accuracy")
 
@@ -244,7 +245,8 @@ def add_candidate_args(parser, defaults: dict, unit: str) -> None:
                              "pruning up to max(--n_samples)")
     add_statistical_args(parser)
     parser.add_argument("--loss", default=defaults["loss"], choices=list(LOSSES),
-                        help="error between the prediction and its target")
+                        help="error between the prediction and its target; log_l2: the log of the l2 error (candidates "
+                             "compared by relative differences at each timestep)")
     parser.add_argument("--timestep_weights", type=Path, default=None,
                         help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): the schedule and the "
                              "scores use weighted errors")
@@ -287,34 +289,43 @@ def check_candidate_args(args) -> None:
 def add_statistical_args(parser) -> None:
     """The statistical schedule's flags, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
     parser.add_argument("--z", type=positive_float, default=3.0, help="statistical schedule: prune at z paired standard errors")
-    parser.add_argument("--min_samples", type=positive_int, default=10,
-                        help="statistical schedule: timesteps before the first pruning, at most max(--n_samples)")
+    parser.add_argument("--min_samples", type=positive_int, default=None,
+                        help="statistical schedule: timesteps before the first pruning, at most max(--n_samples) "
+                             "(not given: 10, or with --delta the anytime rule's: docs/schedules.md)")
     parser.add_argument("--delta", type=probability, default=None,
                    help="statistical schedule: anytime-valid pruning with P(dropping the class of lowest expected error) <= delta, "
                         "delta in (0, 1) (replaces --z; see README)")
-    parser.add_argument("--variance", default="iid", choices=["iid", "stratified"],
-                   help="statistical schedule: standard error from the sample variance (iid) or from neighbouring "
-                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t)")
-    parser.add_argument("--spending", default="even", choices=["even", "decaying"],
+    parser.add_argument("--variance", default=None, choices=["iid", "stratified", "moderated", "moderated-stratified"],
+                   help="statistical schedule: standard error from the sample variance (iid), from neighbouring "
+                        "timesteps (stratified: prunes sooner, assumes errors vary smoothly with t), or either one "
+                        "moderated across the classes (moderated, moderated-stratified: prunes after a few samples "
+                        "among many classes) (not given: iid, or with --delta the anytime rule's)")
+    parser.add_argument("--spending", default=None, choices=["even", "decaying"],
                    help="with --delta: how delta is shared over the looks: evenly over the looks of the schedule, or "
-                        "6 delta / (pi^2 l^2) at look l (most at the first looks; valid for any number of looks)")
+                        "6 delta / (pi^2 l^2) at look l (most at the first looks; valid for any number of looks) "
+                        "(not given: even, or with --delta the anytime rule's)")
     parser.add_argument("--epsilon", type=fraction, default=None,
                    help="statistical schedule: also stop an image once no class can beat the leader by more than "
                         "epsilon x the leader's mean error (an indifference zone: with --delta, P(the answer is more "
-                        "than that worse than the best class) <= delta); in [0, 1), e.g. 0.005")
+                        "than that worse than the best class) <= delta); in [0, 1), e.g. 0.005; 0: none "
+                        "(not given: none, or with --delta the anytime rule's)")
 
 
 def check_statistical_args(args) -> None:
     """The statistical schedule's flags against --n_samples, before anything is written (they are read per image)."""
-    if args.schedule == "statistical" and args.n_samples and args.min_samples > max(args.n_samples):
+    min_samples = statistical_options(args)["min_samples"]
+    if args.schedule == "statistical" and args.n_samples and min_samples > max(args.n_samples):
         raise InputError(f"--min_samples must be in 1..max(--n_samples) = {max(args.n_samples)} for --schedule "
-                         f"statistical, got {args.min_samples}")
+                         f"statistical, got {min_samples}")
 
 
 def statistical_options(args) -> dict:
-    """The statistical schedule's settings from the flags of add_statistical_args (for make_schedule and the runs)."""
-    return dict(z=args.z, min_samples=args.min_samples, delta=args.delta, variance=args.variance,
-                epsilon=args.epsilon, spending=args.spending)
+    """The statistical schedule's settings from the flags of add_statistical_args, those not given at their
+    defaults (statistical.rule_settings), for make_schedule and the runs."""
+    from .schedules.statistical import rule_settings
+
+    return dict(z=args.z, delta=args.delta, **rule_settings(args.delta, args.variance, args.spending,
+                                                            args.min_samples, args.epsilon))
 
 
 def _flag_error(parser: argparse.ArgumentParser, message: str):

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from .noise import check_noise
 from .objectives import as_objective
 
-LOSSES = ("l2", "l1", "huber")
+LOSSES = ("l2", "l1", "huber", "log_l2")
+LOG_FLOOR = 1e-20  # log_l2 of an exact prediction: a finite error
 
 
 class Denoiser(Protocol):
@@ -123,7 +124,12 @@ class Batch:
 
 
 def denoising_error(eps: torch.Tensor, eps_hat: torch.Tensor, loss: str = "l2") -> torch.Tensor:
-    """Per-sample mean over (C, H, W) of the l2 (squared), l1 or huber error between ε and ε̂."""
+    """Per-sample mean over (C, H, W) of the l2 (squared), l1 or huber error between ε and ε̂; log_l2: the log of
+    the l2 error, so that classes are compared by their relative difference at each (t, ε) (the mean over
+    timesteps is then the log of the geometric mean error) rather than by an absolute one that the large errors
+    of a few timesteps dominate."""
+    if loss == "log_l2":
+        return denoising_error(eps, eps_hat, "l2").clamp_min(LOG_FLOOR).log()
     if loss == "l2":
         err = F.mse_loss(eps_hat, eps, reduction="none")
     elif loss == "l1":

@@ -135,3 +135,19 @@ def test_unknown_objectives_are_one_line_input_errors():
         objective_from_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_karras_sigmas": True})
     with pytest.raises(InputError, match="image size is needed"):
         objective_from_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True})
+
+
+def test_log_l2_is_the_log_of_the_l2_error(tiny_sd):
+    from diffusion_classifier.engine import denoising_error
+
+    m = load_text_conditional(str(tiny_sd))
+    latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    conds = m.encode_prompts(["zero", "one", "two"])
+    noise = torch.randn(20, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    scorer = Scorer(m.denoiser, DDPMObjective(m.alphas_cumprod, "epsilon"), noise, batch_size=5)
+    jobs = Jobs.build([0, 1, 0, 1, 0, 1], [0, 1, 2, 0, 1, 2], [3, 200, 500, 700, 900, 999], [0, 1, 2, 3, 4, 5])
+    l2 = scorer.evaluate(latents, conds, jobs, "l2")
+    torch.testing.assert_close(scorer.evaluate(latents, conds, jobs, "log_l2"), l2.log(), rtol=1e-5, atol=1e-6)
+    # an exact prediction has a finite log error
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.isfinite(denoising_error(x, x, "log_l2")).all()

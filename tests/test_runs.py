@@ -202,3 +202,25 @@ def test_a_run_of_a_shipped_model_resumes_from_another_checkout(tmp_path):
         check_manifest(tmp_path, {"model": "/old/checkout/diffusion_classifier/tiny_models/fashion-sd", "n_trials": 1})
     with pytest.raises(InputError, match="1 differ: model"):
         check_manifest(tmp_path, {"model": "/home/me/my_models/digits-sd", "n_trials": 1})
+
+
+def test_delta_alone_runs_the_chosen_rule_and_the_plain_rule_stays_reachable():
+    """`--schedule statistical --delta D` alone gets ANYTIME_RULE, and its run folder says so; the rule it had
+    before is the same command with its settings written out, and keeps its old folder."""
+    import eval_prob_adaptive
+    from diffusion_classifier.cli import statistical_options
+    from diffusion_classifier.schedules.statistical import ANYTIME_RULE
+
+    base = ["--version", "tiny", "--dataset", "digits", "--split", "test", "--schedule", "statistical", "--delta",
+            "0.05", "--to_keep", "1", "--n_samples", "200"]
+
+    def run(*flags):
+        options = statistical_options(eval_prob_adaptive.parse_args(base + list(flags)))
+        return options, sd(schedule="statistical", to_keep=[1], n_samples=[200], **options).name
+
+    options, name = run()
+    assert {k: options[k] for k in ANYTIME_RULE} == ANYTIME_RULE
+    assert name.endswith("_stat_d0.05_min10_moderated-stratified_decay_eps0.01")
+    plain, plain_name = run("--variance", "iid", "--spending", "even", "--min_samples", "10", "--epsilon", "0")
+    assert plain["epsilon"] is None and plain_name == "v2-0_1trials_1keep_200samples_stat_d0.05_min10"
+    assert run("--min_samples", "4")[1].endswith("_min4_moderated-stratified_decay_eps0.01")

@@ -150,3 +150,59 @@ def test_indifference_zone_costs_fewer_evaluations_on_ties_and_changes_nothing_o
         statistical_classify(lambda j: torch.zeros(len(j)), 1, 2, max_samples=10, min_samples=5, epsilon=-0.1)
     with pytest.raises(InputError, match="statistical"):
         make_schedule("reference", [1], [10], epsilon=0.01)
+
+
+def test_moderation_recovers_the_variance_law_and_borrows_nothing_it_should_not():
+    from diffusion_classifier.schedules.statistical import POOL_MIN, moderate
+
+    g = torch.Generator().manual_seed(8)
+    dof, s0, d0 = 4.0, 2.0, 12.0
+    # true variances from a scaled inverse chi-square law (s0, d0), sample variances with dof degrees of freedom
+    true = d0 * s0 / torch.distributions.Chi2(d0).sample((4000,))
+    s2 = true * torch.distributions.Chi2(dof).sample((4000,)) / dof
+    post, post_dof = moderate(s2, dof)
+    assert post_dof - dof == pytest.approx(d0, rel=0.25)
+    assert post.median() == pytest.approx(s0, rel=0.2)
+    # shrinkage: the spread of the variances narrows
+    assert float(post.log().std()) < float(s2.log().std())
+    # one common variance: the spread is sampling alone and everything is pooled (infinite degrees of freedom)
+    same = torch.distributions.Chi2(dof).sample((4000,)) / dof * 3.0
+    pooled, inf_dof = moderate(same, dof)
+    assert inf_dof > 200 and pooled.std() < 0.1 * same.std()
+    # too few rivals: nothing is borrowed
+    few = s2[:POOL_MIN - 1]
+    assert moderate(few, dof) == (few, dof)
+
+
+MANY = torch.cat([torch.zeros(1), torch.full((9,), 0.05), torch.full((90,), 1.5)])  # 100 classes, 9 near-ties
+
+
+def test_moderated_variance_keeps_the_bound_and_prunes_many_classes_after_a_few_samples():
+    def run(variance, seed):
+        ev = paired_errors(200, MANY, 40, seed=seed)
+        calls = {"n": 0}
+
+        def counting(jobs):
+            calls["n"] += len(jobs)
+            return ev(jobs)
+
+        res = statistical_classify(counting, 200, len(MANY), max_samples=40, min_samples=3, delta=0.05,
+                                   spending="decaying", variance=variance)
+        return sum(0 not in r.survivors for r in res) / 200, calls["n"] / 200
+
+    for variance, seed in (("moderated", 9), ("moderated-stratified", 10)):
+        dropped, cost = run(variance, seed)
+        assert dropped <= 0.05, (variance, dropped)
+        plain_dropped, plain_cost = run("iid", seed)
+        assert cost < 0.8 * plain_cost, (variance, cost, plain_cost)
+
+
+def test_rule_settings_fill_what_is_not_given():
+    from diffusion_classifier.schedules.statistical import ANYTIME_RULE, FIXED_Z_RULE, rule_settings
+
+    assert rule_settings() == FIXED_Z_RULE
+    assert rule_settings(0.05) == ANYTIME_RULE
+    given = rule_settings(0.05, variance="iid", spending="even", min_samples=10, epsilon=0)
+    assert given == {"variance": "iid", "spending": "even", "min_samples": 10, "epsilon": None}  # 0: no zone
+    assert rule_settings(0.05, min_samples=7)["min_samples"] == 7
+

@@ -48,6 +48,17 @@ neighbouring timesteps instead of the plain sample variance: the error differenc
 with t, and the stratified order samples t evenly, so most of their spread is a trend that the mean
 over an even grid does not suffer from. It prunes sooner; the bound above then also rests on that
 smoothness (the neighbour differences must not underestimate the noise), an assumption, not a theorem.
+
+variance='moderated' (or 'moderated-stratified', on top of the stratified estimator) borrows strength
+across candidates, which many classes need: with K = 100 and the plain t statistic each class's variance
+rests on its own n - 1 degrees of freedom, and at n = 10 with 99 rivals the threshold is about 7 standard
+errors. The rivals' variances s_j^2 (d = n - 1 degrees of freedom each) are taken as draws from a scaled
+inverse chi-square law whose scale s0^2 and degrees of freedom d0 are estimated from all of them (the
+empirical Bayes moderated t statistic of Smyth, 2004); each rival's variance becomes
+(d0 s0^2 + d s_j^2) / (d0 + d) and its t statistic has d0 + d degrees of freedom, so the threshold at a
+few samples comes close to the normal one. The bound then also rests on that model of the variances
+(exact when it holds, with normal differences; a best class whose differences vary far more than every
+other class's is dropped too often); with fewer than POOL_MIN rivals nothing is borrowed.
 """
 from __future__ import annotations
 
@@ -72,30 +83,75 @@ def stratified_timesteps(max_samples: int, T: int = 1000) -> list[int]:
     return [grid[i] for i in order]
 
 
-VARIANCES = ("iid", "stratified")
+VARIANCES = ("iid", "stratified", "moderated", "moderated-stratified")
+POOL_MIN = 5  # rivals needed before 'moderated' estimates their common variance law
+
+
+def trigamma_inverse(y: float) -> float:
+    """x with trigamma(x) = y > 0 (Newton's method on 1/trigamma, which is nearly linear)."""
+    from scipy.special import polygamma
+
+    if y > 1e7:
+        return 1.0 / y**0.5
+    if y < 1e-6:
+        return 1.0 / y
+    x = 0.5 + 1.0 / y
+    for _ in range(50):
+        tri = float(polygamma(1, x))
+        step = tri * (1.0 - tri / y) / float(polygamma(2, x))
+        x += step
+        if -step / x < 1e-8:
+            break
+    return x
+
+
+def moderate(s2: torch.Tensor, dof: float) -> tuple[torch.Tensor, float]:
+    """(moderated variances, their degrees of freedom): the empirical Bayes shrinkage of sample variances s2
+    (G,), each with `dof` degrees of freedom, towards the scaled inverse chi-square law (s0^2, d0) fitted to
+    all of them by moments of log s2 (Smyth 2004): (d0 s0^2 + dof s2) / (d0 + dof), with d0 + dof degrees of
+    freedom (infinite when the s2 spread no more than sampling alone explains: every variance is then s0^2).
+    With fewer than POOL_MIN positive variances nothing is borrowed."""
+    from scipy.special import digamma, polygamma
+
+    positive = s2[s2 > 0].double()
+    if len(positive) < POOL_MIN:
+        return s2, dof
+    e = positive.log() - float(digamma(dof / 2)) + math.log(dof / 2)
+    spread = float(e.var(unbiased=True)) - float(polygamma(1, dof / 2))
+    if spread <= 0:
+        return torch.full_like(s2, float(e.mean().exp())), math.inf
+    d0 = 2.0 * trigamma_inverse(spread)
+    s0 = float((e.mean() + float(digamma(d0 / 2)) - math.log(d0 / 2)).exp())
+    return (d0 * s0 + dof * s2) / (d0 + dof), d0 + dof
 
 
 def paired_differences(errors: torch.Tensor, t: torch.Tensor | None = None,
-                       variance: str = "iid") -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(leader, mean paired difference to the leader (K,), its standard error (K,)) from the errors of the
-    candidates on shared samples (K, n), n >= 2.
+                       variance: str = "iid") -> tuple[int, torch.Tensor, torch.Tensor, float]:
+    """(leader, mean paired difference to the leader (K,), its standard error (K,), the degrees of freedom of
+    the t statistics) from the errors of the candidates on shared samples (K, n), n >= 2.
 
     variance 'iid': the sample variance of the differences (independent samples). 'stratified': the
     successive-difference estimator of systematic sampling, sum over neighbours in t of (d_i+1 - d_i)^2
     / (2 (n-1)), which leaves out the part of the spread that is a smooth trend of d over t; it needs the
-    samples' timesteps t (n,).
+    samples' timesteps t (n,). 'moderated' / 'moderated-stratified': either variance, moderated across the
+    rivals of the leader (`moderate`). Degrees of freedom: n - 1, plus the moderation's d0.
     """
     n = errors.shape[1]
     leader = int(errors.mean(1).argmin())
     d = errors - errors[leader]  # (K, n) paired differences
-    if variance == "stratified":
-        ds = d[:, torch.argsort(t, stable=True)]
-        se = (((ds[:, 1:] - ds[:, :-1]) ** 2).sum(1) / (2 * (n - 1))).sqrt() / n**0.5
-    elif variance == "iid":
-        se = d.std(1, unbiased=True) / n**0.5
-    else:
+    if variance not in VARIANCES:
         raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    return leader, d.mean(1), se
+    if variance.endswith("stratified"):
+        ds = d[:, torch.argsort(t, stable=True)]
+        s2 = ((ds[:, 1:] - ds[:, :-1]) ** 2).sum(1) / (2 * (n - 1))
+    else:
+        s2 = d.var(1, unbiased=True)
+    dof = float(n - 1)
+    if variance.startswith("moderated"):
+        rivals = torch.arange(len(s2)) != leader
+        s2 = s2.clone()
+        s2[rivals], dof = moderate(s2[rivals], dof)
+    return leader, d.mean(1), (s2 / n).sqrt(), dof
 
 
 def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid") -> torch.Tensor:
@@ -104,16 +160,18 @@ def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, 
     return prune_or_settle(errors, z, t, variance)[0]
 
 
-def prune_or_settle(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, variance: str = "iid",
+def prune_or_settle(errors: torch.Tensor, z, t: torch.Tensor | None = None, variance: str = "iid",
                     epsilon: float | None = None) -> tuple[torch.Tensor, bool]:
     """(paired_prune's keep-mask, whether the survivors are settled) from one computation of the paired
-    differences. Settled (only with `epsilon`): no survivor can beat the leader by more than epsilon x the
-    leader's mean error, i.e. every lower confidence bound mean(d_j) - z se_j of E[e_j - e_leader] is
-    >= -epsilon x mean(e_leader) (the indifference zone of the statistical schedule's `epsilon`)."""
+    differences; z is a threshold, or a function of the t statistics' degrees of freedom giving it. Settled
+    (only with `epsilon`): no survivor can beat the leader by more than epsilon x the leader's mean error, i.e.
+    every lower confidence bound mean(d_j) - z se_j of E[e_j - e_leader] is >= -epsilon x mean(e_leader) (the
+    indifference zone of the statistical schedule's `epsilon`)."""
     k, n = errors.shape
     if n < 2:
         return torch.ones(k, dtype=torch.bool), False
-    leader, mean, se = paired_differences(errors, t, variance)
+    leader, mean, se, dof = paired_differences(errors, t, variance)
+    z = z(dof) if callable(z) else z
     keep = mean <= z * se
     keep[leader] = True
     if epsilon is None or int(keep.sum()) < 2:
@@ -143,15 +201,18 @@ def look_alpha(delta: float, look: int, looks: int, spending: str = "even") -> f
 
 
 def anytime_threshold(n: int, delta: float, looks: int, n_candidates: int, look: int = 1,
-                      spending: str = "even") -> float:
-    """One-sided t threshold at n paired samples that spends delta over looks x (n_candidates - 1) tests
-    (look_alpha: evenly, or decaying with the look's number)."""
+                      spending: str = "even", dof: float | None = None) -> float:
+    """One-sided t threshold at n paired samples (t statistics with `dof` degrees of freedom, n - 1 unless
+    given; infinite: the normal law) that spends delta over looks x (n_candidates - 1) tests (look_alpha:
+    evenly, or decaying with the look's number)."""
+    from scipy.stats import norm
     from scipy.stats import t as student_t
 
     if n < 2:
         return float("inf")
     alpha = look_alpha(delta, look, looks, spending) / max(n_candidates - 1, 1)
-    return float(student_t.ppf(1.0 - alpha, n - 1))
+    dof = n - 1 if dof is None else dof
+    return float(norm.isf(alpha) if math.isinf(dof) else student_t.isf(alpha, dof))
 
 
 def statistical_classify(
@@ -223,8 +284,8 @@ def statistical_classify(
                 t_i = torch.tensor(ts_done[i][alive[i][0]]).repeat_interleave(n_trials)  # shared by the alive
                 if weights is not None:
                     e = e * weights[t_i].to(e.dtype)
-                thr = z if delta is None else anytime_threshold(e.shape[1], delta, looks, n_candidates, look,
-                                                                                 spending)
+                thr = z if delta is None else functools.partial(anytime_threshold, e.shape[1], delta, looks,
+                                                                 n_candidates, look, spending)
                 keep, settle = prune_or_settle(e, thr, t_i, variance, epsilon)
                 alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
                 if settle:  # the leader survives pruning and is the answer
@@ -244,19 +305,39 @@ def statistical_classify(
     return results
 
 
-def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int = 10,
+# The settings of the statistical schedule not given: with --delta, the anytime rule that benchmarks/default_rule.py
+# chose on held-out images (docs/schedules.md); with a fixed z, the original rule.
+ANYTIME_RULE = {"variance": "moderated-stratified", "spending": "decaying", "min_samples": 10, "epsilon": 0.01}
+FIXED_Z_RULE = {"variance": "iid", "spending": "even", "min_samples": 10, "epsilon": None}
+
+
+def rule_settings(delta: float | None = None, variance: str | None = None, spending: str | None = None,
+                  min_samples: int | None = None, epsilon: float | None = None) -> dict:
+    """The statistical schedule's variance, spending, min_samples and epsilon: those given, the others from
+    ANYTIME_RULE (with delta) or FIXED_Z_RULE. epsilon 0 is no indifference zone (None)."""
+    given = {"variance": variance, "spending": spending, "min_samples": min_samples, "epsilon": epsilon}
+    base = FIXED_Z_RULE if delta is None else ANYTIME_RULE
+    out = {k: base[k] if v is None else v for k, v in given.items()}
+    out["epsilon"] = out["epsilon"] or None
+    return out
+
+
+def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int | None = None,
                   T: int = 1000, delta: float | None = None, weights: torch.Tensor | None = None,
-                  variance: str = "iid", epsilon: float | None = None,
-                  spending: str = "even") -> tuple[Callable, int]:
+                  variance: str | None = None, epsilon: float | None = None,
+                  spending: str | None = None) -> tuple[Callable, int]:
     """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'.
 
     `delta` (statistical only) selects the anytime-valid threshold instead of the fixed z; `weights` (T,)
-    makes either schedule decide on weighted errors w(t)·e.
+    makes either schedule decide on weighted errors w(t)·e. Settings not given: rule_settings.
     """
-    if delta is not None and schedule != "statistical":
-        raise InputError("--delta applies to --schedule statistical only")
+    settings = rule_settings(delta, variance, spending, min_samples, epsilon)
+    variance, spending, min_samples = settings["variance"], settings["spending"], settings["min_samples"]
     if epsilon is not None and schedule != "statistical":
         raise InputError("--epsilon applies to --schedule statistical only")
+    epsilon = settings["epsilon"]
+    if delta is not None and schedule != "statistical":
+        raise InputError("--delta applies to --schedule statistical only")
     if spending != "even" and delta is None:
         raise InputError(f"--spending {spending} shares --delta over the looks: pass --delta (with --schedule statistical)")
     if schedule == "statistical":
