@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
 
     tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
     classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
-                                     weights=tw.weights if tw else None, **statistical_options(args))
+                                     weights=tw.weights if tw else None, loss=args.loss, **statistical_options(args))
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     objective = model.make_objective(latent_shape, args.error_space, args.flow_grid)
     scorer = Scorer(model.denoiser, objective, noise, device, dtype, batch_size, pad_to_batch=args.compile)

@@ -162,7 +162,8 @@ def main(argv=None) -> dict:
     else:
         tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
         classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
-                                         weights=tw.weights if tw else None, **statistical_options(args))
+                                         weights=tw.weights if tw else None, loss=args.loss,
+                                         **statistical_options(args))
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
     common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,

@@ -138,7 +138,8 @@ def main(argv=None) -> dict:
     if args.model == "sd":
         setup = candidate_scoring(args.version, args.model_path, device, dtype, args.attention, args.img_size,
                                   args.batch_size, args.schedule, args.to_keep, args.n_samples, args.n_trials,
-                                  args.seed, args.noise_path, statistical_options(args), args.timestep_weights)
+                                  args.seed, args.noise_path, statistical_options(args), args.timestep_weights,
+                                  args.loss)
         model = setup.model
         score_item = diffusion_item_scorer(model.encode_images, model.encode_prompts, setup.scorer,
                                            sd_transform(setup.img_size, args.interpolation), setup.schedule_for,

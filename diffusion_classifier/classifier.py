@@ -119,7 +119,8 @@ class DiffusionClassifier:
             return []  # nothing to classify
         if schedule == "reference":
             validate_schedule(to_keep, n_samples, len(prompts), self.model.T)
-        classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=self.model.T, **statistical)
+        classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=self.model.T, loss=loss,
+                                         **statistical)
         evaluate = self.evaluator(images, prompts, n_rows, loss, noise, seed, img_size, interpolation)
         results = classify(evaluate, n_images(images), len(prompts))
         return [self._prediction(r, len(prompts), temperature) for r in results]

@@ -161,12 +161,13 @@ def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, 
 
 
 def prune_or_settle(errors: torch.Tensor, z, t: torch.Tensor | None = None, variance: str = "iid",
-                    epsilon: float | None = None) -> tuple[torch.Tensor, bool]:
+                    epsilon: float | None = None, log_errors: bool = False) -> tuple[torch.Tensor, bool]:
     """(paired_prune's keep-mask, whether the survivors are settled) from one computation of the paired
     differences; z is a threshold, or a function of the t statistics' degrees of freedom giving it. Settled
     (only with `epsilon`): no survivor can beat the leader by more than epsilon x the leader's mean error, i.e.
     every lower confidence bound mean(d_j) - z se_j of E[e_j - e_leader] is >= -epsilon x mean(e_leader) (the
-    indifference zone of the statistical schedule's `epsilon`)."""
+    indifference zone of the statistical schedule's `epsilon`); with `log_errors` (errors that are logs, as
+    --loss log_l2 gives) the bound is -epsilon itself: a ratio of geometric mean errors within about epsilon of 1."""
     k, n = errors.shape
     if n < 2:
         return torch.ones(k, dtype=torch.bool), False
@@ -176,7 +177,7 @@ def prune_or_settle(errors: torch.Tensor, z, t: torch.Tensor | None = None, vari
     keep[leader] = True
     if epsilon is None or int(keep.sum()) < 2:
         return keep, False
-    margin = epsilon * float(errors[leader].mean().abs())
+    margin = epsilon if log_errors else epsilon * float(errors[leader].mean().abs())
     return keep, bool((mean - z * se)[keep].ge(-margin).all())
 
 
@@ -230,6 +231,7 @@ def statistical_classify(
     variance: str = "iid",
     epsilon: float | None = None,
     spending: str = "even",
+    log_errors: bool = False,
 ) -> list[AdaptiveResult]:
     """Classify n_images at once; errors per (t, trial) of the k-th timestep use noise rows n_trials*k+trial.
 
@@ -237,7 +239,7 @@ def statistical_classify(
     (T,) positive, decisions use the weighted errors w(t)·e (records keep the raw errors). With `epsilon`
     an image also stops once no other candidate can beat the leader by more than epsilon x the leader's
     mean error (module docstring: the indifference zone); its survivors are then the leader alone.
-    `spending` shares delta over the looks (look_alpha).
+    `spending` shares delta over the looks (look_alpha). `log_errors`: the errors are logs (prune_or_settle's zone).
     """
     if z <= 0:
         raise InputError(f"z must be positive, got {z}")
@@ -286,7 +288,7 @@ def statistical_classify(
                     e = e * weights[t_i].to(e.dtype)
                 thr = z if delta is None else functools.partial(anytime_threshold, e.shape[1], delta, looks,
                                                                  n_candidates, look, spending)
-                keep, settle = prune_or_settle(e, thr, t_i, variance, epsilon)
+                keep, settle = prune_or_settle(e, thr, t_i, variance, epsilon, log_errors)
                 alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
                 if settle:  # the leader survives pruning and is the answer
                     alive[i] = [alive[i][int(e[keep].mean(1).argmin())]]
@@ -325,11 +327,12 @@ def rule_settings(delta: float | None = None, variance: str | None = None, spend
 def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int | None = None,
                   T: int = 1000, delta: float | None = None, weights: torch.Tensor | None = None,
                   variance: str | None = None, epsilon: float | None = None,
-                  spending: str | None = None) -> tuple[Callable, int]:
+                  spending: str | None = None, loss: str = "l2") -> tuple[Callable, int]:
     """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'.
 
     `delta` (statistical only) selects the anytime-valid threshold instead of the fixed z; `weights` (T,)
-    makes either schedule decide on weighted errors w(t)·e. Settings not given: rule_settings.
+    makes either schedule decide on weighted errors w(t)·e. Settings not given: rule_settings. `loss` tells the
+    indifference zone whether the errors are logs (log_l2).
     """
     settings = rule_settings(delta, variance, spending, min_samples, epsilon)
     variance, spending, min_samples = settings["variance"], settings["spending"], settings["min_samples"]
@@ -343,7 +346,8 @@ def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float
     if schedule == "statistical":
         return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
                                   min_samples=min_samples, T=T, delta=delta, weights=weights,
-                                  variance=variance, epsilon=epsilon, spending=spending), n_trials * max(n_samples))
+                                  variance=variance, epsilon=epsilon, spending=spending,
+                                  log_errors=loss.startswith("log_")), n_trials * max(n_samples))
     if schedule == "reference":
         rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
         return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T,

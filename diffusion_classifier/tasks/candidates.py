@@ -46,9 +46,11 @@ class CandidateScoring:
 def candidate_scoring(version: str | None, model_path: str | None, device: torch.device, dtype: torch.dtype,
                       attention: str, img_size: int | tuple[int, int] | None, batch_size: int | None, schedule: str,
                       to_keep: Sequence[int], n_samples: Sequence[int], n_trials: int, seed: int, noise_path,
-                      statistical: dict, timestep_weights: str | os.PathLike | None = None) -> CandidateScoring:
+                      statistical: dict, timestep_weights: str | os.PathLike | None = None,
+                      loss: str = "l2") -> CandidateScoring:
     """Load the model and build its Scorer and per-item schedules (schedules.statistical.make_schedule); with
-    `timestep_weights` (a scripts/fit_timestep_weights.py file) the schedules decide on weighted errors."""
+    `timestep_weights` (a scripts/fit_timestep_weights.py file) the schedules decide on weighted errors; `loss`
+    is the error the scorer will be asked for (the schedules' zone reads log errors as logs)."""
     from ..calibration import load_weights, weights_digest
 
     source = resolve_model(version, model_path)
@@ -58,12 +60,12 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
     latent_shape = model.latent_shape(img_size)
     batch_size, _ = resolve_packing(device, math.prod(latent_shape), batch_size)
     validate_schedule(to_keep, n_samples, T=model.T)
-    _, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=model.T, weights=weights, **statistical)
+    _, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=model.T, weights=weights, loss=loss, **statistical)
 
     @functools.lru_cache(maxsize=None)
     def schedule_for(n_candidates: int) -> Callable:
         keep = [min(k, n_candidates) for k in to_keep]  # an item with fewer candidates keeps them all
-        return make_schedule(schedule, keep, n_samples, n_trials, T=model.T, weights=weights, **statistical)[0]
+        return make_schedule(schedule, keep, n_samples, n_trials, T=model.T, weights=weights, loss=loss, **statistical)[0]
 
     noise, noise_source = noise_bank(n_rows, latent_shape, seed, noise_path)
     scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
