@@ -37,7 +37,7 @@ from lib.results import write_result
 OUT = RESULTS / "default_rule.json"
 MODELS = ROOT / "diffusion_classifier" / "tiny_models"
 DELTA = 0.05
-CURRENT = {"variance": "iid", "spending": "even", "min_samples": 10, "epsilon": None}
+CURRENT = {"variance": "iid", "spending": "even", "min_samples": 10, "epsilon": None}  # the rule before this choice (the "plain" rule)
 SETS = ("pairs100", "flow10", "sd10", "digits10")
 GRID = {"variance": ["iid", "stratified", "moderated", "moderated-stratified"], "spending": ["even", "decaying"],
         "min_samples": [5, 10], "epsilon": [None, 0.005, 0.01, 0.02]}
@@ -130,7 +130,8 @@ def run_set(name: str, limit: int | None = None) -> dict:
         rows.append({**r, "rule": rule_name(r), "accuracy": 100.0 * float((preds == labels).mean()),
                      "evals_per_image": cost / len(images), "agree_with_current": int((preds == current_preds).sum()),
                      "seconds": time.time() - t0})
-        print(f"{name}: {rows[-1]['rule']:45s} {rows[-1]['accuracy']:5.1f}%  {rows[-1]['evals_per_image']:7.1f} evals/image "
+        row = rows[-1]
+        print(f"{name}: {row['rule']:45s} {row['accuracy']:5.1f}%  {row['evals_per_image']:7.1f} evals/image "
               f"(computed so far {lazy.computed})", flush=True)
     lazy.save()
     return {"model": version, "images": len(images), "candidates": len(prompts), "max_samples": max_samples,
@@ -152,14 +153,16 @@ def choose(sets: dict, tolerance: float) -> dict:
                       "savings_geomean": math.exp(np.mean(np.log(ratios))), "savings": ratios})
     allowed = [t for t in table if t["within_tolerance"]]
     best = max(allowed, key=lambda t: t["savings_geomean"])
-    return {"tolerance_points": tolerance, "chosen": best["rule"], "chosen_settings": next(iter(sets.values()))["rows"][names.index(best["rule"])],
+    settings = next(iter(sets.values()))["rows"][names.index(best["rule"])]
+    return {"tolerance_points": tolerance, "chosen": best["rule"], "chosen_settings": settings,
             "table": sorted(table, key=lambda t: -t["savings_geomean"])}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    p.add_argument("--tolerance", type=float, default=1.0, help="accuracy points a rule may lose against the current rule")
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="accuracy points a rule may lose against the current rule")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (a quick check)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)

@@ -7,9 +7,8 @@ what a real run of it would.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import torch
 

@@ -60,12 +60,14 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
     latent_shape = model.latent_shape(img_size)
     batch_size, _ = resolve_packing(device, math.prod(latent_shape), batch_size)
     validate_schedule(to_keep, n_samples, T=model.T)
-    _, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=model.T, weights=weights, loss=loss, **statistical)
+    _, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=model.T, weights=weights, loss=loss,
+                              **statistical)
 
     @functools.lru_cache(maxsize=None)
     def schedule_for(n_candidates: int) -> Callable:
         keep = [min(k, n_candidates) for k in to_keep]  # an item with fewer candidates keeps them all
-        return make_schedule(schedule, keep, n_samples, n_trials, T=model.T, weights=weights, loss=loss, **statistical)[0]
+        return make_schedule(schedule, keep, n_samples, n_trials, T=model.T, weights=weights, loss=loss,
+                             **statistical)[0]
 
     noise, noise_source = noise_bank(n_rows, latent_shape, seed, noise_path)
     scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
