@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from lib import CACHE, RESULTS, ROOT, HelpFormatter, entry_script
-from lib.pairs import pair_folder, swap_items, write_prompts
+from lib.pairs import fashion_words, pair_folder, swap_items, write_prompts
 from lib.results import write_result
 
 OUT = RESULTS / "compositional_fashion.json"
@@ -43,13 +43,6 @@ STATISTICAL = ["--schedule", "statistical", "--delta", "0.05", "--to_keep", "1",
 PLAIN_RULE = ["--variance", "iid", "--spending", "even", "--min_samples", "10", "--epsilon", "0"]
 STAGED = ["--to_keep", "10", "1", "--n_samples", "50", "500"]  # the reference's CIFAR-10 command's shape
 CLASS_COUNTS = (10, 25, 50, 100)
-
-
-def fashion_words() -> tuple[list[str], list[str]]:
-    from diffusion_classifier.data.fashion_mnist import CLASSNAMES
-    from diffusion_classifier.data.prompts import DATASET_PROMPTS
-
-    return list(DATASET_PROMPTS["fashion_mnist"].prompt_names), list(CLASSNAMES)
 
 
 def items(split: str, per_task: int, seed: int) -> Path:

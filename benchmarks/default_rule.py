@@ -30,12 +30,11 @@ import time
 import numpy as np
 import torch
 
-from lib import CACHE, RESULTS, ROOT, HelpFormatter
+from lib import CACHE, RESULTS, HelpFormatter
 from lib.lazy_errors import LazyErrors
 from lib.results import write_result
 
 OUT = RESULTS / "default_rule.json"
-MODELS = ROOT / "diffusion_classifier" / "tiny_models"
 DELTA = 0.05
 CURRENT = {"variance": "iid", "spending": "even", "min_samples": 10, "epsilon": None}  # the rule before this choice (the "plain" rule)
 SETS = ("pairs100", "flow10", "sd10", "digits10")
@@ -43,32 +42,22 @@ GRID = {"variance": ["iid", "stratified", "moderated", "moderated-stratified"], 
         "min_samples": [5, 10], "epsilon": [None, 0.005, 0.01, 0.02]}
 
 
-def fashion_words():
-    from diffusion_classifier.data.fashion_mnist import CLASSNAMES
-    from diffusion_classifier.data.prompts import DATASET_PROMPTS
-
-    return list(DATASET_PROMPTS["fashion_mnist"].prompt_names), list(CLASSNAMES)
-
-
-def heldout_items(model: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(images, labels, never trained on) of per_class train items of every class: from the model's held-out
-    items when it has a heldout_train.json, else from the whole train split."""
-    from diffusion_classifier.data.datasets import stratified_indices
+def heldout_items(folder: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(images, labels, never trained on) of lib.fashion.heldout_picks, in its order (the error tables' rows)."""
     from diffusion_classifier.data.fashion_mnist import load_arrays
-    from diffusion_classifier.training.common import HELDOUT_FILE
+
+    from lib.fashion import heldout_picks
 
     images, labels = load_arrays("train")
-    held = MODELS / model / HELDOUT_FILE
-    pool = np.array(json.loads(held.read_text())["indices"]) if held.is_file() else np.arange(len(labels))
-    pick = pool[stratified_indices(labels[pool], per_class, seed)]
-    return images[pick], labels[pick], held.is_file()
+    pick, unseen = heldout_picks(folder, per_class, seed)
+    return images[pick], labels[pick], unseen
 
 
 def make_set(name: str):
     """(model version, PIL images, labels, prompts, max_samples, unseen) of a held-out set."""
     from PIL import Image
 
-    from lib.pairs import pair_classes, pair_image
+    from lib.pairs import fashion_words, pair_classes, pair_image
 
     if name == "pairs100":
         words, names = fashion_words()

@@ -18,6 +18,7 @@ from .noise import check_noise
 from .objectives import as_objective
 
 LOSSES = ("l2", "l1", "huber", "log_l2")
+LOG_LOSSES = ("log_l2",)  # errors that are logs: schedules read differences of them as ratios
 LOG_FLOOR = 1e-20  # log_l2 of an exact prediction: a finite error
 
 

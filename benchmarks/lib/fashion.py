@@ -35,17 +35,23 @@ def log_dir(model: str, part: str = "") -> Path:
     return CACHE / (model + (f"_{part}" if part else ""))
 
 
-def heldout_subset(model: str, per_class: int) -> tuple[list[int], bool]:
-    """(train-split indices to fit on, whether the model never trained on them): per_class of every class from
-    the model's held-out images when it has a heldout_train.json, else from the whole train split (seed 0)."""
+def heldout_picks(folder: str, per_class: int, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """(train-split indices, whether the model never trained on them): per_class of every class, by
+    datasets.stratified_indices(seed), from the held-out images of the model in MODELS_DIR/<folder> when it has a
+    heldout_train.json, else from the whole train split."""
     from diffusion_classifier.data.fashion_mnist import load_arrays
 
     labels = load_arrays("train")[1]
-    held = MODELS_DIR / MODELS[model][1] / HELDOUT_FILE
-    if held.is_file():
-        pool = np.array(json.loads(held.read_text())["indices"])
-        return sorted(pool[stratified_indices(labels[pool], per_class, 0)].tolist()), True
-    return stratified_indices(labels, per_class, 0), False
+    held = MODELS_DIR / folder / HELDOUT_FILE
+    pool = np.array(json.loads(held.read_text())["indices"]) if held.is_file() else np.arange(len(labels))
+    return pool[stratified_indices(labels[pool], per_class, seed)], held.is_file()
+
+
+def heldout_subset(model: str, per_class: int) -> tuple[list[int], bool]:
+    """(sorted train-split indices to fit on, whether the model never trained on them): heldout_picks of the
+    --models name `model`, seed 0."""
+    picks, unseen = heldout_picks(MODELS[model][1], per_class)
+    return sorted(picks.tolist()), unseen
 
 
 def run_folders(model: str) -> dict[str, Path]:

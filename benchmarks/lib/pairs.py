@@ -69,6 +69,14 @@ def swap_items(images: np.ndarray, labels: np.ndarray, words: list[str], per_tas
     return path
 
 
+def fashion_words() -> tuple[list[str], list[str]]:
+    """(prompt words, class names) of the ten Fashion-MNIST classes: `t-shirt`, ... and `T-shirt/top`, ..."""
+    from diffusion_classifier.data.fashion_mnist import CLASSNAMES
+    from diffusion_classifier.data.prompts import DATASET_PROMPTS
+
+    return list(DATASET_PROMPTS["fashion_mnist"].prompt_names), list(CLASSNAMES)
+
+
 def pair_classes(words: list[str], classnames: list[str]) -> list[tuple[str, str]]:
     """(prompt, class name) of the ordered pair classes, label = left * n + right."""
     n = len(words)

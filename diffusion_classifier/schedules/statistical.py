@@ -69,7 +69,7 @@ from typing import Callable
 import torch
 
 from .staged import AdaptiveResult, adaptive_classify, reference_stages
-from ..engine import Jobs
+from ..engine import LOG_LOSSES, Jobs
 from ..errors import InputError
 
 
@@ -334,20 +334,19 @@ def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float
     makes either schedule decide on weighted errors w(t)·e. Settings not given: rule_settings. `loss` tells the
     indifference zone whether the errors are logs (log_l2).
     """
-    settings = rule_settings(delta, variance, spending, min_samples, epsilon)
-    variance, spending, min_samples = settings["variance"], settings["spending"], settings["min_samples"]
-    if epsilon is not None and schedule != "statistical":
-        raise InputError("--epsilon applies to --schedule statistical only")
-    epsilon = settings["epsilon"]
     if delta is not None and schedule != "statistical":
         raise InputError("--delta applies to --schedule statistical only")
+    if epsilon is not None and schedule != "statistical":
+        raise InputError("--epsilon applies to --schedule statistical only")
+    settings = rule_settings(delta, variance, spending, min_samples, epsilon)
+    variance, spending, min_samples, epsilon = (settings[k] for k in ("variance", "spending", "min_samples", "epsilon"))
     if spending != "even" and delta is None:
         raise InputError(f"--spending {spending} shares --delta over the looks: pass --delta (with --schedule statistical)")
     if schedule == "statistical":
         return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
                                   min_samples=min_samples, T=T, delta=delta, weights=weights,
                                   variance=variance, epsilon=epsilon, spending=spending,
-                                  log_errors=loss.startswith("log_")), n_trials * max(n_samples))
+                                  log_errors=loss in LOG_LOSSES), n_trials * max(n_samples))
     if schedule == "reference":
         rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
         return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T,
