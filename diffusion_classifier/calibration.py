@@ -24,6 +24,7 @@ import torch
 
 from .errors import InputError, MissingError
 from .records import load_record, read_manifest_settings, write_json
+from .schedules.staged import paired_scores
 
 KINDS = ("bins", "poly")
 
@@ -43,15 +44,20 @@ class FullErrors:
     candidate_class: list[int]  # dataset label of each candidate
 
     def class_logits(self, cand_logits: torch.Tensor) -> torch.Tensor:
-        """(N, C) class log-scores from candidate logits (N, K): log-sum-exp over a class's candidates."""
-        cc = torch.as_tensor(self.candidate_class)
-        n_cls = int(max(int(cc.max()) + 1, int(self.labels.max()) + 1))
-        out = torch.full((cand_logits.shape[0], n_cls), -math.inf, dtype=cand_logits.dtype)
-        for c in range(n_cls):
-            m = cc == c
-            if m.any():
-                out[:, c] = torch.logsumexp(cand_logits[:, m], 1)
-        return out
+        return class_logits(cand_logits, self.candidate_class, self.labels)
+
+
+def class_logits(cand_logits: torch.Tensor, candidate_class, labels: torch.Tensor) -> torch.Tensor:
+    """(N, C) class log-scores from candidate logits (N, K): log-sum-exp over a class's candidates (several prompts
+    of one class), C covering every candidate's class and every label."""
+    cc = torch.as_tensor(candidate_class)
+    n_cls = int(max(int(cc.max()) + 1, int(labels.max()) + 1 if len(labels) else 0))
+    out = torch.full((cand_logits.shape[0], n_cls), -math.inf, dtype=cand_logits.dtype)
+    for c in range(n_cls):
+        m = cc == c
+        if m.any():
+            out[:, c] = torch.logsumexp(cand_logits[:, m], 1)
+    return out
 
 
 def candidate_classes_of(folder: Path, n_candidates: int) -> list[int]:
@@ -63,20 +69,30 @@ def candidate_classes_of(folder: Path, n_candidates: int) -> list[int]:
     return list(range(n_candidates))
 
 
-def load_full_errors(folder: str | Path) -> FullErrors:
-    """Every record of a run folder as dense errors; raises InputError unless it is a full evaluation."""
+def readable_records(folder: str | Path):
+    """(path, record) of every readable <index>.pt of a run folder holding 'errors' and 'label' (truncated files are
+    skipped, as print_acc does); MissingError when the folder or its records are missing."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingError(f"run folder {folder} does not exist")
-    paths = sorted(p for p in folder.glob("*.pt") if p.stem.isdigit())
+    paths = sorted((p for p in folder.glob("*.pt") if p.stem.isdigit()), key=lambda p: int(p.stem))
     if not paths:
         raise MissingError(f"{folder} holds no records (<index>.pt)")
-    errs, labels, preds, indices, t_ref = [], [], [], [], None
     for path in paths:
         try:
             rec = load_record(path)
-        except Exception:  # noqa: BLE001 - a truncated file is skipped, as print_acc does
+        except Exception:  # noqa: BLE001 - a truncated file is skipped
             continue
+        if not isinstance(rec, dict) or "errors" not in rec or "label" not in rec:
+            raise InputError(f"{path}: expected a classification record with 'errors' and 'label' (eval_prob_adaptive.py, "
+                             f"eval_prob_dit.py's adaptive mode), found {sorted(rec) if isinstance(rec, dict) else type(rec).__name__}")
+        yield path, rec
+
+
+def load_full_errors(folder: str | Path) -> FullErrors:
+    """Every record of a run folder as dense errors; raises InputError unless it is a full evaluation."""
+    errs, labels, preds, indices, t_ref = [], [], [], [], None
+    for path, rec in readable_records(folder):
         data = rec["errors"]
         cands = sorted(data)
         if cands != list(range(len(cands))):
@@ -231,16 +247,22 @@ def predictions(fe: FullErrors, weights: TimestepWeights | None = None, idx=None
 def fit_temperature(fe: FullErrors, weights: TimestepWeights | None, idx) -> float:
     """τ minimising the negative log-likelihood of softmax(-score / τ) on images idx."""
     idx = torch.as_tensor(idx, dtype=torch.long)
-    e = fe.errors[idx]
-    s = scores(e - e.mean(1, keepdim=True), fe.t, weights)
-    y = fe.labels[idx]
-    spread = float(s.std(1).mean().clamp_min(1e-12))
+    return temperature_for(scores(fe.errors[idx], fe.t, weights), fe.labels[idx], fe.candidate_class)
+
+
+def temperature_for(cand_scores: torch.Tensor, labels: torch.Tensor, candidate_class) -> float:
+    """τ minimising the negative log-likelihood of the labels under softmax(-score / τ) (class_logits over a class's
+    candidates), for (N, K) candidate scores (lower is better; inf: never evaluated)."""
+    s = cand_scores.double()
+    s = s - s.masked_fill(~torch.isfinite(s), math.inf).min(1, keepdim=True).values  # the best candidate at 0
+    finite = s[torch.isfinite(s)]
+    spread = float(finite[finite > 0].median()) if bool((finite > 0).any()) else 1.0
     log_tau = torch.tensor(math.log(spread), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_tau], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(fe.class_logits(-s / log_tau.exp()), y)
+        loss = torch.nn.functional.cross_entropy(class_logits(-s / log_tau.exp(), candidate_class, labels), labels)
         loss.backward()
         return loss
 
@@ -252,17 +274,34 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float(-torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-300)).mean())
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """ECE in percent: |accuracy - confidence| of the top class, averaged over equal-width confidence bins."""
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> list[dict]:
+    """The top class's confidence in equal-width bins of (0, 1]: each non-empty bin's range, count, mean confidence
+    and accuracy (a reliability diagram's points)."""
     conf, pred = probs.max(1)
     correct = (pred == labels).double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    out = []
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
         m = (conf > lo) & (conf <= hi)
         if m.any():
-            ece += float(m.double().mean()) * abs(float(correct[m].mean()) - float(conf[m].mean()))
-    return 100.0 * ece
+            out.append({"lo": lo, "hi": hi, "count": int(m.sum()), "confidence": float(conf[m].double().mean()),
+                        "accuracy": float(correct[m].mean())})
+    return out
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """ECE in percent: |accuracy - confidence| of the top class, averaged over equal-width confidence bins."""
+    n = len(labels)
+    return 100.0 * sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probs, labels, n_bins))
+
+
+def bootstrap_interval(metric, probs: torch.Tensor, labels: torch.Tensor, n_boot: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of metric(probs, labels) over images resampled with replacement."""
+    g = torch.Generator().manual_seed(seed)
+    vals = sorted(metric(probs[i], labels[i]) for i in torch.randint(len(labels), (n_boot, len(labels)), generator=g))
+    lo = int(math.floor((1 - level) / 2 * (n_boot - 1)))
+    return vals[lo], vals[n_boot - 1 - lo]
 
 
 def split_indices(n: int, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -316,3 +355,136 @@ def fit_and_report(fe: FullErrors, T: int = 1000, holdout: float = 0.5, seed: in
     report["heldout_top1_change_vs_uniform"] = {k: report["kinds"][k]["heldout_top1"] - report["kinds"]["uniform"]["heldout_top1"]
                                                 for k in ("poly", "bins")}
     return chosen, report
+
+
+# ---------------------------------------------------------------- any run's records, and the shipped temperature
+
+
+@dataclass
+class RecordScores:
+    """Paired scores of a run's records (any schedule): the candidate scores that probabilities are made of."""
+
+    scores: torch.Tensor  # (N, K) float64, schedules.staged.paired_scores of each record
+    labels: torch.Tensor  # (N,)
+    preds: torch.Tensor  # (N,) the records' own predictions (dataset labels)
+    indices: list[int]
+    candidate_class: list[int]
+    evaluations: torch.Tensor  # (N,) denoiser evaluations of each record
+
+    def probabilities(self, temperature: float) -> torch.Tensor:
+        """(N, C) class probabilities softmax(-score / temperature), summed over a class's candidates."""
+        return torch.softmax(class_logits(-self.scores / temperature, self.candidate_class, self.labels), 1)
+
+
+def load_record_scores(folder: str | Path, weights: TimestepWeights | None = None) -> RecordScores:
+    """The paired scores of every readable record of a classification run folder (staged, statistical or full)."""
+    rows, labels, preds, indices, evals = [], [], [], [], []
+    for path, rec in readable_records(folder):
+        data = rec["errors"]
+        k = max(data) + 1 if data else 0
+        if rows and k != rows[0].shape[0]:
+            raise InputError(f"{path}: {k} candidates, other records of {folder} have {rows[0].shape[0]}")
+        rows.append(paired_scores(data, k, None if weights is None else weights.weights))
+        labels.append(int(rec["label"]))
+        preds.append(int(rec["pred"]))
+        indices.append(int(path.stem))
+        evals.append(sum(len(e["t"]) for e in data.values()))
+    if not rows:
+        raise InputError(f"{folder}: no readable records")
+    return RecordScores(torch.stack(rows), torch.tensor(labels), torch.tensor(preds), indices,
+                        candidate_classes_of(Path(folder), rows[0].shape[0]), torch.tensor(evals))
+
+
+CALIBRATION_FILE = "calibration.json"  # beside a model's model_index.json: its temperatures, per loss
+# without a shipped temperature: probabilities softmax(-score / 1e-3), sharp enough that they do not all sit near
+# 1/K (the errors of rival prompts differ by about 1e-3 on Stable Diffusion), but not calibrated
+UNCALIBRATED_TEMPERATURE = 1e-3
+
+
+def calibration_path(model: str | Path) -> Path:
+    """Where the calibration of a model folder (or the file itself) is."""
+    model = Path(model)
+    return model / CALIBRATION_FILE if model.is_dir() or not model.suffix else model
+
+
+def load_calibration(model: str | Path | None) -> dict:
+    """The temperatures shipped with a local model folder ({loss: entry with 'temperature'}), {} for a hub id or a
+    folder without a calibration file; InputError for a malformed one."""
+    if model is None:
+        return {}
+    path = calibration_path(model)
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        out = {str(loss): dict(entry) for loss, entry in raw["temperatures"].items()}
+        bad = [loss for loss, entry in out.items() if not float(entry["temperature"]) > 0]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path}: expected a calibration file with 'temperatures': {{loss: {{'temperature': positive "
+                         f"number, ...}}}} (scripts/calibrate.py writes one), found an unreadable one ({e})") from None
+    if bad:
+        raise InputError(f"{path}: the temperature of loss {bad[0]!r} is not a positive number")
+    return out
+
+
+def shipped_temperature(model: str | Path | None, loss: str) -> float | None:
+    """The temperature fitted for `loss` on the model's held-out images, or None when there is none."""
+    entry = load_calibration(model).get(loss)
+    return None if entry is None else float(entry["temperature"])
+
+
+def write_calibration(model: str | Path, loss: str, temperature: float, info: dict) -> Path:
+    """Add (or replace) the temperature of `loss` in the model folder's calibration file; the others are kept."""
+    path = calibration_path(model)
+    entries = load_calibration(path)
+    entries[loss] = {"temperature": float(temperature), **info}
+    write_json(path, {"format": "diffusion-classifier calibration",
+                      "about": "probabilities softmax(-score / temperature), score: a prompt's paired mean error with "
+                               "this loss; fitted on held-out labelled images by scripts/calibrate.py",
+                      "temperatures": dict(sorted(entries.items()))})
+    return path
+
+
+def summary(rs: RecordScores, tau: float, n_boot: int = 1000, n_bins: int = 15, seed: int = 0) -> dict:
+    """Top-1, evaluations per image, NLL and ECE (with bootstrap intervals) and the reliability bins of the records
+    at temperature tau."""
+    pr = rs.probabilities(tau)
+    ece = lambda p, y: expected_calibration_error(p, y, n_bins)  # noqa: E731
+    return {"n": len(rs.labels), "top1": 100.0 * float((rs.preds == rs.labels).double().mean()),
+            "evaluations_per_image": float(rs.evaluations.double().mean()), "temperature": tau,
+            "nll": nll(pr, rs.labels), "nll_interval": bootstrap_interval(nll, pr, rs.labels, n_boot, seed=seed),
+            "ece": ece(pr, rs.labels), "ece_interval": bootstrap_interval(ece, pr, rs.labels, n_boot, seed=seed),
+            "reliability": reliability_bins(pr, rs.labels, n_bins)}
+
+
+def plot_reliability(path: Path, rows: dict[str, dict], title: str) -> None:
+    """One panel per run: accuracy against confidence per bin (bars), the diagonal, and the images per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(max(6.0, 4.2 * len(rows)), 4.4), squeeze=False)
+    for ax, (name, s) in zip(axes[0], rows.items()):
+        bins = s["reliability"]
+        mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
+        ax.bar(mids, [b["accuracy"] for b in bins], width=width * 0.9, color="tab:blue", alpha=0.8, label="accuracy")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="tab:orange", ms=3,
+                label="(confidence, accuracy)")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+        share = ax.twinx()
+        share.plot(mids, [b["count"] / s["n"] for b in bins], "-o", color="gray", lw=1, ms=2)
+        share.set_ylim(0, 1)
+        share.set_ylabel("share of images (gray)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence of the top class")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}\nECE {s['ece']:.2f}%, NLL {s['nll']:.3f} (n={s['n']})", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(title, fontsize=9, wrap=True)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

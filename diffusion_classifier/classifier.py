@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from .schedules.staged import AdaptiveResult, validate_schedule
+from .calibration import UNCALIBRATED_TEMPERATURE, load_calibration
 from .engine import Scorer
 from .errors import InputError
 from .families import load_model, resolve_model
@@ -18,17 +19,20 @@ from .schedules.statistical import make_schedule
 
 @dataclass
 class Prediction:
-    """One image's outcome: the winning prompt, each prompt's mean error and softmax probabilities."""
+    """One image's outcome: the winning prompt, each prompt's mean and paired errors and its probabilities."""
 
     pred: int  # index into the prompts
     mean_errors: torch.Tensor  # (K,) mean error over the (t, ε) each prompt was evaluated on
-    probs: torch.Tensor  # (K,) softmax(-mean_errors / temperature)
+    probs: torch.Tensor  # (K,) softmax(-scores / temperature)
     errors: dict  # prompt index -> {'t': (n,), 'pred_errors': (n,)}
+    scores: torch.Tensor  # (K,) paired mean errors: over the winner's samples (schedules.staged.paired_scores)
+    temperature: float  # the temperature of probs
+    calibrated: bool  # whether it is the model's shipped temperature for this loss (calibration.json)
 
 
 def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor:
     """p(c|x) ∝ exp(-E[err]/τ): Bayes' rule with a uniform prior; τ rescales the Monte Carlo ELBO."""
-    if temperature <= 0:
+    if not temperature > 0:
         raise InputError(f"temperature must be positive, got {temperature}")
     return torch.softmax(-mean_errors.double() / temperature, dim=-1).float()
 
@@ -63,8 +67,12 @@ def n_images(images) -> int:
 class DiffusionClassifier:
     """Zero-shot classification with a text-conditional diffusion model (Li et al., ICCV 2023)."""
 
-    def __init__(self, model, batch_size: int = 32, error_space: str | None = None, flow_grid: str = "timesteps"):
+    def __init__(self, model, batch_size: int = 32, error_space: str | None = None, flow_grid: str = "timesteps",
+                 calibration: dict | None = None):
+        """`calibration`: {loss: {'temperature': τ, ...}}, the model's fitted temperatures (calibration.load_calibration);
+        from_pretrained reads the calibration.json of a local model folder."""
         self.model = model
+        self.calibration = dict(calibration or {})
         self.batch_size = batch_size
         self.error_space = error_space
         self.flow_grid = flow_grid
@@ -85,7 +93,7 @@ class DiffusionClassifier:
         source = resolve_model(model=model)
         with quiet_loading(verbose):
             model = load_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
-        return cls(model, batch_size, error_space, flow_grid)
+        return cls(model, batch_size, error_space, flow_grid, load_calibration(source))
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         key = tuple(prompts)
@@ -105,14 +113,21 @@ class DiffusionClassifier:
         seed: int = 0,
         img_size: int | tuple[int, int] | None = None,
         interpolation: str = "bicubic",
-        temperature: float = 1e-3,
+        temperature: float | None = None,
         schedule: str = "reference",
         **statistical,
     ) -> list[Prediction]:
         """Classify PIL images or (N,3,H,W) tensors in [-1,1] against `prompts` with the staged schedule, or with
         schedule="statistical" and its settings as keywords (z, min_samples, delta, variance, spending, epsilon:
         statistical.statistical_classify; it scores at most max(n_samples) timesteps per prompt). `img_size`: S
-        (resize, centre crop) or (H, W) (resize, no crop); not given: the model's native size."""
+        (resize, centre crop) or (H, W) (resize, no crop); not given: the model's native size.
+
+        Probabilities are softmax(-score / temperature) over each prompt's paired score (its mean error estimated on
+        the winner's samples, so prompts dropped early are not scored on fewer, easier timesteps). `temperature`
+        not given: the model's shipped temperature for `loss` (fitted on held-out images, Prediction.calibrated),
+        else calibration.UNCALIBRATED_TEMPERATURE."""
+        if temperature is not None and not temperature > 0:
+            raise InputError(f"temperature must be positive, got {temperature}")
         if isinstance(prompts, str) or not len(prompts) or not all(isinstance(p, str) for p in prompts):
             raise InputError(f"expected a non-empty list of prompt strings, found {prompts!r:.80}")
         if n_images(images) == 0:
@@ -123,7 +138,10 @@ class DiffusionClassifier:
                                          **statistical)
         evaluate = self.evaluator(images, prompts, n_rows, loss, noise, seed, img_size, interpolation)
         results = classify(evaluate, n_images(images), len(prompts))
-        return [self._prediction(r, len(prompts), temperature) for r in results]
+        shipped = (self.calibration.get(loss) or {}).get("temperature")
+        calibrated = temperature is None and shipped is not None
+        tau = temperature if temperature is not None else float(shipped) if calibrated else UNCALIBRATED_TEMPERATURE
+        return [self._prediction(r, len(prompts), tau, calibrated) for r in results]
 
     def evaluator(self, images, prompts: Sequence[str], n_rows: int, loss: str = "l2", noise: torch.Tensor | None = None,
                   seed: int = 0, img_size: int | tuple[int, int] | None = None, interpolation: str = "bicubic"):
@@ -139,6 +157,7 @@ class DiffusionClassifier:
         return lambda jobs: scorer.evaluate(latents, embeds, jobs, loss)
 
     @staticmethod
-    def _prediction(r: AdaptiveResult, k: int, temperature: float) -> Prediction:
-        mean = r.mean_errors(k)
-        return Prediction(r.pred, mean, probabilities(mean, temperature), r.errors)
+    def _prediction(r: AdaptiveResult, k: int, temperature: float, calibrated: bool) -> Prediction:
+        scores = r.scores(k)
+        return Prediction(r.pred, r.mean_errors(k), probabilities(scores, temperature), r.errors, scores, temperature,
+                          calibrated)

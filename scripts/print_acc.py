@@ -6,35 +6,55 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.records import accuracy_summary, read_predictions  # noqa: E402
-from diffusion_classifier.cli import positive_int  # noqa: E402
+from diffusion_classifier.cli import positive_float, positive_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
 
 
-def rescore(folder: Path, weights_path, probs: bool, top: int) -> dict:
-    """Accuracy of the records' errors under timestep weights, and per-image probabilities."""
-    from diffusion_classifier.calibration import (
-        expected_calibration_error, load_full_errors, load_weights, predictions, probabilities)
+def run_temperature(folder: Path, weights, temperature: float | None) -> tuple[float, str]:
+    """(τ, where it comes from): --temperature, else the weights file's, else the temperature shipped with the run's
+    model for its loss (calibration.json), else the uncalibrated default."""
+    from diffusion_classifier.calibration import UNCALIBRATED_TEMPERATURE, shipped_temperature
+    from diffusion_classifier.records import read_manifest_settings
 
-    fe = load_full_errors(folder)
+    if temperature is not None:
+        return temperature, "--temperature"
+    if weights is not None:
+        return weights.temperature, "the weights file's"
+    settings = read_manifest_settings(folder)
+    loss = settings.get("loss", "l2")
+    tau = shipped_temperature(settings.get("model"), loss)
+    if tau is not None:
+        return tau, f"shipped with the model for --loss {loss}"
+    return UNCALIBRATED_TEMPERATURE, "uncalibrated: the model ships none for this loss"
+
+
+def rescore(folder: Path, weights_path, probs: bool, top: int, temperature: float | None = None) -> dict:
+    """Accuracy of full-evaluation records under timestep weights; per-image probabilities of any run's records."""
+    from diffusion_classifier.calibration import (
+        expected_calibration_error, load_full_errors, load_record_scores, load_weights, nll, predictions)
+
     w = load_weights(weights_path) if weights_path is not None else None
-    if w is not None and int(fe.t.max()) >= len(w.weights):
-        raise InputError(f"{weights_path} covers {len(w.weights)} timesteps, {folder} holds timestep {int(fe.t.max())}")
-    acc = 100.0 * float((predictions(fe, w) == fe.labels).double().mean())
-    out = {"rescored_top1": acc}
+    out = {}
     if w is not None:
+        fe = load_full_errors(folder)
+        if int(fe.t.max()) >= len(w.weights):
+            raise InputError(f"{weights_path} covers {len(w.weights)} timesteps, {folder} holds timestep {int(fe.t.max())}")
+        acc = 100.0 * float((predictions(fe, w) == fe.labels).double().mean())
+        out["rescored_top1"] = acc
         print(f"  re-scored with {weights_path} ({w.kind}): top-1 {acc:.2f}% over {len(fe.labels)} records")
     if probs:
-        tau = w.temperature if w is not None else 1.0
-        pr = probabilities(fe, w, tau)
-        print(f"  probabilities (temperature {tau:.4g}; ECE {expected_calibration_error(pr, fe.labels):.2f}%):")
+        rs = load_record_scores(folder, w)
+        tau, source = run_temperature(folder, w, temperature)
+        pr = rs.probabilities(tau)
+        print(f"  probabilities softmax(-paired score / {tau:.4g}) ({source}): NLL {nll(pr, rs.labels):.4f}, "
+              f"ECE {expected_calibration_error(pr, rs.labels):.2f}%")
         print("  index label  pred  " + "  ".join("class:p" for _ in range(min(top, pr.shape[1]))))
-        for i, idx in enumerate(fe.indices):
+        for i, idx in enumerate(rs.indices):
             p_i, c_i = pr[i].sort(descending=True)
             shown = "  ".join(f"{int(c)}:{float(q):.3f}" for c, q in zip(c_i[:top], p_i[:top]))
-            print(f"  {idx:>5} {int(fe.labels[i]):>5} {int(c_i[0]):>5}  {shown}")
-        out["probs"] = pr.tolist()
-        out["indices"] = fe.indices
+            print(f"  {idx:>5} {int(rs.labels[i]):>5} {int(c_i[0]):>5}  {shown}")
+        out.update(probs=pr.tolist(), indices=rs.indices, temperature=tau, temperature_source=source)
     return out
 
 
@@ -45,8 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timestep_weights", type=Path, default=None,
                    help="re-score full-evaluation records with these weights (scripts/fit_timestep_weights.py), no recomputing")
     p.add_argument("--probs", action="store_true",
-                   help="print per-image class probabilities softmax(-mean error / T) of full-evaluation records "
-                        "(T: the weights file's temperature, else 1)")
+                   help="print per-image class probabilities softmax(-paired score / T), with NLL and ECE: T is "
+                        "--temperature, else the weights file's, else the one shipped with the run's model for its "
+                        "loss (calibration.json), else 1e-3 (uncalibrated)")
+    p.add_argument("--temperature", type=positive_float, default=None, help="--probs: this temperature")
     p.add_argument("--top", type=positive_int, default=3, help="--probs: classes shown per image")
     return p.parse_args(argv)
 
@@ -72,7 +94,7 @@ def main(argv=None) -> list[dict]:
                     print(f"  {c:>5} {s['per_class_counts'][c]:>6} {acc:6.1f}")
         row = {**s, "folder": str(folder), "unreadable": len(bad)}
         if args.timestep_weights is not None or args.probs:
-            row.update(rescore(folder, args.timestep_weights, args.probs, args.top))
+            row.update(rescore(folder, args.timestep_weights, args.probs, args.top, args.temperature))
         out.append(row)
     return out
 

@@ -77,7 +77,7 @@ FLAGS = {  # script -> [(flag, kind, extra arguments)]
                                         ("--n_bins", "count", []), ("--degree", "count", []),
                                         ("--l2", "non_negative", []), ("--T", "count", [])],
     "scripts/make_digits_winoground.py": [("--n", "count", []), ("--seed", "seed", [])],
-    "scripts/print_acc.py": [("--top", "count", [])],
+    "scripts/print_acc.py": [("--top", "count", []), ("--temperature", "positive", [])],
     "scripts/make_subset.py": [("--per_class", "count", []), ("--seed", "seed", []), ("--severity", "severity", [])],
     "scripts/train_tiny_models.py": [
         ("--steps", "count", []), ("--batch", "count", []), ("--lr", "positive", []), ("--shift", "positive", []),

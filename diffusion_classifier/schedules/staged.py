@@ -1,6 +1,7 @@
 """Adaptive evaluation: the paper's staged pruning (Algorithm 2) over a shared (t, ε) grid."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -84,6 +85,54 @@ class AdaptiveResult:
     def mean_errors(self, n_candidates: int) -> torch.Tensor:
         """Each candidate's mean error over everything it was evaluated on: (K,)."""
         return torch.stack([self.errors[c]["pred_errors"].float().mean() for c in range(n_candidates)])
+
+    def scores(self, n_candidates: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Each candidate's paired score (paired_scores): (K,) float64."""
+        return paired_scores(self.errors, n_candidates, weights)
+
+
+def paired_scores(errors: dict, n_candidates: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(K,) float64: every candidate's mean error estimated over the samples of the most-evaluated candidate.
+
+    A schedule stops evaluating a candidate once it is out of the running, so its own mean is over fewer, and
+    other, timesteps than the leader's, and the error depends strongly on t: a candidate dropped after a few
+    low-noise samples can show a lower mean than the winner. Every candidate is evaluated on the same (t, noise)
+    samples as the others while it runs, so the leader L (most samples, then lowest mean) gives each candidate c
+    the score mean(e_L) + mean over the samples both have of (e_c - e_L): an unbiased estimate of what c's mean
+    over L's samples would have been. With every candidate at every sample (a full evaluation) this is each
+    candidate's own mean. Samples are matched by timestep and occurrence (the trials of a timestep share its
+    noise rows in order). `weights` (T,): scores of w(t)·e, as the schedules rank. A candidate without samples
+    scores inf; one sharing no sample with L keeps its own mean.
+    """
+    def values(c: int) -> torch.Tensor:
+        e = errors[c]["pred_errors"].double()
+        e = e.reshape(len(e), -1).mean(1)  # one value per sample (views of a sample averaged)
+        return e if weights is None else e * weights[errors[c]["t"].long()].to(e)
+
+    def keys(c: int) -> list[tuple[int, int]]:
+        seen: dict[int, int] = {}
+        out = []
+        for t in errors[c]["t"].tolist():
+            out.append((t, seen.get(t, 0)))
+            seen[t] = seen.get(t, 0) + 1
+        return out
+
+    present = [c for c in range(n_candidates) if c in errors and len(errors[c]["t"])]
+    out = torch.full((n_candidates,), math.inf, dtype=torch.float64)
+    if not present:
+        return out
+    e = {c: values(c) for c in present}
+    lead = min(present, key=lambda c: (-len(e[c]), float(e[c].mean()), c))
+    at = {k: j for j, k in enumerate(keys(lead))}
+    base = e[lead].mean()
+    for c in present:
+        pairs = [(j, at[k]) for j, k in enumerate(keys(c)) if k in at]
+        if not pairs:
+            out[c] = e[c].mean()
+            continue
+        mine, theirs = zip(*pairs)
+        out[c] = base + (e[c][list(mine)] - e[lead][list(theirs)]).mean()
+    return out
 
 
 def adaptive_classify(

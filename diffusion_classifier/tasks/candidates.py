@@ -26,7 +26,7 @@ from ..loop import LoopStats, RecordLoop
 from ..noise import noise_bank, noise_digest
 from ..packing import resolve_packing
 from ..records import write_json
-from ..schedules.staged import validate_schedule
+from ..schedules.staged import paired_scores, validate_schedule
 from ..schedules.statistical import make_schedule
 
 
@@ -77,16 +77,9 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
 
 
 def candidate_scores(errors: dict, n: int, weights: torch.Tensor | None = None) -> list[float]:
-    """Each candidate's mean error over its samples (weighted by w(t) with `weights`, as the schedules rank them);
-    inf for a candidate without samples."""
-    def mean(e: dict) -> float:
-        pe = e["pred_errors"].double()
-        if weights is None:
-            return float(pe.mean())
-        w = weights[e["t"].long()].to(pe).reshape(-1, *[1] * (pe.dim() - 1))  # one weight per sample (row)
-        return float((pe * w).mean())
-
-    return [mean(errors[c]) if c in errors and len(errors[c]["t"]) else math.inf for c in range(n)]
+    """Each candidate's paired mean error (schedules.staged.paired_scores: over the leader's samples, weighted by
+    w(t) with `weights`, as the schedules rank them); inf for a candidate without samples."""
+    return paired_scores(errors, n, weights).tolist()
 
 
 # ---------------------------------------------------------------- runs

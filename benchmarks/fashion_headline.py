@@ -1,0 +1,230 @@
+"""Each Fashion-MNIST model at the headline schedule: accuracy and cost on test images, its temperature fitted on
+held-out train images and shipped beside it, calibration, and the saving against the reference's command.
+
+The headline schedule is the reference's CIFAR-10 command (`--to_keep 5 1 --n_samples 50 500 --loss l1`) with only
+`--schedule statistical --delta 0.05` added: at most 500 timesteps per class, the default rule of --delta. Every
+action resumes (one record per image under benchmarks/cache/headline/<model>_<part>/):
+  run        PER_CLASS held-out train images of every class (the model's heldout_train.json, from
+             `train_tiny_models.py --holdout`; else a seeded stratified choice of train images, marked as seen) and
+             PER_CLASS stratified test images of every class (seed 0); then the temperature is fitted on the
+             held-out records (scripts/calibrate.py) and written into the model folder's calibration.json, where
+             DiffusionClassifier and print_acc.py --probs find it;
+  test       the headline schedule on the PER_CLASS test images only (no held-out images, no calibration);
+  reference  the reference's command itself on REFERENCE_PER_CLASS test images of every class (a subset of the
+             run's test images: the same seeded permutations), for the saving and the images lost;
+  whole      the headline schedule on the rest of the test split (the run's records are reused);
+  report     (after every action) benchmarks/results/fashion_headline.json and fashion_calibration.png: per model
+             the test top-1 and evaluations per image, NLL and ECE with bootstrap intervals before (the uncalibrated
+             temperature) and after, the reliability diagram, the comparison with the reference's command, and the
+             whole split when it is complete.
+
+    python benchmarks/fashion_headline.py run --models dit --per_class 100
+    python benchmarks/fashion_headline.py test --models sd --per_class 10
+    python benchmarks/fashion_headline.py reference --models sd --reference_per_class 10
+    python benchmarks/fashion_headline.py whole --models sd
+    python benchmarks/fashion_headline.py report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib import CACHE, RESULTS, ROOT, HelpFormatter, entry_script
+from lib.fashion import MODELS, MODELS_DIR, heldout_picks, stratified_subset
+from lib.results import write_result
+
+from diffusion_classifier.calibration import (UNCALIBRATED_TEMPERATURE, RecordScores, load_record_scores,
+                                              plot_reliability, shipped_temperature, summary)
+from diffusion_classifier.training.common import HELDOUT_FILE
+
+HERE = CACHE / "headline"
+LOSS = "l1"  # the paper's CIFAR-10 setting
+REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500", "--loss", LOSS]
+HEADLINE = REFERENCE + ["--schedule", "statistical", "--delta", "0.05"]
+OUT = RESULTS / "fashion_headline.json"
+TEST_SIZE = 10_000
+
+
+def run_folder(model: str, part: str) -> Path | None:
+    """The run folder of a model's records: part heldout or test (headline schedule) or reference (None before any)."""
+    base = HERE / f"{model}_{'test' if part == 'reference' else part}" / "fashion_mnist"
+    found = [f for f in sorted(base.glob("*")) if ("_stat_" in f.name) != (part == "reference")] if base.is_dir() else []
+    return found[0] if found else None
+
+
+def score(model: str, part: str, flags: list[str], split: str, subset: list[int] | None, seed: int) -> None:
+    """Run the model's entry script with `flags` on `subset` of `split` (None: all of it), into HERE/<model>_<part>."""
+    entry, folder = MODELS[model]
+    args = ["--model", str(MODELS_DIR / folder), "--dataset", "fashion_mnist", "--seed", str(seed), "--device", "cpu",
+            "--no_progress", "--split", split, "--log_dir", str(HERE / f"{model}_{part}"), *flags]
+    if entry == "eval_prob_adaptive":
+        args += ["--prompt_path", str(ROOT / "prompts" / "fashion_mnist_prompts.csv")]
+    if subset is not None:
+        HERE.mkdir(parents=True, exist_ok=True)
+        path = HERE / f"{model}_{part}_{split}_{len(subset)}.npy"
+        np.save(path, np.sort(np.array(subset)))
+        args += ["--subset_path", str(path)]
+    out = entry_script(entry).main(args)
+    print(f"{model} {part}: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
+
+
+def run(models, per_class: int, seed: int) -> None:
+    for m in models:
+        held, unseen = heldout_picks(MODELS[m][1], per_class)
+        if not unseen:
+            print(f"{m}: no heldout_train.json; fitting on train images it was trained on", flush=True)
+        score(m, "heldout", HEADLINE, "train", held.tolist(), seed)
+        score(m, "test", HEADLINE, "test", stratified_subset(per_class), seed)
+        entry_script("scripts/calibrate").main([str(run_folder(m, "heldout"))])
+
+
+def subset_of(rs: RecordScores, keep: set[int]) -> RecordScores:
+    m = torch.tensor([i in keep for i in rs.indices])
+    return RecordScores(rs.scores[m], rs.labels[m], rs.preds[m], [i for i in rs.indices if i in keep],
+                        rs.candidate_class, rs.evaluations[m])
+
+
+def versus_reference(model: str) -> dict | None:
+    """The reference's command against the headline schedule on the same test images (those the reference scored)."""
+    ref_folder, test_folder = run_folder(model, "reference"), run_folder(model, "test")
+    if ref_folder is None or test_folder is None:
+        return None
+    ref, head = load_record_scores(ref_folder), load_record_scores(test_folder)
+    both = set(ref.indices) & set(head.indices)
+    ref, head = subset_of(ref, both), subset_of(head, both)
+    ok_ref, ok_head = ref.preds == ref.labels, head.preds == head.labels
+    out = {"images": len(both)}
+    for name, rs, ok in (("reference", ref, ok_ref), ("headline", head, ok_head)):
+        out[name] = {"top1": 100.0 * float(ok.double().mean()), "correct": int(ok.sum()),
+                     "evaluations_per_image": float(rs.evaluations.double().mean())}
+    out["fewer_evaluations"] = out["reference"]["evaluations_per_image"] / out["headline"]["evaluations_per_image"]
+    out["lost"] = int((ok_ref & ~ok_head).sum())  # right with the reference's command, wrong with the headline
+    out["gained"] = int((~ok_ref & ok_head).sum())
+    return out
+
+
+def measured_text(row: dict) -> str:
+    """The model card's accuracy section, from the model's row of fashion_headline.json."""
+    t, u = row["test"], row["test_uncalibrated"]
+    lines = [
+        "Measured through the toolkit at the headline schedule, the reference's CIFAR-10 command with "
+        "`--schedule statistical --delta 0.05` added (`--to_keep 5 1 --n_samples 50 500 --loss l1`; "
+        "`python benchmarks/fashion_headline.py run`, then `report`):", "",
+        "| test images | top-1 | evaluations per image | ECE (95% bootstrap) | NLL (95% bootstrap) |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {t['n']:,} stratified (100 per class) | {t['top1']:.2f}% | {t['evaluations_per_image']:.0f} | "
+        f"{t['ece']:.2f}% ({t['ece_interval'][0]:.2f}-{t['ece_interval'][1]:.2f}) | {t['nll']:.3f} "
+        f"({t['nll_interval'][0]:.3f}-{t['nll_interval'][1]:.3f}) |"]
+    if "whole_test_split" in row:
+        w = row["whole_test_split"]
+        lines.append(f"| the whole test split (10,000) | {w['top1']:.2f}% | {w['evaluations_per_image']:.0f} | | |")
+    seen = "held-out train images it never trained on" if row["heldout_unseen_in_training"] else \
+        "train images (seen in training: the model has no held-out part)"
+    lines += ["", f"Probabilities use the temperature {row['temperature']:.4g} shipped in `calibration.json` (--loss l1), "
+              f"fitted on {row['heldout_images']:,} {seen}; with the uncalibrated 1e-3 the test ECE is "
+              f"{u['ece']:.2f}% and the NLL {u['nll']:.3f}."]
+    if "versus_reference" in row:
+        v = row["versus_reference"]
+        lines += ["", f"On {v['images']} of these test images the reference's command itself scores "
+                  f"{v['reference']['top1']:.1f}% at {v['reference']['evaluations_per_image']:.0f} evaluations per image "
+                  f"and the headline schedule {v['headline']['top1']:.1f}% at {v['headline']['evaluations_per_image']:.0f} "
+                  f"({v['fewer_evaluations']:.1f}x fewer; {v['lost']} lost, {v['gained']} gained)."]
+    return "\n".join(lines)
+
+
+def write_card(model: str, row: dict) -> None:
+    """The measured figures into the model's training.json ("measured") and its card, rewritten from it."""
+    from diffusion_classifier.training import dit, flow, sd
+
+    writer = {"sd": sd.write_sd_card, "dit": dit.write_dit_card, "flow": flow.write_flow_card}[model]
+    folder = MODELS_DIR / MODELS[model][1]
+    stats = json.loads((folder / "training.json").read_text())
+    stats["measured"] = measured_text(row)
+    (folder / "training.json").write_text(json.dumps(stats, indent=1) + "\n")  # as train_tiny_models.py writes it
+    writer(folder, stats)
+
+
+def versus_line(vs: dict) -> str:
+    return (f"  against the reference's command on {vs['images']} test images: {vs['reference']['top1']:.1f}% at "
+            f"{vs['reference']['evaluations_per_image']:.0f} -> {vs['headline']['top1']:.1f}% at "
+            f"{vs['headline']['evaluations_per_image']:.0f} evaluations / image ({vs['fewer_evaluations']:.1f}x fewer; "
+            f"{vs['lost']} lost, {vs['gained']} gained)")
+
+
+def report(n_boot: int, cards: bool = False) -> None:
+    rows, panels = {}, {}
+    for m, (_, folder) in MODELS.items():
+        vs = versus_reference(m)
+        if vs is not None:
+            rows[folder] = {"versus_reference": vs}
+            print(f"{folder}:\n{versus_line(vs)}")
+        held, test = run_folder(m, "heldout"), run_folder(m, "test")
+        tau = shipped_temperature(MODELS_DIR / folder, LOSS)
+        if held is None or test is None or tau is None:
+            print(f"{m}: no held-out and test records, or no temperature: no calibration rows")
+            continue
+        all_test = load_record_scores(test)
+        picks = set(stratified_subset(100))  # the calibration rows: the run's test images (any --per_class <= 100)
+        rs = subset_of(all_test, picks) if len(all_test.indices) > len(picks) else all_test
+        before, after = summary(rs, UNCALIBRATED_TEMPERATURE, n_boot), summary(rs, tau, n_boot)
+        h = load_record_scores(held)
+        unseen = (MODELS_DIR / folder / HELDOUT_FILE).is_file()
+        row = {**rows.get(folder, {}), "temperature": tau, "heldout_images": len(h.labels),
+               "heldout_unseen_in_training": unseen,
+               "heldout_top1": 100.0 * float((h.preds == h.labels).double().mean()), "test": after,
+               "test_uncalibrated": {k: before[k] for k in ("temperature", "nll", "nll_interval", "ece", "ece_interval")},
+               "folders": {"heldout": str(held.relative_to(ROOT)), "test": str(test.relative_to(ROOT))}}
+        if len(all_test.indices) == TEST_SIZE:
+            row["whole_test_split"] = {"top1": 100.0 * float((all_test.preds == all_test.labels).double().mean()),
+                                       "evaluations_per_image": float(all_test.evaluations.double().mean())}
+        rows[folder] = row
+        if cards:
+            write_card(m, row)
+        panels[f"{folder} (τ {tau:.3g})"] = after
+        print(f"{folder}: τ {tau:.4g} fitted on {len(h.labels)} held-out train images"
+              f"{'' if unseen else ' (seen in training)'}; test: {after['n']} images, top-1 {after['top1']:.2f}%, "
+              f"{after['evaluations_per_image']:.0f} evaluations / image, ECE {after['ece']:.2f}% "
+              f"[{after['ece_interval'][0]:.2f}, {after['ece_interval'][1]:.2f}] (uncalibrated {before['ece']:.2f}%), "
+              f"NLL {after['nll']:.4f} [{after['nll_interval'][0]:.4f}, {after['nll_interval'][1]:.4f}] "
+              f"(uncalibrated {before['nll']:.4f})")
+        if "whole_test_split" in row:
+            w = row["whole_test_split"]
+            print(f"  whole test split: top-1 {w['top1']:.2f}% at {w['evaluations_per_image']:.0f} evaluations / image")
+    if not rows:
+        return
+    write_result(OUT, rows, "benchmarks/fashion_headline.py", merge=True)
+    print(f"wrote {OUT}")
+    if panels:
+        plot_reliability(RESULTS / "fashion_calibration.png", panels,
+                         "Fashion-MNIST test images at the headline schedule, with the shipped temperature")
+        print(f"wrote {RESULTS / 'fashion_calibration.png'}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("action", choices=["run", "test", "reference", "whole", "report"])
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--per_class", type=int, default=100, help="run: held-out and test images per class")
+    p.add_argument("--reference_per_class", type=int, default=10, help="reference: test images per class")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the runs")
+    p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples of the intervals")
+    p.add_argument("--cards", action="store_true", help="report: write each reported model's rows into its model card")
+    args = p.parse_args(argv)
+    for m in args.models if args.action != "report" else []:
+        if args.action == "run":
+            run([m], args.per_class, args.seed)
+        elif args.action == "test":
+            score(m, "test", HEADLINE, "test", stratified_subset(args.per_class), args.seed)
+        elif args.action == "reference":
+            score(m, "test", REFERENCE, "test", stratified_subset(args.reference_per_class), args.seed)
+        else:
+            score(m, "test", HEADLINE, "test", None, args.seed)
+    report(args.n_boot, args.cards)
+
+
+if __name__ == "__main__":
+    main()

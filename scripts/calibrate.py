@@ -1,0 +1,119 @@
+"""Fit a model's temperature on the records of held-out labelled images, ship it beside the model, check it on others.
+
+HELDOUT_RUN folders hold one record per labelled image of a classification run (eval_prob_adaptive.py, or
+eval_prob_dit.py's adaptive mode), with any schedule, on images the model never trained on. Each record gives
+every prompt a paired score (its mean error estimated on the winner's samples: schedules.staged.paired_scores),
+and the temperature τ minimises the negative log-likelihood of the labels under softmax(-score / τ).
+
+The temperature is written, for the runs' --loss, into the model folder's calibration.json (--out to write it
+elsewhere): DiffusionClassifier.from_pretrained and print_acc.py --probs apply it by default to that model's
+probabilities with that loss. --check scores other runs' records with it (top-1, NLL and ECE with bootstrap
+intervals) and --plot draws their reliability diagram.
+
+    python scripts/calibrate.py runs/heldout/... --check runs/test/... --plot reliability.png
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion_classifier.calibration import (  # noqa: E402
+    CALIBRATION_FILE, UNCALIBRATED_TEMPERATURE, RecordScores, load_record_scores, plot_reliability, summary,
+    temperature_for, write_calibration)
+from diffusion_classifier.cli import HelpFormatter, positive_int, seed_int  # noqa: E402
+from diffusion_classifier.cli import run as run_cli  # noqa: E402
+from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
+from diffusion_classifier.records import check_output_file, read_manifest_settings  # noqa: E402
+
+# the settings a temperature depends on: every held-out run must share them, and they are kept beside it
+SHARED_SETTINGS = ("model", "loss")
+KEPT_SETTINGS = ("schedule", "to_keep", "n_samples", "delta", "variance", "spending", "epsilon", "min_samples",
+                 "n_trials", "img_size", "interpolation", "timestep_weights", "error_space", "flow_grid")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("heldout_runs", nargs="+", type=Path, help="run folders of held-out labelled images")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"calibration file to write (its other losses are kept); not given: {CALIBRATION_FILE} in "
+                        "the runs' model folder")
+    p.add_argument("--check", nargs="+", type=Path, default=[], help="run folders scored with the fitted temperature")
+    p.add_argument("--plot", type=Path, default=None, help="reliability diagram (PNG) of the --check runs")
+    p.add_argument("--n_boot", type=positive_int, default=1000, help="bootstrap resamples of the intervals")
+    p.add_argument("--n_bins", type=positive_int, default=15, help="confidence bins of ECE and the diagram")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the bootstrap")
+    return p.parse_args(argv)
+
+
+def run_settings(folders: list[Path]) -> dict:
+    """The manifest settings the held-out runs share (model and loss must agree)."""
+    found = []
+    for f in folders:
+        if not f.is_dir():
+            raise MissingError(f"run folder {f} does not exist")
+        s = read_manifest_settings(f)
+        if not s.get("loss"):
+            raise InputError(f"{f}: expected a run folder with a manifest.json naming its --loss, found none")
+        found.append(s)
+    for key in SHARED_SETTINGS:
+        values = {str(s.get(key)) for s in found}
+        if len(values) > 1:
+            raise InputError(f"the held-out runs must share one --{key}, found {sorted(values)}")
+    return found[0]
+
+
+def concat(parts: list[RecordScores]) -> RecordScores:
+    import torch
+
+    k = {p.scores.shape[1] for p in parts}
+    if len(k) > 1 or len({tuple(p.candidate_class) for p in parts}) > 1:
+        raise InputError(f"the runs score different candidates ({sorted(k)} prompts); calibrate one prompt set at a time")
+    return RecordScores(torch.cat([p.scores for p in parts]), torch.cat([p.labels for p in parts]),
+                        torch.cat([p.preds for p in parts]), sum((p.indices for p in parts), []),
+                        parts[0].candidate_class, torch.cat([p.evaluations for p in parts]))
+
+
+def line(name: str, s: dict) -> str:
+    return (f"  {name}: {s['n']} images, top-1 {s['top1']:.2f}%, {s['evaluations_per_image']:.0f} evaluations / image; "
+            f"τ {s['temperature']:.4g}: NLL {s['nll']:.4f} [{s['nll_interval'][0]:.4f}, {s['nll_interval'][1]:.4f}], "
+            f"ECE {s['ece']:.2f}% [{s['ece_interval'][0]:.2f}, {s['ece_interval'][1]:.2f}]")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    settings = run_settings(args.heldout_runs)
+    out = args.out
+    if out is None:
+        model = Path(str(settings.get("model")))
+        if not model.is_dir():
+            raise InputError(f"the runs' model {settings.get('model')!r} is not a local folder; give --out FILE")
+        out = model / CALIBRATION_FILE
+    check_output_file(out)
+    if args.plot is not None:
+        check_output_file(args.plot)
+    held = concat([load_record_scores(f) for f in args.heldout_runs])
+    tau = temperature_for(held.scores, held.labels, held.candidate_class)
+    before = summary(held, UNCALIBRATED_TEMPERATURE, args.n_boot, args.n_bins, args.seed)
+    after = summary(held, tau, args.n_boot, args.n_bins, args.seed)
+    print(f"fitted on {len(held.labels)} held-out images (--loss {settings['loss']}):")
+    print(line(f"uncalibrated (τ {UNCALIBRATED_TEMPERATURE:g})", before))
+    print(line("fitted", after))
+    info = {"n_images": len(held.labels), "runs": [f.name for f in args.heldout_runs],  # names: no machine paths
+            "settings": {k: settings.get(k) for k in KEPT_SETTINGS if settings.get(k) is not None},
+            "heldout": {k: after[k] for k in ("top1", "evaluations_per_image", "nll", "ece")}}
+    path = write_calibration(out, settings["loss"], tau, info)
+    print(f"  wrote τ {tau:.4g} for --loss {settings['loss']} to {path}")
+    checks = {}
+    for f in args.check:
+        checks[str(f)] = summary(load_record_scores(f), tau, args.n_boot, args.n_bins, args.seed)
+        print(line(str(f), checks[str(f)]))
+    if args.plot is not None:
+        rows = {Path(k).name[:40]: v for k, v in checks.items()} or {"held-out (fitted)": after}
+        plot_reliability(args.plot, rows, f"reliability at the fitted temperature {tau:.4g}")
+        print(f"  drew {args.plot}")
+    return {"temperature": tau, "file": str(path), "heldout_before": before, "heldout": after, "checks": checks}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,179 @@
+"""Paired scores of pruned candidates, the temperature fitted on held-out records, and the shipped calibration file."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_script
+from diffusion_classifier.calibration import (
+    UNCALIBRATED_TEMPERATURE, bootstrap_interval, expected_calibration_error, load_calibration, load_record_scores,
+    nll, reliability_bins, shipped_temperature, temperature_for, write_calibration)
+from diffusion_classifier.errors import InputError
+from diffusion_classifier.records import save_record
+from diffusion_classifier.schedules.staged import adaptive_classify, paired_scores
+from diffusion_classifier.schedules.statistical import statistical_classify
+
+
+def test_a_candidate_dropped_on_easy_timesteps_scores_above_the_winner():
+    # errors grow with t; candidate 1 is worse by 0.05 everywhere but was only evaluated at t=100
+    base = lambda t: torch.tensor(t, dtype=torch.float64) / 1000  # noqa: E731
+    ts = [100, 900, 500, 300]
+    errors = {0: {"t": torch.tensor(ts), "pred_errors": base(ts)},
+              1: {"t": torch.tensor(ts[:1]), "pred_errors": base(ts[:1]) + 0.05}}
+    naive = [float(errors[c]["pred_errors"].mean()) for c in (0, 1)]
+    assert naive[1] < naive[0]  # the artefact: its own mean says it is the better one
+    s = paired_scores(errors, 3)
+    assert s[0] == pytest.approx(naive[0]) and s[1] == pytest.approx(naive[0] + 0.05)
+    assert math.isinf(s[2])  # never evaluated
+
+
+def test_repeated_timesteps_pair_by_occurrence():
+    t = torch.tensor([7, 7, 3, 3])
+    e0 = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    errors = {0: {"t": t, "pred_errors": e0}, 1: {"t": t[:2], "pred_errors": torch.tensor([1.5, 1.5])}}
+    # pairs: (7, 1st) 1.5 - 1.0, (7, 2nd) 1.5 - 2.0 -> mean difference 0
+    assert paired_scores(errors, 2)[1] == pytest.approx(float(e0.mean()))
+
+
+def additive_evaluator(offsets, gen_seed=0):
+    """errors = g(t) + offset of the candidate: paired scores are exact whatever the schedule drops."""
+    def evaluate(jobs):
+        return (jobs.t.double() / 1000) ** 2 + torch.as_tensor(offsets, dtype=torch.float64)[jobs.cond]
+    return evaluate
+
+
+@pytest.mark.parametrize("schedule", ["staged", "statistical"])
+def test_paired_scores_recover_every_candidates_full_mean(schedule):
+    offsets = [0.0, 0.003, 0.01, 0.02, 0.2]
+    ev = additive_evaluator(offsets)
+    if schedule == "staged":
+        r = adaptive_classify(ev, 1, 5, [3, 1], [4, 40])[0]
+    else:
+        noisy = lambda jobs: ev(jobs) + 0.002 * torch.randn(len(jobs.t), generator=torch.Generator().manual_seed(int(jobs.t.sum())), dtype=torch.float64)  # noqa: E501,E731
+        r = statistical_classify(noisy, 1, 5, max_samples=100, delta=0.05)[0]
+        ev = noisy
+    lens = {c: len(r.errors[c]["t"]) for c in r.errors}
+    assert len(set(lens.values())) > 1  # some candidates were dropped early
+    lead = max(lens, key=lens.get)
+    t_lead = r.errors[lead]["t"].double()
+    full = [float(((t_lead / 1000) ** 2).mean()) + o for o in offsets]
+    s = r.scores(5)
+    if schedule == "staged":  # no noise: exact
+        torch.testing.assert_close(s, torch.tensor(full, dtype=torch.float64))
+    else:  # the order is the offsets' order, and the paired scores are close to the full means
+        assert torch.argsort(s).tolist() == [0, 1, 2, 3, 4]
+        assert float((s - torch.tensor(full, dtype=torch.float64)).abs().max()) < 0.002
+    assert int(torch.argmin(s)) == r.pred
+
+
+def test_temperature_recovers_the_one_that_made_the_labels():
+    g = torch.Generator().manual_seed(0)
+    n, k, tau0 = 4000, 6, 0.02
+    s = torch.rand(n, k, generator=g, dtype=torch.float64) * 0.1
+    labels = torch.multinomial(torch.softmax(-s / tau0, 1), 1, generator=g)[:, 0]
+    tau = temperature_for(s + 5.0, labels, list(range(k)))  # a shift of every score changes nothing
+    assert tau == pytest.approx(tau0, rel=0.1)
+    # the fitted temperature is calibrated, one far too small is not
+    p, p_sharp = torch.softmax(-s / tau, 1), torch.softmax(-s / 1e-4, 1)
+    assert expected_calibration_error(p, labels) < 3 < expected_calibration_error(p_sharp, labels)
+    assert nll(p, labels) < nll(p_sharp, labels)
+
+
+def test_candidates_of_one_class_share_its_probability():
+    s = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0])
+    tau = temperature_for(s.repeat(50, 1), labels.repeat(50), [0, 0, 1])
+    assert tau > 0  # two prompts of class 0 against one of class 1: fitted through class log-sum-exp
+
+
+def test_bootstrap_and_reliability_bins():
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(torch.randn(500, 4, generator=g) * 2, 1).double()
+    y = torch.multinomial(p, 1, generator=g)[:, 0]
+    bins = reliability_bins(p, y, 10)
+    assert sum(b["count"] for b in bins) == 500
+    assert all(b["lo"] < b["confidence"] <= b["hi"] for b in bins)
+    lo, hi = bootstrap_interval(expected_calibration_error, p, y, 200)
+    assert lo <= expected_calibration_error(p, y) <= hi and hi > lo
+
+
+def test_calibration_file_keeps_each_loss(tmp_path):
+    write_calibration(tmp_path, "l1", 0.01, {"n_images": 10})
+    write_calibration(tmp_path, "l2", 0.002, {"n_images": 12})
+    write_calibration(tmp_path, "l1", 0.03, {"n_images": 20})
+    cal = load_calibration(tmp_path)
+    assert set(cal) == {"l1", "l2"} and cal["l1"]["n_images"] == 20
+    assert shipped_temperature(tmp_path, "l1") == 0.03 and shipped_temperature(tmp_path, "log_l2") is None
+    assert load_calibration("some-org/some-hub-model") == {} and shipped_temperature(None, "l2") is None
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperatures": {"l2": {"temperature": -1}}}))
+    with pytest.raises(InputError, match="positive"):
+        load_calibration(tmp_path)
+    (tmp_path / "calibration.json").write_text("{not json")
+    with pytest.raises(InputError, match="calibration file"):
+        load_calibration(tmp_path)
+
+
+def test_records_of_any_schedule_give_paired_probabilities(tmp_path):
+    ts = torch.tensor([500, 100, 900, 300])
+    for i, label in enumerate([0, 1, 0]):
+        e = torch.stack([ts.float() / 1000 + 0.01 * (c != label) for c in range(3)])
+        errors = {c: {"t": ts[: 4 if c == label else 1], "pred_errors": e[c, : 4 if c == label else 1]} for c in range(3)}
+        save_record({"errors": errors, "pred": label, "label": label}, tmp_path / f"{i}.pt")
+    rs = load_record_scores(tmp_path)
+    assert rs.evaluations.tolist() == [6, 6, 6]
+    p = rs.probabilities(0.01)
+    assert (p.argmax(1) == rs.labels).all()
+    assert torch.allclose(p[0], torch.softmax(torch.tensor([0.0, -1.0, -1.0], dtype=p.dtype), 0))
+
+
+def test_calibrate_script_ships_a_temperature_the_api_and_print_acc_apply(tmp_path, tiny_sd, capsys):
+    from diffusion_classifier import DiffusionClassifier
+
+    model = shutil.copytree(tiny_sd, tmp_path / "model")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,classname,classidx\n" + "".join(f"d{c},{c},{c}\n" for c in range(4)))
+    from diffusion_classifier.data.digits import DigitsDataset
+
+    ds = DigitsDataset("test")  # 24 test digits of classes 0..3
+    idx = [i for i in range(len(ds)) if ds[i][1] < 4][:24]
+    np.save(tmp_path / "subset.npy", np.array(idx))
+    run = load_script("eval_prob_adaptive.py").main(
+        ["--model", str(model), "--dataset", "digits", "--split", "test", "--prompt_path", str(prompts),
+         "--subset_path", str(tmp_path / "subset.npy"), "--log_dir", str(tmp_path / "logs"), "--img_size", "8",
+         "--schedule", "statistical", "--delta", "0.2", "--to_keep", "1", "--n_samples", "20", "--loss", "l1",
+         "--no_progress"])
+    out = load_script("scripts/calibrate.py").main([run["folder"], "--check", run["folder"], "--n_boot", "50",
+                                                     "--plot", str(tmp_path / "rel.png")])
+    tau = out["temperature"]
+    assert tau > 0 and (tmp_path / "rel.png").stat().st_size > 0
+    assert out["heldout"]["nll"] <= out["heldout_before"]["nll"] + 1e-9  # the fit minimises the held-out NLL
+    assert shipped_temperature(model, "l1") == pytest.approx(tau) and shipped_temperature(model, "l2") is None
+    res = load_script("scripts/print_acc.py").main([run["folder"], "--probs", "--no_table"])[0]
+    assert res["temperature"] == pytest.approx(tau) and "shipped" in res["temperature_source"]
+    assert "shipped with the model" in capsys.readouterr().out
+    clf = DiffusionClassifier.from_pretrained(str(model))
+    img = [ds[idx[0]][0]]
+    names = [f"d{c}" for c in range(4)]
+    p_l1 = clf.classify(img, names, n_samples=[4], loss="l1", img_size=8)[0]
+    assert p_l1.calibrated and p_l1.temperature == pytest.approx(tau)
+    p_l2 = clf.classify(img, names, n_samples=[4], loss="l2", img_size=8)[0]
+    assert not p_l2.calibrated and p_l2.temperature == UNCALIBRATED_TEMPERATURE
+    p_set = clf.classify(img, names, n_samples=[4], loss="l1", img_size=8, temperature=0.5)[0]
+    assert not p_set.calibrated and torch.allclose(p_set.probs, torch.softmax(-p_set.scores / 0.5, 0).float())
+
+
+def test_calibrate_reads_dit_records(tmp_path, tiny_dit):
+    run = load_script("eval_prob_dit.py").main(
+        ["--model", str(tiny_dit), "--dataset", "digits", "--log_dir", str(tmp_path / "logs"), "--imgs_to_eval", "12",
+         "--schedule", "statistical", "--delta", "0.2", "--to_keep", "1", "--n_samples", "12",
+         "--no_progress"])
+    rs = load_record_scores(run["folder"])
+    assert rs.scores.shape == (12, 10) and torch.isfinite(rs.scores).all()
+    assert (rs.scores.argmin(1) == rs.preds).all()  # the winner has the lowest paired score
+    out = load_script("scripts/calibrate.py").main([run["folder"], "--out", str(tmp_path / "cal.json"), "--n_boot", "20"])
+    assert shipped_temperature(tmp_path / "cal.json", "l2") == pytest.approx(out["temperature"])
