@@ -41,7 +41,7 @@ from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
 from diffusion_classifier.loading import default_dtype
 from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.noise import load_noise, noise_bank, noise_digest
-from diffusion_classifier.objectives import ERROR_SPACES, FLOW_GRIDS
+from diffusion_classifier.objectives import ERROR_SPACES, FLOW_ERROR_DEFAULT, FLOW_GRIDS
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_writable, claim_run_folder, environment_info
 from diffusion_classifier.runs import zero_shot_run
@@ -74,7 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batches, faster after)")
     p.add_argument("--error_space", default=None, choices=list(ERROR_SPACES),
-                   help="compare in ε-space or the model's native output space; not given: eps for DDPM models, native (velocity) for flow models")
+                   help="compare in ε-space or the model's native output space; not given: eps for DDPM models, "
+                        f"{FLOW_ERROR_DEFAULT} for flow models (docs/fashion-mnist.md measures both)")
     p.add_argument("--flow_grid", default="timesteps", choices=list(FLOW_GRIDS),
                    help="flow models: σ of the training timesteps through the scheduler's shift, or evenly spaced σ")
     p.add_argument("--no_t5", action="store_true", help="SD3/SD3.5: do not load the T5 text encoder (zeros in its place)")

@@ -10,8 +10,9 @@ one record per image in benchmarks/cache/fashion/<model>/..., so a stopped run r
     model held out from training (its heldout_train.json, `train_tiny_models.py --holdout`), else a seeded
     stratified choice of train images, marked as seen in training. Timestep weights, a temperature and the
     indifference zone of the sharper schedule are fitted there, never on test;
-  - `flow_variants` (flow models): the full evaluation again with ε̂ compared with ε (--error_space eps) and
-    on evenly spaced σ (--flow_grid uniform_sigma), beside the default (velocity, the training timesteps' σ).
+  - `flow_variants` (flow models): the full evaluation again with the velocity compared with ε - x0
+    (--error_space native) and on evenly spaced σ (--flow_grid uniform_sigma), beside the default (ε̂ = x_t +
+    (1-σ)v̂ against ε, the training timesteps' σ; benchmarks/flow_scoring.py compares every flow variant).
 `report` reads the records, replays the schedules (the anytime rule with even and decaying spending of delta,
 with and without the indifference zone), applies the held-out fits to the test records and writes
 benchmarks/results/fashion_schedules.{json,png}, fashion_heldout_fits.json and, when fashion-sd's whole-split
@@ -46,6 +47,16 @@ FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL
 EPSILONS = (0.0025, 0.005, 0.01, 0.02)  # the indifference zones tried on the held-out train images
 
 
+def common_flags(model: str, seed: int) -> list[str]:
+    """The flags every run of a --models name shares: its folder, the data, the loss, the noise seed, the CPU."""
+    entry, folder = MODELS[model]
+    common = ["--model", str(MODELS_DIR / folder), "--dataset", "fashion_mnist", "--loss", LOSS, "--seed", str(seed),
+              "--device", "cpu", "--no_progress"]
+    if entry == "eval_prob_adaptive":
+        common += ["--prompt_path", str(ROOT / "prompts" / "fashion_mnist_prompts.csv")]
+    return common
+
+
 def run(models, per_class: int, which, seed: int, heldout_per_class: int = 20) -> None:
     """Compute (or resume) the records of every model and schedule asked for."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -57,10 +68,7 @@ def run(models, per_class: int, which, seed: int, heldout_per_class: int = 20) -
         if not path.is_dir():
             print(f"{m}: {path} is not trained yet; skipped", flush=True)
             continue
-        common = ["--model", str(path), "--dataset", "fashion_mnist", "--loss", LOSS, "--seed", str(seed),
-                  "--device", "cpu", "--no_progress"]
-        if entry == "eval_prob_adaptive":
-            common += ["--prompt_path", str(ROOT / "prompts" / "fashion_mnist_prompts.csv")]
+        common = common_flags(m, seed)
         test = common + ["--split", "test", "--subset_path", str(subset), "--log_dir", str(log_dir(m))]
         jobs = [(name, test + flags) for name, flags in (("reference", REFERENCE), ("full", FULL)) if name in which]
         if "flow_variants" in which and m == "flow":
@@ -174,7 +182,7 @@ def report(models, deltas, zs, min_samples: int) -> tuple[dict, dict]:
         for v in FLOW_VARIANTS:
             if f"full {v}" in folders:
                 fv = load_full_errors(folders[f"full {v}"])
-                label = {"eps": "ε̂ vs ε", "uniform_sigma": "evenly spaced σ"}[v]
+                label = {"velocity": "velocity v̂ vs ε - x0", "uniform_sigma": "evenly spaced σ"}[v]
                 rows.append({"schedule": f"full, {label} (exact replay)",
                              **replay(fv, full_evaluation, range(len(fv.labels)))})
                 rows.append({"schedule": f"anytime delta={deltas[0]:g} (min {min_samples}, stratified), {label} (exact replay)",

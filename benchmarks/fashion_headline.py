@@ -31,7 +31,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lib import CACHE, RESULTS, ROOT, HelpFormatter, entry_script
 from lib.fashion import MODELS, MODELS_DIR, heldout_picks, stratified_subset
@@ -39,6 +38,7 @@ from lib.results import write_result
 
 from diffusion_classifier.calibration import (UNCALIBRATED_TEMPERATURE, RecordScores, load_record_scores,
                                               plot_reliability, shipped_temperature, summary)
+from diffusion_classifier.records import read_manifest_settings
 from diffusion_classifier.training.common import HELDOUT_FILE
 
 HERE = CACHE / "headline"
@@ -46,6 +46,8 @@ LOSS = "l1"  # the paper's CIFAR-10 setting
 REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500", "--loss", LOSS]
 HEADLINE = REFERENCE + ["--schedule", "statistical", "--delta", "0.05"]
 OUT = RESULTS / "fashion_headline.json"
+SPACES = {"eps": "ε-space (ε̂ = x_t + (1-σ)v̂ against ε, the flow default)",
+          "native": "velocity space (v̂ against ε - x0, `--error_space native`)"}  # flow models' error spaces
 TEST_SIZE = 10_000
 
 
@@ -82,20 +84,15 @@ def run(models, per_class: int, seed: int) -> None:
         entry_script("scripts/calibrate").main([str(run_folder(m, "heldout"))])
 
 
-def subset_of(rs: RecordScores, keep: set[int]) -> RecordScores:
-    m = torch.tensor([i in keep for i in rs.indices])
-    return RecordScores(rs.scores[m], rs.labels[m], rs.preds[m], [i for i in rs.indices if i in keep],
-                        rs.candidate_class, rs.evaluations[m])
-
-
-def versus_reference(model: str) -> dict | None:
-    """The reference's command against the headline schedule on the same test images (those the reference scored)."""
-    ref_folder, test_folder = run_folder(model, "reference"), run_folder(model, "test")
-    if ref_folder is None or test_folder is None:
+def versus_reference(model: str, head: RecordScores | None) -> dict | None:
+    """The reference's command against the headline schedule's test records `head` on the same test images (those
+    the reference scored)."""
+    ref_folder = run_folder(model, "reference")
+    if ref_folder is None or head is None:
         return None
-    ref, head = load_record_scores(ref_folder), load_record_scores(test_folder)
-    both = set(ref.indices) & set(head.indices)
-    ref, head = subset_of(ref, both), subset_of(head, both)
+    ref = load_record_scores(ref_folder)
+    both = sorted(set(ref.indices) & set(head.indices))
+    ref, head = ref.select(both), head.select(both)
     ok_ref, ok_head = ref.preds == ref.labels, head.preds == head.labels
     out = {"images": len(both)}
     for name, rs, ok in (("reference", ref, ok_ref), ("headline", head, ok_head)):
@@ -113,7 +110,8 @@ def measured_text(row: dict) -> str:
     lines = [
         "Measured through the toolkit at the headline schedule, the reference's CIFAR-10 command with "
         "`--schedule statistical --delta 0.05` added (`--to_keep 5 1 --n_samples 50 500 --loss l1`; "
-        "`python benchmarks/fashion_headline.py run`, then `report`):", "",
+        "`python benchmarks/fashion_headline.py run`, then `report`)"
+        + (f", errors compared in {SPACES[row['error_space']]}" if row.get("error_space") in SPACES else "") + ":", "",
         "| test images | top-1 | evaluations per image | ECE (95% bootstrap) | NLL (95% bootstrap) |",
         "| --- | --- | --- | --- | --- |",
         f"| {t['n']:,} stratified (100 per class) | {t['top1']:.2f}% | {t['evaluations_per_image']:.0f} | "
@@ -158,18 +156,20 @@ def versus_line(vs: dict) -> str:
 def report(n_boot: int, cards: bool = False) -> None:
     rows, panels = {}, {}
     for m, (_, folder) in MODELS.items():
-        vs = versus_reference(m)
+        held, test = run_folder(m, "heldout"), run_folder(m, "test")
+        all_test = None if test is None else load_record_scores(test)
+        vs = versus_reference(m, all_test)
         if vs is not None:
             rows[folder] = {"versus_reference": vs}
             print(f"{folder}:\n{versus_line(vs)}")
-        held, test = run_folder(m, "heldout"), run_folder(m, "test")
-        tau = shipped_temperature(MODELS_DIR / folder, LOSS)
+        settings = {} if test is None else read_manifest_settings(test)
+        tau = shipped_temperature(MODELS_DIR / folder, LOSS, settings.get("error_space"))
         if held is None or test is None or tau is None:
             print(f"{m}: no held-out and test records, or no temperature: no calibration rows")
             continue
-        all_test = load_record_scores(test)
         picks = set(stratified_subset(100))  # the calibration rows: the run's test images (any --per_class <= 100)
-        rs = subset_of(all_test, picks) if len(all_test.indices) > len(picks) else all_test
+        rs = all_test.select([i for i in all_test.indices if i in picks]) if len(all_test.indices) > len(picks) \
+            else all_test
         before, after = summary(rs, UNCALIBRATED_TEMPERATURE, n_boot), summary(rs, tau, n_boot)
         h = load_record_scores(held)
         unseen = (MODELS_DIR / folder / HELDOUT_FILE).is_file()
@@ -178,6 +178,8 @@ def report(n_boot: int, cards: bool = False) -> None:
                "heldout_top1": 100.0 * float((h.preds == h.labels).double().mean()), "test": after,
                "test_uncalibrated": {k: before[k] for k in ("temperature", "nll", "nll_interval", "ece", "ece_interval")},
                "folders": {"heldout": str(held.relative_to(ROOT)), "test": str(test.relative_to(ROOT))}}
+        if settings.get("objective") == "flow":
+            row["error_space"] = settings.get("error_space")
         if len(all_test.indices) == TEST_SIZE:
             row["whole_test_split"] = {"top1": 100.0 * float((all_test.preds == all_test.labels).double().mean()),
                                        "evaluations_per_image": float(all_test.evaluations.double().mean())}

@@ -375,6 +375,26 @@ class RecordScores:
         """(N, C) class probabilities softmax(-score / temperature), summed over a class's candidates."""
         return torch.softmax(class_logits(-self.scores / temperature, self.candidate_class, self.labels), 1)
 
+    def select(self, indices) -> "RecordScores":
+        """The records of these dataset indices, in this order; one the run has not scored is an InputError."""
+        pos = {i: j for j, i in enumerate(self.indices)}
+        missing = [i for i in indices if i not in pos]
+        if missing:
+            raise InputError(f"{len(missing)} of the images asked for have no record (first: index {missing[0]})")
+        sel = torch.tensor([pos[i] for i in indices], dtype=torch.long)
+        return RecordScores(self.scores[sel], self.labels[sel], self.preds[sel], [int(i) for i in indices],
+                            self.candidate_class, self.evaluations[sel])
+
+    @staticmethod
+    def cat(parts: list["RecordScores"]) -> "RecordScores":
+        """The records of several runs of the same candidates, one after another."""
+        k = {p.scores.shape[1] for p in parts}
+        if len(k) > 1 or len({tuple(p.candidate_class) for p in parts}) > 1:
+            raise InputError(f"the runs score different candidates ({sorted(k)} prompts); use one prompt set at a time")
+        return RecordScores(torch.cat([p.scores for p in parts]), torch.cat([p.labels for p in parts]),
+                            torch.cat([p.preds for p in parts]), sum((p.indices for p in parts), []),
+                            parts[0].candidate_class, torch.cat([p.evaluations for p in parts]))
+
 
 def load_record_scores(folder: str | Path, weights: TimestepWeights | None = None) -> RecordScores:
     """The paired scores of every readable record of a classification run folder (staged, statistical or full)."""
@@ -427,10 +447,22 @@ def load_calibration(model: str | Path | None) -> dict:
     return out
 
 
-def shipped_temperature(model: str | Path | None, loss: str) -> float | None:
-    """The temperature fitted for `loss` on the model's held-out images, or None when there is none."""
-    entry = load_calibration(model).get(loss)
-    return None if entry is None else float(entry["temperature"])
+def fitted_temperature(entries: dict, loss: str, error_space: str | None = None) -> float | None:
+    """The temperature of `loss` among a model's calibration entries (load_calibration), or None: none fitted, or
+    fitted on errors of another error space than `error_space` (a flow model's velocity and ε-space errors differ
+    in scale), when both are known."""
+    entry = entries.get(loss)
+    if entry is None:
+        return None
+    fitted_in = (entry.get("settings") or {}).get("error_space")
+    if error_space is not None and fitted_in is not None and fitted_in != error_space:
+        return None
+    return float(entry["temperature"])
+
+
+def shipped_temperature(model: str | Path | None, loss: str, error_space: str | None = None) -> float | None:
+    """The temperature fitted for `loss` (and `error_space`) on the model's held-out images, or None."""
+    return fitted_temperature(load_calibration(model), loss, error_space)
 
 
 def write_calibration(model: str | Path, loss: str, temperature: float, info: dict) -> Path:

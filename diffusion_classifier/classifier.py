@@ -8,12 +8,13 @@ import torch
 from PIL import Image
 
 from .schedules.staged import AdaptiveResult, validate_schedule
-from .calibration import UNCALIBRATED_TEMPERATURE, load_calibration
+from .calibration import UNCALIBRATED_TEMPERATURE, fitted_temperature, load_calibration
 from .engine import Scorer
 from .errors import InputError
 from .families import load_model, resolve_model
 from .loading import DTYPES, quiet_loading
 from .noise import make_noise
+from .objectives import default_error_space
 from .schedules.statistical import make_schedule
 
 
@@ -138,7 +139,8 @@ class DiffusionClassifier:
                                          **statistical)
         evaluate = self.evaluator(images, prompts, n_rows, loss, noise, seed, img_size, interpolation)
         results = classify(evaluate, n_images(images), len(prompts))
-        shipped = (self.calibration.get(loss) or {}).get("temperature")
+        space = self.error_space or default_error_space(getattr(self.model, "scheduler_config", {}))
+        shipped = fitted_temperature(self.calibration, loss, space)
         calibrated = temperature is None and shipped is not None
         tau = temperature if temperature is not None else float(shipped) if calibrated else UNCALIBRATED_TEMPERATURE
         return [self._prediction(r, len(prompts), tau, calibrated) for r in results]

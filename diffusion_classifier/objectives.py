@@ -24,6 +24,7 @@ from .errors import InputError
 
 ERROR_SPACES = ("eps", "native")
 FLOW_GRIDS = ("timesteps", "uniform_sigma")
+FLOW_ERROR_DEFAULT = "eps"  # flow models, --error_space not given: ε̂ = x_t + (1-σ)v̂ against ε (docs/fashion-mnist.md)
 DDPM_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
@@ -158,7 +159,7 @@ class FlowObjective:
         self.sigmas = torch.as_tensor(sigmas).to(torch.float64)  # (T,) σ of each grid index
         self.num_train_timesteps = num_train_timesteps
         self.prediction_type = "flow"
-        self.error_space = _check_error_space(error_space, "native")
+        self.error_space = _check_error_space(error_space, FLOW_ERROR_DEFAULT)
 
     @property
     def T(self) -> int:
@@ -182,6 +183,15 @@ class FlowObjective:
             return pred, eps - x0
         return x_t + (1 - _per_sample(self.sigmas[t], x0)) * pred, eps  # ε̂ = x_t + (1-σ)v̂
 
+    def eps_error_weights(self, loss: str) -> torch.Tensor:
+        """(T,) factors that turn the velocity-space error of `loss` (l1 or l2) at each grid index into the ε-space
+        error of the same output: ε̂ - ε = (1-σ)(v̂ - v), so an l1 error scales by (1-σ) and an l2 error by (1-σ)².
+        Scoring in ε-space is therefore velocity scoring with these timestep weights."""
+        powers = {"l1": 1, "l2": 2}
+        if loss not in powers:
+            raise InputError(f"ε-space errors are a timestep weighting of velocity errors for l1 and l2 only, got {loss!r}")
+        return (1 - self.sigmas) ** powers[loss]
+
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 DDPM_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
@@ -190,11 +200,22 @@ DDPM_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscre
                    "UniPCMultistepScheduler", "DEISMultistepScheduler")  # samplers over one β schedule
 
 
+def is_flow_config(config: dict) -> bool:
+    """Whether a scheduler config is a flow-matching one."""
+    name = config.get("_class_name", "")
+    return name in FLOW_SCHEDULERS or name.startswith("FlowMatch")
+
+
+def default_error_space(config: dict) -> str:
+    """The error space scores use when --error_space is not given: FLOW_ERROR_DEFAULT for flow models, else eps."""
+    return FLOW_ERROR_DEFAULT if is_flow_config(config) else "eps"
+
+
 def objective_from_config(config: dict, error_space: str | None = None, image_seq_len: int | None = None,
                           grid: str = "timesteps") -> DDPMObjective | FlowObjective:
     """The objective a scheduler config describes; an unknown one is an InputError naming it."""
     name = config.get("_class_name", "")
-    if name in FLOW_SCHEDULERS or (name.startswith("FlowMatch")):
+    if is_flow_config(config):
         return FlowObjective(flow_sigmas(config, image_seq_len, grid), int(config.get("num_train_timesteps", 1000)),
                              error_space)
     if name in DDPM_SCHEDULERS or any(k in config for k in ("beta_schedule", "trained_betas", "beta_start")):

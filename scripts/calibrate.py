@@ -63,17 +63,6 @@ def run_settings(folders: list[Path]) -> dict:
     return found[0]
 
 
-def concat(parts: list[RecordScores]) -> RecordScores:
-    import torch
-
-    k = {p.scores.shape[1] for p in parts}
-    if len(k) > 1 or len({tuple(p.candidate_class) for p in parts}) > 1:
-        raise InputError(f"the runs score different candidates ({sorted(k)} prompts); calibrate one prompt set at a time")
-    return RecordScores(torch.cat([p.scores for p in parts]), torch.cat([p.labels for p in parts]),
-                        torch.cat([p.preds for p in parts]), sum((p.indices for p in parts), []),
-                        parts[0].candidate_class, torch.cat([p.evaluations for p in parts]))
-
-
 def line(name: str, s: dict) -> str:
     return (f"  {name}: {s['n']} images, top-1 {s['top1']:.2f}%, {s['evaluations_per_image']:.0f} evaluations / image; "
             f"τ {s['temperature']:.4g}: NLL {s['nll']:.4f} [{s['nll_interval'][0]:.4f}, {s['nll_interval'][1]:.4f}], "
@@ -92,7 +81,7 @@ def main(argv=None) -> dict:
     check_output_file(out)
     if args.plot is not None:
         check_output_file(args.plot)
-    held = concat([load_record_scores(f) for f in args.heldout_runs])
+    held = RecordScores.cat([load_record_scores(f) for f in args.heldout_runs])
     tau = temperature_for(held.scores, held.labels, held.candidate_class)
     before = summary(held, UNCALIBRATED_TEMPERATURE, args.n_boot, args.n_bins, args.seed)
     after = summary(held, tau, args.n_boot, args.n_bins, args.seed)

@@ -23,7 +23,7 @@ def run_temperature(folder: Path, weights, temperature: float | None) -> tuple[f
         return weights.temperature, "the weights file's"
     settings = read_manifest_settings(folder)
     loss = settings.get("loss", "l2")
-    tau = shipped_temperature(settings.get("model"), loss)
+    tau = shipped_temperature(settings.get("model"), loss, settings.get("error_space"))
     if tau is not None:
         return tau, f"shipped with the model for --loss {loss}"
     return UNCALIBRATED_TEMPERATURE, "uncalibrated: the model ships none for this loss"

@@ -11,7 +11,7 @@ import torch
 
 from conftest import load_script
 from diffusion_classifier.calibration import (
-    UNCALIBRATED_TEMPERATURE, bootstrap_interval, expected_calibration_error, load_calibration, load_record_scores,
+    UNCALIBRATED_TEMPERATURE, RecordScores, bootstrap_interval, expected_calibration_error, load_calibration, load_record_scores,
     nll, reliability_bins, shipped_temperature, temperature_for, write_calibration)
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.records import save_record
@@ -110,6 +110,11 @@ def test_calibration_file_keeps_each_loss(tmp_path):
     assert set(cal) == {"l1", "l2"} and cal["l1"]["n_images"] == 20
     assert shipped_temperature(tmp_path, "l1") == 0.03 and shipped_temperature(tmp_path, "log_l2") is None
     assert load_calibration("some-org/some-hub-model") == {} and shipped_temperature(None, "l2") is None
+    # a flow model's temperature fitted on ε-space errors is not applied to its velocity errors
+    write_calibration(tmp_path, "l2", 0.002, {"settings": {"error_space": "eps"}})
+    assert shipped_temperature(tmp_path, "l2", "eps") == shipped_temperature(tmp_path, "l2") == 0.002
+    assert shipped_temperature(tmp_path, "l2", "native") is None
+    assert shipped_temperature(tmp_path, "l1", "native") == 0.03  # recorded without an error space: any
     (tmp_path / "calibration.json").write_text(json.dumps({"temperatures": {"l2": {"temperature": -1}}}))
     with pytest.raises(InputError, match="positive"):
         load_calibration(tmp_path)
@@ -129,6 +134,16 @@ def test_records_of_any_schedule_give_paired_probabilities(tmp_path):
     p = rs.probabilities(0.01)
     assert (p.argmax(1) == rs.labels).all()
     assert torch.allclose(p[0], torch.softmax(torch.tensor([0.0, -1.0, -1.0], dtype=p.dtype), 0))
+
+    picked = rs.select([2, 0])
+    assert picked.indices == [2, 0] and torch.equal(picked.scores, rs.scores[[2, 0]])
+    with pytest.raises(InputError, match="no record"):
+        rs.select([0, 7])
+    both = RecordScores.cat([rs, picked])
+    assert both.indices == [0, 1, 2, 2, 0] and torch.equal(both.labels, torch.tensor([0, 1, 0, 0, 0]))
+    other = RecordScores(rs.scores[:, :2], rs.labels, rs.preds, rs.indices, [0, 1], rs.evaluations)
+    with pytest.raises(InputError, match="different candidates"):
+        RecordScores.cat([rs, other])
 
 
 def test_calibrate_script_ships_a_temperature_the_api_and_print_acc_apply(tmp_path, tiny_sd, capsys):
@@ -177,3 +192,21 @@ def test_calibrate_reads_dit_records(tmp_path, tiny_dit):
     assert (rs.scores.argmin(1) == rs.preds).all()  # the winner has the lowest paired score
     out = load_script("scripts/calibrate.py").main([run["folder"], "--out", str(tmp_path / "cal.json"), "--n_boot", "20"])
     assert shipped_temperature(tmp_path / "cal.json", "l2") == pytest.approx(out["temperature"])
+
+
+def test_shipped_flow_temperature_applies_in_the_error_space_it_was_fitted_in():
+    from diffusion_classifier import DiffusionClassifier
+    from diffusion_classifier.families import SD_VERSIONS
+
+    folder = SD_VERSIONS["fashion-flow"]
+    cal = load_calibration(folder)
+    assert cal["l1"]["settings"]["error_space"] == "eps"  # fitted with the flow default
+    clf = DiffusionClassifier.from_pretrained("fashion-flow")
+    img = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    names = ["a photo of a bag.", "a photo of a sandal."]
+    p_eps = clf.classify(img, names, n_samples=[4], loss="l1")[0]
+    assert p_eps.calibrated and p_eps.temperature == pytest.approx(cal["l1"]["temperature"])
+    velocity = DiffusionClassifier(clf.model, error_space="native", calibration=clf.calibration)
+    p_v = velocity.classify(img, names, n_samples=[4], loss="l1")[0]
+    assert not p_v.calibrated and p_v.temperature == UNCALIBRATED_TEMPERATURE
+    assert not torch.allclose(p_v.scores, p_eps.scores)  # the two spaces score differently

@@ -36,6 +36,7 @@ CASES = {
     "sdxl": (build_sdxl, [], {}),
     "sd3": (build_sd3, [], {}),
     "sd3_no_t5": (build_sd3, ["--no_t5"], {"no_t5": True}),
+    "sd3_velocity": (build_sd3, ["--error_space", "native"], {"native": True}),
     "sd3_pixels_null_parts": (lambda f: build_sd3(f, with_t5=False, with_vae=False), [], {}),
     "flux_dev": (build_flux, ["--guidance", "2.5"], {"guidance": 2.5}),
     "flux_schnell": (lambda f: build_flux(f, guidance_embeds=False), [], {}),
@@ -49,7 +50,7 @@ def folders(tmp_path_factory):
 
     def get(name):
         builder = CASES[name][0]
-        key = {"sd_v_native": "sd_v", "sd3_no_t5": "sd3"}.get(name, name)
+        key = {"sd_v_native": "sd_v", "sd3_no_t5": "sd3", "sd3_velocity": "sd3"}.get(name, name)
         if key not in made:
             made[key] = builder(root / key)
         return made[key]
@@ -148,7 +149,7 @@ def plain_errors(name: str, folder: Path, pixels: torch.Tensor, noise: torch.Ten
                 x_t = sched.scale_noise(latent, timestep, eps)
                 out = pipe.transformer(hidden_states=x_t, timestep=timestep, encoder_hidden_states=pe[p : p + 1],
                                        pooled_projections=pooled[p : p + 1]).sample
-                errs[p][k] = mse(out, eps - latent)
+                errs[p][k] = flow_error(out, x_t, eps, latent, sched.sigmas[T - 1 - t], opts)
         return errs
     from diffusers import FluxPipeline
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -171,8 +172,16 @@ def plain_errors(name: str, folder: Path, pixels: torch.Tensor, noise: torch.Ten
                                    guidance=guidance, pooled_projections=pooled[p : p + 1],
                                    encoder_hidden_states=pe[p : p + 1], txt_ids=text_ids, img_ids=img_ids).sample
             out = FluxPipeline._unpack_latents(out, x.shape[-2], x.shape[-1], pipe.vae_scale_factor)
-            errs[p][k] = mse(out, eps - latent)
+            errs[p][k] = flow_error(out, x_t, eps, latent, sched.sigmas[T - 1 - t], opts)
     return errs
+
+
+def flow_error(out, x_t, eps, latent, sigma, opts) -> float:
+    """A flow model's error as the scripts compare it by default: the ε recovered from the velocity,
+    x_t + (1-σ)v̂, against ε; with --error_space native the velocity against ε - x0."""
+    if opts.get("native"):
+        return mse(out, eps - latent)
+    return mse(x_t + (1 - float(sigma)) * out, eps)
 
 
 @pytest.mark.parametrize("name", list(CASES))

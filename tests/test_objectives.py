@@ -9,8 +9,8 @@ from diffusion_classifier.schedules.staged import adaptive_classify
 from diffusion_classifier.engine import Jobs, Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families.sd import load_text_conditional
-from diffusion_classifier.objectives import (DDPMObjective, FlowObjective, calculate_shift, flow_sigmas,
-                                             objective_from_config)
+from diffusion_classifier.objectives import (FLOW_ERROR_DEFAULT, DDPMObjective, FlowObjective, calculate_shift,
+                                             flow_sigmas, objective_from_config)
 
 
 def _wrap(eps_model, alphas_cumprod, kind):
@@ -86,7 +86,7 @@ def test_flow_noising_matches_scheduler(config):
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **config)
     seq_len = 64 * 64
     obj = objective_from_config({**sched.config, "_class_name": type(sched).__name__}, image_seq_len=seq_len)
-    assert isinstance(obj, FlowObjective) and obj.error_space == "native"
+    assert isinstance(obj, FlowObjective) and obj.error_space == FLOW_ERROR_DEFAULT == "eps"
     T = 1000
     if config.get("use_dynamic_shifting") or config.get("shift_terminal"):
         mu = calculate_shift(seq_len) if config.get("use_dynamic_shifting") else None
@@ -98,8 +98,10 @@ def test_flow_noising_matches_scheduler(config):
     torch.testing.assert_close(obj.sigmas[t].float(), sched.sigmas[idx], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(model_t, sched.timesteps[idx], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(x_t, sched.scale_noise(x0, sched.timesteps[idx], eps), rtol=1e-5, atol=1e-6)
-    # the target is the velocity: an Euler step of the scheduler from σ to 0 with it lands on x0
-    pred, target = obj.compare(torch.zeros_like(x0), x0, x_t, eps, t)
+    # the native target is the velocity: an Euler step of the scheduler from σ to 0 with it lands on x0
+    native = objective_from_config({**sched.config, "_class_name": type(sched).__name__}, error_space="native",
+                                   image_seq_len=seq_len)
+    pred, target = native.compare(torch.zeros_like(x0), x0, x_t, eps, t)
     torch.testing.assert_close(target, eps - x0)
     for i in range(len(t)):
         one = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **{**config, "use_dynamic_shifting": False,
@@ -151,3 +153,22 @@ def test_log_l2_is_the_log_of_the_l2_error(tiny_sd):
     # an exact prediction has a finite log error
     x = torch.randn(2, 3, 4, 4)
     assert torch.isfinite(denoising_error(x, x, "log_l2")).all()
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_flow_eps_space_error_is_a_timestep_weighting_of_the_velocity_error(loss):
+    from diffusion_classifier.engine import denoising_error
+
+    cfg = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+    native, eps_space = objective_from_config(cfg, error_space="native"), objective_from_config(cfg, error_space="eps")
+    g = torch.Generator().manual_seed(0)
+    x0, eps, out = (torch.randn(4, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([0, 250, 600, 999])
+    x_t, _ = native.noise(x0, t, eps)
+    e_native = denoising_error(*reversed(native.compare(out, x0, x_t, eps, t)), loss)
+    e_eps = denoising_error(*reversed(eps_space.compare(out, x0, x_t, eps, t)), loss)
+    w = native.eps_error_weights(loss)
+    torch.testing.assert_close(e_eps, w[t] * e_native)
+    assert w[0] > w[999] and not torch.allclose(e_eps, e_native)  # a real reweighting: low σ counts more
+    with pytest.raises(InputError, match="l1 and l2 only"):
+        native.eps_error_weights("huber")

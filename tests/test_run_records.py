@@ -23,7 +23,7 @@ from family_builders import build_flux, build_sd3, build_sdxl
 from test_families import CLASSIDX, CSV, IMAGES, PROMPTS, TS, digit_pixels, plain_errors
 
 LABELS = {0: 5, 5: 7}  # the digits test split's labels of IMAGES
-FLOW = {"objective": "flow", "error_space": "native", "flow_grid": "timesteps"}
+FLOW = {"objective": "flow", "error_space": "eps", "flow_grid": "timesteps"}
 # family -> (builder of its folder or a shipped --version, the folder name the script gives the run, extra manifest keys)
 TEXT_FAMILIES = {
     "sd": (build_tiny_sd, "vsd_1trials_1keep_4samples_8", {}),

@@ -105,7 +105,7 @@ def test_manifest_holds_the_settings_the_scripts_have_always_written():
     assert sd(error_space="native", objective=eps_native).manifest == {**base, "error_space": "native"}
     assert sd(objective=V).manifest == {**base, "objective": "v_prediction", "error_space": "eps"}
     assert sd(objective=FLOW, no_t5=True, guidance=2.5).manifest == {
-        **base, "objective": "flow", "error_space": "native", "flow_grid": "timesteps", "no_t5": True, "guidance": 2.5}
+        **base, "objective": "flow", "error_space": "eps", "flow_grid": "timesteps", "no_t5": True, "guidance": 2.5}
     assert dit(True).manifest == {"model": "facebook/DiT-XL-2-256", "vae": None, "dataset": "imagenet", "split": "test",
                                   "img_size": 256, "n_trials": 1, "noise": "seed 0", "corruption": None,
                                   "severity": None, "t_interval": 5, "kind": "l2", "randomize_noise": False,

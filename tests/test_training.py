@@ -184,7 +184,7 @@ def test_flow_training_conditions_as_the_sd3_pipeline_and_writes_a_loadable_fold
     model = load_model(str(tmp_path))
     assert model.family == "sd3" and model.native_size == 8 and model.latent_shape(8) == (3, 8, 8)
     objective = model.objective
-    assert isinstance(objective, FlowObjective) and objective.error_space == "native"
+    assert isinstance(objective, FlowObjective) and objective.error_space == "eps"
     torch.testing.assert_close(objective.sigmas[499], torch.tensor(3 * 0.5 / (1 + 2 * 0.5), dtype=torch.float64))
     conds = model.encode_prompts(prompts)
     assert torch.equal(conds.prompt_embeds, embeds) and torch.equal(conds.pooled, pooled)

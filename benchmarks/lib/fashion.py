@@ -20,7 +20,7 @@ MODELS = {"sd": ("eval_prob_adaptive", "fashion-sd"), "dit": ("eval_prob_dit", "
           "flow": ("eval_prob_adaptive", "fashion-flow")}
 N_FULL = N_TIMESTEPS  # timesteps of the full evaluation
 # flow variants of the full evaluation: name -> (flags, the suffix they give the run folder)
-FLOW_VARIANTS = {"eps": (["--error_space", "eps"], "_erreps"),
+FLOW_VARIANTS = {"velocity": (["--error_space", "native"], "_errnative"),
                  "uniform_sigma": (["--flow_grid", "uniform_sigma"], "_griduniform_sigma")}
 
 
@@ -55,7 +55,7 @@ def heldout_subset(model: str, per_class: int) -> tuple[list[int], bool]:
 
 
 def run_folders(model: str) -> dict[str, Path]:
-    """The run folders of a model's records: reference, full, full eps / full uniform_sigma (flow), heldout."""
+    """The run folders of a model's records: reference, full, full velocity / full uniform_sigma (flow), heldout."""
     found = {}
     for part in ("", "heldout"):
         base = log_dir(model, part) / "fashion_mnist"

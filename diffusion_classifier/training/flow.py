@@ -20,9 +20,11 @@ from .common import CAPTION_DROP, MAX_LENGTH, Checkpointing, build_tokenizer, ca
 from .data import DIGITS, TrainingData, training_data
 
 DEFAULTS = dict(steps=2500, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)
+# Committed settings per training data. On 28x28, patch 2 (196 tokens) at width 80 (4 heads of 20) and 4 layers scores
+# about 330 evaluations/s on two CPU cores (float32, batch 256; width 96 gives 270), and 7,000 steps take 105 minutes.
 DATA_DEFAULTS = {
     "digits": DEFAULTS,
-    "fashion_mnist": dict(steps=4000, batch=128, lr=1e-3, shift=1.0, patch=4, heads=3, head_dim=32, layers=6),
+    "fashion_mnist": dict(steps=7000, batch=128, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=20, layers=4),
 }
 ARCH = ("patch", "heads", "head_dim", "layers")
 # The two CLIP text encoders: (hidden size, layers, projection dim); different widths, as in SD3.
