@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import (
     RESIZE_HELP,
     add_data_args,
@@ -48,6 +47,7 @@ from diffusion_classifier.runs import zero_shot_run
 from diffusion_classifier.schedules.staged import validate_schedule
 from diffusion_classifier.schedules.statistical import make_schedule
 from diffusion_classifier.tasks.classify import run_dataset
+from diffusion_classifier.timestep_weights import load_weights, weights_digest
 
 ROOT = Path(__file__).resolve().parent
 

@@ -16,7 +16,6 @@ import math
 
 import torch
 
-from diffusion_classifier.calibration import load_weights, weights_digest
 from diffusion_classifier.cli import (
     HelpFormatter,
     add_data_args,
@@ -60,6 +59,7 @@ from diffusion_classifier.tasks.per_class import (
     schedule_from_alphas_cumprod,
     summary_line,
 )
+from diffusion_classifier.timestep_weights import load_weights, weights_digest
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -36,9 +36,10 @@ from lib.fashion import (CACHE, FLOW_VARIANTS, MODELS, MODELS_DIR, N_FULL, folde
 from lib.replay import replay, schedules  # the same 200-timestep full evaluation and replays as digits_c
 from lib.results import write_result
 
-from diffusion_classifier.calibration import (TimestepWeights, expected_calibration_error, fit_and_report,
-                                              fit_temperature, load_full_errors, nll, predictions, probabilities)
+from diffusion_classifier.calibration import expected_calibration_error, nll
 from diffusion_classifier.schedules.statistical import statistical_classify
+from diffusion_classifier.timestep_weights import (TimestepWeights, fit_and_report, fit_temperature, load_full_errors,
+                                                   predictions, probabilities)
 from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
 
 LOSS = "l1"  # the paper's CIFAR-10 setting

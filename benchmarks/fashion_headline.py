@@ -119,7 +119,9 @@ def measured_text(row: dict) -> str:
         f"({t['nll_interval'][0]:.3f}-{t['nll_interval'][1]:.3f}) |"]
     if "whole_test_split" in row:
         w = row["whole_test_split"]
-        lines.append(f"| the whole test split (10,000) | {w['top1']:.2f}% | {w['evaluations_per_image']:.0f} | | |")
+        lines.append(f"| the whole test split ({w['n']:,}) | {w['top1']:.2f}% | {w['evaluations_per_image']:.0f} | "
+                     f"{w['ece']:.2f}% ({w['ece_interval'][0]:.2f}-{w['ece_interval'][1]:.2f}) | {w['nll']:.3f} "
+                     f"({w['nll_interval'][0]:.3f}-{w['nll_interval'][1]:.3f}) |")
     seen = "held-out train images it never trained on" if row["heldout_unseen_in_training"] else \
         "train images (seen in training: the model has no held-out part)"
     lines += ["", f"Probabilities use the temperature {row['temperature']:.4g} shipped in `calibration.json` (--loss l1), "
@@ -181,8 +183,12 @@ def report(n_boot: int, cards: bool = False) -> None:
         if settings.get("objective") == "flow":
             row["error_space"] = settings.get("error_space")
         if len(all_test.indices) == TEST_SIZE:
-            row["whole_test_split"] = {"top1": 100.0 * float((all_test.preds == all_test.labels).double().mean()),
-                                       "evaluations_per_image": float(all_test.evaluations.double().mean())}
+            whole = summary(all_test, tau, n_boot)
+            y = all_test.labels
+            row["whole_test_split"] = {k: whole[k] for k in ("n", "top1", "evaluations_per_image", "nll", "nll_interval",
+                                                             "ece", "ece_interval")}
+            row["whole_test_split"]["per_class_top1"] = [100.0 * float((all_test.preds[y == c] == c).double().mean())
+                                                         for c in range(int(y.max()) + 1)]
         rows[folder] = row
         if cards:
             write_card(m, row)
@@ -195,7 +201,9 @@ def report(n_boot: int, cards: bool = False) -> None:
               f"(uncalibrated {before['nll']:.4f})")
         if "whole_test_split" in row:
             w = row["whole_test_split"]
-            print(f"  whole test split: top-1 {w['top1']:.2f}% at {w['evaluations_per_image']:.0f} evaluations / image")
+            print(f"  whole test split: top-1 {w['top1']:.2f}% at {w['evaluations_per_image']:.1f} evaluations / image, "
+                  f"ECE {w['ece']:.2f}% [{w['ece_interval'][0]:.2f}, {w['ece_interval'][1]:.2f}], NLL {w['nll']:.4f}; "
+                  f"per class {', '.join(f'{a:.1f}' for a in w['per_class_top1'])}")
     if not rows:
         return
     write_result(OUT, rows, "benchmarks/fashion_headline.py", merge=True)

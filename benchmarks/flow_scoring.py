@@ -6,7 +6,7 @@ Every one of these choices is a timestep weighting of one full evaluation in vel
     ε-space l1 error at σ is the velocity error times (1-σ) (l2: (1-σ)²; FlowObjective.eps_error_weights);
   - σ grid: a grid shifted by s (σ' = sσ / (1 + (s-1)σ); SD3 trains and samples at s = 3) draws σ with density
     s / (s - (s-1)σ)² against evenly spaced σ, so its expected score is the even grid's, weighted by that density;
-  - learned weights: fitted by cross-entropy (calibration.fit_weights), cross-validated here (fitted on one half of
+  - learned weights: fitted by cross-entropy (timestep_weights.fit_weights), cross-validated here (fitted on one half of
     the images and scored on the other, both ways).
 fashion-flow trains and scores on evenly spaced σ (shift 1), so its full evaluation (velocity, l1, the 200 stratified
 timesteps, `--error_space native`) answers every variant exactly for the full evaluation, and for the anytime rule
@@ -38,11 +38,12 @@ from lib.fashion import CACHE, MODELS, MODELS_DIR, heldout_subset, log_dir, stra
 from lib.replay import N_TIMESTEPS, replay
 from lib.results import write_result
 
-from diffusion_classifier.calibration import (TimestepWeights, fit_temperature, fit_weights, load_full_errors,
-                                              load_record_scores, nll, predictions, probabilities, split_indices)
+from diffusion_classifier.calibration import load_record_scores, nll
 from diffusion_classifier.objectives import FLOW_ERROR_DEFAULT, FlowObjective, flow_sigmas
 from diffusion_classifier.records import read_manifest_settings
 from diffusion_classifier.schedules.statistical import rule_settings, statistical_classify
+from diffusion_classifier.timestep_weights import (TimestepWeights, fit_temperature, fit_weights, load_full_errors,
+                                                   predictions, probabilities, split_indices)
 
 OUT = RESULTS / "flow_scoring.json"
 LOSS = "l1"  # fashion_eval.py's held-out records and the headline schedule

@@ -27,7 +27,7 @@ from lib.digits_c import SETS, run_folder, set_name
 from lib.replay import replay, schedules
 from lib.results import write_result
 
-from diffusion_classifier.calibration import fit_and_report, fit_weights, load_full_errors, split_indices
+from diffusion_classifier.timestep_weights import fit_and_report, fit_weights, load_full_errors, split_indices
 
 MODELS = {"sd": "digits-sd", "dit": "digits-dit"}
 

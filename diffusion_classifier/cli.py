@@ -278,7 +278,7 @@ def check_candidate_args(args) -> None:
     if args.noise_path is not None:
         load_noise(args.noise_path)  # a bad noise file fails before the data is read and the model loads
     if getattr(args, "timestep_weights", None) is not None:
-        from .calibration import load_weights
+        from .timestep_weights import load_weights
 
         if getattr(args, "model", "sd") != "sd":
             raise InputError(f"--timestep_weights weights a diffusion model's errors (--model sd), got --model {args.model}")

@@ -15,6 +15,9 @@ from .errors import InputError, StorageError
 from .interrupts import critical
 
 MANIFEST = "manifest.json"
+# settings that only choose which images a run scores (each record depends on its image alone): a folder grows across
+# them, e.g. from a 1,000-image subset to the whole split, and keeps the value of the run that created it
+IMAGE_PICKS = ("subset",)
 FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 STORAGE_ERRNOS = FULL_DISK + NOT_WRITABLE  # the OSErrors that are the storage's fault, never a bug
@@ -187,7 +190,8 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
         recorded = dict(manifest.get("numerics") or {})
         if "dtype" in manifest and "dtype" not in recorded:  # older folders kept the dtype beside the settings
             recorded["dtype"] = manifest["dtype"]
-        diff = sorted(k for k in set(old) | set(settings) if _portable(old.get(k)) != _portable(settings.get(k)))
+        diff = sorted(k for k in set(old) | set(settings)
+                      if k not in IMAGE_PICKS and _portable(old.get(k)) != _portable(settings.get(k)))
         if not diff:  # a named setting that differs explains the numbers that follow from it (noise -> its digest)
             diff = sorted(k for k in numerics if k in recorded and recorded[k] != numerics[k])
         if diff:

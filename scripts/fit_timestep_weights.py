@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion_classifier.calibration import fit_and_report, load_full_errors  # noqa: E402
 from diffusion_classifier.cli import HelpFormatter, non_negative_float, positive_int, probability, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.records import check_output_file  # noqa: E402
+from diffusion_classifier.timestep_weights import fit_and_report, load_full_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

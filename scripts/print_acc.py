@@ -31,8 +31,8 @@ def run_temperature(folder: Path, weights, temperature: float | None) -> tuple[f
 
 def rescore(folder: Path, weights_path, probs: bool, top: int, temperature: float | None = None) -> dict:
     """Accuracy of full-evaluation records under timestep weights; per-image probabilities of any run's records."""
-    from diffusion_classifier.calibration import (
-        expected_calibration_error, load_full_errors, load_record_scores, load_weights, nll, predictions)
+    from diffusion_classifier.calibration import expected_calibration_error, load_record_scores, nll
+    from diffusion_classifier.timestep_weights import load_full_errors, load_weights, predictions
 
     w = load_weights(weights_path) if weights_path is not None else None
     out = {}
@@ -44,7 +44,7 @@ def rescore(folder: Path, weights_path, probs: bool, top: int, temperature: floa
         out["rescored_top1"] = acc
         print(f"  re-scored with {weights_path} ({w.kind}): top-1 {acc:.2f}% over {len(fe.labels)} records")
     if probs:
-        rs = load_record_scores(folder, w)
+        rs = load_record_scores(folder, None if w is None else w.weights)
         tau, source = run_temperature(folder, w, temperature)
         pr = rs.probabilities(tau)
         print(f"  probabilities softmax(-paired score / {tau:.4g}) ({source}): NLL {nll(pr, rs.labels):.4f}, "

@@ -58,7 +58,8 @@ FLOORS = [
     {"__init__"},
     {"classifier", "cli", "runs", "training"},  # the Python API, the command-line boundary, run descriptions, training
     {"tasks"},  # what a run computes
-    {"calibration"},  # probabilities and weights from the schedules' results (paired scores)
+    {"timestep_weights"},  # timestep weights learned from full evaluations
+    {"calibration"},  # probabilities, temperatures and calibration error from the schedules' results (paired scores)
     {"schedules", "loop", "baselines", "families"},  # evaluation schedules, the loop, the models
     {"loading"},
     {"engine", "packing"},

@@ -171,6 +171,21 @@ def test_the_manifest_guards_settings_that_change_numbers_beyond_the_folder_name
         check_manifest(old, {"n_trials": 1}, numerics={**numerics, "attention": "xformers"})
 
 
+def test_a_run_grows_across_subsets_but_not_across_settings(tmp_path):
+    """--subset_path only picks images: a folder made on a subset takes the rest of the split, any other setting
+    that differs is refused."""
+    import pytest
+
+    from diffusion_classifier.errors import InputError
+    from diffusion_classifier.records import check_manifest
+
+    check_manifest(tmp_path / "run", {"n_trials": 1, "subset": "first_1000.npy"})
+    check_manifest(tmp_path / "run", {"n_trials": 1, "subset": None})  # the whole split into the same folder
+    check_manifest(tmp_path / "run", {"n_trials": 1, "subset": "other.npy"})
+    with pytest.raises(InputError, match=r"\(1 differ: n_trials: folder 1, command 2\)"):
+        check_manifest(tmp_path / "run", {"n_trials": 2, "subset": None})
+
+
 def test_a_resume_in_another_dtype_is_refused_before_anything_is_written(tmp_path):
     import numpy as np
     import pytest

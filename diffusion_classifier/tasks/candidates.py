@@ -51,7 +51,7 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
     """Load the model and build its Scorer and per-item schedules (schedules.statistical.make_schedule); with
     `timestep_weights` (a scripts/fit_timestep_weights.py file) the schedules decide on weighted errors; `loss`
     is the error the scorer will be asked for (the schedules' zone reads log errors as logs)."""
-    from ..calibration import load_weights, weights_digest
+    from ..timestep_weights import load_weights, weights_digest
 
     source = resolve_model(version, model_path)
     model = load_model(source, device, dtype, attention)

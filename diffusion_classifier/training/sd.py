@@ -15,11 +15,12 @@ from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, training_objective
 
 # Committed settings per training data. `channels`: the UNet's block_out_channels, one level per entry, every
 # level a DownBlock2D but the last, a CrossAttnDownBlock2D (the 28x28 model stays at >= 500 evaluations/s on two
-# CPU cores: 16 channels at full resolution, cross-attention at the lowest).
+# CPU cores: 16 channels at full resolution, cross-attention at the lowest). On Fashion-MNIST, 12,000 steps of 128
+# take 93 minutes at two threads (the first release's 3,000 steps reached a loss of 0.0285; 12,000 reach 0.0226).
 DEFAULTS = dict(steps=2000, batch=64, lr=1e-3, beta_schedule="scaled_linear", channels=(32, 64))
 DATA_DEFAULTS = {
     "digits": DEFAULTS,
-    "fashion_mnist": dict(steps=3000, batch=128, lr=1e-3, beta_schedule="scaled_linear", channels=(16, 32, 64, 64)),
+    "fashion_mnist": dict(steps=12000, batch=128, lr=1e-3, beta_schedule="scaled_linear", channels=(16, 32, 64, 64)),
     "fashion_pairs": dict(steps=3000, batch=128, lr=1e-3, beta_schedule="scaled_linear", channels=(16, 32, 64, 64)),
 }
 ARCH = ("channels",)

@@ -1,0 +1,132 @@
+"""Do learned timestep weights help fashion-dit? Fitted on held-out train images, confirmed on test images.
+
+  run      the full evaluation (every class at the 200 stratified timesteps, l1) of PER_CLASS held-out train images
+           of every class (fashion-dit's heldout_train.json; fashion_eval.py's `heldout` records, resumable);
+  fit      polynomial log-weights (timestep_weights.fit_weights) fitted on all of those records, with their
+           temperature, written to benchmarks/cache/headline/dit_weights.json (kept once written: its digest names
+           the confirm run's folder);
+  confirm  the headline schedule of fashion_headline.py with `--timestep_weights` that file on its test images
+           (records under benchmarks/cache/headline/dit_test_poly; resumable, and a stopped run is reported on
+           the images it has scored);
+  report   benchmarks/results/dit_weights.json: on the held-out images, uniform against 'poly' and 'bins' weights
+           fitted on one half and scored on the other, both ways (full evaluation and the anytime rule of --delta
+           0.05 replayed on the same records); on test, the weighted headline run against fashion_headline.py's
+           uniform one on the images both scored (images gained and lost, exact McNemar p).
+
+    python benchmarks/dit_weights.py run --per_class 20
+    python benchmarks/dit_weights.py fit
+    python benchmarks/dit_weights.py confirm
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from fashion_eval import main as fashion_eval
+from fashion_headline import HEADLINE, HERE, run_folder, score
+from flow_scoring import cross_validated, evaluate
+from lib import RESULTS, HelpFormatter
+from lib.fashion import run_folders, stratified_subset
+from lib.results import write_result
+
+from diffusion_classifier.calibration import load_record_scores
+from diffusion_classifier.timestep_weights import fit_temperature, fit_weights, load_full_errors
+
+OUT = RESULTS / "dit_weights.json"
+WEIGHTS = HERE / "dit_weights.json"
+PART = "test_poly"
+
+
+def held_out_errors():
+    folder = run_folders("dit").get("heldout")
+    if folder is None:
+        raise SystemExit("no held-out full evaluation of fashion-dit yet: run `python benchmarks/dit_weights.py run`")
+    return folder, load_full_errors(folder)
+
+
+def fit() -> None:
+    if WEIGHTS.is_file():  # its digest names the confirm run's folder: refitting starts that run again
+        print(f"{WEIGHTS} exists (the confirm run's weights); delete it to fit again")
+        return
+    folder, fe = held_out_errors()
+    every = range(len(fe.labels))
+    w = fit_weights(fe, every, "poly")
+    w.temperature = fit_temperature(fe, w, every)
+    w.info = {**(w.info or {}), "fitted_on": folder.name, "images": len(fe.labels)}
+    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    w.save(WEIGHTS)
+    print(f"poly weights fitted on {len(fe.labels)} held-out images -> {WEIGHTS}; w(t) at t = 0, 100, ..., 900: "
+          f"{[round(float(v), 2) for v in w.weights[::100]]}")
+
+
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p of `gained` against `lost` discordant images."""
+    n, k = gained + lost, min(gained, lost)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+
+
+def test_comparison() -> dict | None:
+    uniform, weighted = run_folder("dit", "test"), run_folder("dit", PART)
+    if uniform is None or weighted is None:
+        return None
+    u, w = load_record_scores(uniform), load_record_scores(weighted)
+    both = sorted(set(u.indices) & set(w.indices))
+    u, w = u.select(both), w.select(both)
+    ru, rw = u.preds == u.labels, w.preds == w.labels
+    gained, lost = int((rw & ~ru).sum()), int((~rw & ru).sum())
+    return {"images": len(both), "uniform_top1": 100.0 * float(ru.double().mean()),
+            "uniform_evals_per_image": float(u.evaluations.double().mean()),
+            "weighted_top1": 100.0 * float(rw.double().mean()),
+            "weighted_evals_per_image": float(w.evaluations.double().mean()),
+            "gained": gained, "lost": lost, "mcnemar_p": mcnemar_p(gained, lost)}
+
+
+def report() -> None:
+    folder, fe = held_out_errors()
+    base, right = evaluate(fe, None, range(len(fe.labels)))
+    rows = {"uniform": base}
+    for kind in ("poly", "bins"):
+        row, r = cross_validated(fe, kind)
+        rows[f"{kind} (2-fold cross-validated)"] = {**row, "gained": int((r & ~right).sum()), "lost": int((~r & right).sum())}
+    out = {"model": "fashion-dit", "heldout_folder": folder.name, "heldout_images": len(fe.labels), "heldout": rows,
+           "test": test_comparison()}
+    print(f"fashion-dit, {len(fe.labels)} held-out train images (full evaluation, l1; anytime --delta 0.05 replayed)")
+    for name, r in rows.items():
+        print(f"  {name:28s} full {r['full_top1']:5.1f}%  anytime {r['anytime_top1']:5.1f}% at "
+              f"{r['anytime_evals_per_image']:5.1f}" + (f"  (+{r['gained']} / -{r['lost']})" if "gained" in r else ""))
+    t = out["test"]
+    if t:
+        print(f"test, headline schedule, {t['images']} images: uniform {t['uniform_top1']:.1f}% at "
+              f"{t['uniform_evals_per_image']:.0f}, poly weights {t['weighted_top1']:.1f}% at "
+              f"{t['weighted_evals_per_image']:.0f} ({t['gained']} gained, {t['lost']} lost, p = {t['mcnemar_p']:.3g})")
+    write_result(OUT, out, "benchmarks/dit_weights.py")
+    print(f"wrote {OUT}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("action", choices=["run", "fit", "confirm", "report"])
+    p.add_argument("--per_class", type=int, default=20, help="run: held-out train images per class")
+    p.add_argument("--test_per_class", type=int, default=100, help="confirm: test images per class (the headline's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the runs")
+    p.add_argument("--threads", type=int, default=2, help="run: CPU threads")
+    args = p.parse_args(argv)
+    if args.action == "run":
+        fashion_eval(["run", "--models", "dit", "--schedules", "heldout", "--heldout_per_class", str(args.per_class),
+                      "--threads", str(args.threads), "--seed", str(args.seed)])
+    elif args.action == "fit":
+        fit()
+    elif args.action == "confirm":
+        if not WEIGHTS.is_file():
+            raise SystemExit(f"no {WEIGHTS}: run `python benchmarks/dit_weights.py fit` first")
+        score("dit", PART, HEADLINE + ["--timestep_weights", str(WEIGHTS)], "test",
+              stratified_subset(args.test_per_class), args.seed)
+    if args.action != "fit":
+        report()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main()
