@@ -119,23 +119,19 @@ def model_digest(version: str) -> str:
 
 
 def make_evaluator(version: str, images, prompts: list[str], max_samples: int):
-    """evaluate(jobs) over the images and candidates with the noise bank of DiffusionClassifier.evaluator
-    (max_samples draws, seed 0), l2: the prompts for a text-to-image model, class labels 0..len(prompts)-1 for a
-    class-conditional DiT (its folder has no text encoder)."""
-    from diffusion_classifier.classifier import DiffusionClassifier, preprocess
+    """evaluate(jobs) over the images and candidates (the prompts, or a DiT's class labels: lib.scoring) with the
+    noise bank of DiffusionClassifier.evaluator (max_samples draws, seed 0), l2."""
+    from diffusion_classifier.classifier import preprocess
     from diffusion_classifier.engine import Scorer
-    from diffusion_classifier.families.dit import load_class_conditional
     from diffusion_classifier.noise import make_noise
 
-    source = model_source(version)
-    if (source / "text_encoder").is_dir():
-        return DiffusionClassifier.from_pretrained(version, batch_size=256).evaluator(images, prompts, max_samples)
-    model = load_class_conditional(str(source))
+    from lib.scoring import model_and_conditions
+
+    model, conds = model_and_conditions(model_source(version), prompts)
     latents = model.encode_images(preprocess(images, model.native_size))
     shape = tuple(latents.shape[1:])
     scorer = Scorer(model.denoiser, model.make_objective(shape), make_noise(max_samples, shape, 0), model.device,
                     model.dtype, 256)
-    conds = torch.arange(len(prompts))
     return lambda jobs: scorer.evaluate(latents, conds, jobs, "l2")
 
 
@@ -146,7 +142,8 @@ def run_set(name: str, limit: int | None = None) -> dict:
     images, labels = images[:limit], labels[:limit]
     evaluate = make_evaluator(version, images, prompts, max_samples)
     key = f"{version}|{model_digest(version)}|{name}|{len(images)}|{len(prompts)}|{max_samples}|l2"
-    lazy = LazyErrors(evaluate, len(images), len(prompts), max_samples, CACHE / "default_rule" / f"{name}.pt", key)
+    table = CACHE / "default_rule" / (f"{name}.pt" if limit is None else f"{name}_first{limit}.pt")  # a quick check
+    lazy = LazyErrors(evaluate, len(images), len(prompts), max_samples, table, key)  # keeps the full table
     rows = []
     current_preds = None
     for r in [CURRENT] + [r for r in rules() if r != CURRENT]:

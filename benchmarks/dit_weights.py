@@ -20,16 +20,15 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
-from fashion_eval import main as fashion_eval
-from fashion_headline import HEADLINE, HERE, run_folder, score
-from flow_scoring import cross_validated, evaluate
 from lib import RESULTS, HelpFormatter
-from lib.fashion import run_folders, stratified_subset
+from lib.fashion import log_dir, run_folders, score_heldout_full, stratified_subset
+from lib.headline import HEADLINE, HERE, run_folder, score
+from lib.replay import cross_validated, evaluate
 from lib.results import write_result
+from lib.scoring import compare_runs
 
 from diffusion_classifier.calibration import load_record_scores
 from diffusion_classifier.timestep_weights import fit_temperature, fit_weights, load_full_errors
@@ -61,26 +60,11 @@ def fit() -> None:
           f"{[round(float(v), 2) for v in w.weights[::100]]}")
 
 
-def mcnemar_p(gained: int, lost: int) -> float:
-    """Two-sided exact McNemar p of `gained` against `lost` discordant images."""
-    n, k = gained + lost, min(gained, lost)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-
-
 def test_comparison() -> dict | None:
     uniform, weighted = run_folder("dit", "test"), run_folder("dit", PART)
     if uniform is None or weighted is None:
         return None
-    u, w = load_record_scores(uniform), load_record_scores(weighted)
-    both = sorted(set(u.indices) & set(w.indices))
-    u, w = u.select(both), w.select(both)
-    ru, rw = u.preds == u.labels, w.preds == w.labels
-    gained, lost = int((rw & ~ru).sum()), int((~rw & ru).sum())
-    return {"images": len(both), "uniform_top1": 100.0 * float(ru.double().mean()),
-            "uniform_evals_per_image": float(u.evaluations.double().mean()),
-            "weighted_top1": 100.0 * float(rw.double().mean()),
-            "weighted_evals_per_image": float(w.evaluations.double().mean()),
-            "gained": gained, "lost": lost, "mcnemar_p": mcnemar_p(gained, lost)}
+    return compare_runs(("uniform", load_record_scores(uniform)), ("weighted", load_record_scores(weighted)))
 
 
 def report() -> None:
@@ -98,9 +82,10 @@ def report() -> None:
               f"{r['anytime_evals_per_image']:5.1f}" + (f"  (+{r['gained']} / -{r['lost']})" if "gained" in r else ""))
     t = out["test"]
     if t:
-        print(f"test, headline schedule, {t['images']} images: uniform {t['uniform_top1']:.1f}% at "
-              f"{t['uniform_evals_per_image']:.0f}, poly weights {t['weighted_top1']:.1f}% at "
-              f"{t['weighted_evals_per_image']:.0f} ({t['gained']} gained, {t['lost']} lost, p = {t['mcnemar_p']:.3g})")
+        u, w = t["uniform"], t["weighted"]
+        print(f"test, headline schedule, {t['images']} images: uniform {u['top1']:.1f}% at "
+              f"{u['evaluations_per_image']:.0f}, poly weights {w['top1']:.1f}% at {w['evaluations_per_image']:.0f} "
+              f"({t['gained']} gained, {t['lost']} lost, p = {t['mcnemar_p']:.3g})")
     write_result(OUT, out, "benchmarks/dit_weights.py")
     print(f"wrote {OUT}")
 
@@ -114,8 +99,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2, help="run: CPU threads")
     args = p.parse_args(argv)
     if args.action == "run":
-        fashion_eval(["run", "--models", "dit", "--schedules", "heldout", "--heldout_per_class", str(args.per_class),
-                      "--threads", str(args.threads), "--seed", str(args.seed)])
+        torch.set_num_threads(args.threads)
+        score_heldout_full("dit", args.per_class, args.seed, log_dir("dit", "heldout"))
     elif args.action == "fit":
         fit()
     elif args.action == "confirm":

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import RESULTS, ROOT, HelpFormatter, entry_script
-from lib.fashion import (CACHE, FLOW_VARIANTS, MODELS, MODELS_DIR, N_FULL, folder_stats, heldout_subset, log_dir,
+from lib import RESULTS, HelpFormatter, entry_script
+from lib.fashion import (CACHE, FLOW_VARIANTS, FULL, MODELS, MODELS_DIR, N_FULL, common_flags, folder_stats, heldout_subset, log_dir,
                          report_whole, run_folders, stratified_subset)
 from lib.replay import replay, schedules  # the same 200-timestep full evaluation and replays as digits_c
 from lib.results import write_result
@@ -42,20 +42,8 @@ from diffusion_classifier.timestep_weights import (TimestepWeights, fit_and_repo
                                                    predictions, probabilities)
 from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
 
-LOSS = "l1"  # the paper's CIFAR-10 setting
 REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500"]
-FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL), "--min_samples", str(N_FULL)]
 EPSILONS = (0.0025, 0.005, 0.01, 0.02)  # the indifference zones tried on the held-out train images
-
-
-def common_flags(model: str, seed: int) -> list[str]:
-    """The flags every run of a --models name shares: its folder, the data, the loss, the noise seed, the CPU."""
-    entry, folder = MODELS[model]
-    common = ["--model", str(MODELS_DIR / folder), "--dataset", "fashion_mnist", "--loss", LOSS, "--seed", str(seed),
-              "--device", "cpu", "--no_progress"]
-    if entry == "eval_prob_adaptive":
-        common += ["--prompt_path", str(ROOT / "prompts" / "fashion_mnist_prompts.csv")]
-    return common
 
 
 def run(models, per_class: int, which, seed: int, heldout_per_class: int = 20) -> None:

@@ -28,50 +28,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-import numpy as np
-
-from lib import CACHE, RESULTS, ROOT, HelpFormatter, entry_script
-from lib.fashion import MODELS, MODELS_DIR, heldout_picks, stratified_subset
+from lib import RESULTS, ROOT, HelpFormatter, entry_script
+from lib.fashion import LOSS, MODELS, MODELS_DIR, heldout_picks, stratified_subset
+from lib.headline import HEADLINE, REFERENCE, run_folder, score
 from lib.results import write_result
+from lib.scoring import compare_runs
 
 from diffusion_classifier.calibration import (UNCALIBRATED_TEMPERATURE, RecordScores, load_record_scores,
                                               plot_reliability, shipped_temperature, summary)
-from diffusion_classifier.records import read_manifest_settings
+from diffusion_classifier.records import accuracy_summary, read_manifest_settings
 from diffusion_classifier.training.common import HELDOUT_FILE
 
-HERE = CACHE / "headline"
-LOSS = "l1"  # the paper's CIFAR-10 setting
-REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500", "--loss", LOSS]
-HEADLINE = REFERENCE + ["--schedule", "statistical", "--delta", "0.05"]
 OUT = RESULTS / "fashion_headline.json"
 SPACES = {"eps": "ε-space (ε̂ = x_t + (1-σ)v̂ against ε, the flow default)",
           "native": "velocity space (v̂ against ε - x0, `--error_space native`)"}  # flow models' error spaces
 TEST_SIZE = 10_000
-
-
-def run_folder(model: str, part: str) -> Path | None:
-    """The run folder of a model's records: part heldout or test (headline schedule) or reference (None before any)."""
-    base = HERE / f"{model}_{'test' if part == 'reference' else part}" / "fashion_mnist"
-    found = [f for f in sorted(base.glob("*")) if ("_stat_" in f.name) != (part == "reference")] if base.is_dir() else []
-    return found[0] if found else None
-
-
-def score(model: str, part: str, flags: list[str], split: str, subset: list[int] | None, seed: int) -> None:
-    """Run the model's entry script with `flags` on `subset` of `split` (None: all of it), into HERE/<model>_<part>."""
-    entry, folder = MODELS[model]
-    args = ["--model", str(MODELS_DIR / folder), "--dataset", "fashion_mnist", "--seed", str(seed), "--device", "cpu",
-            "--no_progress", "--split", split, "--log_dir", str(HERE / f"{model}_{part}"), *flags]
-    if entry == "eval_prob_adaptive":
-        args += ["--prompt_path", str(ROOT / "prompts" / "fashion_mnist_prompts.csv")]
-    if subset is not None:
-        HERE.mkdir(parents=True, exist_ok=True)
-        path = HERE / f"{model}_{part}_{split}_{len(subset)}.npy"
-        np.save(path, np.sort(np.array(subset)))
-        args += ["--subset_path", str(path)]
-    out = entry_script(entry).main(args)
-    print(f"{model} {part}: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
 
 
 def run(models, per_class: int, seed: int) -> None:
@@ -86,21 +58,12 @@ def run(models, per_class: int, seed: int) -> None:
 
 def versus_reference(model: str, head: RecordScores | None) -> dict | None:
     """The reference's command against the headline schedule's test records `head` on the same test images (those
-    the reference scored)."""
+    the reference scored); 'lost': right with the reference's command only."""
     ref_folder = run_folder(model, "reference")
     if ref_folder is None or head is None:
         return None
-    ref = load_record_scores(ref_folder)
-    both = sorted(set(ref.indices) & set(head.indices))
-    ref, head = ref.select(both), head.select(both)
-    ok_ref, ok_head = ref.preds == ref.labels, head.preds == head.labels
-    out = {"images": len(both)}
-    for name, rs, ok in (("reference", ref, ok_ref), ("headline", head, ok_head)):
-        out[name] = {"top1": 100.0 * float(ok.double().mean()), "correct": int(ok.sum()),
-                     "evaluations_per_image": float(rs.evaluations.double().mean())}
+    out = compare_runs(("reference", load_record_scores(ref_folder)), ("headline", head))
     out["fewer_evaluations"] = out["reference"]["evaluations_per_image"] / out["headline"]["evaluations_per_image"]
-    out["lost"] = int((ok_ref & ~ok_head).sum())  # right with the reference's command, wrong with the headline
-    out["gained"] = int((~ok_ref & ok_head).sum())
     return out
 
 
@@ -184,11 +147,10 @@ def report(n_boot: int, cards: bool = False) -> None:
             row["error_space"] = settings.get("error_space")
         if len(all_test.indices) == TEST_SIZE:
             whole = summary(all_test, tau, n_boot)
-            y = all_test.labels
             row["whole_test_split"] = {k: whole[k] for k in ("n", "top1", "evaluations_per_image", "nll", "nll_interval",
                                                              "ece", "ece_interval")}
-            row["whole_test_split"]["per_class_top1"] = [100.0 * float((all_test.preds[y == c] == c).double().mean())
-                                                         for c in range(int(y.max()) + 1)]
+            per_class = accuracy_summary(all_test.preds.tolist(), all_test.labels.tolist())["per_class"]
+            row["whole_test_split"]["per_class_top1"] = list(per_class.values())  # in label order
         rows[folder] = row
         if cards:
             write_card(m, row)

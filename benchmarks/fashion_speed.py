@@ -17,6 +17,7 @@ import torch
 
 from lib import RESULTS, HelpFormatter
 from lib.results import write_result
+from lib.scoring import model_and_conditions
 
 from diffusion_classifier.engine import Jobs, Scorer
 from diffusion_classifier.noise import make_noise
@@ -35,12 +36,8 @@ def build(kind: str, out: Path) -> Path:
     return folder
 
 
-def evaluations_per_second(folder: Path, kind: str, batch: int, repeats: int) -> float:
-    from diffusion_classifier.families.dit import load_class_conditional
-    from diffusion_classifier.families import load_model
-
-    model = load_class_conditional(str(folder)) if kind == "dit" else load_model(str(folder))
-    conds = torch.arange(10) if kind == "dit" else model.encode_prompts([f"a {w}" for w in "abcdefghij"])
+def evaluations_per_second(folder: Path, batch: int, repeats: int) -> float:
+    model, conds = model_and_conditions(folder, [f"a {w}" for w in "abcdefghij"])  # a DiT: class labels 0..9
     shape = model.latent_shape(model.native_size)
     scorer = Scorer(model.denoiser, model.make_objective(shape), make_noise(batch, shape, 0), "cpu", torch.float32, batch)
     x = torch.randn(1, *shape)
@@ -67,7 +64,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             folder = build(kind, Path(tmp))
-            rate = evaluations_per_second(folder, kind, args.batch, args.repeats)
+            rate = evaluations_per_second(folder, args.batch, args.repeats)
             params = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
             results[folder.name] = {"evaluations_per_s": rate, "safetensors_bytes": params, "threads": args.threads,
                                     "batch": args.batch, "dtype": "float32"}

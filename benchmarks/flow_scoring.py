@@ -28,41 +28,23 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
 
-from fashion_eval import FULL, common_flags
-from fashion_headline import HEADLINE, run_folder, score
-from lib import RESULTS, HelpFormatter, entry_script
-from lib.fashion import CACHE, MODELS, MODELS_DIR, heldout_subset, log_dir, stratified_subset
-from lib.replay import N_TIMESTEPS, replay
+from lib import RESULTS, HelpFormatter
+from lib.fashion import LOSS, MODELS, MODELS_DIR, log_dir, score_heldout_full, stratified_subset
+from lib.headline import HEADLINE, run_folder, score
+from lib.replay import DELTA, N_TIMESTEPS, cross_validated, evaluate
 from lib.results import write_result
+from lib.scoring import compare_runs
 
-from diffusion_classifier.calibration import load_record_scores, nll
+from diffusion_classifier.calibration import load_record_scores
 from diffusion_classifier.objectives import FLOW_ERROR_DEFAULT, FlowObjective, flow_sigmas
 from diffusion_classifier.records import read_manifest_settings
-from diffusion_classifier.schedules.statistical import rule_settings, statistical_classify
-from diffusion_classifier.timestep_weights import (TimestepWeights, fit_temperature, fit_weights, load_full_errors,
-                                                   predictions, probabilities, split_indices)
+from diffusion_classifier.timestep_weights import load_full_errors
 
 OUT = RESULTS / "flow_scoring.json"
-LOSS = "l1"  # fashion_eval.py's held-out records and the headline schedule
-DELTA = 0.05
 SHIFTS = (3.0, 1 / 3)  # SD3's training shift; its mirror image, which samples low σ densely
 HELD = log_dir("flow", "velocity_heldout")
-
-
-def run_heldout(per_class: int, seed: int) -> None:
-    """The full evaluation in velocity space of per_class held-out train images of every class (resumes)."""
-    idx, unseen = heldout_subset("flow", per_class)
-    if not unseen:
-        raise SystemExit("fashion-flow has no heldout_train.json: its variants must be chosen on images it never saw")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    subset = CACHE / f"heldout_flow_{per_class}.npy"
-    np.save(subset, np.array(idx))
-    out = entry_script("eval_prob_adaptive").main(common_flags("flow", seed) + FULL + [
-        "--split", "train", "--subset_path", str(subset), "--log_dir", str(HELD), "--error_space", "native"])
-    print(f"flow held-out, velocity: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
 
 
 def heldout_folder():
@@ -94,40 +76,6 @@ def fixed_variants(sigmas: torch.Tensor) -> dict[str, torch.Tensor | None]:
         out[f"velocity, grid shift {s:.3g}"] = normalized(d)
         out[f"eps, grid shift {s:.3g}"] = normalized(d * eps)
     return out
-
-
-def anytime(ev, n, k, w):
-    """The default rule of --delta on the full evaluation's grid (at most its 200 timesteps per candidate)."""
-    return statistical_classify(ev, n, k, N_TIMESTEPS, delta=DELTA, weights=w, **rule_settings(DELTA))
-
-
-def evaluate(fe, w: torch.Tensor | None, idx) -> tuple[dict, torch.Tensor]:
-    """(full-evaluation top-1, NLL at the fitted temperature and the anytime rule's top-1 and cost; which images the
-    full evaluation gets right) of weights w on images idx of fe."""
-    tw = None if w is None else TimestepWeights(w)
-    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    right = (predictions(fe, tw, idx) == fe.labels[idx])
-    tau = fit_temperature(fe, tw, idx)
-    row = {"full_top1": 100.0 * float(right.double().mean()), "full_nll": nll(probabilities(fe, tw, tau, idx),
-                                                                              fe.labels[idx]), "temperature": tau}
-    any_ = replay(fe, anytime, idx, w)
-    row.update(anytime_top1=any_["accuracy"], anytime_evals_per_image=any_["evals_per_image"])
-    return row, right
-
-
-def cross_validated(fe, kind: str, seed: int = 0) -> tuple[dict, torch.Tensor]:
-    """`kind` weights fitted on one half of the images and scored on the other, both ways: (the row, pooled over the
-    two halves, with both fitted weights; which images the full evaluation gets right)."""
-    a, b = split_indices(len(fe.labels), 0.5, seed)
-    right = torch.zeros(len(fe.labels), dtype=torch.bool)
-    row = {"full_top1": 0.0, "anytime_top1": 0.0, "anytime_evals_per_image": 0.0, "weights_every_100": []}
-    for fit_on, score_on in ((a, b), (b, a)):
-        w = fit_weights(fe, fit_on, kind).weights
-        half, right[score_on] = evaluate(fe, w, score_on)
-        for key in ("full_top1", "anytime_top1", "anytime_evals_per_image"):
-            row[key] += half[key] * len(score_on) / len(fe.labels)
-        row["weights_every_100"].append([round(float(v), 4) for v in w[::100]])
-    return row, right
 
 
 def report() -> None:
@@ -179,16 +127,9 @@ def confirmation() -> dict | None:
     if default_folder is None or other_folder is None:
         return None
     found = {FLOW_ERROR_DEFAULT: load_record_scores(default_folder), other: load_record_scores(other_folder)}
-    both = sorted(set(found["eps"].indices) & set(found["native"].indices))
-    out, right = {"images": len(both), "spaces": {}}, {}
-    for space, rs in found.items():
-        rs = rs.select(both)
-        right[space] = rs.preds == rs.labels
-        out["spaces"][space] = {"top1": 100.0 * float(right[space].double().mean()),
-                                "evaluations_per_image": float(rs.evaluations.double().mean())}
-    out["eps_gained"] = int((right["eps"] & ~right["native"]).sum())
-    out["eps_lost"] = int((~right["eps"] & right["native"]).sum())
-    return out
+    c = compare_runs(("native", found["native"]), ("eps", found["eps"]))
+    return {"images": c["images"], "spaces": {space: c[space] for space in found}, "eps_gained": c["gained"],
+            "eps_lost": c["lost"], "mcnemar_p": c["mcnemar_p"]}
 
 
 def main(argv=None) -> None:
@@ -201,7 +142,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed of the runs")
     args = p.parse_args(argv)
     if args.action == "run":
-        run_heldout(args.per_class, args.seed)
+        score_heldout_full("flow", args.per_class, args.seed, HELD, ["--error_space", "native"])
     elif args.action == "confirm":
         space = args.error_space or ("native" if FLOW_ERROR_DEFAULT == "eps" else "eps")
         score("flow", f"test_{space}", HEADLINE + ["--error_space", space], "test",

@@ -10,7 +10,7 @@ from diffusion_classifier.data.datasets import stratified_indices
 from diffusion_classifier.records import accuracy_summary
 from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
 
-from . import ROOT
+from . import ROOT, entry_script
 from .replay import N_TIMESTEPS
 
 CACHE = ROOT / "benchmarks" / "cache" / "fashion"
@@ -19,6 +19,9 @@ MODELS_DIR = ROOT / "diffusion_classifier" / "tiny_models"
 MODELS = {"sd": ("eval_prob_adaptive", "fashion-sd"), "dit": ("eval_prob_dit", "fashion-dit"),
           "flow": ("eval_prob_adaptive", "fashion-flow")}
 N_FULL = N_TIMESTEPS  # timesteps of the full evaluation
+LOSS = "l1"  # the paper's CIFAR-10 setting, every Fashion-MNIST run's loss
+# a full evaluation: every class at the N_FULL stratified timesteps (noise row k at the k-th)
+FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL), "--min_samples", str(N_FULL)]
 # flow variants of the full evaluation: name -> (flags, the suffix they give the run folder)
 FLOW_VARIANTS = {"velocity": (["--error_space", "native"], "_errnative"),
                  "uniform_sigma": (["--flow_grid", "uniform_sigma"], "_griduniform_sigma")}
@@ -97,3 +100,28 @@ def report_whole() -> dict:
         if subset is not None:
             out[folder.name]["subset_1000"] = folder_stats(folder, subset)
     return out
+
+
+def common_flags(model: str, seed: int) -> list[str]:
+    """The flags every run of a --models name shares: its folder, the data, the loss, the noise seed, the CPU."""
+    entry, folder = MODELS[model]
+    common = ["--model", str(MODELS_DIR / folder), "--dataset", "fashion_mnist", "--loss", LOSS, "--seed", str(seed),
+              "--device", "cpu", "--no_progress"]
+    if entry == "eval_prob_adaptive":
+        common += ["--prompt_path", str(ROOT / "prompts" / "fashion_mnist_prompts.csv")]
+    return common
+
+
+def score_heldout_full(model: str, per_class: int, seed: int, folder: Path, flags=()) -> None:
+    """The full evaluation (FULL, and `flags`) of per_class held-out train images of every class of a --models name,
+    into run folders under `folder` (resumes); stops when the model has no held-out part, since what is fitted on
+    these records must be fitted on images it never saw."""
+    idx, unseen = heldout_subset(model, per_class)
+    if not unseen:
+        raise SystemExit(f"{MODELS[model][1]} has no {HELDOUT_FILE}: what is fitted here needs images it never saw")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subset = CACHE / f"heldout_{model}_{per_class}.npy"
+    np.save(subset, np.array(idx))
+    out = entry_script(MODELS[model][0]).main(common_flags(model, seed) + FULL + [
+        "--split", "train", "--subset_path", str(subset), "--log_dir", str(folder), *flags])
+    print(f"{model} held-out: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)

@@ -1,0 +1,34 @@
+"""The headline schedule's runs of the Fashion-MNIST models (fashion_headline.py, flow_scoring.py, dit_weights.py):
+the reference's CIFAR-10 command and the headline schedule (it with `--schedule statistical --delta 0.05` added),
+run through the entry scripts into benchmarks/cache/headline/<model>_<part>/, one record per image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import CACHE, entry_script
+from .fashion import LOSS, MODELS, common_flags
+
+HERE = CACHE / "headline"
+REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500", "--loss", LOSS]
+HEADLINE = REFERENCE + ["--schedule", "statistical", "--delta", "0.05"]
+
+
+def run_folder(model: str, part: str) -> Path | None:
+    """The run folder of a model's records: part heldout or test (headline schedule) or reference (None before any)."""
+    base = HERE / f"{model}_{'test' if part == 'reference' else part}" / "fashion_mnist"
+    found = [f for f in sorted(base.glob("*")) if ("_stat_" in f.name) != (part == "reference")] if base.is_dir() else []
+    return found[0] if found else None
+
+
+def score(model: str, part: str, flags: list[str], split: str, subset: list[int] | None, seed: int) -> None:
+    """Run the model's entry script with `flags` on `subset` of `split` (None: all of it), into HERE/<model>_<part>."""
+    args = common_flags(model, seed) + ["--split", split, "--log_dir", str(HERE / f"{model}_{part}"), *flags]
+    if subset is not None:
+        HERE.mkdir(parents=True, exist_ok=True)
+        path = HERE / f"{model}_{part}_{split}_{len(subset)}.npy"
+        np.save(path, np.sort(np.array(subset)))
+        args += ["--subset_path", str(path)]
+    out = entry_script(MODELS[model][0]).main(args)
+    print(f"{model} {part}: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
