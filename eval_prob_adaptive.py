@@ -47,7 +47,7 @@ from diffusion_classifier.runs import zero_shot_run
 from diffusion_classifier.schedules.staged import validate_schedule
 from diffusion_classifier.schedules.statistical import make_schedule
 from diffusion_classifier.tasks.classify import run_dataset
-from diffusion_classifier.timestep_weights import load_weights, weights_digest
+from diffusion_classifier.weighting import resolve_weights
 
 ROOT = Path(__file__).resolve().parent
 
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
 
     transform.transform = sd_transform(img_size, args.interpolation)
 
-    tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
+    tw, tw_digest = resolve_weights(args.timestep_weights, source, model.T, args.loss)
     classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
                                      weights=tw.weights if tw else None, loss=args.loss, **statistical_options(args))
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
         interpolation=args.interpolation, noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
         subset=str(args.subset_path) if args.subset_path else None, corruption=args.corruption, severity=args.severity,
         schedule=args.schedule, **statistical_options(args),
-        timestep_weights=weights_digest(args.timestep_weights) if tw else None, objective=objective,
+        timestep_weights=tw_digest, objective=objective,
         error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
         extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     folder = run.folder(args.log_dir)

@@ -59,7 +59,7 @@ from diffusion_classifier.tasks.per_class import (
     schedule_from_alphas_cumprod,
     summary_line,
 )
-from diffusion_classifier.timestep_weights import load_weights, weights_digest
+from diffusion_classifier.weighting import resolve_weights
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
         timesteps = interval_timesteps(args.t_interval, model.T)
         n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
     else:
-        tw = load_weights(args.timestep_weights, model.T) if args.timestep_weights else None
+        tw, tw_digest = resolve_weights(args.timestep_weights, source, model.T, args.loss)
         classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
                                          weights=tw.weights if tw else None, loss=args.loss,
                                          **statistical_options(args))
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
     run = class_adaptive_run(**common, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
                              schedule=args.schedule, **statistical_options(args),
                              null_normalize=args.null_normalize, classes=classes,
-                             timestep_weights=weights_digest(args.timestep_weights) if args.timestep_weights else None)
+                             timestep_weights=tw_digest)
     folder = run.folder(args.log_dir)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
     claim_run_folder(folder, run.manifest, info, state, numerics)

@@ -3,11 +3,11 @@
   run      the full evaluation (every class at the 200 stratified timesteps, l1) of PER_CLASS held-out train images
            of every class (fashion-dit's heldout_train.json; fashion_eval.py's `heldout` records, resumable);
   fit      polynomial log-weights (timestep_weights.fit_weights) fitted on all of those records, with their
-           temperature, written to benchmarks/cache/headline/dit_weights.json (kept once written: its digest names
-           the confirm run's folder);
-  confirm  the headline schedule of fashion_headline.py with `--timestep_weights` that file on its test images
-           (records under benchmarks/cache/headline/dit_test_poly; resumable, and a stopped run is reported on
-           the images it has scored);
+           temperature, shipped as fashion-dit's timestep_weights.json for --loss l1 (kept once written: its digest
+           names the runs that use it), which its runs apply by default;
+  confirm  the headline schedule of fashion_headline.py on its test images with those weights (the default) and
+           with `--timestep_weights none` (records under benchmarks/cache/headline/dit_test; resumable, and a
+           stopped run is reported on the images both have scored);
   report   benchmarks/results/dit_weights.json: on the held-out images, uniform against 'poly' and 'bins' weights
            fitted on one half and scored on the other, both ways (full evaluation and the anytime rule of --delta
            0.05 replayed on the same records); on test, the weighted headline run against fashion_headline.py's
@@ -24,18 +24,18 @@ import argparse
 import torch
 
 from lib import RESULTS, HelpFormatter
-from lib.fashion import log_dir, run_folders, score_heldout_full, stratified_subset
-from lib.headline import HEADLINE, HERE, run_folder, score
+from lib.fashion import LOSS, MODELS, MODELS_DIR, log_dir, run_folders, score_heldout_full, stratified_subset
+from lib.headline import HEADLINE, run_folder, score
 from lib.replay import cross_validated, evaluate
 from lib.results import write_result
 from lib.scoring import compare_runs
 
 from diffusion_classifier.calibration import load_record_scores
 from diffusion_classifier.timestep_weights import fit_temperature, fit_weights, load_full_errors
+from diffusion_classifier.weighting import NO_WEIGHTS, SHIPPED_FILE
 
 OUT = RESULTS / "dit_weights.json"
-WEIGHTS = HERE / "dit_weights.json"
-PART = "test_poly"
+WEIGHTS = MODELS_DIR / MODELS["dit"][1] / SHIPPED_FILE
 
 
 def held_out_errors():
@@ -46,22 +46,24 @@ def held_out_errors():
 
 
 def fit() -> None:
-    if WEIGHTS.is_file():  # its digest names the confirm run's folder: refitting starts that run again
-        print(f"{WEIGHTS} exists (the confirm run's weights); delete it to fit again")
+    if WEIGHTS.is_file():  # its digest names the runs that use it: refitting starts them again
+        print(f"{WEIGHTS} exists (the shipped weights); delete it to fit again")
         return
     folder, fe = held_out_errors()
     every = range(len(fe.labels))
     w = fit_weights(fe, every, "poly")
     w.temperature = fit_temperature(fe, w, every)
-    w.info = {**(w.info or {}), "fitted_on": folder.name, "images": len(fe.labels)}
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    w.loss = LOSS
+    w.info = {**(w.info or {}), "images": len(fe.labels),
+              "fitted_on": f"{len(fe.labels)} of fashion-dit's held-out train images (never trained on), every class at "
+                           f"{len(fe.t)} stratified timesteps, --loss {LOSS}: python benchmarks/dit_weights.py run, fit"}
     w.save(WEIGHTS)
     print(f"poly weights fitted on {len(fe.labels)} held-out images -> {WEIGHTS}; w(t) at t = 0, 100, ..., 900: "
           f"{[round(float(v), 2) for v in w.weights[::100]]}")
 
 
 def test_comparison() -> dict | None:
-    uniform, weighted = run_folder("dit", "test"), run_folder("dit", PART)
+    uniform, weighted = run_folder("dit", "test", None), run_folder("dit", "test")
     if uniform is None or weighted is None:
         return None
     return compare_runs(("uniform", load_record_scores(uniform)), ("weighted", load_record_scores(weighted)))
@@ -106,8 +108,9 @@ def main(argv=None) -> None:
     elif args.action == "confirm":
         if not WEIGHTS.is_file():
             raise SystemExit(f"no {WEIGHTS}: run `python benchmarks/dit_weights.py fit` first")
-        score("dit", PART, HEADLINE + ["--timestep_weights", str(WEIGHTS)], "test",
-              stratified_subset(args.test_per_class), args.seed)
+        subset = stratified_subset(args.test_per_class)
+        score("dit", "test", HEADLINE + ["--timestep_weights", NO_WEIGHTS], "test", subset, args.seed)
+        score("dit", "test", HEADLINE, "test", subset, args.seed)
     if args.action != "fit":
         report()
 

@@ -38,8 +38,9 @@ from lib.results import write_result
 
 from diffusion_classifier.calibration import expected_calibration_error, nll
 from diffusion_classifier.schedules.statistical import statistical_classify
-from diffusion_classifier.timestep_weights import (TimestepWeights, fit_and_report, fit_temperature, load_full_errors,
-                                                   predictions, probabilities)
+from diffusion_classifier.timestep_weights import (fit_and_report, fit_temperature, load_full_errors, predictions,
+                                                   probabilities)
+from diffusion_classifier.weighting import TimestepWeights
 from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
 
 REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500"]

@@ -9,6 +9,8 @@ action resumes (one record per image under benchmarks/cache/headline/<model>_<pa
              PER_CLASS stratified test images of every class (seed 0); then the temperature is fitted on the
              held-out records (scripts/calibrate.py) and written into the model folder's calibration.json, where
              DiffusionClassifier and print_acc.py --probs find it;
+  calibrate  the held-out half of `run` only: PER_CLASS held-out train images of every class (a larger PER_CLASS
+             adds images to the same records), then the temperature fitted on all of them;
   test       the headline schedule on the PER_CLASS test images only (no held-out images, no calibration);
   reference  the reference's command itself on REFERENCE_PER_CLASS test images of every class (a subset of the
              run's test images: the same seeded permutations), for the saving and the images lost;
@@ -19,6 +21,7 @@ action resumes (one record per image under benchmarks/cache/headline/<model>_<pa
              whole split when it is complete.
 
     python benchmarks/fashion_headline.py run --models dit --per_class 100
+    python benchmarks/fashion_headline.py calibrate --models dit --per_class 300
     python benchmarks/fashion_headline.py test --models sd --per_class 10
     python benchmarks/fashion_headline.py reference --models sd --reference_per_class 10
     python benchmarks/fashion_headline.py whole --models sd
@@ -46,14 +49,20 @@ SPACES = {"eps": "ε-space (ε̂ = x_t + (1-σ)v̂ against ε, the flow default)
 TEST_SIZE = 10_000
 
 
+def calibrate(model: str, per_class: int, seed: int) -> None:
+    """The headline schedule on per_class held-out train images of every class, then its temperature fitted on all
+    the held-out records and written into the model folder's calibration.json."""
+    held, unseen = heldout_picks(MODELS[model][1], per_class)
+    if not unseen:
+        print(f"{model}: no heldout_train.json; fitting on train images it was trained on", flush=True)
+    score(model, "heldout", HEADLINE, "train", held.tolist(), seed)
+    entry_script("scripts/calibrate").main([str(run_folder(model, "heldout"))])
+
+
 def run(models, per_class: int, seed: int) -> None:
     for m in models:
-        held, unseen = heldout_picks(MODELS[m][1], per_class)
-        if not unseen:
-            print(f"{m}: no heldout_train.json; fitting on train images it was trained on", flush=True)
-        score(m, "heldout", HEADLINE, "train", held.tolist(), seed)
         score(m, "test", HEADLINE, "test", stratified_subset(per_class), seed)
-        entry_script("scripts/calibrate").main([str(run_folder(m, "heldout"))])
+        calibrate(m, per_class, seed)
 
 
 def versus_reference(model: str, head: RecordScores | None) -> dict | None:
@@ -85,6 +94,11 @@ def measured_text(row: dict) -> str:
         lines.append(f"| the whole test split ({w['n']:,}) | {w['top1']:.2f}% | {w['evaluations_per_image']:.0f} | "
                      f"{w['ece']:.2f}% ({w['ece_interval'][0]:.2f}-{w['ece_interval'][1]:.2f}) | {w['nll']:.3f} "
                      f"({w['nll_interval'][0]:.3f}-{w['nll_interval'][1]:.3f}) |")
+    if row.get("timestep_weights"):
+        lines += ["", "Scores use the timestep weights shipped in `timestep_weights.json` (fitted on held-out train images "
+                  "it never trained on; its `info` says how), which its runs with --loss "
+                  "l1 apply by default (`--timestep_weights none`: plain means); the temperature below was fitted on "
+                  "scores weighted the same way."]
     seen = "held-out train images it never trained on" if row["heldout_unseen_in_training"] else \
         "train images (seen in training: the model has no held-out part)"
     lines += ["", f"Probabilities use the temperature {row['temperature']:.4g} shipped in `calibration.json` (--loss l1), "
@@ -128,7 +142,7 @@ def report(n_boot: int, cards: bool = False) -> None:
             rows[folder] = {"versus_reference": vs}
             print(f"{folder}:\n{versus_line(vs)}")
         settings = {} if test is None else read_manifest_settings(test)
-        tau = shipped_temperature(MODELS_DIR / folder, LOSS, settings.get("error_space"))
+        tau = shipped_temperature(MODELS_DIR / folder, LOSS, settings.get("error_space"), settings.get("timestep_weights"))
         if held is None or test is None or tau is None:
             print(f"{m}: no held-out and test records, or no temperature: no calibration rows")
             continue
@@ -145,6 +159,8 @@ def report(n_boot: int, cards: bool = False) -> None:
                "folders": {"heldout": str(held.relative_to(ROOT)), "test": str(test.relative_to(ROOT))}}
         if settings.get("objective") == "flow":
             row["error_space"] = settings.get("error_space")
+        if settings.get("timestep_weights"):
+            row["timestep_weights"] = settings["timestep_weights"]  # the digest of the shipped weights file
         if len(all_test.indices) == TEST_SIZE:
             whole = summary(all_test, tau, n_boot)
             row["whole_test_split"] = {k: whole[k] for k in ("n", "top1", "evaluations_per_image", "nll", "nll_interval",
@@ -178,9 +194,9 @@ def report(n_boot: int, cards: bool = False) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("action", choices=["run", "test", "reference", "whole", "report"])
+    p.add_argument("action", choices=["run", "calibrate", "test", "reference", "whole", "report"])
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--per_class", type=int, default=100, help="run: held-out and test images per class")
+    p.add_argument("--per_class", type=int, default=100, help="run: held-out and test images per class; calibrate: held-out images per class")
     p.add_argument("--reference_per_class", type=int, default=10, help="reference: test images per class")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the runs")
     p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples of the intervals")
@@ -189,6 +205,8 @@ def main(argv=None) -> None:
     for m in args.models if args.action != "report" else []:
         if args.action == "run":
             run([m], args.per_class, args.seed)
+        elif args.action == "calibrate":
+            calibrate(m, args.per_class, args.seed)
         elif args.action == "test":
             score(m, "test", HEADLINE, "test", stratified_subset(args.per_class), args.seed)
         elif args.action == "reference":

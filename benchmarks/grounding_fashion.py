@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 from pathlib import Path
 
 import torch
 
-from lib import CACHE, RESULTS, ROOT, HelpFormatter, entry_script
+from lib import CACHE, RESULTS, HelpFormatter, entry_script
 from lib.results import write_result
 from lib.scenes import make_scenes, write_hf, write_jsonl, write_refer
 

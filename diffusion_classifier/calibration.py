@@ -24,6 +24,7 @@ import torch
 from .errors import InputError, MissingError
 from .records import load_record, read_manifest_settings, write_json
 from .schedules.staged import paired_scores
+from .weighting import run_weights
 
 
 # ---------------------------------------------------------------- candidate scores -> class scores
@@ -167,9 +168,18 @@ class RecordScores:
                             parts[0].candidate_class, torch.cat([p.evaluations for p in parts]))
 
 
-def load_record_scores(folder: str | Path, weights: torch.Tensor | None = None) -> RecordScores:
+RUN_WEIGHTS = "run"  # load_record_scores: the timestep weights the run ranked by (its manifest), if any
+
+
+def load_record_scores(folder: str | Path, weights: torch.Tensor | str | None = RUN_WEIGHTS) -> RecordScores:
     """The paired scores of every readable record of a classification run folder (staged, statistical or full);
-    `weights`: (T,) per-timestep weights of the errors (TimestepWeights.weights), None for plain means."""
+    `weights`: (T,) per-timestep weights of the errors (TimestepWeights.weights), None for plain means, RUN_WEIGHTS
+    for those the run's records were ranked by (weighting.run_weights: InputError where they are not found)."""
+    if isinstance(weights, str):
+        if weights != RUN_WEIGHTS:
+            raise ValueError(f"weights must be a tensor, None or {RUN_WEIGHTS!r}, got {weights!r}")
+        found = run_weights(folder)
+        weights = None if found is None else found.weights
     rows, labels, preds, indices, evals = [], [], [], [], []
     for path, rec in readable_records(folder):
         data = rec["errors"]
@@ -219,22 +229,29 @@ def load_calibration(model: str | Path | None) -> dict:
     return out
 
 
-def fitted_temperature(entries: dict, loss: str, error_space: str | None = None) -> float | None:
-    """The temperature of `loss` among a model's calibration entries (load_calibration), or None: none fitted, or
+def fitted_temperature(entries: dict, loss: str, error_space: str | None = None,
+                       timestep_weights: str | None = None) -> float | None:
+    """The temperature of `loss` among a model's calibration entries (load_calibration), or None: none fitted,
     fitted on errors of another error space than `error_space` (a flow model's velocity and ε-space errors differ
-    in scale), when both are known."""
+    in scale) when both are known, or on scores weighted otherwise than `timestep_weights` (the digest of the
+    weights the scores use, None for plain means; an entry without one was fitted on plain means)."""
     entry = entries.get(loss)
     if entry is None:
         return None
-    fitted_in = (entry.get("settings") or {}).get("error_space")
+    settings = entry.get("settings") or {}
+    fitted_in = settings.get("error_space")
     if error_space is not None and fitted_in is not None and fitted_in != error_space:
+        return None
+    if settings.get("timestep_weights") != timestep_weights:
         return None
     return float(entry["temperature"])
 
 
-def shipped_temperature(model: str | Path | None, loss: str, error_space: str | None = None) -> float | None:
-    """The temperature fitted for `loss` (and `error_space`) on the model's held-out images, or None."""
-    return fitted_temperature(load_calibration(model), loss, error_space)
+def shipped_temperature(model: str | Path | None, loss: str, error_space: str | None = None,
+                        timestep_weights: str | None = None) -> float | None:
+    """The temperature fitted for `loss` (`error_space` and `timestep_weights`) on the model's held-out images, or
+    None."""
+    return fitted_temperature(load_calibration(model), loss, error_space, timestep_weights)
 
 
 def write_calibration(model: str | Path, loss: str, temperature: float, info: dict) -> Path:

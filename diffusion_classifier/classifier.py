@@ -1,7 +1,9 @@
 """Python API: load a model once, classify images against prompts, get errors and probabilities."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -11,11 +13,12 @@ from .schedules.staged import AdaptiveResult, validate_schedule
 from .calibration import UNCALIBRATED_TEMPERATURE, fitted_temperature, load_calibration
 from .engine import Scorer
 from .errors import InputError
-from .families import load_model, resolve_model
+from .families import is_class_conditional, load_model, resolve_model
 from .loading import DTYPES, quiet_loading
 from .noise import make_noise
 from .objectives import default_error_space
 from .schedules.statistical import make_schedule
+from .weighting import NO_WEIGHTS, load_weights, resolve_weights
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Prediction:
     scores: torch.Tensor  # (K,) paired mean errors: over the winner's samples (schedules.staged.paired_scores)
     temperature: float  # the temperature of probs
     calibrated: bool  # whether it is the model's shipped temperature for this loss (calibration.json)
+    timestep_weights: str | None = None  # digest of the timestep weights of the ranking and the scores (None: plain means)
 
 
 def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -38,10 +42,10 @@ def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor
     return torch.softmax(-mean_errors.double() / temperature, dim=-1).float()
 
 
-def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
-    """PIL image(s) -> (N, 3, S, S) (or (N, 3, H, W) for size (H, W)) in [-1, 1] (data.datasets.sd_transform);
-    tensors are taken as already preprocessed."""
-    from .data.datasets import sd_transform
+def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubic", adm_crop: bool = False) -> torch.Tensor:
+    """PIL image(s) -> (N, 3, S, S) (or (N, 3, H, W) for size (H, W)) in [-1, 1] (data.datasets.sd_transform, or
+    DiT's dit_transform with `adm_crop`); tensors are taken as already preprocessed."""
+    from .data.datasets import dit_transform, sd_transform
 
     if isinstance(images, torch.Tensor):
         images = images.unsqueeze(0) if images.dim() == 3 else images
@@ -54,8 +58,10 @@ def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubi
     foreign = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
     if foreign:
         raise InputError(f"expected PIL images or a (N, 3, H, W) tensor in [-1, 1], found {foreign[0]} among the images")
-    tf = sd_transform(size, interpolation)
-    return torch.stack([tf(im) for im in images])
+    if adm_crop and not isinstance(size, int):
+        raise InputError(f"a DiT takes square images: give img_size S, got {size}")
+    tf = dit_transform(size) if adm_crop else sd_transform(size, interpolation)
+    return torch.stack([tf(im.convert("RGB") if adm_crop else im) for im in images])
 
 
 def n_images(images) -> int:
@@ -66,14 +72,20 @@ def n_images(images) -> int:
 
 
 class DiffusionClassifier:
-    """Zero-shot classification with a text-conditional diffusion model (Li et al., ICCV 2023)."""
+    """Zero-shot classification with a text-conditional diffusion model (Li et al., ICCV 2023), or classification with
+    a class-conditional one (DiT), whose candidates are class labels or their names instead of prompts."""
 
     def __init__(self, model, batch_size: int = 32, error_space: str | None = None, flow_grid: str = "timesteps",
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, timestep_weights: str | Path | None = None,
+                 source: str | Path | None = None):
         """`calibration`: {loss: {'temperature': τ, ...}}, the model's fitted temperatures (calibration.load_calibration);
-        from_pretrained reads the calibration.json of a local model folder."""
+        from_pretrained reads the calibration.json of a local model folder. `timestep_weights`: a weights file, 'none'
+        (plain means) or None: the weights shipped in the local model folder `source` for the loss classified with
+        (weighting.resolve_weights)."""
         self.model = model
         self.calibration = dict(calibration or {})
+        self.timestep_weights = timestep_weights
+        self.source = source
         self.batch_size = batch_size
         self.error_space = error_space
         self.flow_grid = flow_grid
@@ -83,24 +95,64 @@ class DiffusionClassifier:
     def from_pretrained(cls, model: str = "tiny", device: str | torch.device = "cpu",
                         dtype: torch.dtype | str = torch.float32, batch_size: int = 32,
                         attention: str = "sdpa", error_space: str | None = None, flow_grid: str = "timesteps",
-                        no_t5: bool = False, guidance: float | None = None, verbose: bool = False) -> "DiffusionClassifier":
+                        no_t5: bool = False, guidance: float | None = None, verbose: bool = False,
+                        timestep_weights: str | Path | None = None) -> "DiffusionClassifier":
         """Load a version id ('2-0', 'xl-1-0', '3-5-medium', 'flux-dev', 'tiny', ...), hub id or local folder of any family.
 
-        The libraries' loading bars and messages are silenced unless `verbose`."""
+        The model folder's calibration.json and timestep_weights.json apply by default (`timestep_weights`: a weights
+        file, or 'none' for plain means). The libraries' loading bars and messages are silenced unless `verbose`."""
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise InputError(f"dtype must be one of {', '.join(DTYPES)} (or a torch.dtype), got {dtype!r}")
             dtype = DTYPES[dtype]
         source = resolve_model(model=model)
         with quiet_loading(verbose):
-            model = load_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
-        return cls(model, batch_size, error_space, flow_grid, load_calibration(source))
+            if is_class_conditional(source):
+                from .families.dit import load_class_conditional
 
-    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+                model = load_class_conditional(source, device, dtype)
+            else:
+                model = load_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
+        if timestep_weights is not None and str(timestep_weights) != NO_WEIGHTS:
+            load_weights(timestep_weights, model.T)  # a bad file fails now, not at the first classify
+        return cls(model, batch_size, error_space, flow_grid, load_calibration(source), timestep_weights, source)
+
+    @property
+    def class_conditional(self) -> bool:
+        """Whether the model is conditioned on class labels (DiT): its candidates are labels or label names."""
+        return getattr(self.model, "family", None) == "dit"
+
+    def embed(self, prompts: Sequence) -> torch.Tensor:
+        """The conditions of the candidates: the prompts' text embeddings, or a DiT's class labels."""
+        if self.class_conditional:
+            return torch.tensor([self._label(c) for c in prompts])
         key = tuple(prompts)
         if key not in self._prompt_cache:  # text embeddings are computed once per prompt list
             self._prompt_cache = {key: self.model.encode_prompts(list(prompts))}
         return self._prompt_cache[key]
+
+    def _label(self, candidate) -> int:
+        """A class-conditional model's label of a candidate: a label 0..num_classes-1 or a name in its id2label."""
+        n = self.model.num_classes
+        if isinstance(candidate, str):
+            key = candidate.strip().lower()
+            names = {name.lower(): k for k, name in self.model.id2label.items()}
+            if key in names:
+                return names[key]
+            if not key.isdigit():
+                shown = ", ".join(list(self.model.id2label.values())[:5]) or "none: the model has no id2label"
+                raise InputError(f"{candidate!r} is not a class of this model: expected a label 0..{n - 1} or a "
+                                 f"name of its id2label ({shown})")
+            candidate = int(key)
+        try:
+            label = None if isinstance(candidate, bool) else operator.index(candidate)
+        except TypeError:
+            label = None
+        if label is None:
+            raise InputError(f"expected class labels or names for a class-conditional model, found {candidate!r}")
+        if not 0 <= label < n:
+            raise InputError(f"class label {label} is outside this model's classes 0..{n - 1}")
+        return label
 
     def classify(
         self,
@@ -129,28 +181,32 @@ class DiffusionClassifier:
         else calibration.UNCALIBRATED_TEMPERATURE."""
         if temperature is not None and not temperature > 0:
             raise InputError(f"temperature must be positive, got {temperature}")
-        if isinstance(prompts, str) or not len(prompts) or not all(isinstance(p, str) for p in prompts):
-            raise InputError(f"expected a non-empty list of prompt strings, found {prompts!r:.80}")
+        if isinstance(prompts, str) or not len(prompts) or \
+                not (self.class_conditional or all(isinstance(p, str) for p in prompts)):
+            kind = "class labels or names" if self.class_conditional else "prompt strings"
+            raise InputError(f"expected a non-empty list of {kind}, found {prompts!r:.80}")
         if n_images(images) == 0:
             return []  # nothing to classify
         if schedule == "reference":
             validate_schedule(to_keep, n_samples, len(prompts), self.model.T)
+        tw, digest = resolve_weights(self.timestep_weights, self.source, self.model.T, loss)
+        weights = None if tw is None else tw.weights
         classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=self.model.T, loss=loss,
-                                         **statistical)
+                                         weights=weights, **statistical)
         evaluate = self.evaluator(images, prompts, n_rows, loss, noise, seed, img_size, interpolation)
         results = classify(evaluate, n_images(images), len(prompts))
         space = self.error_space or default_error_space(getattr(self.model, "scheduler_config", {}))
-        shipped = fitted_temperature(self.calibration, loss, space)
+        shipped = fitted_temperature(self.calibration, loss, space, digest)
         calibrated = temperature is None and shipped is not None
         tau = temperature if temperature is not None else float(shipped) if calibrated else UNCALIBRATED_TEMPERATURE
-        return [self._prediction(r, len(prompts), tau, calibrated) for r in results]
+        return [self._prediction(r, len(prompts), tau, calibrated, weights, digest) for r in results]
 
     def evaluator(self, images, prompts: Sequence[str], n_rows: int, loss: str = "l2", noise: torch.Tensor | None = None,
                   seed: int = 0, img_size: int | tuple[int, int] | None = None, interpolation: str = "bicubic"):
         """evaluate(jobs) -> the denoising error of each (image, prompt, t, noise row) job (engine.Jobs): what a
         schedule calls, over these images and prompts and a noise bank of n_rows draws (seeded, unless given)."""
         m = self.model
-        latents = m.encode_images(preprocess(images, img_size or m.native_size, interpolation))
+        latents = m.encode_images(preprocess(images, img_size or m.native_size, interpolation, self.class_conditional))
         if noise is None:
             noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
         objective = m.make_objective(tuple(latents.shape[1:]), self.error_space, self.flow_grid)
@@ -159,7 +215,8 @@ class DiffusionClassifier:
         return lambda jobs: scorer.evaluate(latents, embeds, jobs, loss)
 
     @staticmethod
-    def _prediction(r: AdaptiveResult, k: int, temperature: float, calibrated: bool) -> Prediction:
-        scores = r.scores(k)
+    def _prediction(r: AdaptiveResult, k: int, temperature: float, calibrated: bool, weights: torch.Tensor | None,
+                    digest: str | None) -> Prediction:
+        scores = r.scores(k, weights)
         return Prediction(r.pred, r.mean_errors(k), probabilities(scores, temperature), r.errors, scores, temperature,
-                          calibrated)
+                          calibrated, digest)

@@ -145,6 +145,8 @@ class ImageSize(argparse.Action):
         setattr(namespace, self.dest, image_size(values[0] if len(values) == 1 else values))
 
 
+WEIGHTS_DEFAULT = ("the weights shipped in a local model folder (timestep_weights.json) where they were fitted for "
+                   "--loss, else plain means; none: plain means")
 RESIZE_HELP = "S: resize the short side to S, centre-crop S x S; H W: resize to H x W, no crop"
 
 
@@ -219,7 +221,8 @@ def add_schedule_args(parser, mode: str = "", required: bool = True) -> None:
                              f"pruning up to max(--n_samples)")
     add_statistical_args(parser)
     parser.add_argument("--timestep_weights", type=Path, default=None,
-                        help=f"{mode}JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted errors")
+                        help=f"{mode}JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted "
+                             f"errors; not given: {WEIGHTS_DEFAULT}")
     parser.add_argument("--loss", default="l2", choices=list(LOSSES),
                         help=f"{mode}error between the prediction and its target (ε and ε̂ by default); log_l2: the log "
                              f"of the l2 error (classes compared by relative differences at each timestep)")
@@ -249,7 +252,7 @@ def add_candidate_args(parser, defaults: dict, unit: str) -> None:
                              "compared by relative differences at each timestep)")
     parser.add_argument("--timestep_weights", type=Path, default=None,
                         help="JSON of learned timestep weights (scripts/fit_timestep_weights.py): the schedule and the "
-                             "scores use weighted errors")
+                             f"scores use weighted errors; not given: {WEIGHTS_DEFAULT}")
     parser.add_argument("--batch_size", type=positive_int, default=None,
                         help="denoiser evaluations per batch; not given: chosen for the device")
     add_img_size_arg(parser, f"image size ({RESIZE_HELP}); not given: the model's own")
@@ -277,8 +280,8 @@ def check_candidate_args(args) -> None:
     shard([], args.n_workers, args.worker_idx)
     if args.noise_path is not None:
         load_noise(args.noise_path)  # a bad noise file fails before the data is read and the model loads
-    if getattr(args, "timestep_weights", None) is not None:
-        from .timestep_weights import load_weights
+    if getattr(args, "timestep_weights", None) is not None and str(args.timestep_weights) != "none":
+        from .weighting import load_weights
 
         if getattr(args, "model", "sd") != "sd":
             raise InputError(f"--timestep_weights weights a diffusion model's errors (--model sd), got --model {args.model}")

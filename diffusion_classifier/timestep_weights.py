@@ -12,12 +12,14 @@ log-weights keeps them near uniform when the data say little):
 - 'poly': log w(t) a polynomial of degree `degree` in u = 2t/T - 1 (Legendre basis).
 Weights are normalised to mean 1 over the fitting grid, so uniform weights are all ones.
 
+The weights files (TimestepWeights, load_weights), the weights a model folder ships and the weights a run used are in
+weighting.
+
 The temperature fit (temperature_for), NLL and calibration error come from calibration, which also holds the paired
 scores of any run's records (load_record_scores).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,8 @@ import torch
 
 from .calibration import (candidate_classes_of, class_logits, expected_calibration_error, nll, readable_records,
                           temperature_for)
-from .errors import InputError, MissingError
-from .records import write_json
+from .errors import InputError
+from .weighting import TimestepWeights, uniform_weights
 
 KINDS = ("bins", "poly")
 
@@ -98,55 +100,6 @@ def _basis(kind: str, t: torch.Tensor, T: int, n_bins: int, degree: int) -> torc
             cols.append(((2 * n + 1) * u * cols[-1] - n * cols[-2]) / (n + 1))
         return torch.stack(cols[1 : degree + 1], 1)  # no constant: the scale is separate
     raise InputError(f"weight kind must be one of {KINDS}, got {kind!r}")
-
-
-@dataclass
-class TimestepWeights:
-    """Positive weights per timestep 0..T-1 (mean 1 over the grid they were fit on) and a temperature."""
-
-    weights: torch.Tensor  # (T,) float64
-    kind: str = "uniform"
-    temperature: float = 1.0
-    info: dict | None = None
-
-    def at(self, t: torch.Tensor) -> torch.Tensor:
-        return self.weights[t.long()]
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, {"format": "diffusion-classifier timestep weights", "T": len(self.weights),
-                          "kind": self.kind, "temperature": self.temperature,
-                          "weights": [float(v) for v in self.weights], "info": self.info or {}})
-
-
-def weights_digest(path: str | Path) -> str:
-    """Short content hash of a weights file, for run folder names and manifests."""
-    import hashlib
-
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:10]
-
-
-def uniform_weights(T: int = 1000) -> TimestepWeights:
-    return TimestepWeights(torch.ones(T, dtype=torch.float64))
-
-
-def load_weights(path: str | Path, T: int | None = None) -> TimestepWeights:
-    """Weights written by scripts/fit_timestep_weights.py (JSON), checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingError(f"timestep weights file {path} does not exist; write one with scripts/fit_timestep_weights.py")
-    try:
-        raw = json.loads(path.read_text())
-        w = torch.tensor(raw["weights"], dtype=torch.float64)
-        temperature = float(raw.get("temperature", 1.0))
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: expected a JSON timestep weights file with a 'weights' list ({e})") from None
-    if w.dim() != 1 or not len(w) or not torch.isfinite(w).all() or (w <= 0).any():
-        raise InputError(f"{path}: weights must be a non-empty list of positive finite numbers")
-    if T is not None and len(w) != T:
-        raise InputError(f"{path}: holds weights for {len(w)} timesteps, the model has {T}")
-    if not temperature > 0:
-        raise InputError(f"{path}: temperature must be positive, got {temperature}")
-    return TimestepWeights(w, raw.get("kind", "file"), temperature, raw.get("info"))
 
 
 def scores(errors: torch.Tensor, t: torch.Tensor, weights: TimestepWeights | None = None) -> torch.Tensor:

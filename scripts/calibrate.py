@@ -7,7 +7,9 @@ and the temperature τ minimises the negative log-likelihood of the labels under
 
 The temperature is written, for the runs' --loss, into the model folder's calibration.json (--out to write it
 elsewhere): DiffusionClassifier.from_pretrained and print_acc.py --probs apply it by default to that model's
-probabilities with that loss. --check scores other runs' records with it (top-1, NLL and ECE with bootstrap
+probabilities with that loss. Runs that ranked by timestep weights (the model's shipped timestep_weights.json, or
+--timestep_weights FILE) are scored with the same weights, and the temperature is kept for those weights only.
+--check scores other runs' records with it (top-1, NLL and ECE with bootstrap
 intervals) and --plot draws their reliability diagram.
 
     python scripts/calibrate.py runs/heldout/... --check runs/test/... --plot reliability.png
@@ -25,9 +27,10 @@ from diffusion_classifier.cli import HelpFormatter, positive_int, seed_int  # no
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
 from diffusion_classifier.records import check_output_file, read_manifest_settings  # noqa: E402
+from diffusion_classifier.weighting import run_weights  # noqa: E402
 
 # the settings a temperature depends on: every held-out run must share them, and they are kept beside it
-SHARED_SETTINGS = ("model", "loss")
+SHARED_SETTINGS = ("model", "loss", "timestep_weights", "error_space")
 KEPT_SETTINGS = ("schedule", "to_keep", "n_samples", "delta", "variance", "spending", "epsilon", "min_samples",
                  "n_trials", "img_size", "interpolation", "timestep_weights", "error_space", "flow_grid")
 
@@ -43,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_boot", type=positive_int, default=1000, help="bootstrap resamples of the intervals")
     p.add_argument("--n_bins", type=positive_int, default=15, help="confidence bins of ECE and the diagram")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the bootstrap")
+    p.add_argument("--timestep_weights", type=Path, default=None,
+                   help="the weights file the runs ranked by, where it is not the one shipped in their model folder")
     return p.parse_args(argv)
 
 
@@ -63,6 +68,12 @@ def run_settings(folders: list[Path]) -> dict:
     return found[0]
 
 
+def scores_of(folder: Path, weights_file: Path | None) -> RecordScores:
+    """The paired scores of a run's records, weighted as the run ranked them (weighting.run_weights)."""
+    w = run_weights(folder, [weights_file])
+    return load_record_scores(folder, None if w is None else w.weights)
+
+
 def line(name: str, s: dict) -> str:
     return (f"  {name}: {s['n']} images, top-1 {s['top1']:.2f}%, {s['evaluations_per_image']:.0f} evaluations / image; "
             f"τ {s['temperature']:.4g}: NLL {s['nll']:.4f} [{s['nll_interval'][0]:.4f}, {s['nll_interval'][1]:.4f}], "
@@ -81,7 +92,7 @@ def main(argv=None) -> dict:
     check_output_file(out)
     if args.plot is not None:
         check_output_file(args.plot)
-    held = RecordScores.cat([load_record_scores(f) for f in args.heldout_runs])
+    held = RecordScores.cat([scores_of(f, args.timestep_weights) for f in args.heldout_runs])
     tau = temperature_for(held.scores, held.labels, held.candidate_class)
     before = summary(held, UNCALIBRATED_TEMPERATURE, args.n_boot, args.n_bins, args.seed)
     after = summary(held, tau, args.n_boot, args.n_bins, args.seed)
@@ -95,7 +106,7 @@ def main(argv=None) -> dict:
     print(f"  wrote τ {tau:.4g} for --loss {settings['loss']} to {path}")
     checks = {}
     for f in args.check:
-        checks[str(f)] = summary(load_record_scores(f), tau, args.n_boot, args.n_bins, args.seed)
+        checks[str(f)] = summary(scores_of(f, args.timestep_weights), tau, args.n_boot, args.n_bins, args.seed)
         print(line(str(f), checks[str(f)]))
     if args.plot is not None:
         rows = {Path(k).name[:40]: v for k, v in checks.items()} or {"held-out (fitted)": after}

@@ -11,28 +11,31 @@ from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
 
 
-def run_temperature(folder: Path, weights, temperature: float | None) -> tuple[float, str]:
-    """(τ, where it comes from): --temperature, else the weights file's, else the temperature shipped with the run's
-    model for its loss (calibration.json), else the uncalibrated default."""
+def run_temperature(folder: Path, weights, digest: str | None, temperature: float | None) -> tuple[float, str]:
+    """(τ, where it comes from): --temperature, else the temperature shipped with the run's model for its loss and
+    these weights (`digest`; calibration.json), else the weights file's, else the uncalibrated default."""
     from diffusion_classifier.calibration import UNCALIBRATED_TEMPERATURE, shipped_temperature
     from diffusion_classifier.records import read_manifest_settings
 
     if temperature is not None:
         return temperature, "--temperature"
-    if weights is not None:
-        return weights.temperature, "the weights file's"
     settings = read_manifest_settings(folder)
     loss = settings.get("loss", "l2")
-    tau = shipped_temperature(settings.get("model"), loss, settings.get("error_space"))
+    tau = shipped_temperature(settings.get("model"), loss, settings.get("error_space"), digest)
     if tau is not None:
-        return tau, f"shipped with the model for --loss {loss}"
+        return tau, f"shipped with the model for --loss {loss}" + (" and these timestep weights" if digest else "")
+    if weights is not None:
+        return weights.temperature, "the weights file's"
     return UNCALIBRATED_TEMPERATURE, "uncalibrated: the model ships none for this loss"
 
 
 def rescore(folder: Path, weights_path, probs: bool, top: int, temperature: float | None = None) -> dict:
-    """Accuracy of full-evaluation records under timestep weights; per-image probabilities of any run's records."""
+    """Accuracy of full-evaluation records under timestep weights; per-image probabilities of any run's records
+    (scored with --timestep_weights, else with the weights the run ranked by)."""
     from diffusion_classifier.calibration import expected_calibration_error, load_record_scores, nll
-    from diffusion_classifier.timestep_weights import load_full_errors, load_weights, predictions
+    from diffusion_classifier.records import read_manifest_settings
+    from diffusion_classifier.timestep_weights import load_full_errors, predictions
+    from diffusion_classifier.weighting import load_weights, run_weights, weights_digest
 
     w = load_weights(weights_path) if weights_path is not None else None
     out = {}
@@ -44,8 +47,12 @@ def rescore(folder: Path, weights_path, probs: bool, top: int, temperature: floa
         out["rescored_top1"] = acc
         print(f"  re-scored with {weights_path} ({w.kind}): top-1 {acc:.2f}% over {len(fe.labels)} records")
     if probs:
+        if w is None:
+            w, digest = run_weights(folder), read_manifest_settings(folder).get("timestep_weights")
+        else:
+            digest = weights_digest(weights_path)
         rs = load_record_scores(folder, None if w is None else w.weights)
-        tau, source = run_temperature(folder, w, temperature)
+        tau, source = run_temperature(folder, w, digest, temperature)
         pr = rs.probabilities(tau)
         print(f"  probabilities softmax(-paired score / {tau:.4g}) ({source}): NLL {nll(pr, rs.labels):.4f}, "
               f"ECE {expected_calibration_error(pr, rs.labels):.2f}%")
@@ -66,8 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="re-score full-evaluation records with these weights (scripts/fit_timestep_weights.py), no recomputing")
     p.add_argument("--probs", action="store_true",
                    help="print per-image class probabilities softmax(-paired score / T), with NLL and ECE: T is "
-                        "--temperature, else the weights file's, else the one shipped with the run's model for its "
-                        "loss (calibration.json), else 1e-3 (uncalibrated)")
+                        "--temperature, else the one shipped with the run's model for its loss and timestep weights "
+                        "(calibration.json), else the weights file's, else 1e-3 (uncalibrated); the scores use "
+                        "--timestep_weights, else the weights the run ranked by")
     p.add_argument("--temperature", type=positive_float, default=None, help="--probs: this temperature")
     p.add_argument("--top", type=positive_int, default=3, help="--probs: classes shown per image")
     return p.parse_args(argv)

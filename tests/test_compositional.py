@@ -276,7 +276,7 @@ def test_run_records_tables_and_resume(data, tmp_path, capsys):
 
 
 def test_timestep_weights_rank_captions_and_images_by_weighted_errors_on_the_same_evaluations(data, tmp_path):
-    from diffusion_classifier.timestep_weights import TimestepWeights, weights_digest
+    from diffusion_classifier.weighting import TimestepWeights, weights_digest
 
     script = load_script("run_compositional.py")
     plain = script.main(_argv(data, tmp_path))

@@ -60,6 +60,7 @@ FLOORS = [
     {"tasks"},  # what a run computes
     {"timestep_weights"},  # timestep weights learned from full evaluations
     {"calibration"},  # probabilities, temperatures and calibration error from the schedules' results (paired scores)
+    {"weighting"},  # timestep weights files: the ones a model ships, the ones a run used
     {"schedules", "loop", "baselines", "families"},  # evaluation schedules, the loop, the models
     {"loading"},
     {"engine", "packing"},

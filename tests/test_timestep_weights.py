@@ -12,8 +12,8 @@ from diffusion_classifier.calibration import expected_calibration_error
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.records import save_record
 from diffusion_classifier.schedules.statistical import Replay, stratified_timesteps
-from diffusion_classifier.timestep_weights import (fit_and_report, fit_weights, load_full_errors, load_weights,
-                                                   predictions)
+from diffusion_classifier.timestep_weights import fit_and_report, fit_weights, load_full_errors, predictions
+from diffusion_classifier.weighting import load_weights
 
 
 def write_records(folder, n=120, k=5, grid=40, band=(600, 800), seed=0, signal=0.1, noise=0.3, prune_one=False):

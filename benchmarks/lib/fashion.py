@@ -20,8 +20,10 @@ MODELS = {"sd": ("eval_prob_adaptive", "fashion-sd"), "dit": ("eval_prob_dit", "
           "flow": ("eval_prob_adaptive", "fashion-flow")}
 N_FULL = N_TIMESTEPS  # timesteps of the full evaluation
 LOSS = "l1"  # the paper's CIFAR-10 setting, every Fashion-MNIST run's loss
-# a full evaluation: every class at the N_FULL stratified timesteps (noise row k at the k-th)
-FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL), "--min_samples", str(N_FULL)]
+# a full evaluation: every class at the N_FULL stratified timesteps (noise row k at the k-th), on plain means (the
+# records keep raw errors either way; weights, the shipped ones included, are replayed on them)
+FULL = ["--schedule", "statistical", "--to_keep", "1", "--n_samples", str(N_FULL), "--min_samples", str(N_FULL),
+        "--timestep_weights", "none"]
 # flow variants of the full evaluation: name -> (flags, the suffix they give the run folder)
 FLOW_VARIANTS = {"velocity": (["--error_space", "native"], "_errnative"),
                  "uniform_sigma": (["--flow_grid", "uniform_sigma"], "_griduniform_sigma")}

@@ -7,18 +7,29 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_classifier.records import read_manifest_settings
+from diffusion_classifier.weighting import resolve_weights
+
 from . import CACHE, entry_script
-from .fashion import LOSS, MODELS, common_flags
+from .fashion import LOSS, MODELS, MODELS_DIR, common_flags
 
 HERE = CACHE / "headline"
 REFERENCE = ["--to_keep", "5", "1", "--n_samples", "50", "500", "--loss", LOSS]
 HEADLINE = REFERENCE + ["--schedule", "statistical", "--delta", "0.05"]
 
 
-def run_folder(model: str, part: str) -> Path | None:
-    """The run folder of a model's records: part heldout or test (headline schedule) or reference (None before any)."""
+SHIPPED = "shipped"  # run_folder: the timestep weights the model applies by default
+
+
+def run_folder(model: str, part: str, weights: str | None = SHIPPED) -> Path | None:
+    """The run folder of a model's records: part heldout or test (headline schedule) or reference (None before any),
+    ranked with `weights`: the digest of a weights file, None for plain means, SHIPPED for the weights the model's
+    runs apply by default (its folder's timestep_weights.json for --loss LOSS, weighting.resolve_weights)."""
+    if weights == SHIPPED:
+        weights = resolve_weights(None, MODELS_DIR / MODELS[model][1], loss=LOSS)[1]
     base = HERE / f"{model}_{'test' if part == 'reference' else part}" / "fashion_mnist"
-    found = [f for f in sorted(base.glob("*")) if ("_stat_" in f.name) != (part == "reference")] if base.is_dir() else []
+    found = [f for f in sorted(base.glob("*")) if ("_stat_" in f.name) != (part == "reference")
+             and read_manifest_settings(f).get("timestep_weights") == weights] if base.is_dir() else []
     return found[0] if found else None
 
 

@@ -12,8 +12,8 @@ import torch
 from diffusion_classifier.calibration import nll
 from diffusion_classifier.schedules.staged import adaptive_classify
 from diffusion_classifier.schedules.statistical import Replay, rule_settings, statistical_classify
-from diffusion_classifier.timestep_weights import (TimestepWeights, fit_temperature, fit_weights, predictions,
-                                                   probabilities, split_indices)
+from diffusion_classifier.timestep_weights import fit_temperature, fit_weights, predictions, probabilities, split_indices
+from diffusion_classifier.weighting import TimestepWeights
 
 N_TIMESTEPS = 200  # timesteps of the full evaluation
 DELTA = 0.05  # the anytime rule of evaluate() and cross_validated(): --delta 0.05 at its default rule

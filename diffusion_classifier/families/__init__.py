@@ -76,6 +76,12 @@ def detect_family(index: dict, model: str = "") -> str:
                      f"(model_index.json); text-to-image families known: {known}")
 
 
+def is_class_conditional(model: str) -> bool:
+    """Whether the pipeline `model` (hub id or folder) is a class-conditional family (DiT), scored with class labels."""
+    name = pipeline_index(model, "model").get("_class_name")
+    return any(name in f.class_names for f in FAMILIES.values() if f.conditioning == "class")
+
+
 def resolve_sd_model(version: str = "2-0", model: str | None = None) -> str:
     """The hub id or folder to load: `model` if given ('tiny' is the shipped digits-sd), else the id of `version`."""
     if model:

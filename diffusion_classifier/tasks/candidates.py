@@ -49,13 +49,15 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
                       statistical: dict, timestep_weights: str | os.PathLike | None = None,
                       loss: str = "l2") -> CandidateScoring:
     """Load the model and build its Scorer and per-item schedules (schedules.statistical.make_schedule); with
-    `timestep_weights` (a scripts/fit_timestep_weights.py file) the schedules decide on weighted errors; `loss`
+    `timestep_weights` (a scripts/fit_timestep_weights.py file; None: the model folder's shipped weights for `loss`,
+    weighting.resolve_weights; 'none': plain means) the schedules decide on weighted errors; `loss`
     is the error the scorer will be asked for (the schedules' zone reads log errors as logs)."""
-    from ..timestep_weights import load_weights, weights_digest
+    from ..weighting import resolve_weights
 
     source = resolve_model(version, model_path)
     model = load_model(source, device, dtype, attention)
-    weights = None if timestep_weights is None else load_weights(timestep_weights, model.T).weights
+    tw, digest = resolve_weights(timestep_weights, source, model.T, loss)
+    weights = None if tw is None else tw.weights
     img_size = img_size or model.native_size
     latent_shape = model.latent_shape(img_size)
     batch_size, _ = resolve_packing(device, math.prod(latent_shape), batch_size)
@@ -72,8 +74,7 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
     noise, noise_source = noise_bank(n_rows, latent_shape, seed, noise_path)
     scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
     numerics = {"dtype": str(dtype), "attention": attention, "noise_digest": noise_digest(noise)}
-    return CandidateScoring(model, img_size, source, scorer, schedule_for, noise_source, numerics, weights,
-                            None if timestep_weights is None else weights_digest(timestep_weights))
+    return CandidateScoring(model, img_size, source, scorer, schedule_for, noise_source, numerics, weights, digest)
 
 
 def candidate_scores(errors: dict, n: int, weights: torch.Tensor | None = None) -> list[float]:
