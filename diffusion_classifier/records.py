@@ -216,6 +216,15 @@ def _portable(value):
     return value
 
 
+def local_model(value):
+    """A manifest's model setting as a path here: a shipped model's folder from another checkout or installation of
+    the toolkit becomes this one's (any other value is returned as it is)."""
+    portable = _portable(value)
+    if portable is not value and not Path(value).is_dir():
+        return str(Path(__file__).resolve().parents[1] / portable)
+    return value
+
+
 def _short(value, limit: int = 80) -> str:
     """A setting's value for a one-line message, shortened in the middle when long (prompt lists)."""
     text = json.dumps(value)

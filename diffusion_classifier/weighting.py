@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, MissingError
-from .records import read_manifest_settings, write_json
+from .records import local_model, read_manifest_settings, write_json
 
 SHIPPED_FILE = "timestep_weights.json"  # beside a model's model_index.json: the weights its runs apply by default
 NO_WEIGHTS = "none"  # --timestep_weights none: plain means, even where the model ships weights
@@ -109,7 +109,7 @@ def run_weights(folder: str | Path, candidates=()) -> TimestepWeights | None:
     if not digest:
         return None
     files = [Path(c) for c in candidates if c is not None and str(c) != NO_WEIGHTS]
-    files.append(shipped_weights_path(settings.get("model")))
+    files.append(shipped_weights_path(local_model(settings.get("model"))))
     for path in files:
         if path is not None and path.is_file() and weights_digest(path) == digest:
             return load_weights(path)

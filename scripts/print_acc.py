@@ -15,13 +15,13 @@ def run_temperature(folder: Path, weights, digest: str | None, temperature: floa
     """(τ, where it comes from): --temperature, else the temperature shipped with the run's model for its loss and
     these weights (`digest`; calibration.json), else the weights file's, else the uncalibrated default."""
     from diffusion_classifier.calibration import UNCALIBRATED_TEMPERATURE, shipped_temperature
-    from diffusion_classifier.records import read_manifest_settings
+    from diffusion_classifier.records import local_model, read_manifest_settings
 
     if temperature is not None:
         return temperature, "--temperature"
     settings = read_manifest_settings(folder)
     loss = settings.get("loss", "l2")
-    tau = shipped_temperature(settings.get("model"), loss, settings.get("error_space"), digest)
+    tau = shipped_temperature(local_model(settings.get("model")), loss, settings.get("error_space"), digest)
     if tau is not None:
         return tau, f"shipped with the model for --loss {loss}" + (" and these timestep weights" if digest else "")
     if weights is not None:

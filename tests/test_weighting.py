@@ -174,3 +174,19 @@ def test_the_api_classifies_with_a_dit_as_eval_prob_dit_does(tmp_path, tiny_dit)
     for bad, what in ((["class3", "dog"], "not a class"), ([3, 10], "outside"), ([2.5], "class labels or names")):
         with pytest.raises(InputError, match=what):
             clf.classify([ds[0][0]], bad, n_samples=[4])
+
+
+def test_a_run_made_in_another_checkout_finds_the_weights_shipped_here(tmp_path):
+    from diffusion_classifier.loading import TINY_MODELS
+    from diffusion_classifier.weighting import load_weights
+
+    real = TINY_MODELS / "fashion-dit" / SHIPPED_FILE
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / MANIFEST, {"settings": {"model": "/another/checkout/diffusion_classifier/tiny_models/fashion-dit",
+                                             "loss": "l1", "timestep_weights": weights_digest(real)}})
+    assert torch.equal(run_weights(run).weights, load_weights(real).weights)
+    write_json(run / MANIFEST, {"settings": {"model": "/another/checkout/models/fashion-dit", "loss": "l1",
+                                             "timestep_weights": weights_digest(real)}})
+    with pytest.raises(InputError, match="--timestep_weights"):  # not a shipped model: nothing to map it to
+        run_weights(run)
