@@ -13,7 +13,7 @@ from .schedules.staged import AdaptiveResult, validate_schedule
 from .calibration import UNCALIBRATED_TEMPERATURE, fitted_temperature, load_calibration
 from .engine import Scorer
 from .errors import InputError
-from .families import is_class_conditional, load_model, resolve_model
+from .families import load_any_model, resolve_model
 from .loading import DTYPES, quiet_loading
 from .noise import make_noise
 from .objectives import default_error_space
@@ -86,6 +86,7 @@ class DiffusionClassifier:
         self.calibration = dict(calibration or {})
         self.timestep_weights = timestep_weights
         self.source = source
+        self._weights: dict[str, tuple] = {}  # loss -> (TimestepWeights or None, digest): read once per loss
         self.batch_size = batch_size
         self.error_space = error_space
         self.flow_grid = flow_grid
@@ -107,12 +108,7 @@ class DiffusionClassifier:
             dtype = DTYPES[dtype]
         source = resolve_model(model=model)
         with quiet_loading(verbose):
-            if is_class_conditional(source):
-                from .families.dit import load_class_conditional
-
-                model = load_class_conditional(source, device, dtype)
-            else:
-                model = load_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
+            model = load_any_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
         if timestep_weights is not None and str(timestep_weights) != NO_WEIGHTS:
             load_weights(timestep_weights, model.T)  # a bad file fails now, not at the first classify
         return cls(model, batch_size, error_space, flow_grid, load_calibration(source), timestep_weights, source)
@@ -189,7 +185,9 @@ class DiffusionClassifier:
             return []  # nothing to classify
         if schedule == "reference":
             validate_schedule(to_keep, n_samples, len(prompts), self.model.T)
-        tw, digest = resolve_weights(self.timestep_weights, self.source, self.model.T, loss)
+        if loss not in self._weights:
+            self._weights[loss] = resolve_weights(self.timestep_weights, self.source, self.model.T, loss)
+        tw, digest = self._weights[loss]
         weights = None if tw is None else tw.weights
         classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=self.model.T, loss=loss,
                                          weights=weights, **statistical)

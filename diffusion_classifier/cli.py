@@ -273,6 +273,7 @@ def check_candidate_args(args) -> None:
     from .records import check_writable
     from .schedules.staged import validate_schedule
     from .schedules.statistical import make_schedule
+    from .weighting import NO_WEIGHTS, load_weights
 
     validate_schedule(args.to_keep, args.n_samples)
     check_statistical_args(args)
@@ -280,9 +281,7 @@ def check_candidate_args(args) -> None:
     shard([], args.n_workers, args.worker_idx)
     if args.noise_path is not None:
         load_noise(args.noise_path)  # a bad noise file fails before the data is read and the model loads
-    if getattr(args, "timestep_weights", None) is not None and str(args.timestep_weights) != "none":
-        from .weighting import load_weights
-
+    if getattr(args, "timestep_weights", None) is not None and str(args.timestep_weights) != NO_WEIGHTS:
         if getattr(args, "model", "sd") != "sd":
             raise InputError(f"--timestep_weights weights a diffusion model's errors (--model sd), got --model {args.model}")
         load_weights(args.timestep_weights)  # likewise a bad weights file (its length is checked against the model)

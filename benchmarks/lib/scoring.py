@@ -8,16 +8,14 @@ import torch
 
 
 def model_and_conditions(folder: str | Path, prompts: list[str]):
-    """(model, conditions for Scorer.evaluate) of a model folder: a class-conditional DiT (a folder without a text
-    encoder) with the class labels 0..len(prompts)-1, else any text-to-image family with `prompts` encoded."""
-    from diffusion_classifier.families import load_model
-    from diffusion_classifier.families.dit import load_class_conditional
+    """(model, conditions for Scorer.evaluate) of a model folder: a class-conditional DiT with the class labels
+    0..len(prompts)-1, else any text-to-image family with `prompts` encoded."""
+    from diffusion_classifier.families import load_any_model
 
-    folder = Path(folder)
-    if (folder / "text_encoder").is_dir():
-        model = load_model(str(folder))
-        return model, model.encode_prompts(list(prompts))
-    return load_class_conditional(str(folder)), torch.arange(len(prompts))
+    model = load_any_model(str(folder))
+    if model.family == "dit":
+        return model, torch.arange(len(prompts))
+    return model, model.encode_prompts(list(prompts))
 
 
 def mcnemar_p(gained: int, lost: int) -> float:

@@ -76,12 +76,6 @@ def detect_family(index: dict, model: str = "") -> str:
                      f"(model_index.json); text-to-image families known: {known}")
 
 
-def is_class_conditional(model: str) -> bool:
-    """Whether the pipeline `model` (hub id or folder) is a class-conditional family (DiT), scored with class labels."""
-    name = pipeline_index(model, "model").get("_class_name")
-    return any(name in f.class_names for f in FAMILIES.values() if f.conditioning == "class")
-
-
 def resolve_sd_model(version: str = "2-0", model: str | None = None) -> str:
     """The hub id or folder to load: `model` if given ('tiny' is the shipped digits-sd), else the id of `version`."""
     if model:
@@ -113,3 +107,15 @@ def load_model(model: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     """
     family = detect_family(pipeline_index(model, "model"), model)
     return loader(family)(model, device, dtype, attention, no_t5=no_t5, guidance=guidance)
+
+
+def load_any_model(model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   attention: str = "sdpa", no_t5: bool = False, guidance: float | None = None):
+    """load_model, or a class-conditional family's model (DiT, scored with class labels: dit.load_class_conditional)
+    where the pipeline `model` is one."""
+    name = pipeline_index(model, "model").get("_class_name")
+    if any(name in f.class_names for f in FAMILIES.values() if f.conditioning == "class"):
+        from .dit import load_class_conditional
+
+        return load_class_conditional(model, device, dtype)
+    return load_model(model, device, dtype, attention, no_t5=no_t5, guidance=guidance)
