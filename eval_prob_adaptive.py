@@ -37,7 +37,7 @@ from diffusion_classifier.data.registry import (
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model
-from diffusion_classifier.loading import default_dtype
+from diffusion_classifier.loading import default_dtype, model_numerics
 from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.noise import load_noise, noise_bank, noise_digest
 from diffusion_classifier.objectives import ERROR_SPACES, FLOW_ERROR_DEFAULT, FLOW_GRIDS
@@ -146,7 +146,8 @@ def main(argv=None) -> dict:
         extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     folder = run.folder(args.log_dir)
     claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state,
-                     numerics={"dtype": str(dtype), "attention": args.attention, "noise_digest": noise_digest(noise)})
+                     numerics=model_numerics(source, dtype=str(dtype), attention=args.attention,
+                                              noise_digest=noise_digest(noise)))
 
     embeds = model.encode_prompts(table.prompts)
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,

@@ -42,7 +42,7 @@ from diffusion_classifier.data.registry import (
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
-from diffusion_classifier.loading import default_dtype
+from diffusion_classifier.loading import default_dtype, model_numerics
 from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.noise import load_noise, noise_bank, noise_digest, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
                   n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
                   extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     info = {"versions": environment_info(), "dtype": str(dtype)}
-    numerics = {"dtype": str(dtype), "noise_digest": noise_digest(noise)}  # beyond the folder name, what changes numbers
+    numerics = model_numerics(source, dtype=str(dtype), noise_digest=noise_digest(noise))  # beyond the folder name
 
     if run_mode == "per_class":
         run = per_class_run(**common, t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,

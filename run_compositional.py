@@ -22,7 +22,7 @@ from diffusion_classifier.data.datasets import sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message, unreadable_files
 from diffusion_classifier.errors import MissingError
 from diffusion_classifier.families import SD_VERSIONS
-from diffusion_classifier.loading import default_dtype
+from diffusion_classifier.loading import default_dtype, model_numerics
 from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.records import claim_run_folder, environment_info
 from diffusion_classifier.runs import compositional_run
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
         source, score = load_baseline(args.model, args.version, args.model_path, device, dtype)
         score_item = clip_item_scorer(score)
         run = compositional_run(model=args.model, source=source, **common)
-        numerics = {"dtype": str(dtype)}
+        numerics = model_numerics(source, dtype=str(dtype))
     folder = run.folder(args.log_dir)
     claim_run_folder(folder, run.manifest, {"versions": environment_info()}, state, numerics=numerics)
 

@@ -17,7 +17,7 @@ from diffusion_classifier.data.refcoco import SPLIT_BY, read_hf, read_jsonl, rea
 from diffusion_classifier.data.sizes import image_hw
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS
-from diffusion_classifier.loading import default_dtype
+from diffusion_classifier.loading import default_dtype, model_numerics
 from diffusion_classifier.loop import launch_state, shard
 from diffusion_classifier.records import claim_run_folder, environment_info
 from diffusion_classifier.runs import grounding_run
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
         source, score = load_baseline(args.model, args.version, args.model_path, device, dtype)
         score_query = clip_query_scorer(score, args.template)
         run = grounding_run(model=args.model, source=source, **common)
-        numerics = {"dtype": str(dtype)}
+        numerics = model_numerics(source, dtype=str(dtype))
     folder = run.folder(args.log_dir)
     claim_run_folder(folder, run.manifest, {"versions": environment_info()}, state, numerics=numerics)
 

@@ -18,7 +18,7 @@ from diffusion_classifier.data.winoground import find_unreadable_examples, how_t
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_sd_model
-from diffusion_classifier.loading import DTYPES, default_dtype
+from diffusion_classifier.loading import DTYPES, default_dtype, model_numerics
 from diffusion_classifier.noise import load_noise, noise_bank, noise_digest, periodic_noise_needed
 from diffusion_classifier.packing import resolve_packing
 from diffusion_classifier.records import check_manifest, check_writable, environment_info, write_json
@@ -103,7 +103,8 @@ def sd_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable,
                          t_interval=args.t_interval, T=model.T, n_trials=args.n_trials,
                          randomize_noise=args.randomize_noise, noise=noise_source,
                          noise_period=None if args.randomize_noise else args.batch_size)
-    return score_example, run, {"dtype": str(dtype), "attention": args.attention, "noise_digest": noise_digest(noise)}
+    return score_example, run, model_numerics(source, dtype=str(dtype), attention=args.attention,
+                                              noise_digest=noise_digest(noise))
 
 
 def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callable, RunDescription, dict]:
@@ -114,7 +115,7 @@ def clip_scorer(args, device: torch.device, dtype: torch.dtype) -> tuple[Callabl
         return {"scores": score(images, [ex.caption_0, ex.caption_1])}
 
     return score_example, winoground_run(model=args.model, version=args.version, model_path=args.model_path,
-                                         source=source, extra=args.extra), {"dtype": str(dtype)}
+                                         source=source, extra=args.extra), model_numerics(source, dtype=str(dtype))
 
 
 def main(argv=None) -> dict:

@@ -19,6 +19,7 @@ from .data.sizes import image_hw, image_size, size_name
 from .engine import Conditions
 from .errors import InputError, MissingError, MissingPackageError
 from .objectives import DDPMObjective, objective_from_config
+from .records import WEIGHTS_KEY
 
 TINY_MODELS = Path(__file__).parent / "tiny_models"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -32,6 +33,74 @@ def default_dtype(name: str | None, device: torch.device) -> torch.dtype:
 def is_local(model: str) -> bool:
     """Whether `model` names a folder rather than a hub id (owner/name)."""
     return os.path.isabs(model) or model.startswith((".", "~")) or os.path.exists(model) or model.count("/") != 1
+
+
+SAMPLE_BYTES = 1 << 16  # per sampled window of a weights file
+# files beside a model that do not change its errors: cards, and what the toolkit ships with its own models
+FINGERPRINT_SKIPS = ("calibration.json", "timestep_weights.json", "training.json", "heldout_train.json")
+
+
+def _sampled_digest(h, path: Path) -> None:
+    """Feed a file into hash `h`: whole when small, else its size and four windows (start, thirds, end), so that a
+    multi-GB checkpoint is told apart from a retrained one of the same shape without reading it all."""
+    size = path.stat().st_size
+    h.update(f"{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= 4 * SAMPLE_BYTES:
+            h.update(f.read())
+            return
+        for offset in (0, size // 3, 2 * size // 3, size - SAMPLE_BYTES):
+            f.seek(offset)
+            h.update(f.read(SAMPLE_BYTES))
+
+
+def weights_fingerprint(model: str | os.PathLike | None) -> str | None:
+    """A short digest that changes when the weights (or configs, tokenizers, scheduler) behind `model` change: of a
+    local folder, its model_index.json and every file of its component folders (weights files sampled); of a local
+    file, the file; of a hub id, the cached snapshot's commit. None when there is nothing to read (a hub id not in
+    the cache, an open_clip tag). A run folder records it, so records are never resumed with other weights. The
+    top-level extras of a folder (model card, calibration, timestep weights) do not change the errors and are left
+    out."""
+    import hashlib
+
+    if model is None:
+        return None
+    local = Path(model).expanduser()
+    h = hashlib.sha1()
+    if local.is_file():
+        _sampled_digest(h, local)
+        return h.hexdigest()[:12]
+    if local.is_dir():
+        top = [local / "model_index.json"] if (local / "model_index.json").is_file() else []
+        if not top:  # a single-model folder (transformers, diffusers component): its files count
+            top = [f for f in sorted(local.iterdir()) if f.is_file() and f.name not in FINGERPRINT_SKIPS]
+        parts = [f for d in sorted(local.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                 for f in sorted(d.rglob("*")) if f.is_file()]
+        for f in [*top, *parts]:
+            if any(p.startswith(".") for p in f.relative_to(local).parts) or f.suffix.lower() == ".md":
+                continue
+            h.update(f"{f.relative_to(local).as_posix()}\0".encode())
+            _sampled_digest(h, f)
+        return h.hexdigest()[:12]
+    if is_local(str(model)):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in ("model_index.json", "config.json"):
+            cached = try_to_load_from_cache(str(model), name)
+            if isinstance(cached, str):  # .../snapshots/<commit>/<name>
+                return "hub:" + Path(cached).parent.name[:12]
+    except Exception:  # noqa: BLE001 - a cache that cannot be read only loses the check
+        pass
+    return None
+
+
+def model_numerics(source, **others) -> dict:
+    """A run's numerics (records.check_manifest): `others` (dtype, attention, noise digest) and the fingerprint of
+    the model's weights, when it has one (weights_fingerprint)."""
+    fingerprint = weights_fingerprint(source)
+    return {**others, **({WEIGHTS_KEY: fingerprint} if fingerprint else {})}
 
 
 def not_found(model: str, what: str, err: Exception) -> MissingError:

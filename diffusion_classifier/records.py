@@ -169,11 +169,14 @@ def record_path(folder: str | Path, idx: int, n: int, ext: str = ".pt") -> Path:
     return Path(folder) / f"{idx:0{index_width(n)}d}{ext}"
 
 
+WEIGHTS_KEY = "model_weights"  # the numerics entry of loading.weights_fingerprint
+
+
 def check_manifest(folder: str | Path, settings: dict, info: dict | None = None, numerics: dict | None = None) -> None:
     """Write the run's settings on first use; refuse to continue a folder made with other settings.
 
     `settings` name the run (runs.py); `numerics` are the other settings that change its numbers (dtype,
-    attention kernel, the noise bank's digest). A folder written before it recorded `numerics` is checked on
+    attention kernel, the noise bank's digest, the model's weights fingerprint under WEIGHTS_KEY: loading.model_numerics). A folder written before it recorded `numerics` is checked on
     what it has (its dtype) and gets the rest written in, so that later runs are checked on them too.
     """
     path = Path(folder) / MANIFEST
@@ -194,6 +197,10 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
                       if k not in IMAGE_PICKS and _portable(old.get(k)) != _portable(settings.get(k)))
         if not diff:  # a named setting that differs explains the numbers that follow from it (noise -> its digest)
             diff = sorted(k for k in numerics if k in recorded and recorded[k] != numerics[k])
+        if diff == [WEIGHTS_KEY]:
+            raise InputError(f"{folder} holds records of other model weights (fingerprint {recorded[WEIGHTS_KEY]}; the "
+                             f"model's files now give {numerics[WEIGHTS_KEY]}): they changed since this run began; "
+                             f"use another --log_dir or --extra for the new weights, or restore the old ones")
         if diff:
             both = {**old, **recorded}, {**settings, **numerics}
             shown = "; ".join(f"{k}: folder {_short(both[0].get(k))}, command {_short(both[1].get(k))}" for k in diff)

@@ -47,6 +47,7 @@ KINDS = {
 }
 GROUPS = {"both": ("sd", "dit"), "all": ("sd", "dit", "flow")}
 ARCH_FLAGS = ("patch", "heads", "head_dim", "layers")
+WARM_KINDS = ("sd", "sd-v")  # the kinds whose training can go on from a saved folder (--init)
 
 
 def parse_args(argv):
@@ -88,11 +89,17 @@ def parse_args(argv):
                         help="hold out PER_CLASS images of every class of the train split (seeded, stratified) and never "
                              "train on them; their indices go to the model folder's heldout_train.json, for fitting "
                              "timestep weights and a temperature on labelled images the model has not seen (0: none)")
+    parser.add_argument("--init", type=Path, default=None, metavar="FOLDER",
+                        help="sd/sd-v: go on training from the weights of this model folder (one this script wrote, of "
+                             "the same architecture and --holdout), with a new warmup and cosine schedule over --steps; "
+                             "its card and training.json keep the earlier stages (not given: start from scratch)")
     args = parser.parse_args(argv)  # each flag's range is checked here; the checks below need several flags
     data = training_data(args.data)
     missing = [k for k in GROUPS.get(args.model, (args.model,)) if k not in data.folders]
     if missing:
         parser.error(f"--data {args.data} trains {', '.join(data.folders)} (no {', '.join(missing)}); got --model {args.model}")
+    if args.init is not None and args.model not in WARM_KINDS:
+        parser.error(f"--init is implemented for --model {' or '.join(WARM_KINDS)}, got --model {args.model}")
     if args.holdout and args.val_fraction:
         parser.error("--holdout and --val-fraction both hold images out; pass one")
     if args.val_fraction:
@@ -138,14 +145,16 @@ def main(argv=None) -> None:
         if args.resume and not path.is_file():
             print(f"{name}: no checkpoint at {path}; starting from step 0", flush=True)
         identity = {"data": data.name, "model": which, **settings, **fixed, "n_train": len(images[1]),
-                    **({"holdout_per_class": args.holdout} if held else {})}
+                    **({"holdout_per_class": args.holdout} if held else {}),
+                    **({"init": str(args.init.resolve())} if args.init is not None else {})}
         identity = {k: list(v) if isinstance(v, tuple) else v for k, v in identity.items()}
         ckpt = Checkpointing(path=path, settings=identity, resume=args.resume, every_s=60 * args.checkpoint_every,
                              stop_at=args.stop_at,
                              time_limit_s=None if args.time_limit is None else 60 * args.time_limit)  # 0 is a limit
         out.mkdir(parents=True, exist_ok=True)
         try:
-            stats = train(out, images=images, data=data, checkpoint=ckpt, seed=args.seed, **settings, **fixed)
+            warm = {"init": args.init, "held": held} if args.init is not None else {}
+            stats = train(out, images=images, data=data, checkpoint=ckpt, seed=args.seed, **settings, **fixed, **warm)
         except TrainingPaused as p:
             print(f"{name}: paused at step {p.step}/{p.steps}, checkpoint {p.path}; run the same command with --resume "
                   f"to continue", flush=True)

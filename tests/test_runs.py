@@ -1,6 +1,7 @@
 """Run descriptions: the folder names of existing runs stay as they were; name and manifest come from one object."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,83 @@ def test_delta_alone_runs_the_chosen_rule_and_the_plain_rule_stays_reachable():
     plain, plain_name = run("--variance", "iid", "--spending", "even", "--min_samples", "10", "--epsilon", "0")
     assert plain["epsilon"] is None and plain_name == "v2-0_1trials_1keep_200samples_stat_d0.05_min10"
     assert run("--min_samples", "4")[1].endswith("_min4_moderated-stratified_decay_eps0.01")
+
+
+def _perturb_first_tensor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = sorted((folder / "unet").glob("*.safetensors"))[0]
+    state = load_file(path)
+    key = sorted(state)[0]
+    state[key] = state[key] + 1e-3
+    save_file(state, path)
+
+
+def test_the_weights_fingerprint_follows_what_changes_the_errors_and_nothing_else(tmp_path):
+    import shutil
+
+    from diffusion_classifier.loading import TINY_MODELS, weights_fingerprint
+
+    shipped = TINY_MODELS / "digits-sd"
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(shipped, a)
+    shutil.copytree(shipped, b)
+    fp = weights_fingerprint(shipped)
+    assert fp and weights_fingerprint(a) == weights_fingerprint(str(b)) == fp  # a copy is the same model
+    (b / "README.md").write_text("another card\n")
+    (b / "calibration.json").write_text("{}\n")
+    (b / ".cache").mkdir()
+    (b / ".cache" / "x").write_text("lock")
+    assert weights_fingerprint(b) == fp  # cards, temperatures and hidden files do not change the errors
+    _perturb_first_tensor(b)
+    assert weights_fingerprint(b) != fp  # a retrained (or fine-tuned) model of the same shape is told apart
+    config = json.loads((a / "scheduler" / "scheduler_config.json").read_text())
+    (a / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "beta_end": 0.02}))
+    assert weights_fingerprint(a) not in (fp, weights_fingerprint(b))
+
+    big = tmp_path / "big.bin"  # a large file is sampled: its start, thirds and end
+    data = bytearray(torch.randint(0, 256, (1 << 20,), dtype=torch.uint8).numpy().tobytes())
+    big.write_bytes(bytes(data))
+    before = weights_fingerprint(big)
+    for offset in (0, len(data) // 3 + 5, len(data) - 1):
+        changed = bytearray(data)
+        changed[offset] ^= 1
+        big.write_bytes(bytes(changed))
+        assert weights_fingerprint(big) != before, offset
+    assert weights_fingerprint("nobody-here/not-a-cached-model") is None  # nothing to read: no check
+    assert weights_fingerprint("laion2b_s32b_b79k") is None and weights_fingerprint(None) is None
+
+
+def test_a_resume_with_other_model_weights_is_refused_and_an_old_folder_gets_the_fingerprint(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    import eval_prob_adaptive
+    from diffusion_classifier.errors import InputError
+    from diffusion_classifier.loading import TINY_MODELS
+    from diffusion_classifier.records import MANIFEST, WEIGHTS_KEY
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY_MODELS / "digits-sd", model)
+    np.save(tmp_path / "subset.npy", np.arange(2))
+    args = ["--model", str(model), "--dataset", "digits", "--split", "test", "--to_keep", "1", "--n_samples", "4",
+            "--subset_path", str(tmp_path / "subset.npy"), "--log_dir", str(tmp_path / "logs"), "--no_progress"]
+    first = eval_prob_adaptive.main(args)
+    manifest_path = Path(first["folder"]) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    recorded = manifest["numerics"][WEIGHTS_KEY]
+    files = {p.name: p.read_bytes() for p in Path(first["folder"]).iterdir()}
+    shutil.copytree(model, tmp_path / "saved")
+    _perturb_first_tensor(model)
+    with pytest.raises(InputError, match=rf"holds records of other model weights \(fingerprint {recorded}; "):
+        eval_prob_adaptive.main(args)
+    assert {p.name: p.read_bytes() for p in Path(first["folder"]).iterdir()} == files  # nothing written
+    shutil.rmtree(model)
+    shutil.copytree(tmp_path / "saved", model)
+    assert eval_prob_adaptive.main(args)["skipped"] == 2  # the old weights back: it resumes
+    # a folder written before fingerprints were kept resumes, and is guarded from then on
+    del manifest["numerics"][WEIGHTS_KEY]
+    manifest_path.write_text(json.dumps(manifest))
+    assert eval_prob_adaptive.main(args)["skipped"] == 2
+    assert json.loads(manifest_path.read_text())["numerics"][WEIGHTS_KEY] == recorded

@@ -261,3 +261,43 @@ def test_holdout_keeps_its_images_out_of_training_and_names_them_in_the_model_fo
     assert "--holdout 3" in (folder / "README.md").read_text()
     clash = subprocess.run(args + ["--val-fraction", "0.1"], capture_output=True, text=True)
     assert clash.returncode == 2 and "--holdout" in clash.stderr
+
+
+def test_warm_start_goes_on_from_a_saved_folder_and_its_card_keeps_every_stage(tmp_path):
+    train, kw = TINY["sd"]
+    first = train(tmp_path / "first", **kw)
+    first["threads"] = 1
+    (tmp_path / "first" / "training.json").write_text(json.dumps(first))
+    # at a vanishing lr the weights stay those loaded: the modules start from the folder, not from the seed
+    still = train(tmp_path / "still", **{**kw, "lr": 1e-12, "seed": 5}, init=tmp_path / "first")
+    wf, ws = weights(tmp_path / "first"), weights(tmp_path / "still")
+    assert all(torch.allclose(wf[k], ws[k], atol=1e-6) for k in wf)
+    train(tmp_path / "fresh", **{**kw, "lr": 1e-12, "seed": 5})
+    fresh = weights(tmp_path / "fresh")
+    assert any(not torch.allclose(wf[k], fresh[k], atol=1e-3) for k in wf)
+    assert still["init"]["steps"] == kw["steps"] and still["init"]["wall"] == first["wall"]
+
+    on = train(tmp_path / "on", **{**kw, "steps": 3}, init=tmp_path / "first")
+    on["threads"] = 1
+    sd.write_sd_card(tmp_path / "on", on)
+    card = (tmp_path / "on" / "README.md").read_text()
+    assert "went on from the weights" in card and f"{kw['steps'] + 3} steps" in card
+    commands = [line for line in card.splitlines() if line.startswith("python3 scripts/train_tiny_models.py")]
+    assert len(commands) == 2 and "--init" not in commands[0] and "--steps 3 " in commands[1]
+    assert commands[1].endswith("--init diffusion_classifier/tiny_models/digits-sd")
+
+    with pytest.raises(InputError, match="architecture"):
+        train(tmp_path / "wide", **{**kw, "channels": (16, 32)}, init=tmp_path / "first")
+    with pytest.raises(InputError, match="held out 0 train images and this run 3"):
+        train(tmp_path / "held", **kw, init=tmp_path / "first", held=[1, 2, 3])
+    with pytest.raises(InputError, match="training.json"):
+        train(tmp_path / "none", **kw, init=tmp_path / "missing")
+    with pytest.raises(InputError, match="v_prediction"):
+        train(tmp_path / "v", **kw, prediction_type="v_prediction", init=tmp_path / "first")
+
+
+@pytest.mark.slow
+def test_script_refuses_a_warm_start_of_a_kind_that_has_none(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train_tiny_models.py"), "--model", "dit",
+                           "--init", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "--init is implemented for --model sd" in done.stderr

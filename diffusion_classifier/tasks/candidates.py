@@ -22,6 +22,7 @@ import torch
 from ..engine import Scorer
 from ..errors import InputError
 from ..families import load_model, resolve_model
+from ..loading import model_numerics
 from ..loop import LoopStats, RecordLoop
 from ..noise import noise_bank, noise_digest
 from ..packing import resolve_packing
@@ -73,7 +74,7 @@ def candidate_scoring(version: str | None, model_path: str | None, device: torch
 
     noise, noise_source = noise_bank(n_rows, latent_shape, seed, noise_path)
     scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)
-    numerics = {"dtype": str(dtype), "attention": attention, "noise_digest": noise_digest(noise)}
+    numerics = model_numerics(source, dtype=str(dtype), attention=attention, noise_digest=noise_digest(noise))
     return CandidateScoring(model, img_size, source, scorer, schedule_for, noise_source, numerics, weights, digest)
 
 

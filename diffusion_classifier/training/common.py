@@ -229,6 +229,52 @@ class Ema:
             p.copy_(s)
 
 
+def warm_start(parts: dict, folder: Path, held: list[int] | None) -> dict:
+    """Load a saved model folder's weights into freshly built modules of the same architecture, before training
+    goes on from them; returns that folder's training stats (its `training.json`), the earlier stages of the new
+    model. `parts` maps each module's subfolder ("unet", "text_encoder", ...) to the module; `held` is the new
+    run's held-out train indices (None: none), which must be those of the folder, so that no image held out now
+    was trained on before."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    stats_file = folder / "training.json"
+    try:
+        stats = json.loads(stats_file.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"--init {folder}: expected a model folder written by this script, with its training.json; "
+                         f"{stats_file} cannot be read ({e})") from None
+    try:
+        before = json.loads((folder / HELDOUT_FILE).read_text())["indices"] if (folder / HELDOUT_FILE).is_file() else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"--init {folder}: its {HELDOUT_FILE} cannot be read ({e})") from None
+    if sorted(before or []) != sorted(held or []):
+        raise InputError(f"--init {folder} held out {len(before or [])} train images and this run "
+                         f"{len(held or [])}{' others' if len(before or []) == len(held or []) else ''}: go on with "
+                         f"the --holdout it was trained with, so no held-out image was ever trained on")
+    for sub, module in parts.items():
+        files = sorted((folder / sub).glob("*.safetensors"))
+        if len(files) != 1:
+            raise InputError(f"--init {folder}: expected one safetensors file in {folder / sub}, found {len(files)}")
+        state = load_file(str(files[0]))
+        mine = module.state_dict()
+        differ = sorted(set(state) ^ set(mine)) + [k for k in state if k in mine and state[k].shape != mine[k].shape]
+        if differ:
+            raise InputError(f"--init {folder}: its {sub} has another architecture than the one asked for "
+                             f"({len(differ)} tensors differ, e.g. {differ[0]}); give the flags it was trained with")
+        module.load_state_dict(state)
+    return stats
+
+
+def earlier_stages(s: dict) -> list[dict]:
+    """The stages a warm-started model went through before its last one (`s["init"]`, nested), oldest first."""
+    stages, prev = [], s.get("init")
+    while prev:
+        stages.insert(0, prev)
+        prev = prev.get("init")
+    return stages
+
+
 def count_params(*modules) -> int:
     """Number of parameters."""
     return sum(p.numel() for m in modules for p in m.parameters())
@@ -412,6 +458,29 @@ def retrain_command(which: str, s: dict, extra: str = "") -> str:
         f"python3 scripts/train_tiny_models.py{data} --model {which} --steps {s['steps']} --batch {s['batch']} --lr {s['lr']}"
         f"{extra} --seed {s['seed']} --threads {s['threads']}{where}{selection}"
     )
+
+
+def retrain_commands(which: str, s: dict, flags) -> str:
+    """The commands that reproduce a model folder, one per training stage (`flags(stats)`: the kind's own flags);
+    a warm-started stage goes on from the folder the one before it wrote."""
+    from .data import training_data
+
+    folder = f"diffusion_classifier/tiny_models/{training_data(s.get('data', 'digits')).folders[which]}"
+    stages = [*earlier_stages(s), s]
+    return "\n".join(retrain_command(which, st, flags(st)) + (f" --init {folder}" if i else "")
+                     for i, st in enumerate(stages))
+
+
+def warm_card_lines(s: dict) -> str:
+    """The model card's lines on the stages a warm-started model went through before its last (empty if none)."""
+    stages = earlier_stages(s)
+    if not stages:
+        return ""
+    told = "; ".join(f"{st['steps']} steps of batch {st['batch']} at lr {st['lr']} ({st['wall'] / 60:.1f} min, final "
+                     f"loss {st['loss']:.4f})" for st in stages)
+    total = sum(st["wall"] for st in [*stages, s]) / 60
+    return (f"\n  These steps went on from the weights (and EMA) of an earlier training, with a new warmup and cosine: "
+            f"{told}.\n  Wall time of all stages: {total:.1f} min, {sum(st['steps'] for st in [*stages, s])} steps.")
 
 
 def card_data_line(s: dict) -> str:

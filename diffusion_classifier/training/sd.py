@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .common import CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, Checkpointing, card_data_line, card_measured, build_tokenizer, caption_sampler, count_params, fit, folder_size, retrain_command, train_images
+from .common import CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, Checkpointing, card_data_line, card_measured, build_tokenizer, caption_sampler, count_params, fit, folder_size, retrain_commands, train_images, warm_card_lines, warm_start
 from .data import DIGITS, TrainingData, training_data
 from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, training_objective
 
@@ -64,10 +64,12 @@ def build_sd(vocab_size: int, bos: int, eos: int, pad: int, size: int | tuple[in
 
 def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, seed: int,
              prediction_type: str = "epsilon", data: TrainingData = DIGITS, channels=None, images=None,
-             checkpoint: Checkpointing | None = None) -> dict:
+             checkpoint: Checkpointing | None = None, init: Path | None = None, held: list[int] | None = None) -> dict:
     """Train a text-conditioned UNet (digits-sd, fashion-sd; with prediction_type "v_prediction", the v-target
     variant) on `data` and save it in the Stable Diffusion pipeline layout under out. Both variants see the same
-    draws in the same order. `images` = (x, y) replaces the train split; `checkpoint`: see common.Checkpointing."""
+    draws in the same order. `images` = (x, y) replaces the train split; `checkpoint`: see common.Checkpointing.
+    `init`: a model folder this script wrote, of the same architecture, to go on training from (its weights, with
+    a new warmup and cosine schedule); `held`: the held-out train indices, which must be the ones it held out."""
     import diffusers
 
     channels = tuple(channels or DATA_DEFAULTS.get(data.name, DEFAULTS)["channels"])
@@ -75,6 +77,11 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
     gen = torch.Generator().manual_seed(seed)
     tok = build_tokenizer(out / "tokenizer", data)
     unet, text_encoder = build_sd(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, data.size, channels)
+    before = warm_start({"unet": unet, "text_encoder": text_encoder}, init, held) if init is not None else None
+    if before is not None and (before.get("data", "digits"), before.get("prediction_type", "epsilon")) != (data.name, prediction_type):
+        raise InputError(f"--init {init} was trained on {before.get('data', 'digits')} with "
+                         f"{before.get('prediction_type', 'epsilon')} targets; this run trains on {data.name} with "
+                         f"{prediction_type} targets")
     if prediction_type not in PREDICTION_TYPES:
         raise InputError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     scheduler = make_scheduler(beta_schedule, "fixed_small", clip_sample=False, steps_offset=1,  # what StableDiffusionPipeline expects
@@ -109,6 +116,7 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
         steps=steps, batch=batch, lr=lr, beta_schedule=beta_schedule, seed=seed, n_train=len(x_all),
         prediction_type=prediction_type, loss=avg["loss"], wall=wall, unet_params=count_params(unet), text_params=count_params(text_encoder),
         vocab=len(tok), bytes=folder_size(out), data=data.name, size=data.size, channels=list(channels),
+        **({"init": {k: v for k, v in before.items() if k != "measured"}} if before is not None else {}),
     )
 
 
@@ -152,7 +160,7 @@ A tiny text-conditioned pixel-space diffusion model in the Stable Diffusion pipe
 - **Training**: {s["steps"]} steps, batch {s["batch"]}, AdamW lr {s["lr"]} (100 warmup steps, cosine to 5%),
   weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU ({s["threads"]} thread(s)).
   Loss: {loss} with uniform timesteps. Final loss (moving average of the training loss): {s["loss"]:.4f}.
-  Wall time: {s["wall"] / 60:.1f} min.
+  Wall time: {s["wall"] / 60:.1f} min.{warm_card_lines(s)}
 - **Weights**: safetensors, {s["bytes"] / 1e6:.2f} MB.
 
 ## Test accuracy (Diffusion Classifier)
@@ -162,7 +170,7 @@ A tiny text-conditioned pixel-space diffusion model in the Stable Diffusion pipe
 ## Retrain
 
 ```
-{retrain_command("sd-v" if v else "sd", s, sd_flags(s))}
+{retrain_commands("sd-v" if v else "sd", s, sd_flags)}
 ```
 """
     (out / "README.md").write_text(text)
