@@ -43,15 +43,18 @@ FINGERPRINT_SKIPS = ("calibration.json", "timestep_weights.json", "training.json
 def _sampled_digest(h, path: Path) -> None:
     """Feed a file into hash `h`: whole when small, else its size and four windows (start, thirds, end), so that a
     multi-GB checkpoint is told apart from a retrained one of the same shape without reading it all."""
-    size = path.stat().st_size
-    h.update(f"{size}\0".encode())
-    with open(path, "rb") as f:
-        if size <= 4 * SAMPLE_BYTES:
-            h.update(f.read())
-            return
-        for offset in (0, size // 3, 2 * size // 3, size - SAMPLE_BYTES):
-            f.seek(offset)
-            h.update(f.read(SAMPLE_BYTES))
+    try:
+        size = path.stat().st_size
+        h.update(f"{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= 4 * SAMPLE_BYTES:
+                h.update(f.read())
+                return
+            for offset in (0, size // 3, 2 * size // 3, size - SAMPLE_BYTES):
+                f.seek(offset)
+                h.update(f.read(SAMPLE_BYTES))
+    except OSError:  # a file the loader does not need (a lock, a broken link) must not stop the run
+        h.update(b"unreadable\0")
 
 
 def weights_fingerprint(model: str | os.PathLike | None) -> str | None:

@@ -176,8 +176,9 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
     """Write the run's settings on first use; refuse to continue a folder made with other settings.
 
     `settings` name the run (runs.py); `numerics` are the other settings that change its numbers (dtype,
-    attention kernel, the noise bank's digest, the model's weights fingerprint under WEIGHTS_KEY: loading.model_numerics). A folder written before it recorded `numerics` is checked on
-    what it has (its dtype) and gets the rest written in, so that later runs are checked on them too.
+    attention kernel, the noise bank's digest, the fingerprint of the model's weights under WEIGHTS_KEY:
+    loading.model_numerics). A folder written before it recorded `numerics` is checked on what it has (its
+    dtype) and gets the rest written in, so that later runs are checked on them too.
     """
     path = Path(folder) / MANIFEST
     settings = json.loads(json.dumps(settings))  # normalise tuples, paths
