@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .common import (MAX_LENGTH, Checkpointing, build_tokenizer, card_data_line, count_params, draw_batch, folder_size,
-                     retrain_command, to_rgb, train_images, train_loop)
+from .cards import card_data_line, retrain_command
+from .common import (MAX_LENGTH, Checkpointing, build_tokenizer, count_params, draw_batch, folder_size, to_rgb,
+                     train_images, train_loop)
 from .data import TrainingData, training_data
 
 # Committed settings per training data: `patch`, `heads`, `head_dim`, `layers` are the ViT's (width heads * head_dim).

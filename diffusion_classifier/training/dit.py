@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ..vb import split_learned_variance, vlb_term
-from .common import CAPTION_DROP, EVAL_PROTOCOL, Checkpointing, card_data_line, card_measured, count_params, fit, folder_size, retrain_command, to_rgb, train_images
+from .cards import EVAL_PROTOCOL, card_data_line, card_measured, retrain_command
+from .common import CAPTION_DROP, Checkpointing, count_params, fit, folder_size, to_rgb, train_images
 from .data import DIGITS, TrainingData
 from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, scheduler_noise_schedule, training_objective
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from ..families.joint_attention import RepeatedLastKeyAttention
 from ..objectives import flow_noise, static_shift
-from .common import CAPTION_DROP, MAX_LENGTH, Checkpointing, build_tokenizer, caption_sampler, card_data_line, card_measured, count_params, fit, folder_size, retrain_command, train_images
+from .cards import card_data_line, card_measured, retrain_command
+from .common import CAPTION_DROP, MAX_LENGTH, Checkpointing, build_tokenizer, caption_sampler, count_params, fit, folder_size, train_images
 from .data import DIGITS, TrainingData, training_data
 
 DEFAULTS = dict(steps=2500, batch=64, lr=1e-3, shift=1.0, patch=2, heads=4, head_dim=24, layers=4)

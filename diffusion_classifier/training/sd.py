@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .common import CAPTION_DROP, EVAL_PROTOCOL, MAX_LENGTH, Checkpointing, card_data_line, card_measured, build_tokenizer, caption_sampler, count_params, fit, folder_size, retrain_commands, train_images, warm_card_lines, warm_start
+from .cards import EVAL_PROTOCOL, card_data_line, card_measured, retrain_commands, warm_card_lines
+from .common import CAPTION_DROP, MAX_LENGTH, Checkpointing, build_tokenizer, caption_sampler, count_params, fit, folder_size, train_images, warm_start
 from .data import DIGITS, TrainingData, training_data
 from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, training_objective
 
