@@ -2,8 +2,8 @@
 
 Probabilities are softmax(-score / τ) over the candidates, summed over a class's candidates (several prompts of one
 class), where a candidate's score is its paired mean error (schedules.staged.paired_scores; lower is better). Here:
-- class_logits, temperature_for: class log-scores from candidate scores, and the τ minimising the negative
-  log-likelihood of the labels;
+- class_logits, temperature_for, fit_calibration: class log-scores from candidate scores, and the τ (with
+  fit_calibration, optionally one log-prior per class as well) minimising the negative log-likelihood of the labels;
 - nll, reliability_bins, expected_calibration_error, bootstrap_interval: how well calibrated probabilities are;
 - RecordScores, load_record_scores: the paired scores of every record of a run folder (any schedule);
 - the calibration file (calibration.json beside a model's model_index.json): the temperatures fitted per loss on
@@ -78,21 +78,46 @@ def readable_records(folder: str | Path):
 def temperature_for(cand_scores: torch.Tensor, labels: torch.Tensor, candidate_class) -> float:
     """τ minimising the negative log-likelihood of the labels under softmax(-score / τ) (class_logits over a class's
     candidates), for (N, K) candidate scores (lower is better; inf: never evaluated)."""
+    return fit_calibration(cand_scores, labels, candidate_class)[0]
+
+
+OFFSET_PRIOR_SD = 3.0  # fit_calibration: the prior's spread of a class's log-prior offset
+
+
+def fit_calibration(cand_scores: torch.Tensor, labels: torch.Tensor, candidate_class,
+                    offsets: bool = False) -> tuple[float, torch.Tensor | None]:
+    """(τ, b) minimising the negative log-likelihood of the labels under softmax(class_logits(-score / τ) + b).
+
+    Without `offsets` b is None (temperature scaling). With it, b (C,) float64 is one log-prior per class, summing to
+    zero (a shift of every b changes nothing): the share of a class that its prompts' errors under- or overstate on
+    every image, e.g. a prompt whose denoising is easier whatever the image. That is vector scaling with one shared
+    temperature; it moves probability between classes, so it can change the top class, and it needs enough
+    labelled images of every class to fit (a few hundred per class). A weak normal prior on b (standard deviation
+    OFFSET_PRIOR_SD) keeps the offsets of classes no image is labelled with finite."""
     s = cand_scores.double()
     s = s - s.masked_fill(~torch.isfinite(s), math.inf).min(1, keepdim=True).values  # the best candidate at 0
     finite = s[torch.isfinite(s)]
     spread = float(finite[finite > 0].median()) if bool((finite > 0).any()) else 1.0
     log_tau = torch.tensor(math.log(spread), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_tau], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+    n_cls = class_logits(s[:1], candidate_class, labels).shape[1]
+    raw = torch.zeros(n_cls, dtype=torch.float64, requires_grad=offsets)
+    params = [log_tau, raw] if offsets else [log_tau]
+    opt = torch.optim.LBFGS(params, lr=0.5, max_iter=200 if offsets else 100, line_search_fn="strong_wolfe")
+
+    def logits():
+        out = class_logits(-s / log_tau.exp(), candidate_class, labels)
+        return out + (raw - raw.mean()) if offsets else out
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(class_logits(-s / log_tau.exp(), candidate_class, labels), labels)
+        loss = torch.nn.functional.cross_entropy(logits(), labels)
+        if offsets:
+            loss = loss + 0.5 * ((raw - raw.mean()) ** 2).sum() / (OFFSET_PRIOR_SD ** 2 * len(labels))
         loss.backward()
         return loss
 
     opt.step(closure)
-    return float(log_tau.detach().exp())
+    return float(log_tau.detach().exp()), (raw - raw.mean()).detach() if offsets else None
 
 
 def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -143,9 +168,11 @@ class RecordScores:
     candidate_class: list[int]
     evaluations: torch.Tensor  # (N,) denoiser evaluations of each record
 
-    def probabilities(self, temperature: float) -> torch.Tensor:
-        """(N, C) class probabilities softmax(-score / temperature), summed over a class's candidates."""
-        return torch.softmax(class_logits(-self.scores / temperature, self.candidate_class, self.labels), 1)
+    def probabilities(self, temperature: float, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C) class probabilities softmax(-score / temperature), summed over a class's candidates; `offsets` (C,):
+        log-priors added to the class logits (fit_calibration)."""
+        logits = class_logits(-self.scores / temperature, self.candidate_class, self.labels)
+        return torch.softmax(logits if offsets is None else logits + offsets.to(logits), 1)
 
     def select(self, indices) -> "RecordScores":
         """The records of these dataset indices, in this order; one the run has not scored is an InputError."""
@@ -266,10 +293,11 @@ def write_calibration(model: str | Path, loss: str, temperature: float, info: di
     return path
 
 
-def summary(rs: RecordScores, tau: float, n_boot: int = 1000, n_bins: int = 15, seed: int = 0) -> dict:
-    """Top-1, evaluations per image, NLL and ECE (with bootstrap intervals) and the reliability bins of the records
-    at temperature tau."""
-    pr = rs.probabilities(tau)
+def summary(rs: RecordScores, tau: float, n_boot: int = 1000, n_bins: int = 15, seed: int = 0,
+            offsets: torch.Tensor | None = None) -> dict:
+    """Top-1 (the records' own predictions), evaluations per image, NLL and ECE (with bootstrap intervals) and the
+    reliability bins of the records at temperature tau (and class `offsets`, fit_calibration)."""
+    pr = rs.probabilities(tau, offsets)
     ece = lambda p, y: expected_calibration_error(p, y, n_bins)  # noqa: E731
     return {"n": len(rs.labels), "top1": 100.0 * float((rs.preds == rs.labels).double().mean()),
             "evaluations_per_image": float(rs.evaluations.double().mean()), "temperature": tau,

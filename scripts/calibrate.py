@@ -12,6 +12,10 @@ probabilities with that loss. Runs that ranked by timestep weights (the model's 
 --check scores other runs' records with it (top-1, NLL and ECE with bootstrap
 intervals) and --plot draws their reliability diagram.
 
+--class_offsets also fits, with the temperature, one log-prior per class (calibration.fit_calibration) and reports
+every run with both: a diagnostic of a bias between the classes (prompts whose errors are low or high whatever the
+image), which no temperature mends. The offsets are printed and returned, not written to the calibration file.
+
     python scripts/calibrate.py runs/heldout/... --check runs/test/... --plot reliability.png
 """
 import argparse
@@ -22,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.calibration import (  # noqa: E402
     CALIBRATION_FILE, UNCALIBRATED_TEMPERATURE, RecordScores, load_record_scores, plot_reliability, summary,
-    temperature_for, write_calibration)
+    fit_calibration, temperature_for, write_calibration)
 from diffusion_classifier.cli import HelpFormatter, positive_int, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
@@ -46,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_boot", type=positive_int, default=1000, help="bootstrap resamples of the intervals")
     p.add_argument("--n_bins", type=positive_int, default=15, help="confidence bins of ECE and the diagram")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the bootstrap")
+    p.add_argument("--class_offsets", action="store_true",
+                   help="also fit one log-prior per class with the temperature and report every run with them "
+                        "(a diagnostic; not written to the calibration file)")
     p.add_argument("--timestep_weights", type=Path, default=None,
                    help="the weights file the runs ranked by, where it is not the one shipped in their model folder")
     return p.parse_args(argv)
@@ -104,15 +111,28 @@ def main(argv=None) -> dict:
             "heldout": {k: after[k] for k in ("top1", "evaluations_per_image", "nll", "ece")}}
     path = write_calibration(out, settings["loss"], tau, info)
     print(f"  wrote τ {tau:.4g} for --loss {settings['loss']} to {path}")
-    checks = {}
+    checks, biased = {}, {}
+    if args.class_offsets:
+        tau_b, offsets = fit_calibration(held.scores, held.labels, held.candidate_class, offsets=True)
+        biased["heldout"] = summary(held, tau_b, args.n_boot, args.n_bins, args.seed, offsets)
+        print(f"  with one log-prior per class (fitted on these images too; τ {tau_b:.4g}): offsets "
+              + ", ".join(f"class {c} {float(b):+.2f}" for c, b in enumerate(offsets)))
+        print(line("held-out, with the offsets", biased["heldout"]))
     for f in args.check:
-        checks[str(f)] = summary(scores_of(f, args.timestep_weights), tau, args.n_boot, args.n_bins, args.seed)
+        rs = scores_of(f, args.timestep_weights)
+        checks[str(f)] = summary(rs, tau, args.n_boot, args.n_bins, args.seed)
         print(line(str(f), checks[str(f)]))
+        if args.class_offsets:
+            biased[str(f)] = summary(rs, tau_b, args.n_boot, args.n_bins, args.seed, offsets)
+            print(line(f"{f}, with the offsets", biased[str(f)]))
     if args.plot is not None:
         rows = {Path(k).name[:40]: v for k, v in checks.items()} or {"held-out (fitted)": after}
         plot_reliability(args.plot, rows, f"reliability at the fitted temperature {tau:.4g}")
         print(f"  drew {args.plot}")
-    return {"temperature": tau, "file": str(path), "heldout_before": before, "heldout": after, "checks": checks}
+    out = {"temperature": tau, "file": str(path), "heldout_before": before, "heldout": after, "checks": checks}
+    if args.class_offsets:
+        out["class_offsets"] = {"temperature": tau_b, "offsets": offsets.tolist(), "summaries": biased}
+    return out
 
 
 if __name__ == "__main__":

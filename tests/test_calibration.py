@@ -11,8 +11,9 @@ import torch
 
 from conftest import load_script
 from diffusion_classifier.calibration import (
-    UNCALIBRATED_TEMPERATURE, RecordScores, bootstrap_interval, expected_calibration_error, load_calibration, load_record_scores,
-    nll, reliability_bins, shipped_temperature, temperature_for, write_calibration)
+    UNCALIBRATED_TEMPERATURE, RecordScores, bootstrap_interval, class_logits, expected_calibration_error, fit_calibration,
+    load_calibration, load_record_scores, nll, reliability_bins, shipped_temperature, summary, temperature_for,
+    write_calibration)
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.records import save_record
 from diffusion_classifier.schedules.staged import adaptive_classify, paired_scores
@@ -82,6 +83,30 @@ def test_temperature_recovers_the_one_that_made_the_labels():
     p, p_sharp = torch.softmax(-s / tau, 1), torch.softmax(-s / 1e-4, 1)
     assert expected_calibration_error(p, labels) < 3 < expected_calibration_error(p_sharp, labels)
     assert nll(p, labels) < nll(p_sharp, labels)
+
+
+def test_class_offsets_recover_a_bias_no_temperature_can():
+    # labels drawn from softmax(-s / tau0 + b0): class 0's prompt makes denoising look easier than it is (its errors
+    # are low whatever the image), class 3's harder; two prompts of class 2 (candidates 2 and 3)
+    g = torch.Generator().manual_seed(2)
+    n, tau0 = 6000, 0.02
+    cc = [0, 1, 2, 2, 3]
+    b0 = torch.tensor([-1.5, 0.0, 0.5, 1.0], dtype=torch.float64)
+    s = torch.rand(n, 5, generator=g, dtype=torch.float64) * 0.1
+    logits = class_logits(-s / tau0, cc, torch.zeros(1, dtype=torch.long)) + b0
+    labels = torch.multinomial(torch.softmax(logits, 1), 1, generator=g)[:, 0]
+    tau, off = fit_calibration(s + 3.0, labels, cc, offsets=True)
+    assert tau == pytest.approx(tau0, rel=0.1)
+    assert float(off.sum()) == pytest.approx(0.0, abs=1e-9)  # only differences between classes are identified
+    torch.testing.assert_close(off, b0 - b0.mean(), atol=0.15, rtol=0)
+    # without offsets: the temperature of temperature_for, and a worse fit that no temperature mends
+    tau_only, none = fit_calibration(s, labels, cc)
+    assert none is None and tau_only == pytest.approx(temperature_for(s, labels, cc), rel=1e-6)
+    rs = RecordScores(s, labels, s.argmin(1), list(range(n)), cc, torch.full((n,), 5))
+    p_off, p_tau = rs.probabilities(tau, off), rs.probabilities(tau_only)
+    assert nll(p_off, labels) < nll(p_tau, labels) - 0.02
+    assert expected_calibration_error(p_off, labels) < expected_calibration_error(p_tau, labels)
+    assert summary(rs, tau, n_boot=20, offsets=off)["nll"] == pytest.approx(nll(p_off, labels))
 
 
 def test_candidates_of_one_class_share_its_probability():
@@ -190,8 +215,18 @@ def test_calibrate_reads_dit_records(tmp_path, tiny_dit):
     rs = load_record_scores(run["folder"])
     assert rs.scores.shape == (12, 10) and torch.isfinite(rs.scores).all()
     assert (rs.scores.argmin(1) == rs.preds).all()  # the winner has the lowest paired score
-    out = load_script("scripts/calibrate.py").main([run["folder"], "--out", str(tmp_path / "cal.json"), "--n_boot", "20"])
+    out = load_script("scripts/calibrate.py").main([run["folder"], "--out", str(tmp_path / "cal.json"), "--n_boot", "20",
+                                                     "--check", run["folder"], "--class_offsets"])
     assert shipped_temperature(tmp_path / "cal.json", "l2") == pytest.approx(out["temperature"])
+    # the diagnostic: one finite log-prior per class (classes no image is labelled with included), summing to 0,
+    # fitting the held-out records at least as well as the temperature alone; the file keeps the temperature only
+    biased = out["class_offsets"]
+    assert len(biased["offsets"]) == 10 and all(math.isfinite(b) for b in biased["offsets"])
+    assert sum(biased["offsets"]) == pytest.approx(0.0, abs=1e-6)
+    assert biased["summaries"]["heldout"]["nll"] <= out["heldout"]["nll"] + 1e-6
+    assert biased["summaries"][str(run["folder"])]["nll"] == pytest.approx(biased["summaries"]["heldout"]["nll"])
+    assert set(json.loads((tmp_path / "cal.json").read_text())["temperatures"]["l2"]) >= {"temperature"}
+    assert "offsets" not in json.dumps(json.loads((tmp_path / "cal.json").read_text()))
 
 
 def test_shipped_flow_temperature_applies_in_the_error_space_it_was_fitted_in():

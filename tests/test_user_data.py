@@ -535,6 +535,33 @@ def test_header_checks(tmp_path):
     assert find_unreadable(get_dataset("digits", tmp_path, "test"), range(5)) == []  # in memory: nothing to check
 
 
+def test_deep_images_and_files_with_a_byte_order_mark(tmp_path):
+    from diffusion_classifier.classifier import preprocess
+    from diffusion_classifier.data.compositional import read_jsonl
+    from diffusion_classifier.data.images import decode_rgb
+
+    # a 16-bit greyscale PNG (medical and scientific images) reads as its 8-bit equivalent, not clipped to white; so
+    # does a float image in [0, 1], a file's or one handed to the API
+    ramp = np.linspace(0, 65535, 24 * 20).reshape(24, 20).astype(np.uint16)
+    eight = np.rint(ramp / 257.0).astype(np.uint8)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    Image.fromarray((ramp / 65535.0).astype(np.float32)).save(tmp_path / "float.tiff")
+    for name in ("deep.png", "float.tiff"):
+        got = np.asarray(decode_rgb(tmp_path / name))
+        assert got.shape == (24, 20, 3) and (got == got[..., :1]).all()
+        assert int(np.abs(got[..., 0].astype(int) - eight).max()) <= 1
+    ref = preprocess([Image.fromarray(eight)], 16)
+    for im in (Image.open(tmp_path / "deep.png"), Image.fromarray((ramp / 65535.0).astype(np.float32))):
+        assert float((preprocess([im], 16) - ref).abs().max()) < 0.02
+        assert float((preprocess([im], 16, adm_crop=True) - preprocess([Image.fromarray(eight)], 16, adm_crop=True)).abs().max()) < 0.02
+    # a jsonl saved with a UTF-8 byte order mark (as some Windows editors write it) and CRLF line ends
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    line = json.dumps({"image": "a.png", "captions": ["a cat", "a dog"], "label": 1})
+    (tmp_path / "items.jsonl").write_bytes(("\ufeff" + line + "\r\n\r\n" + line.replace("a.png", "./a.png") + "\r\n").encode())
+    items = read_jsonl(tmp_path / "items.jsonl")
+    assert [(i.label, i.captions) for i in items] == [(1, ("a cat", "a dog"))] * 2
+
+
 def test_prompt_coverage_rules():
     from diffusion_classifier.data.prompts import PromptTable, check_coverage, dataset_prompts
 

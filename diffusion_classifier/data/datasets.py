@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision import datasets as tvd
 
 from ..errors import InputError, MissingError
-from .images import open_rgb
+from .images import open_rgb, to_8bit, to_rgb
 from .prompts import DATA_DIR, DATASET_PROMPTS
 from .sizes import image_size
 
@@ -45,10 +45,6 @@ def objectnet_imagenet_indices() -> list[list[int]]:
 # ---------------------------------------------------------------- transforms
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    return img.convert("RGB")
-
-
 class ADMCenterCrop:
     """Transform form of adm_center_crop (a class, so that data-loader workers can pickle it)."""
 
@@ -56,7 +52,7 @@ class ADMCenterCrop:
         self.size = size
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return adm_center_crop(img.convert("RGB"), self.size)
+        return adm_center_crop(to_rgb(img), self.size)
 
 
 def sd_transform(size: int | tuple[int, int], interpolation: str = "bicubic") -> Callable:
@@ -68,9 +64,10 @@ def sd_transform(size: int | tuple[int, int], interpolation: str = "bicubic") ->
     size = image_size(size)
     crop = [T.CenterCrop(size)] if isinstance(size, int) else []  # (H, W): Resize gives exactly that size
     return T.Compose([
+        to_8bit,  # deep greyscale images (16-bit, float) first: Resize takes 8-bit modes
         T.Resize(size, interpolation=INTERPOLATIONS[interpolation]),
         *crop,
-        _to_rgb,
+        to_rgb,
         T.ToTensor(),
         T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
     ])

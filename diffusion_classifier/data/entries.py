@@ -28,7 +28,7 @@ def load_json(path: Path, expected: str):
     if not path.is_file():
         raise MissingError(f"{path} does not exist; expected {expected}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is not valid JSON ({e}); expected {expected}") from None
 
@@ -37,7 +37,7 @@ def json_lines(path: Path, expected: str):
     """(line number, object) of each non-empty line of a jsonl file."""
     if not path.is_file():
         raise MissingError(f"{path} does not exist; expected {expected}")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

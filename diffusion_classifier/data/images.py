@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 from PIL import Image
 
 from ..errors import InputError
@@ -96,13 +97,36 @@ def header_problem(source: str | os.PathLike | bytes) -> str | None:
     return None
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float greyscale image as 8-bit greyscale (mode L); any other image unchanged. PIL's own
+    convert clips such values at 255 (most 16-bit images would turn white) and rounds floats in [0, 1] to 0 or 1, and
+    its resize does not take every such mode. 16-bit values (mode I;16*, or mode I from a PNG or with values above
+    255) are scaled by 255/65535, floats (mode F) in [0, 1] by 255, anything else is clipped to [0, 255]."""
+    mode = img.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    if mode.startswith("I;16") or (mode == "I" and (img.format == "PNG" or (a.size and a.max() > 255))):
+        a = a * (255.0 / 65535.0)
+    elif mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:
+        a = a * 255.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of a PIL image of any mode (to_8bit first, then PIL's convert)."""
+    img = to_8bit(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def decode_rgb(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
     """The image as a loaded RGB PIL image; UnreadableImageError naming it when it cannot be decoded."""
     fmt = None
     try:
         with _open(source) as im:
             fmt = im.format
-            return im.convert("RGB")
+            im.load()
+            return to_rgb(im)
     except Exception as e:  # noqa: BLE001 - see header_problem
         if not (isinstance(e, OSError) or _raised_in_pil(e)):
             raise  # not a decoding failure: a bug keeps its traceback

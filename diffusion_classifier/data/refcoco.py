@@ -93,7 +93,7 @@ def read_proposals(path: str | Path) -> dict[int, list[tuple[float, float, float
     if not path.is_file():
         raise MissingError(f"proposals file {path} does not exist; expected a JSON file {{image_id: [[x, y, w, h], ...]}}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"proposals file {path} is not valid JSON ({e}); expected {{image_id: [[x, y, w, h], ...]}}") from None
     if not isinstance(data, dict):
@@ -168,7 +168,7 @@ def read_refer(root: str | Path, dataset: str, split: str, split_by: str | None 
     if not isinstance(refs, list):
         raise InputError(f"{refs_path}: expected a list of refs, found a {type(refs).__name__}")
     try:
-        inst = json.loads(inst_path.read_text(encoding="utf-8"))
+        inst = json.loads(inst_path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{inst_path} is not valid JSON ({e}); expected COCO instances (images, annotations, "
                          f"categories)") from None
@@ -233,7 +233,7 @@ def read_jsonl(path: str | Path, image_root: str | Path, proposals: dict | None 
         raise MissingError(f"--data_path {path} does not exist; expected a jsonl file, one referred object a line "
                            f"(file_name, image_id, ann_id, anns, sentences)")
     queries = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

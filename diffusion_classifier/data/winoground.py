@@ -168,7 +168,7 @@ def load_winoground(data_dir: str | os.PathLike, limit: int | None = None) -> li
     images = WinogroundImages(data_dir)
 
     examples = []
-    with open(jsonl, encoding="utf-8") as f:
+    with open(jsonl, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
