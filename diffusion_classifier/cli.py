@@ -180,7 +180,7 @@ def add_data_args(parser) -> None:
     """Which images a dataset run reads and how they are shared out: flags of eval_prob_adaptive.py and eval_prob_dit.py."""
     parser.add_argument("--dataset_root", type=Path, default=Path(os.environ.get("DATASET_ROOT", "datasets")),
                         help="where datasets live (env DATASET_ROOT); --dataset hf: the Hugging Face dataset itself")
-    parser.add_argument("--subset_path", type=Path, default=None, help=".npy of dataset indices to evaluate")
+    parser.add_argument("--subset_path", type=Path, default=None, help="dataset indices to evaluate: a .npy array, or a text file of integers (one a line)")
     parser.add_argument("--n_workers", type=positive_int, default=1, help="number of shards")
     parser.add_argument("--worker_idx", type=non_negative_int, default=0,
                         help="this shard, 0..n_workers-1: takes indices[worker_idx::n_workers]")

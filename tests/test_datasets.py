@@ -235,9 +235,22 @@ def test_subset_indices(tmp_path):
     np.save(tmp_path / "big.npy", np.array([1, 4]))
     with pytest.raises(ValueError, match=r"indices must lie in 0\.\.3 for a dataset of 4 images, found 1\.\.4"):
         subset_indices(4, tmp_path / "big.npy")
-    np.save(tmp_path / "f.npy", np.array([0.0, 1.0]))
+    np.save(tmp_path / "f.npy", np.array([0.0, 3.0]))  # floats holding integers are those integers
+    assert subset_indices(4, tmp_path / "f.npy") == [0, 3]
+    np.save(tmp_path / "h.npy", np.array([0.5, 1.0]))
     with pytest.raises(ValueError, match="expected a 1-D integer array"):
-        subset_indices(4, tmp_path / "f.npy")
+        subset_indices(4, tmp_path / "h.npy")
+    # a text file of indices: one a line, or separated by spaces or commas
+    (tmp_path / "a.txt").write_text("2\n0\n\n3\n")
+    (tmp_path / "b.csv").write_text("\ufeff1, 2,3\n")
+    assert subset_indices(4, tmp_path / "a.txt") == [2, 0, 3] and subset_indices(4, tmp_path / "b.csv") == [1, 2, 3]
+    (tmp_path / "c.txt").write_text("-1\n2\n")
+    with pytest.raises(ValueError, match=r"indices must lie in 0\.\.3 .* found -1\.\.2"):
+        subset_indices(4, tmp_path / "c.txt")
+    for name, data in (("d.txt", b"1\ntwo\n"), ("e.npy", b"\x93NUMPY broken"), ("g.bin", bytes([0xff, 0xfe, 0x00]))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=r"expected a 1-D integer array saved with numpy\.save, or a text file"):
+            subset_indices(4, tmp_path / name)
     np.save(tmp_path / "2d.npy", np.zeros((2, 2), dtype=int))
     with pytest.raises(ValueError, match=r"found shape \(2, 2\)"):
         subset_indices(4, tmp_path / "2d.npy")

@@ -103,6 +103,9 @@ def test_roundtrip_with_quotes_and_extra_columns(tmp_path):
     assert read_prompts(tmp_path / "p.csv").rows() == rows
     (tmp_path / "q.csv").write_text("classidx,extra,prompt,classname\n3,zz,hello,h\n")
     assert read_prompts(tmp_path / "q.csv") == PromptTable(["hello"], ["h"], [3])
+    # a float column as pandas writes it (3.0) is the integer it holds
+    (tmp_path / "f.csv").write_text("prompt,classname,classidx\nhello,h,3.0\nbye,b,12.\n")
+    assert read_prompts(tmp_path / "f.csv") == PromptTable(["hello", "bye"], ["h", "b"], [3, 12])
 
 
 def test_missing_file(tmp_path):
@@ -119,7 +122,7 @@ def test_missing_column_names_missing_and_found(tmp_path):
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("value", ["-1", "two", "1.5", ""])
+@pytest.mark.parametrize("value", ["-1", "two", "1.5", "", ".0", "-1.0", "1.0.0"])
 def test_bad_classidx_names_row(tmp_path, value):
     (tmp_path / "p.csv").write_text(f"prompt,classname,classidx\na,a,0\nb,b,{value}\n")
     with pytest.raises(ValueError, match=r"data row 2 \(line 3\) has classidx"):

@@ -97,18 +97,38 @@ def dit_transform(size: int) -> Callable:
 # ---------------------------------------------------------------- subsets
 
 
+def _text_indices(path: Path) -> np.ndarray | None:
+    """The integers of a text file (whitespace or commas between them), None when it holds anything else."""
+    try:
+        tokens = path.read_bytes().decode("utf-8-sig").replace(",", " ").split()
+    except UnicodeDecodeError:
+        return None
+    if not tokens or not all(t.isascii() and t.lstrip("-").isdigit() for t in tokens):
+        return None
+    return np.array([int(t) for t in tokens], dtype=np.int64)
+
+
 def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
-    """All indices 0..n-1, or the ones stored in a .npy file (1-D integers in 0..n-1)."""
+    """All indices 0..n-1, or the ones stored in a file: a .npy array (1-D integers, or floats holding integers) or
+    a text file of integers (one a line, or separated by spaces or commas), each in 0..n-1."""
     if subset_path is None:
         return list(range(n))
     path = Path(subset_path)
     if not path.is_file():
         raise MissingError(f"subset file not found: {path} (expected a .npy array of dataset indices)")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                         f"expected a 1-D integer array saved with numpy.save") from None
+    with open(path, "rb") as f:
+        is_npy = f.read(6) == b"\x93NUMPY"
+    arr = None if is_npy else _text_indices(path)
+    if arr is None:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); expected a 1-D integer array saved with "
+                             f"numpy.save, or a text file of integer indices") from None
+    if (isinstance(arr, np.ndarray) and arr.ndim == 1 and np.issubdtype(arr.dtype, np.floating)
+            and np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        arr = arr.astype(np.int64)  # indices saved as floats (3.0)
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{path}: expected a 1-D integer array of indices, found shape {arr.shape} dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= n):

@@ -134,6 +134,9 @@ def read_prompts(path: str | Path) -> PromptTable:
             continue  # a blank (or whitespace-only, or commas-only) line
         value = row["classidx"]
         text_idx = value.strip() if value is not None else ""
+        whole, dot, frac = text_idx.partition(".")  # "3.0": a float column written by pandas
+        if dot and frac.strip("0") == "" and whole:
+            text_idx = whole
         if not (text_idx.isascii() and text_idx.isdigit()):
             raise InputError(
                 f"{path}: data row {row_num} (line {reader.line_num}) has classidx {value!r}; "
