@@ -115,7 +115,7 @@ def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
         return list(range(n))
     path = Path(subset_path)
     if not path.is_file():
-        raise MissingError(f"subset file not found: {path} (expected a .npy array of dataset indices)")
+        raise MissingError(f"subset file not found: {path} (expected a .npy array or a text file of dataset indices)")
     with open(path, "rb") as f:
         is_npy = f.read(6) == b"\x93NUMPY"
     arr = None if is_npy else _text_indices(path)

@@ -125,8 +125,8 @@ def decode_rgb(source: str | os.PathLike | bytes, name: str | None = None) -> Im
     try:
         with _open(source) as im:
             fmt = im.format
-            im.load()
-            return to_rgb(im)
+            out = to_rgb(im)
+            return out.copy() if out is im else out  # not the file's own image, which the with-block closes
     except Exception as e:  # noqa: BLE001 - see header_problem
         if not (isinstance(e, OSError) or _raised_in_pil(e)):
             raise  # not a decoding failure: a bug keeps its traceback
