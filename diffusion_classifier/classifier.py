@@ -46,7 +46,6 @@ def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubi
     """PIL image(s) -> (N, 3, S, S) (or (N, 3, H, W) for size (H, W)) in [-1, 1] (data.datasets.sd_transform, or
     DiT's dit_transform with `adm_crop`); tensors are taken as already preprocessed."""
     from .data.datasets import dit_transform, sd_transform
-    from .data.images import to_rgb
 
     if isinstance(images, torch.Tensor):
         images = images.unsqueeze(0) if images.dim() == 3 else images
@@ -62,7 +61,7 @@ def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubi
     if adm_crop and not isinstance(size, int):
         raise InputError(f"a DiT takes square images: give img_size S, got {size}")
     tf = dit_transform(size) if adm_crop else sd_transform(size, interpolation)
-    return torch.stack([tf(to_rgb(im) if adm_crop else im) for im in images])
+    return torch.stack([tf(im) for im in images])  # both transforms convert any image mode to 8-bit RGB
 
 
 def n_images(images) -> int:
