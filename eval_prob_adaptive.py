@@ -21,6 +21,7 @@ from diffusion_classifier.cli import (
     statistical_options,
 )
 from diffusion_classifier.cli import run as run_cli
+from diffusion_classifier.calibration import resolve_offsets
 from diffusion_classifier.data.datasets import sd_transform, subset_indices
 from diffusion_classifier.data.images import LateTransform, drop_unreadable
 from diffusion_classifier.data.prompts import check_classidx, check_coverage, read_prompts
@@ -129,20 +130,24 @@ def main(argv=None) -> dict:
     transform.transform = sd_transform(img_size, args.interpolation)
 
     tw, tw_digest = resolve_weights(args.timestep_weights, source, model.T, args.loss)
-    classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
-                                     weights=tw.weights if tw else None, loss=args.loss, **statistical_options(args))
-    noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     objective = model.make_objective(latent_shape, args.error_space, args.flow_grid)
+    candidates = [list(r) for r in zip(table.prompts, table.classidx)]
+    offsets = resolve_offsets(args.class_offsets, source, args.loss, objective.error_space, tw_digest,
+                              candidates)
+    classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
+                                     weights=tw.weights if tw else None, loss=args.loss, **statistical_options(args),
+                                     shift=None if offsets is None else offsets.shift(table.classidx))
+    noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, objective, noise, device, dtype, batch_size, pad_to_batch=args.compile)
 
     run = zero_shot_run(
         version=args.version, model=args.model, source=source, dataset=args.dataset, split=args.split,
         img_size=img_size, n_trials=args.n_trials, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
-        interpolation=args.interpolation, noise=noise_source, prompts=[list(r) for r in zip(table.prompts, table.classidx)],
+        interpolation=args.interpolation, noise=noise_source, prompts=candidates,
         subset=str(args.subset_path) if args.subset_path else None, corruption=args.corruption, severity=args.severity,
         schedule=args.schedule, **statistical_options(args),
-        timestep_weights=tw_digest, objective=objective,
-        error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
+        timestep_weights=tw_digest, class_offsets=None if offsets is None else offsets.setting(table.classidx),
+        objective=objective, error_space=args.error_space, flow_grid=args.flow_grid, no_t5=args.no_t5, guidance=args.guidance,
         extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     folder = run.folder(args.log_dir)
     claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state,

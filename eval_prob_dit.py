@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from diffusion_classifier.calibration import resolve_offsets
 from diffusion_classifier.cli import (
     HelpFormatter,
     add_data_args,
@@ -111,9 +112,10 @@ def check_flags(args: argparse.Namespace) -> str:
         if args.cls is None:
             raise InputError("pass --cls C (per-class mode) or --to_keep and --n_samples (adaptive mode)")
         if args.null_normalize or args.schedule != "reference" or args.loss != "l2" or args.delta is not None \
-                or args.timestep_weights is not None or args.epsilon is not None or args.spending is not None:
-            raise InputError("--null_normalize, --schedule, --delta, --epsilon, --spending, --timestep_weights and --loss "
-                             "are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
+                or args.timestep_weights is not None or args.epsilon is not None or args.spending is not None \
+                or args.class_offsets is not None:
+            raise InputError("--null_normalize, --schedule, --delta, --epsilon, --spending, --timestep_weights, "
+                             "--class_offsets and --loss are adaptive-mode flags; per-class mode stores l2 (or --save_vb terms)")
         return "per_class"
     validate_schedule(args.to_keep, args.n_samples)
     check_statistical_args(args)
@@ -161,9 +163,14 @@ def main(argv=None) -> dict:
         n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
     else:
         tw, tw_digest = resolve_weights(args.timestep_weights, source, model.T, args.loss)
+        classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, dataset)
+        offsets = None if args.null_normalize else resolve_offsets(args.class_offsets, source, args.loss, None,
+                                                                   tw_digest, classes)
+        cand_labels = range(len(classes))  # calibration.candidate_classes_of: a DiT run's candidate k is class k
         classify, n_rows = make_schedule(args.schedule, args.to_keep, args.n_samples, args.n_trials, T=model.T,
                                          weights=tw.weights if tw else None, loss=args.loss,
-                                         **statistical_options(args))
+                                         **statistical_options(args),
+                                         shift=None if offsets is None else offsets.shift(cand_labels))
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
     scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
     common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
@@ -185,11 +192,11 @@ def main(argv=None) -> dict:
         print(summary_line(folder / str(args.cls), stats, len(timesteps) * args.n_trials))
         return {"folder": str(folder), "class_folder": str(folder / str(args.cls)), **stats.as_dict()}
 
-    classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, dataset)
     run = class_adaptive_run(**common, to_keep=args.to_keep, n_samples=args.n_samples, loss=args.loss,
                              schedule=args.schedule, **statistical_options(args),
                              null_normalize=args.null_normalize, classes=classes,
-                             timestep_weights=tw_digest)
+                             timestep_weights=tw_digest,
+                             class_offsets=None if offsets is None else offsets.setting(cand_labels))
     folder = run.folder(args.log_dir)
     validate_schedule(args.to_keep, args.n_samples, len(classes), model.T)
     claim_run_folder(folder, run.manifest, info, state, numerics)

@@ -1,35 +1,55 @@
-"""Is a Fashion-MNIST model's miscalibration its temperature or a bias between its classes?
+"""Is a Fashion-MNIST model's miscalibration its temperature or a bias between its classes, and do class offsets
+applied inside the schedule mend it?
 
 A temperature rescales every image's scores alike. If a model's prompts (or class embeddings) make denoising easier
 for some classes whatever the image, no temperature corrects it: those classes get too much probability everywhere.
-This benchmark fits, on each model's held-out train records of the headline schedule (fashion_headline.py run /
-calibrate), the temperature alone and the temperature with one log-prior per class (calibration.fit_calibration,
-offsets=True), and compares them:
+
+Action `posthoc` (the default) fits, on each model's held-out train records of the headline schedule
+(fashion_headline.py run / calibrate), the temperature alone and the temperature with one log-prior per class
+(calibration.fit_calibration, offsets=True), and compares them on the records as they are:
 
   1. on the held-out images only: fitted on one half (every other image of each class), scored on the other; this is
      where the choice is made;
   2. on the test records (the whole split where fashion_headline.py whole has run, and the 1,000 stratified images):
      NLL and ECE with bootstrap intervals, and the top-1 of the calibrated probabilities beside the records' own.
 
-It reads the records only (no denoiser evaluation): a few minutes to load them. Results in
-benchmarks/results/class_offsets.json and a reliability diagram per model and fit in class_offsets.png.
+It reads the records only (no denoiser evaluation). Results in benchmarks/results/class_offsets.json and a reliability
+diagram per model and fit in class_offsets.png.
 
-    python benchmarks/fashion_headline.py run --models sd dit flow   # the records it reads, if not there yet
-    python benchmarks/class_offsets.py --models sd dit flow
+Action `schedule` ships the offsets and measures them where they act, inside the schedule (calibration.ClassOffsets:
+each class's errors shifted by -τ·b before every decision, so the answer is the most probable class):
+
+  1. the headline schedule without offsets on PER_CLASS held-out train images of every class (resumes), and
+     scripts/calibrate.py --class_offsets --offsets_only on those records: the offsets go into the model folder's
+     calibration.json beside the shipped temperature, which is kept;
+  2. the headline schedule on the PER_CLASS x 10 stratified test images twice, with the shipped offsets (the
+     command's default now) and with --class_offsets none, and the two compared image by image: top-1, evaluations
+     per image, images lost and gained, NLL and ECE with bootstrap intervals (each run at its own temperature).
+
+Results in benchmarks/results/class_offsets_schedule.json and class_offsets_schedule.png. About 10 minutes per 1,000
+images per run on a 2-core CPU.
+
+    python benchmarks/fashion_headline.py run --models sd dit flow   # the records `posthoc` reads, if not there yet
+    python benchmarks/class_offsets.py posthoc --models sd dit flow
+    python benchmarks/class_offsets.py schedule --models dit flow --per_class 100
 """
 from __future__ import annotations
 
 import argparse
 
-from lib import RESULTS, HelpFormatter
-from lib.fashion import MODELS, stratified_subset
-from lib.headline import run_folder
+from lib import RESULTS, HelpFormatter, entry_script
+from lib.fashion import MODELS, heldout_subset, stratified_subset
+from lib.headline import HEADLINE, run_folder, score
 from lib.results import write_result
+from lib.scoring import compare_runs
 
-from diffusion_classifier.calibration import RecordScores, fit_calibration, load_record_scores, plot_reliability, summary
+from diffusion_classifier.calibration import (RecordScores, fit_calibration, load_record_scores, plot_reliability,
+                                              run_temperature, summary)
 from diffusion_classifier.data.fashion_mnist import CLASSNAMES
+from diffusion_classifier.records import read_manifest_settings
 
 OUT = RESULTS / "class_offsets.json"
+SCHEDULE_OUT = RESULTS / "class_offsets_schedule.json"
 FITS = {"temperature": False, "temperature and class offsets": True}
 
 
@@ -75,14 +95,10 @@ def measure(model: str, n_boot: int) -> tuple[dict, dict]:
     return row, panels
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples of NLL and ECE")
-    args = p.parse_args(argv)
+def posthoc(models, n_boot: int, argv) -> dict:
     rows, panels = {}, {}
-    for m in args.models:
-        rows[m], more = measure(m, args.n_boot)
+    for m in models:
+        rows[m], more = measure(m, n_boot)
         panels.update(more)
         for name in FITS:
             f = rows[m][name]
@@ -98,6 +114,75 @@ def main(argv=None) -> dict:
                      "Fashion-MNIST test images: the temperature alone, and with one log-prior per class")
     print(f"wrote {OUT} and {RESULTS / 'class_offsets.png'}")
     return rows
+
+
+def ship_offsets(model: str, per_class: int, seed: int) -> dict:
+    """The headline schedule without offsets on per_class held-out train images of every class, then the class offsets
+    fitted on those records and written beside the model's shipped temperature (which is kept)."""
+    picks, unseen = heldout_subset(model, per_class)
+    if not unseen:
+        raise SystemExit(f"{model}: the model has no held-out train images (heldout_train.json) to fit offsets on")
+    score(model, "heldout", HEADLINE, "train", picks, seed)
+    held = run_folder(model, "heldout")
+    out = entry_script("scripts/calibrate").main([str(held), "--class_offsets", "--offsets_only", "--n_boot", "200"])
+    return {"heldout_images": len(picks), "heldout_folder": held.name, "temperature": out["temperature"],
+            "offsets_temperature": out["class_offsets"]["temperature"],
+            "offsets": dict(zip(CLASSNAMES, [round(b, 4) for b in out["class_offsets"]["offsets"]]))}
+
+
+def in_schedule(model: str, per_class: int, seed: int, n_boot: int) -> tuple[dict, dict]:
+    """The headline schedule with the shipped offsets and without them on the same stratified test images."""
+    subset = stratified_subset(per_class)
+    for offsets in (False, True):
+        score(model, "test", HEADLINE, "test", subset, seed, offsets=offsets)
+    runs = {name: run_folder(model, "test", offsets=offsets) for name, offsets in (("plain", False), ("offsets", True))}
+    scores = {name: load_record_scores(folder).select(subset) for name, folder in runs.items()}
+    row = compare_runs(("plain", scores["plain"]), ("offsets", scores["offsets"]))
+    panels = {}
+    for name, folder in runs.items():
+        tau, source = run_temperature(folder, digest=read_manifest_settings(folder).get("timestep_weights"))
+        s = summary(scores[name], tau, n_boot)
+        row[name].update({k: s[k] for k in ("temperature", "nll", "nll_interval", "ece", "ece_interval")},
+                         temperature_source=source, folder=folder.name)
+        panels[f"fashion-{model}, {'with class offsets' if name == 'offsets' else 'errors alone'} (τ {tau:.3g})"] = s
+    return row, panels
+
+
+def schedule(models, per_class: int, heldout_per_class: int, seed: int, n_boot: int, argv) -> dict:
+    rows, panels = {}, {}
+    for m in models:
+        fit = ship_offsets(m, heldout_per_class, seed)
+        print(f"fashion-{m}: offsets fitted on {fit['heldout_images']} held-out images (τ {fit['offsets_temperature']:.4g}"
+              f"; shipped temperature {fit['temperature']:.4g} kept): "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in fit["offsets"].items()), flush=True)
+        row, more = in_schedule(m, per_class, seed, n_boot)
+        rows[m] = {"fit": fit, "test_stratified": row}
+        panels.update(more)
+        for name in ("plain", "offsets"):
+            r = row[name]
+            print(f"  {row['images']} stratified test images, {'with offsets' if name == 'offsets' else 'errors alone'}:"
+                  f" top-1 {r['top1']:.2f}%, {r['evaluations_per_image']:.1f} evaluations / image, ECE {r['ece']:.2f}% "
+                  f"[{r['ece_interval'][0]:.2f}, {r['ece_interval'][1]:.2f}], NLL {r['nll']:.4f}", flush=True)
+        print(f"  with offsets: {row['gained']} gained, {row['lost']} lost (McNemar p {row['mcnemar_p']:.3f})")
+    write_result(SCHEDULE_OUT, rows, __file__, argv, merge=True)
+    plot_reliability(RESULTS / "class_offsets_schedule.png", panels,
+                     "Fashion-MNIST stratified test images: class offsets inside the schedule, and without them")
+    print(f"wrote {SCHEDULE_OUT} and {RESULTS / 'class_offsets_schedule.png'}")
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("action", nargs="?", default="posthoc", choices=["posthoc", "schedule"])
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--per_class", type=int, default=100, help="schedule: stratified test images per class")
+    p.add_argument("--heldout_per_class", type=int, default=100, help="schedule: held-out train images per class to fit on")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the runs")
+    p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples of NLL and ECE")
+    args = p.parse_args(argv)
+    if args.action == "schedule":
+        return schedule(args.models, args.per_class, args.heldout_per_class, args.seed, args.n_boot, argv)
+    return posthoc(args.models, args.n_boot, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 held-out train images and shipped beside it, calibration, and the saving against the reference's command.
 
 The headline schedule is the reference's CIFAR-10 command (`--to_keep 5 1 --n_samples 50 500 --loss l1`) with only
-`--schedule statistical --delta 0.05` added: at most 500 timesteps per class, the default rule of --delta. Every
+`--schedule statistical --delta 0.05` added: at most 500 timesteps per class, the default rule of --delta, deciding
+on the errors alone (`--class_offsets none`: class_offsets.py measures the offsets some models ship). Every
 action resumes (one record per image under benchmarks/cache/headline/<model>_<part>/):
   run        PER_CLASS held-out train images of every class (the model's heldout_train.json, from
              `train_tiny_models.py --holdout`; else a seeded stratified choice of train images, marked as seen) and
@@ -10,7 +11,8 @@ action resumes (one record per image under benchmarks/cache/headline/<model>_<pa
              held-out records (scripts/calibrate.py) and written into the model folder's calibration.json, where
              DiffusionClassifier and print_acc.py --probs find it;
   calibrate  the held-out half of `run` only: PER_CLASS held-out train images of every class (a larger PER_CLASS
-             adds images to the same records), then the temperature fitted on all of them;
+             adds images to the same records), then the temperature fitted on all of them (and, for the models in
+             OFFSETS, the class offsets with it: scripts/calibrate.py --class_offsets);
   test       the headline schedule on the PER_CLASS test images only (no held-out images, no calibration);
   reference  the reference's command itself on REFERENCE_PER_CLASS test images of every class (a subset of the
              run's test images: the same seeded permutations), for the saving and the images lost;
@@ -47,6 +49,7 @@ OUT = RESULTS / "fashion_headline.json"
 SPACES = {"eps": "ε-space (ε̂ = x_t + (1-σ)v̂ against ε, the flow default)",
           "native": "velocity space (v̂ against ε - x0, `--error_space native`)"}  # flow models' error spaces
 TEST_SIZE = 10_000
+OFFSETS = ("dit", "flow")  # the models that ship class offsets beside their temperature (class_offsets.py schedule)
 
 
 def calibrate(model: str, per_class: int, seed: int) -> None:
@@ -56,7 +59,8 @@ def calibrate(model: str, per_class: int, seed: int) -> None:
     if not unseen:
         print(f"{model}: no heldout_train.json; fitting on train images it was trained on", flush=True)
     score(model, "heldout", HEADLINE, "train", held.tolist(), seed)
-    entry_script("scripts/calibrate").main([str(run_folder(model, "heldout"))])
+    offsets = ["--class_offsets"] if model in OFFSETS else []
+    entry_script("scripts/calibrate").main([str(run_folder(model, "heldout")), *offsets])
 
 
 def run(models, per_class: int, seed: int) -> None:

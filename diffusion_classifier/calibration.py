@@ -7,13 +7,15 @@ class), where a candidate's score is its paired mean error (schedules.staged.pai
 - nll, reliability_bins, expected_calibration_error, bootstrap_interval: how well calibrated probabilities are;
 - RecordScores, load_record_scores: the paired scores of every record of a run folder (any schedule);
 - the calibration file (calibration.json beside a model's model_index.json): the temperatures fitted per loss on
-  held-out images by scripts/calibrate.py, read by DiffusionClassifier;
+  held-out images by scripts/calibrate.py, read by DiffusionClassifier, and the class offsets fitted with them
+  (ClassOffsets), which the entry scripts' schedules apply by default;
 - summary, plot_reliability: the report of a run's records at a temperature.
 
 Timestep weights learned from full evaluations (and their temperatures) are in timestep_weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, MissingError
-from .records import load_record, read_manifest_settings, write_json
+from .records import load_record, local_model, read_manifest_settings, write_json
 from .schedules.staged import paired_scores
 from .weighting import run_weights
 
@@ -198,10 +200,12 @@ class RecordScores:
 RUN_WEIGHTS = "run"  # load_record_scores: the timestep weights the run ranked by (its manifest), if any
 
 
-def load_record_scores(folder: str | Path, weights: torch.Tensor | str | None = RUN_WEIGHTS) -> RecordScores:
+def load_record_scores(folder: str | Path, weights: torch.Tensor | str | None = RUN_WEIGHTS,
+                       shifted: bool = True) -> RecordScores:
     """The paired scores of every readable record of a classification run folder (staged, statistical or full);
     `weights`: (T,) per-timestep weights of the errors (TimestepWeights.weights), None for plain means, RUN_WEIGHTS
-    for those the run's records were ranked by (weighting.run_weights: InputError where they are not found)."""
+    for those the run's records were ranked by (weighting.run_weights: InputError where they are not found).
+    `shifted`: with the shift of the class offsets the run's schedule applied (run_offsets), as it ranked."""
     if isinstance(weights, str):
         if weights != RUN_WEIGHTS:
             raise ValueError(f"weights must be a tensor, None or {RUN_WEIGHTS!r}, got {weights!r}")
@@ -220,7 +224,14 @@ def load_record_scores(folder: str | Path, weights: torch.Tensor | str | None = 
         evals.append(sum(len(e["t"]) for e in data.values()))
     if not rows:
         raise InputError(f"{folder}: no readable records")
-    return RecordScores(torch.stack(rows), torch.tensor(labels), torch.tensor(preds), indices,
+    applied = run_offsets(folder) if shifted else None
+    scores = torch.stack(rows)
+    if applied:
+        shift = torch.tensor(applied["shift"], dtype=torch.float64)
+        if len(shift) != scores.shape[1]:
+            raise InputError(f"{folder}: its manifest shifts {len(shift)} candidates, its records score {scores.shape[1]}")
+        scores = scores + shift
+    return RecordScores(scores, torch.tensor(labels), torch.tensor(preds), indices,
                         candidate_classes_of(Path(folder), rows[0].shape[0]), torch.tensor(evals))
 
 
@@ -253,15 +264,18 @@ def load_calibration(model: str | Path | None) -> dict:
                          f"number, ...}}}} (scripts/calibrate.py writes one), found an unreadable one ({e})") from None
     if bad:
         raise InputError(f"{path}: the temperature of loss {bad[0]!r} is not a positive number")
+    for loss, entry in out.items():
+        if entry.get("class_offsets") is not None:
+            ClassOffsets.from_entry(entry["class_offsets"], f"{path}, loss {loss!r}")
     return out
 
 
-def fitted_temperature(entries: dict, loss: str, error_space: str | None = None,
-                       timestep_weights: str | None = None) -> float | None:
-    """The temperature of `loss` among a model's calibration entries (load_calibration), or None: none fitted,
-    fitted on errors of another error space than `error_space` (a flow model's velocity and ε-space errors differ
-    in scale) when both are known, or on scores weighted otherwise than `timestep_weights` (the digest of the
-    weights the scores use, None for plain means; an entry without one was fitted on plain means)."""
+def fitted_entry(entries: dict, loss: str, error_space: str | None = None,
+                 timestep_weights: str | None = None) -> dict | None:
+    """The calibration entry of `loss` among a model's entries (load_calibration), or None: none fitted, fitted on
+    errors of another error space than `error_space` (a flow model's velocity and ε-space errors differ in scale)
+    when both are known, or on scores weighted otherwise than `timestep_weights` (the digest of the weights the
+    scores use, None for plain means; an entry without one was fitted on plain means)."""
     entry = entries.get(loss)
     if entry is None:
         return None
@@ -271,7 +285,14 @@ def fitted_temperature(entries: dict, loss: str, error_space: str | None = None,
         return None
     if settings.get("timestep_weights") != timestep_weights:
         return None
-    return float(entry["temperature"])
+    return entry
+
+
+def fitted_temperature(entries: dict, loss: str, error_space: str | None = None,
+                       timestep_weights: str | None = None) -> float | None:
+    """The temperature of the matching entry (fitted_entry), or None."""
+    entry = fitted_entry(entries, loss, error_space, timestep_weights)
+    return None if entry is None else float(entry["temperature"])
 
 
 def shipped_temperature(model: str | Path | None, loss: str, error_space: str | None = None,
@@ -281,16 +302,129 @@ def shipped_temperature(model: str | Path | None, loss: str, error_space: str | 
     return fitted_temperature(load_calibration(model), loss, error_space, timestep_weights)
 
 
-def write_calibration(model: str | Path, loss: str, temperature: float, info: dict) -> Path:
-    """Add (or replace) the temperature of `loss` in the model folder's calibration file; the others are kept."""
+def write_calibration(model: str | Path, loss: str, temperature: float, info: dict,
+                      offsets: "ClassOffsets | None" = None) -> Path:
+    """Add (or replace) the temperature of `loss` (and its class `offsets`, if any) in the model folder's calibration
+    file; the other losses are kept."""
     path = calibration_path(model)
     entries = load_calibration(path)
-    entries[loss] = {"temperature": float(temperature), **info}
+    entries[loss] = {"temperature": float(temperature), **info,
+                     **({"class_offsets": offsets.entry()} if offsets is not None else {})}
     write_json(path, {"format": "diffusion-classifier calibration",
                       "about": "probabilities softmax(-score / temperature), score: a prompt's paired mean error with "
-                               "this loss; fitted on held-out labelled images by scripts/calibrate.py",
+                               "this loss; fitted on held-out labelled images by scripts/calibrate.py; class_offsets: "
+                               "log-priors per class fitted with their own temperature, which the schedules apply",
                       "temperatures": dict(sorted(entries.items()))})
     return path
+
+
+# ---------------------------------------------------------------- class offsets applied by the schedules
+
+NO_OFFSETS = "none"  # --class_offsets none: decide on the errors alone, even where the model ships offsets
+
+
+def candidates_digest(candidates) -> str:
+    """Short hash of a run's candidates (eval_prob_adaptive's [prompt, classidx] rows, eval_prob_dit's class ids):
+    class offsets are fitted on one candidate set's errors (a prompt's wording is part of its bias) and apply to it."""
+    return hashlib.sha1(json.dumps(json.loads(json.dumps(candidates))).encode()).hexdigest()[:10]
+
+
+def run_candidates(settings: dict):
+    """The candidates of a run from its manifest settings: its prompts, else its classes (None if neither)."""
+    return settings.get("prompts") or settings.get("classes")
+
+
+@dataclass(frozen=True)
+class ClassOffsets:
+    """One log-prior per class, fitted with its own temperature on held-out images (fit_calibration, offsets=True).
+
+    Probabilities are softmax(class_logits(-score / temperature) + offsets), the same as softmax(-(score + shift) /
+    temperature) with each candidate's score shifted by -temperature x its class's offset (`shift`). The schedules
+    add that shift to every candidate's errors before each decision, so that the class they answer is the most
+    probable one; records keep the raw errors and the run's manifest keeps the shift (load_record_scores adds it)."""
+
+    temperature: float
+    offsets: torch.Tensor  # (C,) float64, summing to zero
+    candidates: str | None = None  # candidates_digest of the candidates they were fitted on
+    info: dict | None = None  # what they were fitted on (scripts/calibrate.py: images, runs, held-out figures)
+
+    def shift(self, candidate_class) -> torch.Tensor:
+        """(K,) float64: -temperature x the offset of each candidate's class (a class beyond the offsets: 0)."""
+        cc = torch.as_tensor(list(candidate_class), dtype=torch.long)
+        b = torch.zeros(int(max(len(self.offsets), int(cc.max()) + 1 if len(cc) else 0)), dtype=torch.float64)
+        b[: len(self.offsets)] = self.offsets.double()
+        return -self.temperature * b[cc]
+
+    def setting(self, candidate_class) -> dict:
+        """The manifest entry of a run that applies them: the temperature and each candidate's shift."""
+        return {"temperature": self.temperature, "shift": [float(v) for v in self.shift(candidate_class)]}
+
+    def entry(self) -> dict:
+        """Their entry in a calibration file."""
+        return {"temperature": self.temperature, "offsets": [float(v) for v in self.offsets],
+                "candidates": self.candidates, **(self.info or {})}
+
+    @staticmethod
+    def from_entry(raw, where: str) -> "ClassOffsets":
+        """The offsets of a calibration entry, checked (InputError naming `where`)."""
+        try:
+            tau, values, cands = float(raw["temperature"]), [float(v) for v in raw["offsets"]], raw.get("candidates")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"{where}: expected class_offsets {{'temperature': positive number, 'offsets': [one "
+                             f"number per class], 'candidates': digest}}, found {raw!r:.80} ({e})") from None
+        if not (tau > 0 and math.isfinite(tau)) or not values or not all(math.isfinite(v) for v in values):
+            raise InputError(f"{where}: class_offsets needs a positive temperature and finite offsets, found "
+                             f"temperature {tau} and {len(values)} offsets")
+        if cands is not None and not isinstance(cands, str):
+            raise InputError(f"{where}: class_offsets' 'candidates' must be a digest string, found {cands!r}")
+        info = {k: v for k, v in raw.items() if k not in ("temperature", "offsets", "candidates")}
+        return ClassOffsets(tau, torch.tensor(values, dtype=torch.float64), cands, info or None)
+
+
+def shipped_offsets(model: str | Path | None, loss: str, error_space: str | None, timestep_weights: str | None,
+                    candidates, entries: dict | None = None) -> ClassOffsets | None:
+    """The class offsets shipped with a local model folder (or among its calibration `entries`, load_calibration)
+    for this loss, error space and timestep weights, fitted on these candidates (candidates_digest), or None."""
+    entry = fitted_entry(load_calibration(model) if entries is None else entries, loss, error_space, timestep_weights)
+    if entry is None or entry.get("class_offsets") is None:
+        return None
+    found = ClassOffsets.from_entry(entry["class_offsets"], str(model))
+    return found if found.candidates == candidates_digest(candidates) else None
+
+
+def resolve_offsets(choice: str | None, model: str | Path | None, loss: str, error_space: str | None,
+                    timestep_weights: str | None, candidates, entries: dict | None = None) -> ClassOffsets | None:
+    """The class offsets a run applies: none with `choice` NO_OFFSETS, else the shipped ones (shipped_offsets)."""
+    if choice is not None and choice != NO_OFFSETS and choice != "shipped":
+        raise InputError(f"class offsets must be 'shipped' or '{NO_OFFSETS}', got {choice!r}")
+    return None if choice == NO_OFFSETS else shipped_offsets(model, loss, error_space, timestep_weights, candidates,
+                                                             entries)
+
+
+def run_offsets(folder: str | Path) -> dict | None:
+    """The class offsets a run's schedule applied ({'temperature', 'shift'}: ClassOffsets.setting), or None."""
+    return read_manifest_settings(folder).get("class_offsets")
+
+
+def run_temperature(folder: str | Path, weights=None, digest: str | None = None,
+                    temperature: float | None = None) -> tuple[float, str]:
+    """(τ, where it comes from) for the probabilities of a run's records (load_record_scores): `temperature` if
+    given, else the one fitted with the class offsets the run applied, else the one shipped with the run's model for
+    its loss and the timestep weights of digest `digest` (calibration.json), else that of the weights file
+    `weights` (TimestepWeights), else the uncalibrated default."""
+    if temperature is not None:
+        return temperature, "--temperature"
+    applied = run_offsets(folder)
+    if applied:
+        return float(applied["temperature"]), "fitted with the class offsets the run applied"
+    settings = read_manifest_settings(folder)
+    loss = settings.get("loss", "l2")
+    tau = shipped_temperature(local_model(settings.get("model")), loss, settings.get("error_space"), digest)
+    if tau is not None:
+        return tau, f"shipped with the model for --loss {loss}" + (" and these timestep weights" if digest else "")
+    if weights is not None:
+        return weights.temperature, "the weights file's"
+    return UNCALIBRATED_TEMPERATURE, "uncalibrated: the model ships none for this loss"
 
 
 def summary(rs: RecordScores, tau: float, n_boot: int = 1000, n_bins: int = 15, seed: int = 0,

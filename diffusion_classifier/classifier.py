@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from .schedules.staged import AdaptiveResult, validate_schedule
-from .calibration import UNCALIBRATED_TEMPERATURE, fitted_temperature, load_calibration
+from .calibration import UNCALIBRATED_TEMPERATURE, fitted_temperature, load_calibration, resolve_offsets
 from .engine import Scorer
 from .errors import InputError
 from .families import load_any_model, resolve_model
@@ -33,6 +33,7 @@ class Prediction:
     temperature: float  # the temperature of probs
     calibrated: bool  # whether it is the model's shipped temperature for this loss (calibration.json)
     timestep_weights: str | None = None  # digest of the timestep weights of the ranking and the scores (None: plain means)
+    shift: torch.Tensor | None = None  # (K,) class offsets' shift added to the scores in the ranking and in probs
 
 
 def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -164,6 +165,7 @@ class DiffusionClassifier:
         interpolation: str = "bicubic",
         temperature: float | None = None,
         schedule: str = "reference",
+        class_offsets: str | None = None,
         **statistical,
     ) -> list[Prediction]:
         """Classify PIL images or (N,3,H,W) tensors in [-1,1] against `prompts` with the staged schedule, or with
@@ -174,7 +176,12 @@ class DiffusionClassifier:
         Probabilities are softmax(-score / temperature) over each prompt's paired score (its mean error estimated on
         the winner's samples, so prompts dropped early are not scored on fewer, easier timesteps). `temperature`
         not given: the model's shipped temperature for `loss` (fitted on held-out images, Prediction.calibrated),
-        else calibration.UNCALIBRATED_TEMPERATURE."""
+        else calibration.UNCALIBRATED_TEMPERATURE.
+
+        Class offsets (calibration.ClassOffsets) shipped with the model for `loss` and exactly these prompts (in the
+        order and with the classes they were fitted with: the i-th prompt is class i) apply unless `class_offsets` is
+        'none': the schedule ranks scores + Prediction.shift, probabilities are softmax(-(score + shift) / τ), and τ
+        not given is the one fitted with the offsets."""
         if temperature is not None and not temperature > 0:
             raise InputError(f"temperature must be positive, got {temperature}")
         if isinstance(prompts, str) or not len(prompts) or \
@@ -189,15 +196,19 @@ class DiffusionClassifier:
             self._weights[loss] = resolve_weights(self.timestep_weights, self.source, self.model.T, loss)
         tw, digest = self._weights[loss]
         weights = None if tw is None else tw.weights
+        space = self.error_space or default_error_space(getattr(self.model, "scheduler_config", {}))
+        candidates = [self._label(c) for c in prompts] if self.class_conditional else \
+            [[p, i] for i, p in enumerate(prompts)]
+        offsets = resolve_offsets(class_offsets, self.source, loss, space, digest, candidates, self.calibration)
+        shift = None if offsets is None else offsets.shift(range(len(prompts)))
         classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=self.model.T, loss=loss,
-                                         weights=weights, **statistical)
+                                         weights=weights, shift=shift, **statistical)
         evaluate = self.evaluator(images, prompts, n_rows, loss, noise, seed, img_size, interpolation)
         results = classify(evaluate, n_images(images), len(prompts))
-        space = self.error_space or default_error_space(getattr(self.model, "scheduler_config", {}))
-        shipped = fitted_temperature(self.calibration, loss, space, digest)
+        shipped = offsets.temperature if offsets is not None else fitted_temperature(self.calibration, loss, space, digest)
         calibrated = temperature is None and shipped is not None
         tau = temperature if temperature is not None else float(shipped) if calibrated else UNCALIBRATED_TEMPERATURE
-        return [self._prediction(r, len(prompts), tau, calibrated, weights, digest) for r in results]
+        return [self._prediction(r, len(prompts), tau, calibrated, weights, digest, shift) for r in results]
 
     def evaluator(self, images, prompts: Sequence[str], n_rows: int, loss: str = "l2", noise: torch.Tensor | None = None,
                   seed: int = 0, img_size: int | tuple[int, int] | None = None, interpolation: str = "bicubic"):
@@ -214,7 +225,8 @@ class DiffusionClassifier:
 
     @staticmethod
     def _prediction(r: AdaptiveResult, k: int, temperature: float, calibrated: bool, weights: torch.Tensor | None,
-                    digest: str | None) -> Prediction:
+                    digest: str | None, shift: torch.Tensor | None = None) -> Prediction:
         scores = r.scores(k, weights)
-        return Prediction(r.pred, r.mean_errors(k), probabilities(scores, temperature), r.errors, scores, temperature,
-                          calibrated, digest)
+        ranked = scores if shift is None else scores + shift
+        return Prediction(r.pred, r.mean_errors(k), probabilities(ranked, temperature), r.errors, scores, temperature,
+                          calibrated, digest, shift)

@@ -223,6 +223,10 @@ def add_schedule_args(parser, mode: str = "", required: bool = True) -> None:
     parser.add_argument("--timestep_weights", type=Path, default=None,
                         help=f"{mode}JSON of learned timestep weights (scripts/fit_timestep_weights.py): rank by weighted "
                              f"errors; not given: {WEIGHTS_DEFAULT}")
+    parser.add_argument("--class_offsets", default=None, choices=["shipped", "none"],
+                        help=f"{mode}shipped (not given): where the local model folder's calibration.json holds class "
+                             f"offsets fitted for these candidates, --loss and timestep weights, the schedule adds each "
+                             f"class's to its errors (docs/calibration.md); none: the errors alone")
     parser.add_argument("--loss", default="l2", choices=list(LOSSES),
                         help=f"{mode}error between the prediction and its target (ε and ε̂ by default); log_l2: the log "
                              f"of the l2 error (classes compared by relative differences at each timestep)")

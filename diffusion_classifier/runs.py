@@ -9,6 +9,8 @@ run with another value) and its manifest entries together. The tags reproduce th
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,12 @@ def _weights(digest: str | None) -> Setting:
     return Setting({"timestep_weights": digest}, f"_tw{digest}" if digest else "")
 
 
+def _offsets(applied: dict | None) -> Setting:
+    """The class offsets a schedule applies (calibration.ClassOffsets.setting) and their tag _co<digest>."""
+    digest = hashlib.sha1(json.dumps(applied, sort_keys=True).encode()).hexdigest()[:8] if applied else None
+    return Setting({"class_offsets": applied} if applied else {}, f"_co{digest}" if digest else "")
+
+
 def zero_shot_run(*, version: str | None, model: str | None, source: str, dataset: str, split: str,
                   img_size: int | tuple[int, int], n_trials: int, to_keep, n_samples, loss: str, interpolation: str,
                   noise: str, prompts: list, subset: str | None, corruption: str | None, severity: int | None,
@@ -114,7 +122,8 @@ def zero_shot_run(*, version: str | None, model: str | None, source: str, datase
                   timestep_weights: str | None, objective,
                   error_space: str | None, flow_grid: str, no_t5: bool, guidance: float | None,
                   extra: str | None = None, root: str | Path | None = None, data: dict | None = None,
-                  epsilon: float | None = None, spending: str = "even") -> RunDescription:
+                  epsilon: float | None = None, spending: str = "even",
+                  class_offsets: dict | None = None) -> RunDescription:
     """eval_prob_adaptive.py's run: v<model>_<n>trials_<keeps>keep_<samples>samples and the suffixes of its options.
 
     `objective` is the one scored with (its prediction type and error space); `error_space` the flag as given.
@@ -138,6 +147,7 @@ def zero_shot_run(*, version: str | None, model: str | None, source: str, datase
         _img_size(img_size, 512),
         *_statistical(schedule, z, min_samples, delta, variance, epsilon, spending),
         _weights(timestep_weights),
+        _offsets(class_offsets),
         Setting(objective_values, (f"_err{error_space}" if error_space is not None else "")
                 + (f"_grid{flow_grid}" if flow and flow_grid != "timesteps" else "")),
         Setting({"guidance": guidance} if guidance is not None else {}, f"_g{guidance}" if guidance is not None else ""),
@@ -179,7 +189,8 @@ def class_adaptive_run(*, source: str, vae: str | None, dataset: str, split: str
                        schedule: str, z: float, min_samples: int, delta: float | None, variance: str,
                        null_normalize: bool, classes: list[int], timestep_weights: str | None,
                        extra: str | None = None, root: str | Path | None = None,
-                       data: dict | None = None, epsilon: float | None = None, spending: str = "even") -> RunDescription:
+                       data: dict | None = None, epsilon: float | None = None, spending: str = "even",
+                       class_offsets: dict | None = None) -> RunDescription:
     """eval_prob_dit.py's adaptive run: <model>_<n>trials_<keeps>keep_<samples>samples[_<loss>][_stat..][_null].."""
     statistical, variance_setting = _statistical(schedule, z, min_samples, delta, variance, epsilon, spending)
     settings = (
@@ -191,6 +202,7 @@ def class_adaptive_run(*, source: str, vae: str | None, dataset: str, split: str
         Setting({"null_normalize": null_normalize}, "_null" if null_normalize else ""),
         variance_setting,
         _weights(timestep_weights),
+        _offsets(class_offsets),
         Setting({"classes": classes}, ""),
         Setting(dict(data or {}), ""),
     )

@@ -12,9 +12,12 @@ probabilities with that loss. Runs that ranked by timestep weights (the model's 
 --check scores other runs' records with it (top-1, NLL and ECE with bootstrap
 intervals) and --plot draws their reliability diagram.
 
---class_offsets also fits, with the temperature, one log-prior per class (calibration.fit_calibration) and reports
-every run with both: a diagnostic of a bias between the classes (prompts whose errors are low or high whatever the
-image), which no temperature mends. The offsets are printed and returned, not written to the calibration file.
+--class_offsets also fits one log-prior per class with its own temperature (calibration.fit_calibration): a bias
+between the classes (prompts whose errors are low or high whatever the image), which no temperature mends. They are
+written beside the temperature with a digest of the runs' candidates (their prompts, or classes); the schedules of
+eval_prob_adaptive.py and eval_prob_dit.py then add -temperature x offset to each class's errors before every decision
+(--class_offsets none opts out), so the class a run answers is the most probable one. --offsets_only adds them to an
+existing entry and keeps its temperature (fitted, perhaps, on more images). Every --check run is reported with them.
 
     python scripts/calibrate.py runs/heldout/... --check runs/test/... --plot reliability.png
 """
@@ -25,8 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.calibration import (  # noqa: E402
-    CALIBRATION_FILE, UNCALIBRATED_TEMPERATURE, RecordScores, load_record_scores, plot_reliability, summary,
-    fit_calibration, temperature_for, write_calibration)
+    CALIBRATION_FILE, UNCALIBRATED_TEMPERATURE, ClassOffsets, RecordScores, candidates_digest, fit_calibration,
+    load_calibration, load_record_scores, plot_reliability, run_candidates, run_offsets, summary, temperature_for,
+    write_calibration)
 from diffusion_classifier.cli import HelpFormatter, positive_int, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
@@ -51,8 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_bins", type=positive_int, default=15, help="confidence bins of ECE and the diagram")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the bootstrap")
     p.add_argument("--class_offsets", action="store_true",
-                   help="also fit one log-prior per class with the temperature and report every run with them "
-                        "(a diagnostic; not written to the calibration file)")
+                   help="also fit one log-prior per class (with its own temperature), write them beside the temperature "
+                        "(the schedules apply them) and report every run with them")
+    p.add_argument("--offsets_only", action="store_true",
+                   help="with --class_offsets: keep the calibration file's temperature for this loss, add the offsets")
     p.add_argument("--timestep_weights", type=Path, default=None,
                    help="the weights file the runs ranked by, where it is not the one shipped in their model folder")
     return p.parse_args(argv)
@@ -99,27 +105,56 @@ def main(argv=None) -> dict:
     check_output_file(out)
     if args.plot is not None:
         check_output_file(args.plot)
+    if args.offsets_only and not args.class_offsets:
+        raise InputError("--offsets_only keeps the temperature and adds class offsets: pass --class_offsets too")
+    if any(run_offsets(f) for f in args.heldout_runs):
+        raise InputError("the held-out runs applied class offsets (their manifests hold them): fit on runs made with "
+                         "--class_offsets none, whose scores are the errors alone")
+    if args.class_offsets and len({candidates_digest(run_candidates(read_manifest_settings(f)))
+                                   for f in args.heldout_runs}) > 1:
+        raise InputError("class offsets are fitted for one set of candidates: the held-out runs score different prompts")
+    loss = settings["loss"]
     held = RecordScores.cat([scores_of(f, args.timestep_weights) for f in args.heldout_runs])
-    tau = temperature_for(held.scores, held.labels, held.candidate_class)
+    entries = load_calibration(out)
+    info = {"n_images": len(held.labels), "runs": [f.name for f in args.heldout_runs],  # names: no machine paths
+            "settings": {k: settings.get(k) for k in KEPT_SETTINGS if settings.get(k) is not None}}
+    if args.offsets_only:
+        if loss not in entries:
+            raise MissingError(f"{out} holds no temperature for --loss {loss} to keep: run without --offsets_only")
+        tau = float(entries[loss]["temperature"])
+        info = {k: v for k, v in entries[loss].items() if k not in ("temperature", "class_offsets")}
+        print(f"kept τ {tau:.4g} for --loss {loss} ({out}); {len(held.labels)} held-out images:")
+    else:
+        tau = temperature_for(held.scores, held.labels, held.candidate_class)
+        print(f"fitted on {len(held.labels)} held-out images (--loss {loss}):")
     before = summary(held, UNCALIBRATED_TEMPERATURE, args.n_boot, args.n_bins, args.seed)
     after = summary(held, tau, args.n_boot, args.n_bins, args.seed)
-    print(f"fitted on {len(held.labels)} held-out images (--loss {settings['loss']}):")
     print(line(f"uncalibrated (τ {UNCALIBRATED_TEMPERATURE:g})", before))
-    print(line("fitted", after))
-    info = {"n_images": len(held.labels), "runs": [f.name for f in args.heldout_runs],  # names: no machine paths
-            "settings": {k: settings.get(k) for k in KEPT_SETTINGS if settings.get(k) is not None},
-            "heldout": {k: after[k] for k in ("top1", "evaluations_per_image", "nll", "ece")}}
-    path = write_calibration(out, settings["loss"], tau, info)
-    print(f"  wrote τ {tau:.4g} for --loss {settings['loss']} to {path}")
-    checks, biased = {}, {}
+    print(line("kept" if args.offsets_only else "fitted", after))
+    if not args.offsets_only:
+        info["heldout"] = {k: after[k] for k in ("top1", "evaluations_per_image", "nll", "ece")}
+    checks, biased, fitted = {}, {}, None
     if args.class_offsets:
         tau_b, offsets = fit_calibration(held.scores, held.labels, held.candidate_class, offsets=True)
         biased["heldout"] = summary(held, tau_b, args.n_boot, args.n_bins, args.seed, offsets)
+        fitted = ClassOffsets(tau_b, offsets, candidates_digest(run_candidates(settings)),
+                              {"n_images": len(held.labels), "runs": [f.name for f in args.heldout_runs],
+                               "heldout": {k: biased["heldout"][k] for k in ("top1", "nll", "ece")}})
         print(f"  with one log-prior per class (fitted on these images too; τ {tau_b:.4g}): offsets "
               + ", ".join(f"class {c} {float(b):+.2f}" for c, b in enumerate(offsets)))
         print(line("held-out, with the offsets", biased["heldout"]))
+    path = write_calibration(out, loss, tau, info, fitted)
+    print(f"  wrote τ {tau:.4g}{' and the class offsets' if fitted else ''} for --loss {loss} to {path}")
+    if fitted is None and (entries.get(loss) or {}).get("class_offsets"):
+        print(f"  the class offsets {path} held for --loss {loss} were fitted on other runs and are dropped; "
+              f"fit them again with --class_offsets")
     for f in args.check:
         rs = scores_of(f, args.timestep_weights)
+        applied = run_offsets(f)
+        if applied:  # its scores hold the shift its schedule applied: reported at the temperature fitted with them
+            checks[str(f)] = summary(rs, float(applied["temperature"]), args.n_boot, args.n_bins, args.seed)
+            print(line(f"{f}, with the class offsets its schedule applied", checks[str(f)]))
+            continue
         checks[str(f)] = summary(rs, tau, args.n_boot, args.n_bins, args.seed)
         print(line(str(f), checks[str(f)]))
         if args.class_offsets:

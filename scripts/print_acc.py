@@ -11,28 +11,10 @@ from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError, MissingError  # noqa: E402
 
 
-def run_temperature(folder: Path, weights, digest: str | None, temperature: float | None) -> tuple[float, str]:
-    """(τ, where it comes from): --temperature, else the temperature shipped with the run's model for its loss and
-    these weights (`digest`; calibration.json), else the weights file's, else the uncalibrated default."""
-    from diffusion_classifier.calibration import UNCALIBRATED_TEMPERATURE, shipped_temperature
-    from diffusion_classifier.records import local_model, read_manifest_settings
-
-    if temperature is not None:
-        return temperature, "--temperature"
-    settings = read_manifest_settings(folder)
-    loss = settings.get("loss", "l2")
-    tau = shipped_temperature(local_model(settings.get("model")), loss, settings.get("error_space"), digest)
-    if tau is not None:
-        return tau, f"shipped with the model for --loss {loss}" + (" and these timestep weights" if digest else "")
-    if weights is not None:
-        return weights.temperature, "the weights file's"
-    return UNCALIBRATED_TEMPERATURE, "uncalibrated: the model ships none for this loss"
-
-
 def rescore(folder: Path, weights_path, probs: bool, top: int, temperature: float | None = None) -> dict:
     """Accuracy of full-evaluation records under timestep weights; per-image probabilities of any run's records
     (scored with --timestep_weights, else with the weights the run ranked by)."""
-    from diffusion_classifier.calibration import expected_calibration_error, load_record_scores, nll
+    from diffusion_classifier.calibration import expected_calibration_error, load_record_scores, nll, run_temperature
     from diffusion_classifier.records import read_manifest_settings
     from diffusion_classifier.timestep_weights import load_full_errors, predictions
     from diffusion_classifier.weighting import load_weights, run_weights, weights_digest

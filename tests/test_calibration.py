@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +12,11 @@ import torch
 
 from conftest import load_script
 from diffusion_classifier.calibration import (
-    UNCALIBRATED_TEMPERATURE, RecordScores, bootstrap_interval, class_logits, expected_calibration_error, fit_calibration,
-    load_calibration, load_record_scores, nll, reliability_bins, shipped_temperature, summary, temperature_for,
-    write_calibration)
+    UNCALIBRATED_TEMPERATURE, ClassOffsets, RecordScores, bootstrap_interval, candidates_digest, class_logits,
+    expected_calibration_error, fit_calibration, load_calibration, load_record_scores, nll, reliability_bins,
+    resolve_offsets, shipped_offsets, shipped_temperature, summary, temperature_for, write_calibration)
 from diffusion_classifier.errors import InputError
-from diffusion_classifier.records import save_record
+from diffusion_classifier.records import read_manifest_settings, save_record
 from diffusion_classifier.schedules.staged import adaptive_classify, paired_scores
 from diffusion_classifier.schedules.statistical import statistical_classify
 
@@ -107,6 +108,73 @@ def test_class_offsets_recover_a_bias_no_temperature_can():
     assert nll(p_off, labels) < nll(p_tau, labels) - 0.02
     assert expected_calibration_error(p_off, labels) < expected_calibration_error(p_tau, labels)
     assert summary(rs, tau, n_boot=20, offsets=off)["nll"] == pytest.approx(nll(p_off, labels))
+
+
+@pytest.mark.parametrize("schedule", ["staged", "statistical"])
+def test_a_class_shift_moves_the_answer_and_a_common_one_changes_nothing(schedule):
+    offsets = [0.0, 0.003, 0.01, 0.02, 0.2]
+
+    def evaluate(jobs):
+        g = torch.Generator().manual_seed(int(jobs.t.sum()))
+        return additive_evaluator(offsets)(jobs) + 0.001 * torch.randn(len(jobs.t), generator=g, dtype=torch.float64)
+
+    def classify(shift=None):
+        if schedule == "staged":
+            return adaptive_classify(evaluate, 1, 5, [3, 1], [10, 40], shift=shift)[0]
+        return statistical_classify(evaluate, 1, 5, max_samples=100, delta=0.05, epsilon=0.01, shift=shift)[0]
+
+    plain, common = classify(), classify(torch.full((5,), 0.5, dtype=torch.float64))
+    assert plain.pred == 0 and common.pred == 0 and common.survivors == plain.survivors
+    assert {c: len(e["t"]) for c, e in common.errors.items()} == {c: len(e["t"]) for c, e in plain.errors.items()}
+    # class 0 pushed 0.01 above class 1 (which is 0.003 worse): class 1 wins, and the records keep the raw errors
+    moved = classify(torch.tensor([0.01, 0, 0, 0, 0], dtype=torch.float64))
+    assert moved.pred == 1
+    assert float(moved.errors[1]["pred_errors"].mean()) == pytest.approx(0.003 + float(
+        ((moved.errors[1]["t"].double() / 1000) ** 2).mean()), abs=1e-3)
+
+
+def test_a_shift_of_the_scores_is_the_offsets_added_to_the_logits():
+    g = torch.Generator().manual_seed(0)
+    cc = [0, 0, 1, 2, 2, 3]
+    s = torch.rand(50, 6, generator=g, dtype=torch.float64) * 0.01
+    labels = torch.randint(0, 4, (50,), generator=g)
+    co = ClassOffsets(0.002, torch.tensor([-1.0, 0.5, 0.2, 0.3], dtype=torch.float64))
+    shift = co.shift(cc)
+    torch.testing.assert_close(shift, torch.tensor([0.002, 0.002, -0.001, -0.0004, -0.0004, -0.0006],
+                                                   dtype=torch.float64))
+    raw = RecordScores(s, labels, s.argmin(1), list(range(50)), cc, torch.full((50,), 6))
+    moved = RecordScores(s + shift, labels, s.argmin(1), list(range(50)), cc, torch.full((50,), 6))
+    torch.testing.assert_close(moved.probabilities(co.temperature), raw.probabilities(co.temperature, co.offsets))
+    assert co.setting(cc) == {"temperature": 0.002, "shift": shift.tolist()}
+    assert torch.equal(ClassOffsets(0.002, co.offsets).shift([5, 0]), torch.tensor([0.0, 0.002], dtype=torch.float64))
+
+
+def test_shipped_offsets_apply_to_their_candidates_loss_and_weights_only(tmp_path):
+    cands = [["a photo of a cat.", 0], ["a photo of a dog.", 1]]
+    co = ClassOffsets(0.02, torch.tensor([0.4, -0.4], dtype=torch.float64), candidates_digest(cands))
+    write_calibration(tmp_path, "l1", 0.01, {"settings": {"error_space": "eps"}}, co)
+    assert shipped_temperature(tmp_path, "l1") == 0.01  # the temperature alone is kept beside them
+    found = shipped_offsets(tmp_path, "l1", "eps", None, cands)
+    assert found.temperature == 0.02 and torch.equal(found.offsets, co.offsets)
+    assert candidates_digest([tuple(r) for r in cands]) == co.candidates  # JSON's view: tuples are lists
+    assert shipped_offsets(tmp_path, "l1", "eps", None, [["a cat.", 0], ["a dog.", 1]]) is None  # other prompts
+    assert shipped_offsets(tmp_path, "l2", "eps", None, cands) is None
+    assert shipped_offsets(tmp_path, "l1", "native", None, cands) is None
+    assert shipped_offsets(tmp_path, "l1", "eps", "0123456789", cands) is None  # other timestep weights
+    assert resolve_offsets(None, tmp_path, "l1", "eps", None, cands) is not None
+    assert resolve_offsets("none", tmp_path, "l1", "eps", None, cands) is None
+    with pytest.raises(InputError, match="shipped"):
+        resolve_offsets("mine", tmp_path, "l1", "eps", None, cands)
+    assert shipped_offsets("some/hub-id", "l1", None, None, cands) is None
+    raw = json.loads((tmp_path / "calibration.json").read_text())
+    raw["temperatures"]["l1"]["class_offsets"]["offsets"] = [0.4, float("nan")]
+    (tmp_path / "calibration.json").write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="finite offsets"):
+        load_calibration(tmp_path)
+    raw["temperatures"]["l1"]["class_offsets"] = {"offsets": [1.0]}
+    (tmp_path / "calibration.json").write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="expected class_offsets"):
+        load_calibration(tmp_path)
 
 
 def test_candidates_of_one_class_share_its_probability():
@@ -206,27 +274,79 @@ def test_calibrate_script_ships_a_temperature_the_api_and_print_acc_apply(tmp_pa
     p_set = clf.classify(img, names, n_samples=[4], loss="l1", img_size=8, temperature=0.5)[0]
     assert not p_set.calibrated and torch.allclose(p_set.probs, torch.softmax(-p_set.scores / 0.5, 0).float())
 
+    # class offsets fitted for these prompts apply to them, not to other wordings of the same classes
+    flags = ["--model", str(model), "--dataset", "digits", "--split", "test", "--subset_path", str(tmp_path / "subset.npy"),
+             "--log_dir", str(tmp_path / "logs"), "--img_size", "8", "--schedule", "statistical", "--delta", "0.2",
+             "--to_keep", "1", "--n_samples", "20", "--loss", "l1", "--no_progress"]
+    load_script("scripts/calibrate.py").main([run["folder"], "--class_offsets", "--offsets_only", "--n_boot", "20"])
+    assert shipped_temperature(model, "l1") == pytest.approx(tau)
+    with_offsets = load_script("eval_prob_adaptive.py").main(flags + ["--prompt_path", str(prompts)])
+    assert "_co" in Path(with_offsets["folder"]).name and with_offsets["done"] == 24
+    reworded = tmp_path / "reworded.csv"
+    reworded.write_text("prompt,classname,classidx\n" + "".join(f"digit {c},{c},{c}\n" for c in range(4)))
+    other = load_script("eval_prob_adaptive.py").main(flags + ["--prompt_path", str(reworded), "--extra", "reworded"])
+    assert "_co" not in Path(other["folder"]).name and "class_offsets" not in read_manifest_settings(other["folder"])
 
-def test_calibrate_reads_dit_records(tmp_path, tiny_dit):
-    run = load_script("eval_prob_dit.py").main(
-        ["--model", str(tiny_dit), "--dataset", "digits", "--log_dir", str(tmp_path / "logs"), "--imgs_to_eval", "12",
-         "--schedule", "statistical", "--delta", "0.2", "--to_keep", "1", "--n_samples", "12",
-         "--no_progress"])
+
+def test_calibrate_ships_class_offsets_that_dit_runs_apply(tmp_path, tiny_dit, capsys):
+    model = shutil.copytree(tiny_dit, tmp_path / "model")
+    flags = ["--model", str(model), "--dataset", "digits", "--log_dir", str(tmp_path / "logs"), "--imgs_to_eval", "12",
+             "--schedule", "statistical", "--delta", "0.2", "--to_keep", "1", "--n_samples", "12", "--no_progress"]
+    run = load_script("eval_prob_dit.py").main(flags)
     rs = load_record_scores(run["folder"])
     assert rs.scores.shape == (12, 10) and torch.isfinite(rs.scores).all()
     assert (rs.scores.argmin(1) == rs.preds).all()  # the winner has the lowest paired score
-    out = load_script("scripts/calibrate.py").main([run["folder"], "--out", str(tmp_path / "cal.json"), "--n_boot", "20",
-                                                     "--check", run["folder"], "--class_offsets"])
-    assert shipped_temperature(tmp_path / "cal.json", "l2") == pytest.approx(out["temperature"])
-    # the diagnostic: one finite log-prior per class (classes no image is labelled with included), summing to 0,
-    # fitting the held-out records at least as well as the temperature alone; the file keeps the temperature only
+    out = load_script("scripts/calibrate.py").main([run["folder"], "--n_boot", "20", "--check", run["folder"],
+                                                     "--class_offsets"])
+    assert shipped_temperature(model, "l2") == pytest.approx(out["temperature"])
+    # one finite log-prior per class (classes no image is labelled with included), summing to 0, fitting the
+    # held-out records at least as well as the temperature alone, written beside the temperature
     biased = out["class_offsets"]
     assert len(biased["offsets"]) == 10 and all(math.isfinite(b) for b in biased["offsets"])
     assert sum(biased["offsets"]) == pytest.approx(0.0, abs=1e-6)
     assert biased["summaries"]["heldout"]["nll"] <= out["heldout"]["nll"] + 1e-6
     assert biased["summaries"][str(run["folder"])]["nll"] == pytest.approx(biased["summaries"]["heldout"]["nll"])
-    assert set(json.loads((tmp_path / "cal.json").read_text())["temperatures"]["l2"]) >= {"temperature"}
-    assert "offsets" not in json.dumps(json.loads((tmp_path / "cal.json").read_text()))
+    co = shipped_offsets(model, "l2", None, None, list(range(10)))
+    assert co is not None and co.offsets.tolist() == pytest.approx(biased["offsets"])
+
+    # the same command now applies them: a new run folder, the shift in its manifest, answers that are the most
+    # probable class under the offsets; --class_offsets none is the first run (resumed: nothing recomputed)
+    again = load_script("eval_prob_dit.py").main(flags)
+    assert Path(again["folder"]).name == Path(run["folder"]).name + "_co" + Path(again["folder"]).name[-8:]
+    assert again["done"] == 12
+    shifted, raw = load_record_scores(again["folder"]), load_record_scores(again["folder"], shifted=False)
+    torch.testing.assert_close(shifted.scores - raw.scores, co.shift(range(10)).expand(12, 10))
+    assert (shifted.scores.argmin(1) == shifted.preds).all()
+    torch.testing.assert_close(shifted.probabilities(co.temperature), raw.probabilities(co.temperature, co.offsets))
+    assert load_script("eval_prob_dit.py").main(flags + ["--class_offsets", "none"])["skipped"] == 12
+    res = load_script("scripts/print_acc.py").main([again["folder"], "--probs", "--no_table"])[0]
+    assert res["temperature"] == pytest.approx(co.temperature) and "class offsets" in res["temperature_source"]
+    # the API applies them to the same candidates: ranked and scored with the shift, at their temperature
+    from diffusion_classifier import DiffusionClassifier
+
+    clf = DiffusionClassifier.from_pretrained(str(model))
+    img = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    p = clf.classify(img, list(range(10)), n_samples=[6])[0]
+    torch.testing.assert_close(p.shift, co.shift(range(10)))
+    assert p.calibrated and p.temperature == pytest.approx(co.temperature) and p.pred == int((p.scores + p.shift).argmin())
+    torch.testing.assert_close(p.probs, torch.softmax(-(p.scores + p.shift) / co.temperature, 0).float())
+    plain = clf.classify(img, list(range(10)), n_samples=[6], class_offsets="none")[0]
+    assert plain.shift is None and plain.temperature == pytest.approx(out["temperature"])
+    assert clf.classify(img, [1, 0, *range(2, 10)], n_samples=[6])[0].shift is None  # other candidates
+    # refitting on runs that applied offsets would fit offsets on top of offsets
+    with pytest.raises(InputError, match="applied class offsets"):
+        load_script("scripts/calibrate.py").main([again["folder"], "--class_offsets"])
+    kept = load_script("scripts/calibrate.py").main([run["folder"], "--class_offsets", "--offsets_only", "--n_boot", "20",
+                                                      "--check", again["folder"]])
+    assert kept["temperature"] == pytest.approx(out["temperature"])
+    assert "with the class offsets its schedule applied" in capsys.readouterr().out
+    with pytest.raises(InputError, match="--class_offsets"):
+        load_script("eval_prob_dit.py").main(["--model", str(model), "--dataset", "digits", "--cls", "0",
+                                              "--class_offsets", "none", "--log_dir", str(tmp_path / "logs")])
+    # a temperature fitted again without --class_offsets drops offsets fitted on other runs
+    load_script("scripts/calibrate.py").main([run["folder"], "--n_boot", "20"])
+    assert "were fitted on other runs and are dropped" in capsys.readouterr().out
+    assert shipped_offsets(model, "l2", None, None, list(range(10))) is None
 
 
 def test_shipped_flow_temperature_applies_in_the_error_space_it_was_fitted_in():
@@ -245,3 +365,28 @@ def test_shipped_flow_temperature_applies_in_the_error_space_it_was_fitted_in():
     p_v = velocity.classify(img, names, n_samples=[4], loss="l1")[0]
     assert not p_v.calibrated and p_v.temperature == UNCALIBRATED_TEMPERATURE
     assert not torch.allclose(p_v.scores, p_eps.scores)  # the two spaces score differently
+
+
+def test_the_shipped_class_offsets_apply_to_the_shipped_commands():
+    # fashion-dit: its ten classes, --loss l1 with its shipped timestep weights; the shoe classes are pulled down
+    from diffusion_classifier.loading import TINY_MODELS
+    from diffusion_classifier.weighting import resolve_weights
+
+    folder = TINY_MODELS / "fashion-dit"
+    _, digest = resolve_weights(None, folder, loss="l1")
+    co = resolve_offsets(None, folder, "l1", None, digest, list(range(10)))
+    assert co is not None and len(co.offsets) == 10 and co.info["n_images"] >= 1000
+    assert co.offsets[[5, 9]].max() < 0 < co.offsets[[0, 2, 8]].min()  # sandal, ankle boot; T-shirt, pullover, bag
+    assert resolve_offsets(None, folder, "l1", None, None, list(range(10))) is None  # --timestep_weights none
+    assert resolve_offsets(None, folder, "l2", None, digest, list(range(10))) is None
+    assert shipped_temperature(folder, "l1", None, digest) != co.temperature  # the temperature alone is kept
+    # fashion-flow: the shipped prompts with their classes, in ε-space (its default); not in velocity space
+    from diffusion_classifier.data.prompts import read_prompts
+
+    table = read_prompts(Path(__file__).parents[1] / "prompts" / "fashion_mnist_prompts.csv")
+    cands = [list(r) for r in zip(table.prompts, table.classidx)]
+    flow = TINY_MODELS / "fashion-flow"
+    co = resolve_offsets(None, flow, "l1", "eps", None, cands)
+    assert co is not None and int(co.offsets.argmin()) == 9  # ankle boot
+    assert resolve_offsets(None, flow, "l1", "native", None, cands) is None
+    assert resolve_offsets(None, flow, "l1", "eps", None, cands[::-1]) is None

@@ -1,6 +1,7 @@
-"""The headline schedule's runs of the Fashion-MNIST models (fashion_headline.py, flow_scoring.py, dit_weights.py):
-the reference's CIFAR-10 command and the headline schedule (it with `--schedule statistical --delta 0.05` added),
-run through the entry scripts into benchmarks/cache/headline/<model>_<part>/, one record per image."""
+"""The headline schedule's runs of the Fashion-MNIST models (fashion_headline.py, flow_scoring.py, dit_weights.py,
+class_offsets.py): the reference's CIFAR-10 command and the headline schedule (it with `--schedule statistical
+--delta 0.05` added), run through the entry scripts into benchmarks/cache/headline/<model>_<part>/, one record per
+image. Runs decide on the errors alone (`--class_offsets none`) unless asked for the class offsets a model ships."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,21 +22,29 @@ HEADLINE = REFERENCE + ["--schedule", "statistical", "--delta", "0.05"]
 SHIPPED = "shipped"  # run_folder: the timestep weights the model applies by default
 
 
-def run_folder(model: str, part: str, weights: str | None = SHIPPED) -> Path | None:
+NO_OFFSETS = ["--class_offsets", "none"]  # score(): the errors alone, even where the model ships class offsets
+
+
+def run_folder(model: str, part: str, weights: str | None = SHIPPED, offsets: bool = False) -> Path | None:
     """The run folder of a model's records: part heldout or test (headline schedule) or reference (None before any),
     ranked with `weights`: the digest of a weights file, None for plain means, SHIPPED for the weights the model's
-    runs apply by default (its folder's timestep_weights.json for --loss LOSS, weighting.resolve_weights)."""
+    runs apply by default (its folder's timestep_weights.json for --loss LOSS, weighting.resolve_weights); with the
+    class offsets shipped in its calibration.json (`offsets`) or without."""
     if weights == SHIPPED:
         weights = resolve_weights(None, MODELS_DIR / MODELS[model][1], loss=LOSS)[1]
     base = HERE / f"{model}_{'test' if part == 'reference' else part}" / "fashion_mnist"
     found = [f for f in sorted(base.glob("*")) if ("_stat_" in f.name) != (part == "reference")
-             and read_manifest_settings(f).get("timestep_weights") == weights] if base.is_dir() else []
+             and read_manifest_settings(f).get("timestep_weights") == weights
+             and bool(read_manifest_settings(f).get("class_offsets")) == offsets] if base.is_dir() else []
     return found[0] if found else None
 
 
-def score(model: str, part: str, flags: list[str], split: str, subset: list[int] | None, seed: int) -> None:
-    """Run the model's entry script with `flags` on `subset` of `split` (None: all of it), into HERE/<model>_<part>."""
-    args = common_flags(model, seed) + ["--split", split, "--log_dir", str(HERE / f"{model}_{part}"), *flags]
+def score(model: str, part: str, flags: list[str], split: str, subset: list[int] | None, seed: int,
+          offsets: bool = False) -> None:
+    """Run the model's entry script with `flags` on `subset` of `split` (None: all of it), into HERE/<model>_<part>;
+    with the class offsets the model ships (`offsets`: its default) or without (NO_OFFSETS)."""
+    args = common_flags(model, seed) + ["--split", split, "--log_dir", str(HERE / f"{model}_{part}"), *flags,
+                                        *([] if offsets else NO_OFFSETS)]
     if subset is not None:
         HERE.mkdir(parents=True, exist_ok=True)
         path = HERE / f"{model}_{part}_{split}_{len(subset)}.npy"

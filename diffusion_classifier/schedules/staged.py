@@ -144,10 +144,12 @@ def adaptive_classify(
     n_trials: int = 1,
     T: int = 1000,
     weights: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ) -> list[AdaptiveResult]:
     """Staged pruning for several images at once; each image is pruned exactly as if it ran alone.
 
-    With `weights` (T,) positive, candidates are ranked by their weighted mean error mean(w(t)·e).
+    With `weights` (T,) positive, candidates are ranked by their weighted mean error mean(w(t)·e); with `shift`
+    (n_candidates,), by that mean plus the candidate's shift (class offsets, calibration.score_shift).
 
     `evaluate(jobs)` returns one error per job (J,). All images' jobs of a stage go to one call, so
     the engine can pack them into full batches.
@@ -177,6 +179,8 @@ def adaptive_classify(
             else:
                 means = torch.stack([(data[c]["pred_errors"] * weights[data[c]["t"]].to(torch.float32)).mean()
                                      for c in remaining[i]])
+            if shift is not None:
+                means = means + shift[remaining[i]].to(means.dtype)
             best = torch.argsort(means, stable=True)[: stage.keep].tolist()  # ties: lower index first
             remaining[i] = [remaining[i][j] for j in best]
     for i in range(n_images):

@@ -161,23 +161,29 @@ def paired_prune(errors: torch.Tensor, z: float, t: torch.Tensor | None = None, 
 
 
 def prune_or_settle(errors: torch.Tensor, z, t: torch.Tensor | None = None, variance: str = "iid",
-                    epsilon: float | None = None, log_errors: bool = False) -> tuple[torch.Tensor, bool]:
+                    epsilon: float | None = None, log_errors: bool = False,
+                    shift: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """(paired_prune's keep-mask, whether the survivors are settled) from one computation of the paired
     differences; z is a threshold, or a function of the t statistics' degrees of freedom giving it. Settled
     (only with `epsilon`): no survivor can beat the leader by more than epsilon x the leader's mean error, i.e.
     every lower confidence bound mean(d_j) - z se_j of E[e_j - e_leader] is >= -epsilon x mean(e_leader) (the
     indifference zone of the statistical schedule's `epsilon`); with `log_errors` (errors that are logs, as
-    --loss log_l2 gives) the bound is -epsilon itself: a ratio of geometric mean errors within about epsilon of 1."""
+    --loss log_l2 gives) the bound is -epsilon itself: a ratio of geometric mean errors within about epsilon of 1.
+    `shift` (K,): a constant added to each candidate's errors before they are compared (class offsets,
+    calibration.score_shift); the zone stays relative to the leader's own mean error."""
     k, n = errors.shape
     if n < 2:
         return torch.ones(k, dtype=torch.bool), False
+    raw = errors
+    if shift is not None:
+        errors = errors + shift.to(errors.dtype)[:, None]
     leader, mean, se, dof = paired_differences(errors, t, variance)
     z = z(dof) if callable(z) else z
     keep = mean <= z * se
     keep[leader] = True
     if epsilon is None or int(keep.sum()) < 2:
         return keep, False
-    margin = epsilon if log_errors else epsilon * float(errors[leader].mean().abs())
+    margin = epsilon if log_errors else epsilon * float(raw[leader].mean().abs())
     return keep, bool((mean - z * se)[keep].ge(-margin).all())
 
 
@@ -232,6 +238,7 @@ def statistical_classify(
     epsilon: float | None = None,
     spending: str = "even",
     log_errors: bool = False,
+    shift: torch.Tensor | None = None,
 ) -> list[AdaptiveResult]:
     """Classify n_images at once; errors per (t, trial) of the k-th timestep use noise rows n_trials*k+trial.
 
@@ -240,6 +247,8 @@ def statistical_classify(
     an image also stops once no other candidate can beat the leader by more than epsilon x the leader's
     mean error (module docstring: the indifference zone); its survivors are then the leader alone.
     `spending` shares delta over the looks (look_alpha). `log_errors`: the errors are logs (prune_or_settle's zone).
+    `shift` (n_candidates,): added to each candidate's (weighted) errors in every comparison and in the final
+    ranking (class offsets, calibration.score_shift); records keep the raw errors.
     """
     if z <= 0:
         raise InputError(f"z must be positive, got {z}")
@@ -288,10 +297,12 @@ def statistical_classify(
                     e = e * weights[t_i].to(e.dtype)
                 thr = z if delta is None else functools.partial(anytime_threshold, e.shape[1], delta, looks,
                                                                  n_candidates, look, spending)
-                keep, settle = prune_or_settle(e, thr, t_i, variance, epsilon, log_errors)
-                alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
+                sh = None if shift is None else shift[alive[i]]
+                keep, settle = prune_or_settle(e, thr, t_i, variance, epsilon, log_errors, sh)
                 if settle:  # the leader survives pruning and is the answer
-                    alive[i] = [alive[i][int(e[keep].mean(1).argmin())]]
+                    ranked = (e.mean(1) if sh is None else e.mean(1) + sh.to(e.dtype)).masked_fill(~keep, math.inf)
+                    keep = torch.arange(len(keep)) == int(ranked.argmin())
+                alive[i] = [c for c, kp in zip(alive[i], keep.tolist()) if kp]
         k0 = k1
     results = []
     for i in range(n_images):
@@ -302,7 +313,8 @@ def statistical_classify(
                 t = torch.tensor(ts_done[i][c]).repeat_interleave(n_trials)
                 data[c] = {"t": t, "pred_errors": e.flatten()}
         w = (lambda t: 1.0) if weights is None else (lambda t: weights[t].to(torch.float32))
-        means = {c: float((data[c]["pred_errors"] * w(data[c]["t"])).mean()) for c in alive[i]}
+        means = {c: float((data[c]["pred_errors"] * w(data[c]["t"])).mean()) + (0.0 if shift is None else float(shift[c]))
+                 for c in alive[i]}
         results.append(AdaptiveResult(pred=min(means, key=means.get), errors=data, survivors=list(alive[i])))
     return results
 
@@ -327,11 +339,13 @@ def rule_settings(delta: float | None = None, variance: str | None = None, spend
 def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float = 3.0, min_samples: int | None = None,
                   T: int = 1000, delta: float | None = None, weights: torch.Tensor | None = None,
                   variance: str | None = None, epsilon: float | None = None,
-                  spending: str | None = None, loss: str = "l2") -> tuple[Callable, int]:
+                  spending: str | None = None, loss: str = "l2",
+                  shift: torch.Tensor | None = None) -> tuple[Callable, int]:
     """(classify(evaluate, n_images, n_candidates), noise rows it needs) for 'reference' or 'statistical'.
 
     `delta` (statistical only) selects the anytime-valid threshold instead of the fixed z; `weights` (T,)
-    makes either schedule decide on weighted errors w(t)·e. Settings not given: rule_settings. `loss` tells the
+    makes either schedule decide on weighted errors w(t)·e; `shift` (K,) adds a constant to each candidate's errors
+    in every decision (class offsets, calibration.score_shift). Settings not given: rule_settings. `loss` tells the
     indifference zone whether the errors are logs (log_l2).
     """
     if delta is not None and schedule != "statistical":
@@ -346,11 +360,11 @@ def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float
         return (functools.partial(statistical_classify, max_samples=max(n_samples), n_trials=n_trials, z=z,
                                   min_samples=min_samples, T=T, delta=delta, weights=weights,
                                   variance=variance, epsilon=epsilon, spending=spending,
-                                  log_errors=loss in LOG_LOSSES), n_trials * max(n_samples))
+                                  log_errors=loss in LOG_LOSSES, shift=shift), n_trials * max(n_samples))
     if schedule == "reference":
         rows = n_trials * sum(len(s.timesteps) for s in reference_stages(to_keep, n_samples, T))
         return functools.partial(adaptive_classify, to_keep=to_keep, n_samples=n_samples, n_trials=n_trials, T=T,
-                                 weights=weights), rows
+                                 weights=weights, shift=shift), rows
     raise InputError(f"schedule must be 'reference' or 'statistical', got {schedule!r}")
 
 
