@@ -32,11 +32,10 @@ action resumes (one record per image under benchmarks/cache/headline/<model>_<pa
 from __future__ import annotations
 
 import argparse
-import json
 
 from lib import RESULTS, ROOT, HelpFormatter, entry_script
 from lib.fashion import LOSS, MODELS, MODELS_DIR, heldout_picks, stratified_subset
-from lib.headline import HEADLINE, REFERENCE, run_folder, score
+from lib.headline import HEADLINE, REFERENCE, offsets_paragraph, run_folder, score, write_measured
 from lib.results import write_result
 from lib.scoring import compare_runs
 
@@ -80,7 +79,7 @@ def versus_reference(model: str, head: RecordScores | None) -> dict | None:
     return out
 
 
-def measured_text(row: dict) -> str:
+def measured_text(model: str, row: dict) -> str:
     """The model card's accuracy section, from the model's row of fashion_headline.json."""
     t, u = row["test"], row["test_uncalibrated"]
     lines = [
@@ -114,19 +113,15 @@ def measured_text(row: dict) -> str:
                   f"{v['reference']['top1']:.1f}% at {v['reference']['evaluations_per_image']:.0f} evaluations per image "
                   f"and the headline schedule {v['headline']['top1']:.1f}% at {v['headline']['evaluations_per_image']:.0f} "
                   f"({v['fewer_evaluations']:.1f}x fewer; {v['lost']} lost, {v['gained']} gained)."]
+    offsets = offsets_paragraph(model)
+    if offsets:
+        lines += ["", offsets]
     return "\n".join(lines)
 
 
 def write_card(model: str, row: dict) -> None:
     """The measured figures into the model's training.json ("measured") and its card, rewritten from it."""
-    from diffusion_classifier.training import dit, flow, sd
-
-    writer = {"sd": sd.write_sd_card, "dit": dit.write_dit_card, "flow": flow.write_flow_card}[model]
-    folder = MODELS_DIR / MODELS[model][1]
-    stats = json.loads((folder / "training.json").read_text())
-    stats["measured"] = measured_text(row)
-    (folder / "training.json").write_text(json.dumps(stats, indent=1) + "\n")  # as train_tiny_models.py writes it
-    writer(folder, stats)
+    write_measured(model, measured_text(model, row))
 
 
 def versus_line(vs: dict) -> str:

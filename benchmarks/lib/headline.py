@@ -4,6 +4,7 @@ class_offsets.py): the reference's CIFAR-10 command and the headline schedule (i
 image. Runs decide on the errors alone (`--class_offsets none`) unless asked for the class offsets a model ships."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,46 @@ def score(model: str, part: str, flags: list[str], split: str, subset: list[int]
         args += ["--subset_path", str(path)]
     out = entry_script(MODELS[model][0]).main(args)
     print(f"{model} {part}: {out['folder']} ({out['done']} scored now, {out['skipped']} already done)", flush=True)
+
+
+OFFSETS_RESULT = "class_offsets_schedule.json"  # benchmarks/results/: class_offsets.py schedule's rows
+
+
+def offsets_paragraph(model: str) -> str | None:
+    """The model card's paragraph on the class offsets it ships, from class_offsets.py schedule's row (None without)."""
+    from . import RESULTS
+
+    path = RESULTS / OFFSETS_RESULT
+    row = json.loads(path.read_text()).get(model) if path.is_file() else None
+    if not row:
+        return None
+    fit, t = row["fit"], row["test_stratified"]
+    plain, off = t["plain"], t["offsets"]
+    return (f"Class offsets: `calibration.json` also holds one log-prior per class, fitted with its own temperature "
+            f"({fit['offsets_temperature']:.4g}) on {fit['heldout_images']:,} held-out train images "
+            f"(`python benchmarks/class_offsets.py schedule`); the schedules add -τ·b to each class's errors before "
+            f"every decision (`--class_offsets none` opts out). On the {t['images']:,} stratified test images: top-1 "
+            f"{plain['top1']:.1f}% → {off['top1']:.1f}% ({t['lost']} lost, {t['gained']} gained), ECE "
+            f"{plain['ece']:.2f}% → {off['ece']:.2f}%, NLL {plain['nll']:.3f} → {off['nll']:.3f}, at "
+            f"{off['evaluations_per_image']:.0f} evaluations per image.")
+
+
+def write_measured(model: str, text: str) -> None:
+    """A model's measured figures into its training.json ("measured") and its card, rewritten from it."""
+    from diffusion_classifier.training import dit, flow, sd
+
+    writer = {"sd": sd.write_sd_card, "dit": dit.write_dit_card, "flow": flow.write_flow_card}[model]
+    folder = MODELS_DIR / MODELS[model][1]
+    stats = json.loads((folder / "training.json").read_text())
+    stats["measured"] = text
+    (folder / "training.json").write_text(json.dumps(stats, indent=1) + "\n")  # as train_tiny_models.py writes it
+    writer(folder, stats)
+
+
+def card_with_offsets(model: str) -> None:
+    """Put the class offsets paragraph (offsets_paragraph) in the model's card, in place of an earlier one."""
+    paragraph = offsets_paragraph(model)
+    folder = MODELS_DIR / MODELS[model][1]
+    measured = json.loads((folder / "training.json").read_text()).get("measured", "")
+    kept = [p for p in measured.split("\n\n") if p and not p.startswith("Class offsets:")]
+    write_measured(model, "\n\n".join(kept + ([paragraph] if paragraph else [])))
