@@ -193,6 +193,8 @@ def whole(models, seed: int, n_boot: int, argv) -> dict:
     for m in models:
         score(m, "test", HEADLINE, "test", None, seed, offsets=True)
         folder = run_folder(m, "test", offsets=True)
+        if folder is None:
+            raise SystemExit(f"fashion-{m} ships no class offsets: run `class_offsets.py schedule --models {m}` first")
         rs = load_record_scores(folder)
         tau, _ = run_temperature(folder)
         s = summary(rs, tau, n_boot)
@@ -207,6 +209,8 @@ def whole(models, seed: int, n_boot: int, argv) -> dict:
               f"{w['ece_interval'][1]:.2f}], NLL {w['nll']:.4f}; per class "
               + ", ".join(f"{a:.1f}" for a in w["per_class_top1"]), flush=True)
     write_result(SCHEDULE_OUT, rows, __file__, argv, merge=True)
+    for m in models:
+        card_with_offsets(m)
     return rows
 
 

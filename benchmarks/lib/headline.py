@@ -74,7 +74,11 @@ def offsets_paragraph(model: str) -> str | None:
             f"every decision (`--class_offsets none` opts out). On the {t['images']:,} stratified test images: top-1 "
             f"{plain['top1']:.1f}% → {off['top1']:.1f}% ({t['lost']} lost, {t['gained']} gained), ECE "
             f"{plain['ece']:.2f}% → {off['ece']:.2f}%, NLL {plain['nll']:.3f} → {off['nll']:.3f}, at "
-            f"{off['evaluations_per_image']:.0f} evaluations per image.")
+            f"{off['evaluations_per_image']:.0f} evaluations per image." + (
+                f" On the whole test split with them: {row['whole_test_split']['top1']:.2f}% at "
+                f"{row['whole_test_split']['evaluations_per_image']:.0f} evaluations per image, ECE "
+                f"{row['whole_test_split']['ece']:.2f}%, NLL {row['whole_test_split']['nll']:.3f} "
+                f"(`class_offsets.py whole`)." if "whole_test_split" in row else ""))
 
 
 def write_measured(model: str, text: str) -> None:
