@@ -326,7 +326,7 @@ NO_OFFSETS = "none"  # --class_offsets none: decide on the errors alone, even wh
 def candidates_digest(candidates) -> str:
     """Short hash of a run's candidates (eval_prob_adaptive's [prompt, classidx] rows, eval_prob_dit's class ids):
     class offsets are fitted on one candidate set's errors (a prompt's wording is part of its bias) and apply to it."""
-    return hashlib.sha1(json.dumps(json.loads(json.dumps(candidates))).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(candidates).encode()).hexdigest()[:10]  # tuples are written as lists
 
 
 def run_candidates(settings: dict):
@@ -414,10 +414,10 @@ def run_temperature(folder: str | Path, weights=None, digest: str | None = None,
     `weights` (TimestepWeights), else the uncalibrated default."""
     if temperature is not None:
         return temperature, "--temperature"
-    applied = run_offsets(folder)
+    settings = read_manifest_settings(folder)
+    applied = settings.get("class_offsets")  # run_offsets
     if applied:
         return float(applied["temperature"]), "fitted with the class offsets the run applied"
-    settings = read_manifest_settings(folder)
     loss = settings.get("loss", "l2")
     tau = shipped_temperature(local_model(settings.get("model")), loss, settings.get("error_space"), digest)
     if tau is not None:

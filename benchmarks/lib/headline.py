@@ -34,10 +34,12 @@ def run_folder(model: str, part: str, weights: str | None = SHIPPED, offsets: bo
     if weights == SHIPPED:
         weights = resolve_weights(None, MODELS_DIR / MODELS[model][1], loss=LOSS)[1]
     base = HERE / f"{model}_{'test' if part == 'reference' else part}" / "fashion_mnist"
-    found = [f for f in sorted(base.glob("*")) if ("_stat_" in f.name) != (part == "reference")
-             and read_manifest_settings(f).get("timestep_weights") == weights
-             and bool(read_manifest_settings(f).get("class_offsets")) == offsets] if base.is_dir() else []
-    return found[0] if found else None
+    for f in sorted(base.glob("*")) if base.is_dir() else []:
+        settings = read_manifest_settings(f)
+        if (("_stat_" in f.name) != (part == "reference") and settings.get("timestep_weights") == weights
+                and bool(settings.get("class_offsets")) == offsets):
+            return f
+    return None
 
 
 def score(model: str, part: str, flags: list[str], split: str, subset: list[int] | None, seed: int,
