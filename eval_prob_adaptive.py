@@ -22,7 +22,7 @@ from diffusion_classifier.cli import (
 )
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.calibration import resolve_offsets
-from diffusion_classifier.data.datasets import sd_transform, subset_indices
+from diffusion_classifier.data.datasets import images_digest, sd_transform, subset_indices
 from diffusion_classifier.data.images import LateTransform, drop_unreadable
 from diffusion_classifier.data.prompts import check_classidx, check_coverage, read_prompts
 from diffusion_classifier.data.registry import (
@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
     folder = run.folder(args.log_dir)
     claim_run_folder(folder, run.manifest, {"versions": environment_info(), "dtype": str(dtype)}, state,
                      numerics=model_numerics(source, dtype=str(dtype), attention=args.attention,
-                                              noise_digest=noise_digest(noise)))
+                                              noise_digest=noise_digest(noise), **images_digest(dataset)))
 
     embeds = model.encode_prompts(table.prompts)
     stats = run_dataset(dataset, indices, folder, model.encode_images, scorer, embeds, table.classidx, classify,

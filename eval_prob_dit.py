@@ -30,7 +30,7 @@ from diffusion_classifier.cli import (
     statistical_options,
 )
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.data.datasets import dit_transform, subset_indices
+from diffusion_classifier.data.datasets import dit_transform, images_digest, subset_indices
 from diffusion_classifier.data.images import drop_unreadable
 from diffusion_classifier.data.registry import (
     candidate_classes,
@@ -177,7 +177,8 @@ def main(argv=None) -> dict:
                   n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
                   extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
     info = {"versions": environment_info(), "dtype": str(dtype)}
-    numerics = model_numerics(source, dtype=str(dtype), noise_digest=noise_digest(noise))  # beyond the folder name
+    numerics = model_numerics(source, dtype=str(dtype), noise_digest=noise_digest(noise),  # beyond the folder name
+                              **images_digest(dataset))
 
     if run_mode == "per_class":
         run = per_class_run(**common, t_interval=args.t_interval, kind=kind, randomize_noise=args.randomize_noise,

@@ -1,6 +1,7 @@
 """Python API: load a model once, classify images against prompts, get errors and probabilities."""
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,11 @@ from PIL import Image
 
 from .schedules.staged import AdaptiveResult, validate_schedule
 from .calibration import UNCALIBRATED_TEMPERATURE, fitted_temperature, load_calibration, resolve_offsets
-from .engine import Scorer
+from .engine import LOSSES, Scorer
 from .errors import InputError
 from .families import load_any_model, resolve_model
 from .loading import DTYPES, quiet_loading
-from .noise import make_noise
+from .noise import check_bank, make_noise
 from .objectives import default_error_space
 from .schedules.statistical import make_schedule
 from .weighting import NO_WEIGHTS, load_weights, resolve_weights
@@ -52,6 +53,13 @@ def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubi
         images = images.unsqueeze(0) if images.dim() == 3 else images
         if images.dim() != 4 or images.shape[1] != 3:
             raise InputError(f"expected image tensors of shape (N, 3, H, W) in [-1, 1], found {tuple(images.shape)}")
+        if not images.is_floating_point() or not bool(torch.isfinite(images).all()) or \
+                (images.numel() and float(images.abs().max()) > 1 + TENSOR_SLACK):
+            found = (f"dtype {images.dtype}" if not images.is_floating_point() else "NaN or infinite values"
+                     if not bool(torch.isfinite(images).all()) else
+                     f"values in [{float(images.min()):g}, {float(images.max()):g}]")
+            raise InputError(f"expected image tensors (N, 3, H, W) of floats in [-1, 1], found {found}: scale [0, 1] "
+                             f"images by 2x - 1, or pass PIL images, which are converted for you")
         return images
     if isinstance(images, Image.Image):
         images = [images]
@@ -59,10 +67,29 @@ def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubi
     foreign = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
     if foreign:
         raise InputError(f"expected PIL images or a (N, 3, H, W) tensor in [-1, 1], found {foreign[0]} among the images")
+    empty = [im.size for im in images if min(im.size) < 1]
+    if empty:
+        raise InputError(f"expected images of at least 1 x 1 pixels, found one of {empty[0][0]} x {empty[0][1]}")
     if adm_crop and not isinstance(size, int):
         raise InputError(f"a DiT takes square images: give img_size S, got {size}")
     tf = dit_transform(size) if adm_crop else sd_transform(size, interpolation)
     return torch.stack([tf(im) for im in images])  # both transforms convert any image mode to 8-bit RGB
+
+
+TENSOR_SLACK = 1e-3  # image tensors may overshoot [-1, 1] by rounding (a bicubic resize, a float16 cast)
+STATISTICAL_KEYWORDS = ("z", "min_samples", "delta", "variance", "spending", "epsilon")
+
+
+def _int_list(value, name: str) -> list[int]:
+    """A schedule's counts given as one integer or a sequence of them (Python, numpy or torch integers)."""
+    items = list(value) if isinstance(value, (list, tuple, range, torch.Tensor)) or type(value).__name__ == "ndarray" \
+        else [value]
+    try:
+        if any(isinstance(v, bool) for v in items):
+            raise TypeError
+        return [operator.index(v) for v in items]
+    except TypeError:
+        raise InputError(f"{name} must be an integer or a list of integers, found {value!r}") from None
 
 
 def n_images(images) -> int:
@@ -83,6 +110,8 @@ class DiffusionClassifier:
         from_pretrained reads the calibration.json of a local model folder. `timestep_weights`: a weights file, 'none'
         (plain means) or None: the weights shipped in the local model folder `source` for the loss classified with
         (weighting.resolve_weights)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
         self.calibration = dict(calibration or {})
         self.timestep_weights = timestep_weights
@@ -182,8 +211,21 @@ class DiffusionClassifier:
         order and with the classes they were fitted with: the i-th prompt is class i) apply unless `class_offsets` is
         'none': the schedule ranks scores + Prediction.shift, probabilities are softmax(-(score + shift) / τ), and τ
         not given is the one fitted with the offsets."""
-        if temperature is not None and not temperature > 0:
-            raise InputError(f"temperature must be positive, got {temperature}")
+        if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
+            raise InputError(f"temperature must be a finite positive number, got {temperature}")
+        prompts = prompts if isinstance(prompts, str) else list(prompts)
+        images = images if isinstance(images, (torch.Tensor, Image.Image)) else list(images)
+        to_keep, n_samples = _int_list(to_keep, "to_keep"), _int_list(n_samples, "n_samples")
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise InputError(f"n_trials must be a positive integer, got {n_trials!r}")
+        if loss not in LOSSES:
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        unknown = sorted(set(statistical) - set(STATISTICAL_KEYWORDS))
+        if unknown:
+            raise InputError(f"unknown keyword argument(s) {', '.join(unknown)}; the statistical schedule takes "
+                             f"{', '.join(STATISTICAL_KEYWORDS)}")
+        if noise is not None:
+            noise = check_bank(noise, "noise")
         if isinstance(prompts, str) or not len(prompts) or \
                 not (self.class_conditional or all(isinstance(p, str) for p in prompts)):
             kind = "class labels or names" if self.class_conditional else "prompt strings"
@@ -215,7 +257,8 @@ class DiffusionClassifier:
         """evaluate(jobs) -> the denoising error of each (image, prompt, t, noise row) job (engine.Jobs): what a
         schedule calls, over these images and prompts and a noise bank of n_rows draws (seeded, unless given)."""
         m = self.model
-        latents = m.encode_images(preprocess(images, img_size or m.native_size, interpolation, self.class_conditional))
+        size = m.native_size if img_size is None else img_size
+        latents = m.encode_images(preprocess(images, size, interpolation, self.class_conditional))
         if noise is None:
             noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
         objective = m.make_objective(tuple(latents.shape[1:]), self.error_space, self.flow_grid)

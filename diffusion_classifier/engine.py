@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .noise import check_noise
 from .objectives import as_objective
 
@@ -138,14 +139,14 @@ def denoising_error(eps: torch.Tensor, eps_hat: torch.Tensor, loss: str = "l2") 
     elif loss == "huber":
         err = F.huber_loss(eps_hat, eps, reduction="none", delta=1.0)
     else:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
     return err.flatten(1).mean(1)  # (B,)
 
 
 def loss_reducer(loss: str) -> Callable[[Batch], torch.Tensor]:
     """A reducer that returns each job's denoising error."""
     if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
     return lambda b: denoising_error(b.target, b.pred, loss)
 
 
@@ -169,7 +170,7 @@ class Scorer:
         pad_to_batch: bool = False,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.denoiser = denoiser
         self.device = torch.device(device)
         self.dtype = dtype

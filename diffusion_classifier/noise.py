@@ -28,32 +28,46 @@ def reference_noise(img_size: int | tuple[int, int], channels: int = 4, downsamp
 
 
 def load_noise(path: str | Path) -> torch.Tensor:
-    """A noise bank saved with torch.save: a float tensor (N, C, H, W)."""
+    """A noise bank saved with torch.save (or numpy.save): a float tensor (N, C, H, W)."""
     path = Path(path)
     if not path.is_file():
         raise MissingError(f"noise file {path} does not exist; write one with scripts/save_noise.py --img_size S")
+    with open(path, "rb") as f:
+        is_npy = f.read(6) == b"\x93NUMPY"
     try:
-        with warnings.catch_warnings():  # torch's notes on foreign pickles; the error below says it all
-            warnings.simplefilter("ignore")
-            noise = torch.load(path, map_location="cpu", weights_only=True)
+        if is_npy:  # a bank saved with numpy.save
+            import numpy as np
+
+            noise = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            with warnings.catch_warnings():  # torch's notes on foreign pickles; the error below says it all
+                warnings.simplefilter("ignore")
+                noise = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a pickle of other objects, a truncated or foreign file
         from .records import load_failure
 
-        raise InputError(f"noise file {path} cannot be loaded with torch.load(weights_only=True): {load_failure(e)}; "
+        how = "numpy.load(allow_pickle=False)" if is_npy else "torch.load(weights_only=True)"
+        raise InputError(f"noise file {path} cannot be loaded with {how}: {load_failure(e)}; "
                          f"expected a float tensor (N, C, H, W) saved with torch.save, as scripts/save_noise.py "
                          f"writes") from None
+    return check_bank(noise, f"noise file {path}", "scripts/save_noise.py")
+
+
+def check_bank(noise, source: str = "noise", tool: str | None = None) -> torch.Tensor:
+    """The bank as float32 when it is a float tensor (N, C, H, W) of finite values, else InputError naming `source` (and
+    the `tool` that writes good ones)."""
     if not isinstance(noise, torch.Tensor) or noise.dim() != 4 or not noise.is_floating_point():
         got = (f"a {noise.dtype} tensor of shape {tuple(noise.shape)}" if isinstance(noise, torch.Tensor)
                else f"a {type(noise).__name__}")
-        raise InputError(f"noise file {path} must hold a float tensor (N, C, H, W), found {got}; "
-                         f"scripts/save_noise.py writes one")
+        raise InputError(f"{source} must hold a float tensor (N, C, H, W), found {got}"
+                         f"{f'; {tool} writes one' if tool else ''}")
     finite = torch.isfinite(noise)
     if not bool(finite.all()):
         n_nan, n_inf = int(torch.isnan(noise).sum()), int(torch.isinf(noise).sum())
         rows = int((~finite).flatten(1).any(1).sum())
-        raise InputError(f"noise file {path} holds {n_nan} NaN and {n_inf} infinite values (in {rows} of its "
+        raise InputError(f"{source} holds {n_nan} NaN and {n_inf} infinite values (in {rows} of its "
                          f"{noise.shape[0]} rows); every error computed with them would be NaN: expected finite "
-                         f"normal draws, write a new bank with scripts/save_noise.py")
+                         f"normal draws{f', write a new bank with {tool}' if tool else ''}")
     return noise.float()
 
 

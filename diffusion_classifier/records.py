@@ -170,6 +170,7 @@ def record_path(folder: str | Path, idx: int, n: int, ext: str = ".pt") -> Path:
 
 
 WEIGHTS_KEY = "model_weights"  # the numerics entry of loading.weights_fingerprint
+IMAGES_KEY = "images"  # the numerics entry of data.datasets.images_digest
 
 
 def check_manifest(folder: str | Path, settings: dict, info: dict | None = None, numerics: dict | None = None) -> None:
@@ -177,7 +178,7 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
 
     `settings` name the run (runs.py); `numerics` are the other settings that change its numbers (dtype,
     attention kernel, the noise bank's digest, the fingerprint of the model's weights under WEIGHTS_KEY:
-    loading.model_numerics). A folder written before it recorded `numerics` is checked on what it has (its
+    loading.model_numerics; a user's image folder's file list under IMAGES_KEY). A folder written before it recorded `numerics` is checked on what it has (its
     dtype) and gets the rest written in, so that later runs are checked on them too.
     """
     path = Path(folder) / MANIFEST
@@ -202,6 +203,10 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
             raise InputError(f"{folder} holds records of other model weights (fingerprint {recorded[WEIGHTS_KEY]}; the "
                              f"model's files now give {numerics[WEIGHTS_KEY]}): they changed since this run began; "
                              f"use another --log_dir or --extra for the new weights, or restore the old ones")
+        if diff == [IMAGES_KEY]:
+            raise InputError(f"{folder} holds records of other images (image list {recorded[IMAGES_KEY]}; the dataset "
+                             f"now gives {numerics[IMAGES_KEY]}): another image folder, or files added, removed, renamed or "
+                             f"changed since this run began; records are by index, so use another --log_dir or --extra")
         if diff:
             both = {**old, **recorded}, {**settings, **numerics}
             shown = "; ".join(f"{k}: folder {_short(both[0].get(k))}, command {_short(both[1].get(k))}" for k in diff)

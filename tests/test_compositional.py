@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,27 @@ def test_jsonl_reader(data):
         ("ir0", "c", IMAGE, 1, 2, 1), ("ir1", "c", IMAGE, 0, 3, 1)]
     assert items[0].images[0].name == str(data / "img" / "0.png")
     assert items[3].captions == (prompt(4),) and items[3].n_candidates == 2
+
+
+def test_jsonl_reader_null_task_and_non_utf8_line(data, tmp_path):
+    lines = [{"image": str(data / "img/0.png"), "captions": [prompt(0), prompt(1)], "label": 0, "task": None},
+             {"image": str(data / "img/1.png"), "captions": [prompt(1), prompt(2)], "label": 0, "task": "t"}]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert [i.task for i in read_jsonl(path)] == ["mine", "t"]  # a null task is no task: the file's stem, not 'None'
+    path.write_bytes(path.read_bytes() + b'{"image": "img/0.png", "captions": ["caf\xe9", "b"], "label": 0}\n')
+    with pytest.raises(InputError, match=r"mine\.jsonl line 3 is not UTF-8 text"):  # was a UnicodeDecodeError
+        read_jsonl(path)
+
+
+def test_geneval_include_not_a_list_is_an_input_error(data, tmp_path):
+    gen = tmp_path / "g"
+    (gen / "00000" / "samples").mkdir(parents=True)
+    (gen / "00000" / "samples" / "0000.png").write_bytes((data / "img" / "1.png").read_bytes())
+    (gen / "00000" / "metadata.jsonl").write_text(json.dumps({"tag": "colors", "include": 5, "prompt": "a red cat"}))
+    (gen / "zero_shot_prompts.json").write_text(json.dumps({"photo": {"colors": {"cat": ["a red cat", "a blue cat"]}}}))
+    with pytest.raises(InputError, match=r"metadata\.jsonl line 1: field 'include' must be a list"):
+        read_geneval(gen)
 
 
 def test_layout_readers(data):
@@ -273,6 +295,45 @@ def test_run_records_tables_and_resume(data, tmp_path, capsys):
     again = script.main(_argv(data, tmp_path))
     assert again["done"] == 0 and again["skipped"] == 5 and again["accuracy"] == first["accuracy"]
     assert json.loads((tmp_path / "jsonl_items" / "vtiny_1trials_1keep_4samples" / "results.json").read_text())["n"] == 5
+
+
+def test_ids_that_are_no_plain_file_name_get_a_record_each(data, tmp_path):
+    # 'a/b' and 'a-b' (and any two ids in other scripts) used to share one record file, so one item was skipped as
+    # done with the other's record; an id too long for a file name stopped the run with an OSError traceback
+    ids = ["a/b", "a-b", "猫", "犬", "x" * 300]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("".join(json.dumps({"image": str(data / "img" / f"{k}.png"), "captions": [prompt(k), prompt(k + 1)],
+                                        "label": 0, "id": i}) + "\n" for k, i in enumerate(ids)))
+    argv = _argv(data, tmp_path / "logs", "--n_samples", "2")
+    argv[argv.index("--data_path") + 1] = str(path)
+    script = load_script("run_compositional.py")
+    out = script.main(argv)
+    assert out["n"] == 5 and out["done"] == 5
+    recs = [load_record(p) for p in Path(out["folder"]).glob("*.pt")]
+    assert sorted(r["id"] for r in recs) == sorted(ids)
+    assert (Path(out["folder"]) / "a-b.pt").is_file()  # a plain id keeps its name: earlier runs resume
+    again = script.main(argv)
+    assert again["done"] == 0 and again["skipped"] == 5
+
+
+def test_a_record_of_an_item_edited_since_is_refused_not_counted(data, tmp_path):
+    path = tmp_path / "edit.jsonl"
+
+    def write(captions):
+        path.write_text("".join(json.dumps({"image": str(data / "img" / f"{k}.png"), "captions": c, "label": 0,
+                                            "id": f"i{k}"}) + "\n" for k, c in enumerate(captions)))
+
+    write([[prompt(0), prompt(1)], [prompt(1), prompt(2)]])
+    argv = _argv(data, tmp_path / "logs", "--n_samples", "2")
+    argv[argv.index("--data_path") + 1] = str(path)
+    script = load_script("run_compositional.py")
+    first = script.main(argv)
+    assert first["done"] == 2
+    assert script.main(argv)["skipped"] == 2  # unchanged data resumes
+    write([[prompt(0), prompt(1)], [prompt(2), prompt(1)]])  # item i1's captions edited
+    with pytest.raises(InputError, match=r"i1.pt was scored for item 'i1' with captions .*the data changed"):
+        script.main(argv)
+    assert len(list(Path(first["folder"]).glob("*.pt"))) == 2  # nothing written was lost
 
 
 def test_timestep_weights_rank_captions_and_images_by_weighted_errors_on_the_same_evaluations(data, tmp_path):

@@ -43,6 +43,68 @@ def test_imagefolder_missing(tmp_path):
         get_dataset("imagefolder", tmp_path, "test")
 
 
+def test_imagefolder_skips_hidden_entries_keeps_empty_classes_and_turns_photos_upright(tmp_path):
+    """.ipynb_checkpoints/, ._x.png (macOS), .DS_Store are no classes or images; an empty class folder keeps its label."""
+    from diffusion_classifier.errors import MissingError
+
+    _image_folder(tmp_path, ["cat", "dog"], per_class=1)
+    (tmp_path / "emu").mkdir()
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (6, 4)).save(tmp_path / ".ipynb_checkpoints" / "x.png")
+    (tmp_path / "cat" / "._img0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "dog" / ".hidden").mkdir()
+    Image.new("RGB", (6, 4)).save(tmp_path / "dog" / ".hidden" / "y.png")
+    img = Image.new("RGB", (4, 6), (0, 0, 0))  # stored sideways: the camera's EXIF orientation 6 turns it upright
+    img.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "emu" / "photo.jpg", exif=exif, quality=100)
+    ds = get_dataset("imagefolder", tmp_path, "test")
+    assert ds.classes == ["cat", "dog", "emu"] and _labels(ds) == [0, 1, 2]
+    assert [s[0].split("/")[-1] for s in ds.samples] == ["img0.png", "img0.png", "photo.jpg"]
+    upright = ds[2][0]
+    assert upright.size == (6, 4) and upright.getpixel((5, 0))[0] > 200  # the white corner turned with the photo
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    with pytest.raises(MissingError, match="no images .* in the class folders cat"):
+        get_dataset("imagefolder", empty, "test")
+
+
+def test_imagefolder_split_folders_never_become_classes(tmp_path):
+    """DIR/train, DIR/test and no DIR/val: --split val used to read DIR itself, with 'test' and 'train' as classes."""
+    from diffusion_classifier.errors import MissingError
+
+    for split in ("train", "test"):
+        _image_folder(tmp_path / split, ["cat", "dog"], per_class=1)
+    with pytest.raises(MissingError, match=r"split 'val' not found: .* has no folder val/ but has the split "
+                                           r"folder\(s\) test, train; pass --split test"):
+        get_dataset("imagefolder", tmp_path, "val")
+    assert get_dataset("imagefolder", tmp_path, "test").classes == ["cat", "dog"]
+    plain = tmp_path / "plain"  # a class that happens to be called 'train' beside others is a class
+    _image_folder(plain, ["bus", "train"], per_class=1)
+    assert get_dataset("imagefolder", plain, "test").classes == ["bus", "train"]
+
+
+def test_an_image_folder_digest_follows_its_files_not_its_place(tmp_path):
+    from diffusion_classifier.data.datasets import images_digest
+
+    _image_folder(tmp_path / "a", ["cat", "dog"])
+    _image_folder(tmp_path / "b", ["cat", "dog"])
+    Image.new("RGB", (9, 9)).save(tmp_path / "b" / "dog" / "img1.png")  # same names, another image
+    digest = lambda root: images_digest(get_dataset("imagefolder", root, "test"))  # noqa: E731
+    assert digest(tmp_path / "a") != digest(tmp_path / "b")
+    _image_folder(tmp_path / "c", ["cat", "dog"])  # same names and sizes, other bytes
+    raw = bytearray((tmp_path / "c" / "cat" / "img0.png").read_bytes())
+    raw[-20] ^= 1
+    (tmp_path / "c" / "cat" / "img0.png").write_bytes(bytes(raw))
+    assert digest(tmp_path / "c") != digest(tmp_path / "a")
+    import shutil
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    assert digest(tmp_path / "moved") == digest(tmp_path / "a") and set(digest(tmp_path / "a")) == {"images"}
+    assert images_digest(DigitsDataset("test")) == {}
+
+
 def test_digits_labels_match_prompts():
     ds = get_dataset("digits", "/unused", "test", transform=None)
     ref = DigitsDataset("test")
@@ -256,6 +318,17 @@ def test_subset_indices(tmp_path):
         subset_indices(4, tmp_path / "2d.npy")
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         subset_indices(4, tmp_path / "missing.npy")
+    # what a text file holds instead of indices is named; repeats are scored once; an empty file is refused
+    (tmp_path / "h.csv").write_text("idx\n0\n1\n")
+    with pytest.raises(ValueError, match=r"h\.csv: line 1 holds 'idx', not an integer index; expected"):
+        subset_indices(4, tmp_path / "h.csv")
+    (tmp_path / "j.json").write_text("[3, 1, 3]")
+    assert subset_indices(4, tmp_path / "j.json") == [3, 1]
+    np.save(tmp_path / "none.npy", np.array([], dtype=np.int64))
+    (tmp_path / "none.txt").write_text("\n")
+    for name in ("none.npy", "none.txt"):
+        with pytest.raises(ValueError, match="holds no indices"):
+            subset_indices(4, tmp_path / name)
 
 
 def test_a_new_dataset_is_one_registry_entry(tmp_path, monkeypatch):

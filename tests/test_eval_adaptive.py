@@ -274,3 +274,30 @@ def test_print_acc_on_crafted_records(tmp_path, capsys):
     assert res["top1"] == pytest.approx(60.0) and res["mean_per_class"] == pytest.approx(175 / 3)
     out = capsys.readouterr().out
     assert "top-1 accuracy: 60.00%" in out and "mean per-class accuracy: 58.33%" in out and "skipped 1 unreadable" in out
+
+
+def test_another_image_folder_never_resumes_the_records_of_the_first(tmp_path, tiny_sd):
+    """Records are by index: a second image folder under the same --log_dir is refused, not scored by the first's records."""
+    from diffusion_classifier.data.digits import DigitsDataset
+
+    test = DigitsDataset("test")
+    for name, offset in (("a", 0), ("b", 1)):
+        for c in ("five", "six"):
+            (tmp_path / name / c).mkdir(parents=True)
+        picks = {5: [], 6: []}
+        for i in range(len(test)):
+            img, label = test[i]
+            if label in picks and len(picks[label]) < 2 + offset:
+                picks[label].append(img)
+        for label, c in ((5, "five"), (6, "six")):
+            for j, img in enumerate(picks[label][offset:]):  # the same file names, other images
+                img.save(tmp_path / name / c / f"img{j}.png")
+    (tmp_path / "p.csv").write_text("prompt,classname,classidx\nfive,five,0\nsix,six,1\n")
+    args = lambda root: ["--model", str(tiny_sd), "--dataset", "imagefolder", "--dataset_root", str(tmp_path / root),  # noqa: E731
+                         "--prompt_path", str(tmp_path / "p.csv"), "--log_dir", str(tmp_path / "logs"),
+                         "--to_keep", "1", "--n_samples", "2", "--no_progress"]
+    assert eval_prob_adaptive.main(args("a"))["done"] == 4
+    with pytest.raises(ValueError, match=r"holds records of other images \(image list [0-9a-f]+; the dataset now gives"):
+        eval_prob_adaptive.main(args("b"))
+    again = eval_prob_adaptive.main(args("a"))
+    assert again["done"] == 0 and again["skipped"] == 4

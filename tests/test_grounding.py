@@ -235,6 +235,9 @@ def _jsonl_with(tmp_path, data, edit):
     (lambda ls: ls[1]["anns"][0].__setitem__("bbox", [1, 1, 0, 3]), r"bad.jsonl line 2 anns\[0\]: box .* has zero or negative size"),
     (lambda ls: ls[0].pop("anns"), r"bad.jsonl line 1: missing field 'anns'"),
     (lambda ls: ls[2].__setitem__("file_name", "COCO_none.png"), r"unreadable image .*COCO_none.png: the file does not exist"),
+    # ids that are no integer were a ValueError/TypeError traceback
+    (lambda ls: ls[1].__setitem__("image_id", "abc"), r"bad.jsonl line 2: field 'image_id' must be an integer, found 'abc'"),
+    (lambda ls: ls[0]["anns"][0].__setitem__("id", None), r"bad.jsonl line 1 anns\[0\]: field 'id' must be an integer, found None"),
 ])
 def test_bad_jsonl_is_one_line(data, tmp_path, capsys, edit, expected):
     path = _jsonl_with(tmp_path, data, edit)
@@ -245,6 +248,17 @@ def test_bad_jsonl_is_one_line(data, tmp_path, capsys, edit, expected):
     import re
 
     assert re.search(expected, err), err
+
+
+def test_jsonl_ids_as_text_and_non_utf8_lines(data, tmp_path):
+    lines = [json.loads(x) for x in (data / "q.jsonl").read_text().splitlines()]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({**x, "image_id": str(x["image_id"])}) + "\n" for x in lines))
+    assert [q.image_id for q in read_jsonl(path, images_of(data))] == \
+        [q.image_id for q in read_jsonl(data / "q.jsonl", images_of(data))]  # an id written as text is still the id
+    path.write_bytes(path.read_bytes() + b'{"file_name": "caf\xe9.png"}\n')
+    with pytest.raises(InputError, match=rf"q\.jsonl line {len(lines) + 1} is not UTF-8 text"):
+        read_jsonl(path, images_of(data))
 
 
 def test_box_outside_the_image_stops_with_one_line_and_keeps_finished_records(data, tmp_path, capsys):

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -307,3 +308,27 @@ def test_shipped_tiny_model_runs_at_its_native_size(tmp_path):
     assert json.loads((Path(res["folder"]) / "manifest.json").read_text())["settings"]["img_size"] == 8
     rec = load_record(Path(res["class_folder"]) / "000.pt")
     assert tuple(rec["data"].shape) == (4, 1, 4) and bool((rec["data"][..., 2] >= 0).all())  # KL >= 0
+
+
+def test_another_image_folder_never_resumes_the_records_of_the_first(tiny_dit, tmp_path):
+    """Records are by index, per class folder and adaptive: a second image folder under the same --log_dir is refused."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for c in ("c0", "c1"):
+            (tmp_path / name / c).mkdir(parents=True)
+            for j in range(2):  # the same file names, other pixels
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / name / c / f"{j}.png")
+
+    def main(root, *flags):
+        return eval_prob_dit.main(["--model", str(tiny_dit), "--dataset", "imagefolder", "--dataset_root",
+                                   str(tmp_path / root), "--log_dir", str(tmp_path / "logs"), "--no_progress",
+                                   *map(str, flags)])
+
+    for flags in (("--cls", 1, "--t_interval", 250), ("--to_keep", 1, "--n_samples", 2)):
+        assert main("a", *flags)["done"] == 4
+        with pytest.raises(ValueError, match=r"holds records of other images \(image list [0-9a-f]+; the dataset"):
+            main("b", *flags)
+        again = main("a", *flags)
+        assert again["done"] == 0 and again["skipped"] == 4

@@ -129,6 +129,15 @@ def test_bad_classidx_names_row(tmp_path, value):
         read_prompts(tmp_path / "p.csv")
 
 
+def test_empty_prompt_is_named_and_spaced_or_capitalised_headers_are_read(tmp_path, capsys):
+    (tmp_path / "e.csv").write_text("prompt,classname,classidx\na photo of a 0.,zero,0\n  ,one,1\n")
+    assert read_prompts(tmp_path / "e.csv").classidx == [0, 1]  # scored, as the reference scores it
+    err = capsys.readouterr().err
+    assert "data row 2 (line 3) has an empty prompt (classidx 1)" in err and "unconditional" in err
+    (tmp_path / "s.csv").write_text("Prompt, ClassName, classidx ,notes\nhello,h,3,x\n")
+    assert read_prompts(tmp_path / "s.csv") == PromptTable(["hello"], ["h"], [3])
+
+
 def test_empty_and_header_only(tmp_path):
     (tmp_path / "e.csv").write_text("")
     with pytest.raises(ValueError, match="empty file"):

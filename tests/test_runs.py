@@ -170,6 +170,10 @@ def test_the_manifest_guards_settings_that_change_numbers_beyond_the_folder_name
     assert json.loads((old / MANIFEST).read_text())["numerics"] == numerics
     with pytest.raises(InputError, match="attention"):
         check_manifest(old, {"n_trials": 1}, numerics={**numerics, "attention": "xformers"})
+    # a user's image folder: records are by index, so another folder's images are refused by name
+    check_manifest(old, {"n_trials": 1}, numerics={**numerics, "images": "aaaa"})  # written in on the next resume
+    with pytest.raises(InputError, match=r"holds records of other images \(image list aaaa; the dataset now gives bbbb\)"):
+        check_manifest(old, {"n_trials": 1}, numerics={**numerics, "images": "bbbb"})
 
 
 def test_a_run_grows_across_subsets_but_not_across_settings(tmp_path):

@@ -168,3 +168,40 @@ def test_api_input_errors_are_the_projects_error_kinds():
         clf.classify([], "a photo")
     with pytest.raises(InputError, match="dtype must be one of float16, bfloat16, float32"):
         DiffusionClassifier.from_pretrained("tiny", dtype="half")
+
+
+def test_api_refuses_unusable_arguments_and_takes_usable_ones():
+    """Bad counts, losses, noise, tensors and keywords are InputErrors before any work; scalars and iterables are used."""
+    import pytest
+    import torch
+    from PIL import Image
+
+    from diffusion_classifier import DiffusionClassifier
+    from diffusion_classifier.errors import InputError
+
+    clf = DiffusionClassifier.from_pretrained("tiny")
+    img, prompts = DigitsDataset("test")[0][0], ["a", "b"]
+    bank = make_noise(8, (3, 8, 8), 0)
+    bad = [
+        (dict(n_trials=0), "n_trials must be a positive integer, got 0"),
+        (dict(n_samples=[2.5]), r"n_samples must be an integer or a list of integers, found \[2\.5\]"),
+        (dict(loss="l3"), "loss must be one of l2, l1, huber, log_l2, got 'l3'"),
+        (dict(noise=torch.full((8, 3, 8, 8), float("nan"))), "noise holds 1536 NaN and 0 infinite values"),
+        (dict(noise=bank.numpy()), r"noise must hold a float tensor \(N, C, H, W\), found a ndarray"),
+        (dict(temperature=float("inf")), "temperature must be a finite positive number, got inf"),
+        (dict(img_size=0), "expected an image size S or .* got 0"),
+        (dict(schedule="statistical", dleta=0.05), "unknown keyword argument\\(s\\) dleta; the statistical schedule takes"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(InputError, match=message):
+            clf.classify([img], prompts, **{"n_samples": [2], **kwargs})
+    with pytest.raises(InputError, match=r"found values in \[0, 255\]: scale \[0, 1\] images by 2x - 1"):
+        clf.classify(torch.tensor([0.0, 255.0]).repeat(24).view(1, 3, 4, 4), prompts)
+    with pytest.raises(InputError, match="at least 1 x 1 pixels, found one of 0 x 4"):
+        clf.classify([Image.new("RGB", (0, 4))], prompts)
+    with pytest.raises(InputError, match="batch_size must be a positive integer, got 0"):
+        DiffusionClassifier(clf.model, batch_size=0)
+    # one stage as plain integers, images and prompts from generators: the same as lists
+    a = clf.classify([img], prompts, to_keep=[1], n_samples=[2], noise=bank)[0]
+    b = clf.classify((i for i in [img]), (p for p in prompts), to_keep=1, n_samples=2, noise=bank)[0]
+    assert torch.equal(a.scores, b.scores)

@@ -595,6 +595,9 @@ def test_output_file_checks(tmp_path):
     torch.save(torch.full((2, 3, 4, 4), float("inf")), tmp_path / "inf.pt")
     with pytest.raises(ValueError, match=r"holds 0 NaN and 96 infinite values \(in 2 of its 2 rows\)"):
         load_noise(tmp_path / "inf.pt")
+    bank = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "bank.npy", bank)  # a bank saved with numpy.save is read as it is
+    assert torch.equal(load_noise(tmp_path / "bank.npy"), torch.from_numpy(bank))
 
 
 def _string_label_splits(tmp: Path, test_labels: list[str]) -> dict[str, Path]:

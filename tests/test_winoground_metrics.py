@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from diffusion_classifier.data.winoground import WinogroundImages, load_winoground
+from diffusion_classifier.errors import InputError
 from diffusion_classifier.records import write_json
 from diffusion_classifier.tasks.winoground import (
     format_scores,
@@ -313,3 +314,26 @@ def test_a_damaged_zip_member_is_an_unreadable_image_of_that_example_only(tmp_pa
     assert bad.index == 0 and bad.found.startswith("a damaged zip member")
     with pytest.raises(UnreadableImageError, match=r"ex_0_img_1\.png.*a damaged zip member \(BadZipFile: Bad CRC-32"):
         ex.open_image(1)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda r: r[2].__setitem__("id", 0), r"line 3: id 0 repeats \(first on line 1\); expected one id per example"),
+    (lambda r: r[1].__setitem__("id", "ex_1"), r"line 2: field 'id' must be an integer, found 'ex_1'"),
+    (lambda r: r[1].__setitem__("caption_0", None), r"line 2: caption_0 must be a string, found None"),
+])
+def test_loader_refuses_repeated_or_malformed_ids_and_captions(tmp_path, edit, expected):
+    # a repeated id used to be scored once and counted twice; a text id or a null caption stopped with a traceback
+    d = _make(tmp_path, "folder")
+    records = [_record(e) for e in range(3)]
+    edit(records)
+    (d / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError, match=expected):
+        load_winoground(d)
+
+
+def test_loader_non_utf8_line_is_named(tmp_path):
+    d = _make(tmp_path, "folder")
+    text = "".join(json.dumps(_record(e)) + "\n" for e in range(3)).replace("a cap 2", "caf\xe9 2")
+    (d / "examples.jsonl").write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError, match=r"examples\.jsonl line 3 is not UTF-8 text"):
+        load_winoground(d)

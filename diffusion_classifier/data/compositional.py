@@ -117,7 +117,8 @@ def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[I
                 raise InputError(f"{where}: field 'images' must be a list of paths, found {short(images)}")
         else:
             raise InputError(f"{where}: expected {JSONL_EXPECTED}, found keys {sorted(obj)}")
-        items.append(make_item(obj.get("id", n), obj.get("task", path.stem), kind,
+        task = obj.get("task")
+        items.append(make_item(obj.get("id", n), path.stem if task is None else task, kind,
                                [ImageSource(str(root / p)) for p in images], captions, field(obj, "label", where),
                                where))
     return _unique(items, path)
@@ -187,7 +188,8 @@ def read_hf(root: str | Path, split: str, image_column: str | None = None, capti
             name = f"{where}" + (f" image {k}" if kind == IMAGE else "") + (f" ({c['path']})" if c.get("path") else "")
             sources.append(ImageSource(name, cell_reader(c, name)))
         label = cols[label_cols[0]][i] if label_cols else 0
-        task = cols[task_cols[0]][i] if task_cols else Path(str(root)).name
+        task = cols[task_cols[0]][i] if task_cols else None
+        task = Path(str(root)).name if task is None else task  # a row without one: the folder's name
         items.append(make_item(i, task, kind, sources, captions, label, where))
     return _unique(items, where_split)
 
@@ -317,6 +319,9 @@ def read_geneval(root: str | Path, prompts_file: str | Path | None = None, domai
     if not isinstance(table, dict) or domain not in table:
         raise InputError(f"{prompts_file}: no domain {domain!r}; its domains are "
                          f"{', '.join(table) if isinstance(table, dict) else 'none'}: pass --domain NAME")
+    if not isinstance(table[domain], dict):
+        raise InputError(f"{prompts_file}: expected {{tag: prompts}} under domain {domain!r}, found "
+                         f"{short(table[domain])}")
     folders = sorted(p for p in root.iterdir() if (p / "metadata.jsonl").is_file())
     if not folders:
         raise MissingError(f"{root} has no <index>/metadata.jsonl; expected GenEval-style folders "
@@ -333,8 +338,10 @@ def read_geneval(root: str | Path, prompts_file: str | Path | None = None, domai
         if tag not in table[domain]:
             raise InputError(f"{where}: tag {tag!r} is not in {prompts_file}[{domain!r}]; its tags are "
                              f"{', '.join(table[domain])}")
-        captions = next((c for c in _geneval_candidates(table[domain][tag], meta.get("include") or [])
-                         if prompt in c), None)
+        include = meta.get("include") or []
+        if not isinstance(include, list):
+            raise InputError(f"{where}: field 'include' must be a list of {{\"class\": NAME}}, found {short(include)}")
+        captions = next((c for c in _geneval_candidates(table[domain][tag], include) if prompt in c), None)
         if captions is None:
             raise InputError(f"{where}: prompt {prompt!r} is not among the candidate prompts of {prompts_file}"
                              f"[{domain!r}][{tag!r}]; expected the metadata's prompt among them")

@@ -5,6 +5,7 @@ labels in the order of its prompts' classidx; data/registry.py names each one wi
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -15,8 +16,8 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision import datasets as tvd
 
-from ..errors import InputError, MissingError
-from .images import open_rgb, to_8bit, to_rgb
+from ..errors import InputError, MissingError, warn
+from .images import open_rgb, open_upright_rgb, to_8bit, to_rgb
 from .prompts import DATA_DIR, DATASET_PROMPTS
 from .sizes import image_size
 
@@ -97,20 +98,28 @@ def dit_transform(size: int) -> Callable:
 # ---------------------------------------------------------------- subsets
 
 
-def _text_indices(path: Path) -> np.ndarray | None:
-    """The integers of a text file (whitespace or commas between them), None when it holds anything else."""
+def _text_indices(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(the integers of a text file (whitespace or commas between them, a JSON list's brackets allowed), None), or
+    (None, what it holds instead); (None, None) when it is not UTF-8 text."""
     try:
-        tokens = path.read_bytes().decode("utf-8-sig").replace(",", " ").split()
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        return None
-    if not tokens or not all(t.isascii() and t.lstrip("-").isdigit() for t in tokens):
-        return None
-    return np.array([int(t) for t in tokens], dtype=np.int64)
+        return None, None
+    for n, line in enumerate(text.splitlines(), start=1):
+        bad = [t for t in line.replace(",", " ").replace("[", " ").replace("]", " ").split()
+               if not (t.isascii() and t.lstrip("-").isdigit())]
+        if bad:
+            return None, f"line {n} holds {bad[0][:40]!r}, not an integer index"
+    tokens = text.replace(",", " ").replace("[", " ").replace("]", " ").split()
+    if not tokens:
+        return None, "the file holds no indices"
+    return np.array([int(t) for t in tokens], dtype=np.int64), None
 
 
 def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
     """All indices 0..n-1, or the ones stored in a file: a .npy array (1-D integers, or floats holding integers) or
-    a text file of integers (one a line, or separated by spaces or commas), each in 0..n-1."""
+    a text file of integers (one a line, or separated by spaces or commas), each in 0..n-1; an index given twice is
+    scored once."""
     if subset_path is None:
         return list(range(n))
     path = Path(subset_path)
@@ -118,7 +127,13 @@ def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
         raise MissingError(f"subset file not found: {path} (expected a .npy array or a text file of dataset indices)")
     with open(path, "rb") as f:
         is_npy = f.read(6) == b"\x93NUMPY"
-    arr = None if is_npy else _text_indices(path)
+    arr, problem = (None, None) if is_npy else _text_indices(path)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}; expected a 1-D integer array saved with numpy.save, or a text file of "
+                         f"integer indices (one a line, or separated by spaces or commas)")
+    if arr is None and not is_npy:
+        raise InputError(f"{path}: neither a .npy file (numpy's header is missing) nor UTF-8 text; expected a 1-D "
+                         f"integer array saved with numpy.save, or a text file of integer indices")
     if arr is None:
         try:
             arr = np.load(path, allow_pickle=False)
@@ -131,11 +146,16 @@ def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
         arr = arr.astype(np.int64)  # indices saved as floats (3.0)
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{path}: expected a 1-D integer array of indices, found shape {arr.shape} dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() >= n):
+    if arr.size == 0:
+        raise InputError(f"{path}: the array holds no indices; expected at least one dataset index")
+    if arr.min() < 0 or arr.max() >= n:
         raise InputError(
             f"{path}: indices must lie in 0..{n - 1} for a dataset of {n} images, found {arr.min()}..{arr.max()}"
         )
-    return [int(i) for i in arr]
+    indices = list(dict.fromkeys(int(i) for i in arr))  # in the file's order, each once
+    if len(indices) < arr.size:
+        warn(f"{path}: {arr.size - len(indices)} repeated index(es); each image is scored once")
+    return indices
 
 
 def stratified_indices(labels, per_class: int, seed: int = 0) -> list[int]:
@@ -351,11 +371,44 @@ def build_objectnet(root: Path, split: str, transform):
                            lambda: FixedClassFolder(path, class_to_idx, transform, ignore_unknown=True))
 
 
+def _hidden(path: str, root: str) -> bool:
+    """Whether a file under root is hidden or lies in a hidden folder (.DS_Store, ._x.png, .ipynb_checkpoints/...)."""
+    return any(part.startswith(".") for part in Path(os.path.relpath(path, root)).parts)
+
+
+class UserImageFolder(tvd.ImageFolder):
+    """A user's ImageFolder: hidden folders and files are neither classes nor images, a class folder may be empty (its
+    class keeps its place in the sorted order), and photos are turned upright by their EXIF orientation."""
+
+    def __init__(self, root, transform=None):
+        root = str(root)
+        super().__init__(root, transform=transform, loader=open_upright_rgb, allow_empty=True,
+                         is_valid_file=lambda p: not _hidden(p, root) and
+                         tvd.folder.has_file_allowed_extension(p, tvd.folder.IMG_EXTENSIONS))
+        if len(self.samples) == 0:
+            raise MissingError(f"no images ({', '.join(tvd.folder.IMG_EXTENSIONS)}) in the class folders "
+                               f"{', '.join(self.classes[:5])}{' ...' if len(self.classes) > 5 else ''}")
+
+    def find_classes(self, directory):
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folder in {directory}")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
 def build_imagefolder(root: Path, split: str, transform):
     path = root / split if (root / split).is_dir() else root
     how = f"expected {root}/[<split>/]<class>/<image> (class index = sorted folder order)"
-    return _folder_dataset("imagefolder", path, how,
-                           lambda: tvd.ImageFolder(str(path), transform=transform, loader=open_rgb))
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if path == root and root.is_dir() else []
+    splits = folders if folders and all(f.lower() in SPLIT_NAMES for f in folders) else []
+    if splits:  # DIR/train, DIR/test but no DIR/<split>: split folders must not become classes
+        raise MissingError(f"imagefolder split {split!r} not found: {root} has no folder {split}/ but has the split "
+                           f"folder(s) {', '.join(splits)}; pass --split {splits[0]}, or {how}")
+    return _folder_dataset("imagefolder", path, how, lambda: UserImageFolder(path, transform))
 
 
 def build_fashion_mnist(root: Path, split: str, transform):
@@ -382,3 +435,32 @@ def dataset_targets(dataset) -> list[int] | None:
         if values is not None and not callable(values) and len(values) == len(dataset):
             return [int(v) for v in values]
     return None
+
+
+DIGEST_SAMPLED_FILES = 1000  # files whose last bytes go into an image folder's digest
+DIGEST_TAIL_BYTES = 4096
+
+
+def _tail(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(max(os.path.getsize(path) - DIGEST_TAIL_BYTES, 0))
+        return f.read(DIGEST_TAIL_BYTES)
+
+
+def images_digest(dataset) -> dict:
+    """{'images': digest} of a user's image folder (UserImageFolder), for a run's numerics (records.check_manifest):
+    its classes, every file's path under the root, size and label, and the last bytes of up to DIGEST_SAMPLED_FILES
+    files spread over the list (two folders of images with the same names and sizes differ there, at a bounded cost).
+    Records are by index, so they belong to this list only; a moved or copied folder keeps its digest. {} for other
+    datasets."""
+    if not isinstance(dataset, UserImageFolder):
+        return {}
+    import hashlib
+
+    h = hashlib.sha256()
+    listed = [[Path(os.path.relpath(f, dataset.root)).as_posix(), os.path.getsize(f), label] for f, label in dataset.samples]
+    h.update(json.dumps([dataset.classes, listed]).encode())
+    n = len(dataset.samples)
+    for i in sorted({k * n // DIGEST_SAMPLED_FILES for k in range(min(n, DIGEST_SAMPLED_FILES))}):
+        h.update(hashlib.sha256(_tail(dataset.samples[i][0])).digest())
+    return {"images": h.hexdigest()[:16]}

@@ -1,6 +1,8 @@
 """Entries of the JSON and jsonl files datasets are distributed in, read with one-line errors that name the file."""
 from __future__ import annotations
 
+import codecs
+import io
 import json
 from pathlib import Path
 
@@ -23,6 +25,22 @@ def field(obj, key: str, where: str, kind=None):
     return value
 
 
+def int_field(obj, key: str, where: str) -> int:
+    """obj[key] as an int (an integer, or a string or whole float holding one, as ids are often written); InputError
+    naming `where` otherwise."""
+    value = field(obj, key, where)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InputError(f"{where}: field {key!r} must be an integer, found {short(value)}")
+
+
 def load_json(path: Path, expected: str):
     """The JSON document at `path`; MissingError or InputError saying what was `expected`."""
     if not path.is_file():
@@ -33,15 +51,27 @@ def load_json(path: Path, expected: str):
         raise InputError(f"{path} is not valid JSON ({e}); expected {expected}") from None
 
 
+def text_lines(path: Path, expected: str):
+    """(line number, line) of each line of a UTF-8 text file; InputError naming the line whose bytes are not UTF-8."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if data.startswith(codecs.BOM_UTF8) else 0)
+        n = data[:start].count(b"\n") + 1
+        raise InputError(f"{path} line {n} is not UTF-8 text (byte {data[start:start + 1]!r}); expected {expected} "
+                         f"in UTF-8") from None
+    yield from enumerate(io.StringIO(text, newline=None), 1)
+
+
 def json_lines(path: Path, expected: str):
     """(line number, object) of each non-empty line of a jsonl file."""
     if not path.is_file():
         raise MissingError(f"{path} does not exist; expected {expected}")
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except ValueError as e:
-                raise InputError(f"{path} line {n} is not valid JSON ({e}); expected {expected}") from None
+    for n, line in text_lines(path, expected):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{path} line {n} is not valid JSON ({e}); expected {expected}") from None

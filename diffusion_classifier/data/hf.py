@@ -212,7 +212,7 @@ class HFImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         name, read = self.image_source(i)
-        img = decode_rgb(read(), name)
+        img = decode_rgb(read(), name, upright=True)  # a user's photos: as their EXIF orientation shows them
         return (self.transform(img) if self.transform is not None else img), self.targets[i]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import InputError
 
@@ -119,13 +119,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_rgb(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
-    """The image as a loaded RGB PIL image; UnreadableImageError naming it when it cannot be decoded."""
+def decode_rgb(source: str | os.PathLike | bytes, name: str | None = None, upright: bool = False) -> Image.Image:
+    """The image as a loaded RGB PIL image; UnreadableImageError naming it when it cannot be decoded. `upright`: turned
+    as its EXIF orientation says (a camera's photo stored sideways), as viewers show it."""
     fmt = None
     try:
         with _open(source) as im:
             fmt = im.format
-            out = to_rgb(im)
+            out = to_rgb(ImageOps.exif_transpose(im) if upright else im)
             return out.copy() if out is im else out  # not the file's own image, which the with-block closes
     except Exception as e:  # noqa: BLE001 - see header_problem
         if not (isinstance(e, OSError) or _raised_in_pil(e)):
@@ -136,6 +137,11 @@ def decode_rgb(source: str | os.PathLike | bytes, name: str | None = None) -> Im
 def open_rgb(path: str) -> Image.Image:
     """Loader for folder datasets (torchvision's ImageFolder `loader=`): decode_rgb of a file path."""
     return decode_rgb(path, str(path))
+
+
+def open_upright_rgb(path: str) -> Image.Image:
+    """Loader for a user's image folder: decode_rgb of a file path, turned upright by its EXIF orientation."""
+    return decode_rgb(path, str(path), upright=True)
 
 
 class LateTransform:

@@ -122,7 +122,9 @@ def read_prompts(path: str | Path) -> PromptTable:
     if reader.fieldnames is None:
         raise InputError(f"{path}: empty file; expected a header prompt,classname,classidx and at least one row")
     found = list(reader.fieldnames)
-    missing = [c for c in COLUMNS if c not in found]
+    # "Prompt, ClassName, classidx" (spaces after the commas, capitals) names the same columns
+    reader.fieldnames = [f.strip().lower() if f and f.strip().lower() in COLUMNS else f for f in found]
+    missing = [c for c in COLUMNS if c not in reader.fieldnames]
     if missing:
         raise InputError(
             f"{path}: missing column(s) {', '.join(missing)}; expected prompt,classname,classidx, "
@@ -142,6 +144,9 @@ def read_prompts(path: str | Path) -> PromptTable:
                 f"{path}: data row {row_num} (line {reader.line_num}) has classidx {value!r}; "
                 f"expected a non-negative integer"
             )
+        if not (row["prompt"] or "").strip():
+            warn(f"{path}: data row {row_num} (line {reader.line_num}) has an empty prompt (classidx {int(text_idx)}): "
+                 f"class {row['classname'] or int(text_idx)!r} is scored by the unconditional (empty) prompt")
         prompts.append(row["prompt"] or "")
         names.append(row["classname"] or "")
         idx.append(int(text_idx))

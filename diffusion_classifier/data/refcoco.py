@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError, MissingError
-from .entries import field, short
+from .entries import field, int_field, json_lines, short
 from .images import decode_rgb
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}  # the refer release's default partition
@@ -174,16 +174,16 @@ def read_refer(root: str | Path, dataset: str, split: str, split_by: str | None 
                          f"categories)") from None
     for key in ("images", "annotations"):
         field(inst, key, str(inst_path), list)
-    images = {int(field(im, "id", f"{inst_path} images")): im for im in inst["images"]}
+    images = {int_field(im, "id", f"{inst_path} images"): im for im in inst["images"]}
     cats = {c.get("id"): c.get("name") for c in inst.get("categories", []) if isinstance(c, dict)}
     by_image: dict[int, list] = {}
     anns = {}
     for a in inst["annotations"]:
         where = f"{inst_path} annotation {a.get('id') if isinstance(a, dict) else '?'}"
-        ann_id = int(field(a, "id", where))
+        ann_id = int_field(a, "id", where)
         box = as_box(field(a, "bbox", where), where)
         anns[ann_id] = (box, a.get("category_id"))
-        by_image.setdefault(int(field(a, "image_id", where)), []).append((ann_id, box))
+        by_image.setdefault(int_field(a, "image_id", where), []).append((ann_id, box))
     image_dir = Path(image_root).expanduser() if image_root else Path(root).expanduser() / IMAGE_SUBDIR
     splits = sorted({str(r.get("split")) for r in refs if isinstance(r, dict)})
     chosen = [r for r in refs if isinstance(r, dict) and r.get("split") == split]
@@ -192,13 +192,14 @@ def read_refer(root: str | Path, dataset: str, split: str, split_by: str | None 
     queries = []
     for r in chosen:
         where = f"{refs_path} ref {r.get('ref_id')}"
-        ann_id, image_id = int(field(r, "ann_id", where)), int(field(r, "image_id", where))
+        ann_id, image_id = int_field(r, "ann_id", where), int_field(r, "image_id", where)
         if ann_id not in anns:
             raise InputError(f"{where}: ann_id {ann_id} is not in {inst_path}; expected every ref's annotation there")
         if image_id not in images:
             raise InputError(f"{where}: image_id {image_id} is not in {inst_path}; expected every ref's image there")
         im = images[image_id]
-        size = (int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None
+        size = (int_field(im, "width", where), int_field(im, "height", where)) if "width" in im and "height" in im \
+            else None
         gt = by_image.get(image_id, [])
         for cid, box in gt:
             _check_on_image(box, size, f"{inst_path} annotation {cid}")
@@ -233,35 +234,29 @@ def read_jsonl(path: str | Path, image_root: str | Path, proposals: dict | None 
         raise MissingError(f"--data_path {path} does not exist; expected a jsonl file, one referred object a line "
                            f"(file_name, image_id, ann_id, anns, sentences)")
     queries = []
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise InputError(f"{where} is not valid JSON ({e}); expected one object a line") from None
-            file_name = str(field(obj, "file_name", where))
-            image_id, ann_id = int(field(obj, "image_id", where)), int(field(obj, "ann_id", where))
-            size = (int(obj["width"]), int(obj["height"])) if "width" in obj and "height" in obj else None
-            gt = []
-            for j, a in enumerate(field(obj, "anns", where, list)):
-                aw = f"{where} anns[{j}]"
-                box = as_box(field(a, "bbox", aw), aw)
-                _check_on_image(box, size, aw)
-                gt.append((int(field(a, "id", aw)), box))
-            gold = dict(gt).get(ann_id)
-            if gold is None:
-                raise InputError(f"{where}: ann_id {ann_id} is not among its anns ids {[i for i, _ in gt]}; expected "
-                                 f"the gold object among the candidates")
-            cands = _candidates(gt, image_id, proposals, where, "anns is empty")
-            image = str(jsonl_image(image_root, file_name))
-            for k, s in enumerate(field(obj, "sentences", where, list)):
-                raw = field(s, "raw", f"{where} sentences[{k}]", str)
-                qid = str(s["sent_id"]) if isinstance(s, dict) and "sent_id" in s else f"{ann_id}_{k}"
-                queries.append(Query(qid, image, image_id, raw, cands, gold, ann_id if proposals is None else None,
-                                     obj.get("category") or obj.get("category_name"), obj.get("split", split)))
+    for n, obj in json_lines(path, "one object a line"):
+        where = f"{path} line {n}"
+        file_name = str(field(obj, "file_name", where))
+        image_id, ann_id = int_field(obj, "image_id", where), int_field(obj, "ann_id", where)
+        size = (int_field(obj, "width", where), int_field(obj, "height", where)) \
+            if "width" in obj and "height" in obj else None
+        gt = []
+        for j, a in enumerate(field(obj, "anns", where, list)):
+            aw = f"{where} anns[{j}]"
+            box = as_box(field(a, "bbox", aw), aw)
+            _check_on_image(box, size, aw)
+            gt.append((int_field(a, "id", aw), box))
+        gold = dict(gt).get(ann_id)
+        if gold is None:
+            raise InputError(f"{where}: ann_id {ann_id} is not among its anns ids {[i for i, _ in gt]}; expected "
+                             f"the gold object among the candidates")
+        cands = _candidates(gt, image_id, proposals, where, "anns is empty")
+        image = str(jsonl_image(image_root, file_name))
+        for k, s in enumerate(field(obj, "sentences", where, list)):
+            raw = field(s, "raw", f"{where} sentences[{k}]", str)
+            qid = str(s["sent_id"]) if isinstance(s, dict) and "sent_id" in s else f"{ann_id}_{k}"
+            queries.append(Query(qid, image, image_id, raw, cands, gold, ann_id if proposals is None else None,
+                                 obj.get("category") or obj.get("category_name"), obj.get("split", split)))
     if not queries:
         raise InputError(f"{path} holds no query; expected one referred object a line with at least one sentence")
     return queries
@@ -272,7 +267,7 @@ def read_jsonl(path: str | Path, image_root: str | Path, proposals: dict | None 
 
 def _row_image_id(row: dict, where: str) -> int:
     if row.get("image_id") is not None:
-        return int(row["image_id"])
+        return int_field(row, "image_id", where)
     digits = re.findall(r"\d+", Path(str(row.get("file_name", ""))).stem)
     if not digits:
         raise InputError(f"{where}: no image_id column and no number in file_name {row.get('file_name')!r}; expected "

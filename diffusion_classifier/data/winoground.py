@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError, MissingError
+from .entries import int_field, short, text_lines
 from .images import Unreadable, UnreadableImageError, decode_rgb, header_problem
 
 HUB_URL = "https://huggingface.co/datasets/facebook/winoground"
@@ -168,25 +169,34 @@ def load_winoground(data_dir: str | os.PathLike, limit: int | None = None) -> li
     images = WinogroundImages(data_dir)
 
     examples = []
-    with open(jsonl, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found {type(record).__name__}")
-            missing = [k for k in EXAMPLE_KEYS if k not in record]
-            if missing:
-                raise InputError(f"{jsonl} line {lineno}: missing keys {', '.join(missing)}")
-            ex = WinogroundExample(**{k: record[k] for k in EXAMPLE_KEYS}, images=images)
-            for k in (0, 1):
-                images.source(ex.image_name(k))  # fail now, not hours into an evaluation
-            examples.append(ex)
-            if limit is not None and len(examples) == limit:
-                break
+    lines = {}  # id -> its line
+    for lineno, line in text_lines(jsonl, "one Winoground example a line"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found invalid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found {type(record).__name__}")
+        missing = [k for k in EXAMPLE_KEYS if k not in record]
+        if missing:
+            raise InputError(f"{jsonl} line {lineno}: missing keys {', '.join(missing)}")
+        where = f"{jsonl} line {lineno}"
+        record = {**record, "id": int_field(record, "id", where)}  # records and results are keyed by the integer id
+        for key in ("caption_0", "caption_1", "image_0", "image_1"):
+            if not isinstance(record[key], str):
+                raise InputError(f"{where}: {key} must be a string, found {short(record[key])}")
+        if record["id"] in lines:
+            raise InputError(f"{where}: id {record['id']} repeats (first on line {lines[record['id']]}); expected one "
+                             f"id per example")
+        lines[record["id"]] = lineno
+        ex = WinogroundExample(**{k: record[k] for k in EXAMPLE_KEYS}, images=images)
+        for k in (0, 1):
+            images.source(ex.image_name(k))  # fail now, not hours into an evaluation
+        examples.append(ex)
+        if limit is not None and len(examples) == limit:
+            break
     return examples
 
 

@@ -9,6 +9,7 @@ with one record per item, its accuracy grouped by a record field, and the result
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import re
@@ -87,9 +88,18 @@ def candidate_scores(errors: dict, n: int, weights: torch.Tensor | None = None) 
 # ---------------------------------------------------------------- runs
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
 def record_file(folder: str | os.PathLike, key: str) -> Path:
-    """Where an item's record is stored: <folder>/<key>.pt (characters other than [A-Za-z0-9_.-] become '-')."""
-    return Path(folder) / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', str(key))}.pt"
+    """Where an item's record is stored: <folder>/<key>.pt for a key of at most 100 characters [A-Za-z0-9_.-]; any
+    other key keeps its first 80 characters (others become '-') and adds a digest of itself, so that two keys never
+    share a file ('a/b' and 'a-b', ids in other scripts) and the name stays within the file system's limit."""
+    name = str(key)
+    if not PLAIN_NAME.fullmatch(name):
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        name = f"{re.sub(r'[^A-Za-z0-9_.-]', '-', name)[:80]}-{digest}"
+    return Path(folder) / f"{name}.pt"
 
 
 def running_postfix(stats: LoopStats) -> dict:
@@ -100,19 +110,20 @@ def running_postfix(stats: LoopStats) -> dict:
 def run_items_once(by_id: dict[Hashable, object], folder: str | os.PathLike, keys: Sequence[str],
                    load: Callable[[list], tuple[list, list]], score_and_record: Callable[[object, object], dict],
                    correct_key: str, unit: str, desc: str = "", show_progress: bool = True,
-                   skip_unreadable: bool = False, unreadable=()) -> LoopStats:
+                   skip_unreadable: bool = False, unreadable=(), check=None) -> LoopStats:
     """Score the items of `by_id` without a usable record in `folder`, one at a time; save one record each.
 
     load(ids) -> ([(id, (item, decoded))], [(id, Unreadable)]) as loop.RecordLoop.groups takes it;
     score_and_record(item, decoded) -> the record, with its denoiser `evaluations` (counted into the stats) and
-    `correct_key` (the hit that counts into the accuracy). A record must hold `keys`. `stats.records`: every record.
+    `correct_key` (the hit that counts into the accuracy). A record must hold `keys`; `check(path, record)` may raise
+    for one that is readable but was not made for its item now (claims.RecordFolder). `stats.records`: every record.
     """
     def problem(record) -> str | None:
         if not isinstance(record, dict) or not set(keys) <= set(record):
             return f"expected a dict with keys {', '.join(keys)}"
         return None
 
-    with RecordLoop(folder, partial(record_file, folder), problem, unit=unit, desc=desc, show_progress=show_progress,
+    with RecordLoop(folder, partial(record_file, folder), problem, check, unit=unit, desc=desc, show_progress=show_progress,
                     skip_unreadable=skip_unreadable, unreadable=unreadable, collect=True,
                     postfix=running_postfix) as loop:
         stats = loop.stats

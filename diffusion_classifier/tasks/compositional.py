@@ -16,8 +16,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..data.compositional import IMAGE, TEXT, Item
+from ..data.entries import short
 from ..data.images import Unreadable, UnreadableImageError
 from ..engine import Jobs, Scorer, cat_conditions
+from ..errors import InputError
 from ..loop import LoopStats
 from .candidates import accuracy_by, candidate_scores, run_items_once, unique_ids
 from .grounding import candidate_evaluator
@@ -104,6 +106,19 @@ def open_items(by_id: dict[str, Item], position: dict, ids: list[str]) -> tuple[
     return loaded, bad
 
 
+def record_matches(by_id: dict[str, Item], path, record: dict) -> None:
+    """InputError when a record's captions or label are not its item's now: the data was edited since it was scored,
+    and the record would be counted for an item it was not computed on."""
+    item = by_id.get(record["id"])
+    if item is None or (list(record.get("captions", item.captions)) == list(item.captions)
+                        and record["label"] == item.label):
+        return
+    raise InputError(f"{path} was scored for item {item.id!r} with captions {short(list(record.get('captions', [])))} "
+                     f"and label {record['label']}, but the data now gives {short(list(item.captions))} and label "
+                     f"{item.label}: the data changed since this run began; delete that record to score the item "
+                     f"again, or use another --log_dir or --extra")
+
+
 def run_items(items: Sequence[Item], folder: str | os.PathLike, score_item: Callable[[Item, list], dict],
               desc: str = "", show_progress: bool = True, skip_unreadable: bool = False,
               unreadable: Sequence[Unreadable] = ()) -> LoopStats:
@@ -112,7 +127,7 @@ def run_items(items: Sequence[Item], folder: str | os.PathLike, score_item: Call
     position = {i: n for n, i in enumerate(by_id)}
     return run_items_once(by_id, folder, RECORD_KEYS, partial(open_items, by_id, position),
                           lambda item, images: make_record(item, score_item(item, images)), "correct", "items", desc,
-                          show_progress, skip_unreadable, unreadable)
+                          show_progress, skip_unreadable, unreadable, check=partial(record_matches, by_id))
 
 
 def accuracy_tables(records: Sequence[dict]) -> dict:
