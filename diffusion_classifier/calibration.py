@@ -50,7 +50,11 @@ def candidate_classes_of(folder: Path, n_candidates: int) -> list[int]:
     settings = read_manifest_settings(folder)
     prompts = settings.get("prompts")
     if prompts and len(prompts) == n_candidates:
-        return [int(r[1]) for r in prompts]
+        try:
+            return [int(r[1]) for r in prompts]
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise InputError(f"{folder}: expected the manifest's prompts as [prompt, classidx] rows, found "
+                             f"{str(prompts)[:80]}") from None
     return list(range(n_candidates))
 
 
@@ -68,10 +72,29 @@ def readable_records(folder: str | Path):
             rec = load_record(path)
         except Exception:  # noqa: BLE001 - a truncated file is skipped
             continue
-        if not isinstance(rec, dict) or "errors" not in rec or "label" not in rec:
-            raise InputError(f"{path}: expected a classification record with 'errors' and 'label' (eval_prob_adaptive.py, "
-                             f"eval_prob_dit.py's adaptive mode), found {sorted(rec) if isinstance(rec, dict) else type(rec).__name__}")
+        if not isinstance(rec, dict) or any(k not in rec for k in ("errors", "pred", "label")):
+            raise InputError(f"{path}: expected a classification record with 'errors', 'pred' and 'label' "
+                             f"(eval_prob_adaptive.py, eval_prob_dit.py's adaptive mode), found "
+                             f"{sorted(map(str, rec)) if isinstance(rec, dict) else type(rec).__name__}")
+        problem = errors_problem(rec["errors"])
+        if problem:
+            raise InputError(f"{path}: expected 'errors' {{candidate index: {{'t', 'pred_errors'}}}} of a classification "
+                             f"record, found {problem}")
         yield path, rec
+
+
+def errors_problem(errors) -> str | None:
+    """What is wrong with a record's 'errors' (candidate index -> {'t': (n,), 'pred_errors': (n, ...)}), or None."""
+    if not isinstance(errors, dict) or not errors:
+        return "no candidates" if isinstance(errors, dict) else type(errors).__name__
+    for c, e in errors.items():
+        if not isinstance(c, int) or c < 0:
+            return f"candidate key {c!r}"
+        if not isinstance(e, dict) or not all(isinstance(e.get(k), torch.Tensor) for k in ("t", "pred_errors")):
+            return f"candidate {c} without tensors 't' and 'pred_errors'"
+        if e["t"].dim() != 1 or e["pred_errors"].dim() < 1 or len(e["t"]) != len(e["pred_errors"]):
+            return f"candidate {c} with {tuple(e['t'].shape)} timesteps and {tuple(e['pred_errors'].shape)} errors"
+    return None
 
 
 # ---------------------------------------------------------------- temperature and calibration error
@@ -403,7 +426,21 @@ def resolve_offsets(choice: str | None, model: str | Path | None, loss: str, err
 
 def run_offsets(folder: str | Path) -> dict | None:
     """The class offsets a run's schedule applied ({'temperature', 'shift'}: ClassOffsets.setting), or None."""
-    return read_manifest_settings(folder).get("class_offsets")
+    return checked_offsets(read_manifest_settings(folder).get("class_offsets"), folder)
+
+
+def checked_offsets(applied, folder: str | Path) -> dict | None:
+    """A manifest's class_offsets setting (run_offsets), checked; InputError for a malformed one."""
+    if applied is None:
+        return None
+    try:
+        ok = float(applied["temperature"]) > 0 and all(math.isfinite(float(v)) for v in applied["shift"])
+    except (TypeError, ValueError, KeyError, IndexError):
+        ok = False
+    if not ok:
+        raise InputError(f"{folder}: expected the manifest's class_offsets as {{'temperature': positive number, 'shift': "
+                         f"[number per candidate]}}, found {str(applied)[:80]}")
+    return applied
 
 
 def run_temperature(folder: str | Path, weights=None, digest: str | None = None,
@@ -415,7 +452,7 @@ def run_temperature(folder: str | Path, weights=None, digest: str | None = None,
     if temperature is not None:
         return temperature, "--temperature"
     settings = read_manifest_settings(folder)
-    applied = settings.get("class_offsets")  # run_offsets
+    applied = checked_offsets(settings.get("class_offsets"), folder)  # run_offsets
     if applied:
         return float(applied["temperature"]), "fitted with the class offsets the run applied"
     loss = settings.get("loss", "l2")

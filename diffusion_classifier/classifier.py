@@ -136,6 +136,14 @@ class DiffusionClassifier:
             if dtype not in DTYPES:
                 raise InputError(f"dtype must be one of {', '.join(DTYPES)} (or a torch.dtype), got {dtype!r}")
             dtype = DTYPES[dtype]
+        if dtype not in DTYPES.values():
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)} (or that torch.dtype), got {dtype!r}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} needs a CUDA GPU, and torch finds none: use device='cpu'")
         source = resolve_model(model=model)
         with quiet_loading(verbose):
             model = load_any_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
@@ -258,7 +266,9 @@ class DiffusionClassifier:
         schedule calls, over these images and prompts and a noise bank of n_rows draws (seeded, unless given)."""
         m = self.model
         size = m.native_size if img_size is None else img_size
-        latents = m.encode_images(preprocess(images, size, interpolation, self.class_conditional))
+        pixels = preprocess(images, size, interpolation, self.class_conditional)
+        m.latent_shape(tuple(pixels.shape[-2:]))  # InputError for a size the model does not take (VAE factor, DiT's)
+        latents = m.encode_images(pixels)
         if noise is None:
             noise = make_noise(n_rows, tuple(latents.shape[1:]), seed)
         objective = m.make_objective(tuple(latents.shape[1:]), self.error_space, self.flow_grid)

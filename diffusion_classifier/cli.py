@@ -44,6 +44,7 @@ QUIET_ENV = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_VERBOSITY": "error",  # its retries of an unreachable hub log a line each
     "DATASETS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
@@ -60,6 +61,7 @@ def quiet_libraries() -> None:
     # libraries imported before run() (a script's own imports) read the environment already: tell them directly
     if "huggingface_hub" in sys.modules:
         sys.modules["huggingface_hub"].utils.disable_progress_bars()
+        sys.modules["huggingface_hub"].utils.logging.set_verbosity_error()
     for name in ("transformers", "diffusers"):
         if name in sys.modules:
             logging = sys.modules[name].utils.logging

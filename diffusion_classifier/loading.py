@@ -106,23 +106,50 @@ def model_numerics(source, **others) -> dict:
     return {**others, **({WEIGHTS_KEY: fingerprint} if fingerprint else {})}
 
 
-def not_found(model: str, what: str, err: Exception) -> MissingError:
-    """The MissingError for a folder that lacks a part, or a hub id that is neither cached nor reachable."""
+def not_found(model: str, what: str, err: Exception, part: str | None = None,
+              expected: str | None = None) -> MissingError | InputError:
+    """The error for a folder that lacks a part (MissingError) or holds a damaged one (InputError), or for a hub id
+    that is neither cached nor reachable (MissingError)."""
     if is_local(model):
-        return MissingError(f"{what} folder {model!r} does not exist or lacks its parts ({err.__class__.__name__}: "
-                                 f"{str(err).splitlines()[0] if str(err) else ''}); expected a diffusers pipeline folder")
+        found = f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        its = f"its {part}" if part else "its parts"
+        if isinstance(err, OSError) and ("file named" in str(err) or not Path(model).expanduser().exists()):
+            return MissingError(f"{what} folder {model!r} does not exist or lacks {its} ({found}); expected "
+                                f"{expected or 'a diffusers pipeline folder'}")
+        return InputError(f"{what} folder {model!r}: {its} cannot be loaded ({found}); its files are damaged, cut "
+                          f"short or do not match its config: restore the folder from the model's source (re-download it)")
+    from huggingface_hub import constants
+
     return MissingError(
-        f"cannot load {what} {model!r}: it is not a local folder and not in the Hugging Face cache, and the hub is "
-        f"unreachable; on a machine with network run `huggingface-cli download {model}` (or pass --model /path/to/folder)"
+        f"cannot load {what} {model!r}: it is not a local folder and not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}), and the hub is unreachable; download it on a machine with network (`hf download "
+        f"{model}`, or `huggingface-cli download {model}` with an older huggingface_hub) and give its local folder "
+        f"instead of the id, or set HF_HOME to the Hugging Face folder whose cache holds it"
     )
 
 
+def load_errors() -> tuple[type[Exception], ...]:
+    """What from_pretrained raises for a missing, damaged or mismatched file (safetensors and pickles included)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError
+
+
 def load_part(cls, model: str, what: str, **kwargs):
-    """cls.from_pretrained(model, **kwargs), or a MissingError saying what is missing and how to get it."""
+    """cls.from_pretrained(model, **kwargs), or a MissingError (InputError for a damaged part) saying what is wrong and
+    how to fix it."""
+    part = kwargs.get("subfolder")
+    folder = Path(model).expanduser() / (part or "")
+    if part and Path(model).expanduser().is_dir() and not (folder.is_dir() and any(folder.iterdir())):
+        # transformers builds an empty tokenizer from a folder without its files: refuse before it does
+        raise MissingError(f"{what} folder {model!r} lacks its {part}: {folder} is missing or empty, though "
+                           f"model_index.json lists it; expected a diffusers pipeline folder with every part it lists")
     try:
         return cls.from_pretrained(model, **kwargs)
-    except (OSError, ValueError) as e:  # hub/cache misses and missing files surface as OSError
-        raise not_found(model, what, e) from None
+    except load_errors() as e:  # hub/cache misses and missing files surface as OSError, damaged files vary
+        raise not_found(model, what, e, part) from None
 
 
 def read_json(path: Path, what: str):
@@ -138,6 +165,10 @@ def read_json(path: Path, what: str):
 def pipeline_index(model: str, what: str) -> dict:
     """model_index.json of a pipeline folder or hub id (from the cache when offline)."""
     local = Path(model).expanduser()
+    if local.is_file():
+        raise InputError(f"{what} {model!r} is a file (a single-file checkpoint?); expected a diffusers pipeline folder "
+                         f"(model_index.json and a folder per part): convert a checkpoint with diffusers' "
+                         f"from_single_file(...).save_pretrained(FOLDER)")
     if local.is_dir():
         path = local / "model_index.json"
         if not path.is_file():
@@ -184,7 +215,7 @@ def scheduler_config(model: str, what: str) -> dict:
     try:
         return dict(DDPMScheduler.load_config(model, subfolder="scheduler"))
     except Exception as e:  # noqa: BLE001
-        raise not_found(model, what, e) from None
+        raise not_found(model, what, e, "scheduler") from None
 
 
 _truncations: list | None = None  # (count, tokenizer, limit, first prompt) inside one_truncation_warning()
@@ -204,6 +235,8 @@ def quiet_loading(verbose: bool = False):
     import transformers
 
     libs = [transformers.utils.logging, diffusers.utils.logging]
+    hub_level = huggingface_hub.utils.logging.get_verbosity()
+    huggingface_hub.utils.logging.set_verbosity_error()  # its retries of an unreachable hub log a line each
     levels = [lib.get_verbosity() for lib in libs]
     bars = [lib.is_progress_bar_enabled() for lib in libs]
     hub_bars = not huggingface_hub.utils.are_progress_bars_disabled()
@@ -222,6 +255,7 @@ def quiet_loading(verbose: bool = False):
                 lib.enable_progress_bar()
         if hub_bars:
             huggingface_hub.utils.enable_progress_bars()
+        huggingface_hub.utils.logging.set_verbosity(hub_level)
 
 
 @contextlib.contextmanager
@@ -281,11 +315,15 @@ def load_vae(model: str, what: str, index: dict, dtype: torch.dtype, device, sub
         return None
     from diffusers import AutoencoderKL  # imports every autoencoder family: only when there is one to load
 
+    local = Path(model).expanduser()
+    if subfolder is None and not (local / "config.json").is_file() and (local / "vae" / "config.json").is_file():
+        subfolder = "vae"  # a pipeline folder given for its VAE
     kwargs = {"subfolder": subfolder} if subfolder else {}
     try:
         config = AutoencoderKL.load_config(model, **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise not_found(model, what, e) from None
+        raise not_found(model, what, e, subfolder or "config.json", "a diffusers VAE folder (config.json and weights) "
+                        "or a pipeline folder with a vae" if subfolder is None else None) from None
     if dtype == torch.float16 and config.get("force_upcast", False):
         dtype = torch.float32  # the SDXL VAE overflows in float16
     return frozen(load_part(AutoencoderKL, model, what, torch_dtype=dtype, **kwargs), device)
@@ -318,6 +356,20 @@ class VAE:
         if any(side % (self.downsample * multiple) for side in image_hw(img_size)):
             raise InputError(f"image size must be divisible by {self.downsample * multiple} for this model, "
                              f"got {size_name(img_size)}")
+
+
+def latent_space(vae, channels: int, model: str, what: str, backbone: str = "denoiser",
+                 vae_source: str | None = None) -> VAE:
+    """VAE(vae, channels), or an InputError where the backbone does not take the VAE's latents (or, without a VAE,
+    RGB pixels): parts of different models in one folder, an inpainting UNet, a VAE (`vae_source`) given for another
+    model."""
+    found = 3 if vae is None else vae.config.latent_channels
+    if found != channels:
+        given = "RGB pixels (3 channels: it has no VAE)" if vae is None else \
+            f"{found}-channel latents from {'its VAE' if vae_source is None else f'the VAE {vae_source!r}'}"
+        raise InputError(f"{what} {model!r}: its {backbone} takes {channels}-channel inputs but would get {given}; "
+                         f"expected a VAE (or pixels) matching the {backbone}'s in_channels")
+    return VAE(vae, channels)
 
 
 class ModelGeometry:

@@ -299,12 +299,25 @@ def note_unreadable(folder: str | Path, entries) -> None:
 
 
 def read_manifest_settings(folder: str | Path) -> dict:
-    """The settings of a run folder's manifest, or {} when it has none (or an unreadable one)."""
+    """The settings of a run folder's manifest, or {} when it has none (a run made without one); InputError for a
+    manifest that cannot be read or is not one (its settings say how to read the records: never guessed)."""
     path = Path(folder) / MANIFEST
-    try:
-        return dict(json.loads(path.read_text()).get("settings", {}))
-    except (OSError, ValueError, AttributeError):
+    if not path.is_file():
         return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not valid JSON ({first_line(e)}); it records the settings of the run's records: "
+                         f"restore it, or remove it to read the records without their settings") from None
+    settings = manifest.get("settings", {}) if isinstance(manifest, dict) else None
+    named = ("model", "loss", "timestep_weights", "error_space", "dataset")  # names, read as such by the readers
+    bad = [k for k in named if not isinstance(settings, dict) or not isinstance(settings.get(k), (str, type(None)))]
+    if bad:
+        found = (f"a JSON {type(manifest).__name__}" if not isinstance(manifest, dict) else
+                 f"settings {_short(settings)}" if not isinstance(settings, dict) else f"{bad[0]} {_short(settings[bad[0]])}")
+        raise InputError(f"{path}: expected a run manifest (a JSON object whose 'settings' object names the run's "
+                         f"{', '.join(named)}), found {found}")
+    return dict(settings)
 
 
 def claim_run_folder(folder: str | Path, settings: dict, info: dict | None = None, state=None,
@@ -346,10 +359,14 @@ def read_predictions(folder: str | Path, ext: str = ".pt") -> tuple[list[int], l
             continue
         try:
             rec = load_record(path)
-            preds.append(int(rec["pred"]))
-            labels.append(int(rec["label"]))
+            pred, label = (int(rec["pred"]), int(rec["label"])) if isinstance(rec, dict) else (None, None)
         except Exception:  # noqa: BLE001 - a truncated or foreign file is counted, not fatal
+            pred = None
+        if pred is None:
             bad.append(path)
+            continue
+        preds.append(pred)
+        labels.append(label)
     return preds, labels, bad
 
 

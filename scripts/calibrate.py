@@ -81,6 +81,20 @@ def run_settings(folders: list[Path]) -> dict:
     return found[0]
 
 
+def check_settings(folders: list[Path], heldout: dict, class_offsets: bool) -> None:
+    """The --check runs are runs of the held-out runs' model, loss, timestep weights and error space (and, with class
+    offsets, of their candidates): the temperature (and offsets) fitted on those apply to them only."""
+    for f in folders:
+        s = run_settings([f])
+        for key in SHARED_SETTINGS:
+            if str(s.get(key)) != str(heldout.get(key)):
+                raise InputError(f"--check {f}: expected a run of the held-out runs' --{key} {heldout.get(key)}, "
+                                 f"found --{key} {s.get(key)}")
+        if class_offsets and candidates_digest(run_candidates(s)) != candidates_digest(run_candidates(heldout)):
+            raise InputError(f"--check {f}: expected a run of the held-out runs' candidates (class offsets are fitted "
+                             f"for one set), found one that scores other prompts (or classes)")
+
+
 def scores_of(folder: Path, weights_file: Path | None) -> RecordScores:
     """The paired scores of a run's records, weighted as the run ranked them (weighting.run_weights)."""
     w = run_weights(folder, [weights_file])
@@ -96,6 +110,7 @@ def line(name: str, s: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     settings = run_settings(args.heldout_runs)
+    check_settings(args.check, settings, args.class_offsets)  # before anything is written
     out = args.out
     if out is None:
         model = Path(str(settings.get("model")))

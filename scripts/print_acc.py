@@ -72,6 +72,10 @@ def main(argv=None) -> list[dict]:
         if not folder.is_dir():
             raise MissingError(f"run folder {folder} does not exist")
         preds, labels, bad = read_predictions(folder)
+        if not preds and not bad and any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
+            raise InputError(f"{folder} holds class folders (<cls>/<idx>.pt) of eval_prob_dit.py --cls runs, no records "
+                             f"of its own; expected a run folder of <idx>.pt records: read it with scripts/print_dit_acc.py "
+                             f"{folder} --dataset D")
         s = accuracy_summary(preds, labels)
         print(f"{folder}: read {s['n']} records, skipped {len(bad)} unreadable"
               + (f": {', '.join(p.name for p in bad)}" if bad else ""))

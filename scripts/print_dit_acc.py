@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion_classifier.data.registry import class_conditional_datasets, class_to_label  # noqa: E402
 from diffusion_classifier.tasks.per_class import load_per_class_scores, per_class_accuracy  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
+from diffusion_classifier.errors import InputError  # noqa: E402
 
 
 def dataset_labels(name: str, root, split: str, indices: list[int]) -> dict[int, int]:
@@ -21,6 +22,10 @@ def dataset_labels(name: str, root, split: str, indices: list[int]) -> dict[int,
     from diffusion_classifier.data.registry import get_dataset
 
     dataset = get_dataset(name, root, split)
+    beyond = [i for i in indices if i >= len(dataset)]
+    if beyond:
+        raise InputError(f"records of image {beyond[0]} carry no label and --dataset {name} --split {split} has "
+                         f"{len(dataset)} images (0..{len(dataset) - 1}): pass the run's --dataset and --split")
     targets = getattr(dataset, "targets", None)
     if targets is not None:
         return {i: int(targets[i]) for i in indices}

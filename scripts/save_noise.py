@@ -1,5 +1,6 @@
 """Save a fixed noise bank: torch.randn(1024, 4, S/8, S/8) seeded with 42, as the reference does ((4, H/8, W/8) for H W)."""
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def main(argv=None) -> Path:
     if any(side % args.downsample for side in image_hw(args.img_size)):
         raise InputError(f"--img_size must be divisible by {args.downsample} (--downsample), got {size_name(args.img_size)}")
     out = check_output_file(args.out or Path(f"noise_{size_name(args.img_size)}.pt"))  # before any work
+    h, w = (side // args.downsample for side in image_hw(args.img_size))
+    size = 4 * args.n * args.channels * h * w  # float32 bytes
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > memory:  # before torch tries (and its size calculation overflows, or the allocation fails)
+        raise InputError(f"a bank of --n {args.n} x ({args.channels}, {h}, {w}) floats needs {size / 2**30:.3g} GiB, more "
+                         f"than this machine's {memory / 2**30:.3g} GiB of memory: pass a smaller --n (the reference's "
+                         f"is {REFERENCE_ROWS}), --channels or --img_size")
     noise = reference_noise(args.img_size, args.channels, args.downsample, args.n, args.seed)
     atomic_write_bytes(out, lambda f: torch.save(noise, f), flag="--out")
     print(f"saved {tuple(noise.shape)} noise (seed {args.seed}) to {out}")

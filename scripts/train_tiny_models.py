@@ -98,6 +98,14 @@ def parse_args(argv):
     missing = [k for k in GROUPS.get(args.model, (args.model,)) if k not in data.folders]
     if missing:
         parser.error(f"--data {args.data} trains {', '.join(data.folders)} (no {', '.join(missing)}); got --model {args.model}")
+    kinds = GROUPS.get(args.model, (args.model,))
+    taken = {k for kind in kinds for k in KINDS[kind][0].DATA_DEFAULTS[args.data]}  # the settings these kinds have
+    unused = [k for k in ("beta_schedule", "shift", "channels", *ARCH_FLAGS) if getattr(args, k) is not None
+              and k not in taken]
+    if unused:
+        takers = [kind for kind in KINDS if unused[0] in KINDS[kind][0].DATA_DEFAULTS.get(args.data, {})]
+        parser.error(f"--{unused[0].replace('_', '-')} is a setting of --model {' or '.join(takers) or 'none'} "
+                     f"(--data {args.data}); got --model {args.model}")
     if args.init is not None and args.model not in WARM_KINDS:
         parser.error(f"--init is implemented for --model {' or '.join(WARM_KINDS)}, got --model {args.model}")
     if args.holdout and args.val_fraction:

@@ -74,7 +74,8 @@ def main(argv=None):
         if args.out is not None:
             path = args.out
         else:
-            path = args.out_dir / f"{dataset_group(name, args.dataset_root)}_prompts.csv"
+            stem = dataset_group(name, args.dataset_root) if name in FROM_COPY else name  # what --prompt_path defaults to
+            path = args.out_dir / f"{stem}_prompts.csv"
         write_prompts_csv(path, table)
         print(f"{path}: {len(table)} prompts, {len(set(table.classidx))} classes")
         written.append(path)

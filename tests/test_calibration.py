@@ -15,7 +15,7 @@ from diffusion_classifier.calibration import (
     UNCALIBRATED_TEMPERATURE, ClassOffsets, RecordScores, bootstrap_interval, candidates_digest, class_logits,
     expected_calibration_error, fit_calibration, load_calibration, load_record_scores, nll, reliability_bins,
     resolve_offsets, shipped_offsets, shipped_temperature, summary, temperature_for, write_calibration)
-from diffusion_classifier.errors import InputError
+from diffusion_classifier.errors import InputError, UserError
 from diffusion_classifier.records import read_manifest_settings, save_record
 from diffusion_classifier.schedules.staged import adaptive_classify, paired_scores
 from diffusion_classifier.schedules.statistical import statistical_classify
@@ -237,6 +237,58 @@ def test_records_of_any_schedule_give_paired_probabilities(tmp_path):
     other = RecordScores(rs.scores[:, :2], rs.labels, rs.preds, rs.indices, [0, 1], rs.evaluations)
     with pytest.raises(InputError, match="different candidates"):
         RecordScores.cat([rs, other])
+
+
+def crafted_run(folder: Path, labels=(0, 1, 0, 1, 2, 2), k: int = 3, **settings) -> Path:
+    """A run folder of full-evaluation records (the label's candidate 0.01 lower) and a manifest of `settings`."""
+    ts = torch.tensor([500, 100, 900, 300])
+    folder.mkdir(parents=True)
+    for i, label in enumerate(labels):
+        errors = {c: {"t": ts, "pred_errors": ts.float() / 1000 + 0.01 * (c != label)} for c in range(k)}
+        save_record({"errors": errors, "pred": label, "label": label}, folder / f"{i}.pt")
+    prompts = [[f"p{c}", c] for c in range(k)]
+    (folder / "manifest.json").write_text(json.dumps({"settings": {"model": "m", "loss": "l2", "prompts": prompts,
+                                                                   **settings}}))
+    return folder
+
+
+@pytest.mark.parametrize("manifest,found", [
+    ('{"settings": {"loss": "l', r"manifest\.json is not valid JSON \(JSONDecodeError"),
+    ("[1]", r"expected a run manifest .*found a JSON list"),
+    ('{"settings": 5}', r"expected a run manifest .*found settings 5"),
+    ('{"settings": {"loss": ["l2"]}}', r"expected a run manifest .*found loss \[\"l2\"\]"),
+    ('{"settings": {"prompts": [["p0"], ["p1"], ["p2"]]}}', r"expected the manifest's prompts as \[prompt, classidx\] rows"),
+    ('{"settings": {"class_offsets": {"shift": [0, 0, 0]}}}', r"expected the manifest's class_offsets as"),
+])
+def test_a_malformed_manifest_is_a_one_line_error_for_the_readers(tmp_path, capsys, manifest, found):
+    """print_acc --probs and calibrate.py read a run's settings from its manifest: a malformed one is never guessed."""
+    run = crafted_run(tmp_path / "run")
+    (run / "manifest.json").write_text(manifest)
+    with pytest.raises(InputError, match=found):
+        load_record_scores(run)
+    with pytest.raises(InputError, match=found):
+        load_script("scripts/print_acc.py").main([str(run), "--probs"])
+    (run / "manifest.json").unlink()  # a run without a manifest (the reference's) is read with plain settings
+    assert load_script("scripts/print_acc.py").main([str(run), "--probs"])[0]["temperature"] == UNCALIBRATED_TEMPERATURE
+
+
+def test_calibrate_checks_its_check_runs_before_writing(tmp_path, capsys):
+    """--check runs of another loss, model or candidates (or none at all) are refused before the file is written."""
+    held = crafted_run(tmp_path / "held")
+    out = tmp_path / "calibration.json"
+    calibrate = load_script("scripts/calibrate.py").main
+    cases = [(crafted_run(tmp_path / "l1", loss="l1"), [], r"--check .*l1: expected a run of the held-out runs' --loss "
+                                                           r"l2, found --loss l1"),
+             (crafted_run(tmp_path / "other", model="n"), [], r"--model m, found --model n"),
+             (crafted_run(tmp_path / "four", labels=(0, 1, 2, 3), k=4), ["--class_offsets"],
+              r"--check .*four: expected a run of the held-out runs' candidates"),
+             (tmp_path / "missing", [], r"run folder .*missing does not exist")]
+    for check, extra, pattern in cases:
+        with pytest.raises(UserError, match=pattern):
+            calibrate([str(held), "--out", str(out), "--n_boot", "5", "--check", str(check), *extra])
+        assert not out.exists()
+    res = calibrate([str(held), "--out", str(out), "--n_boot", "5", "--check", str(tmp_path / "four")])
+    assert out.is_file() and res["checks"][str(tmp_path / "four")]["n"] == 4  # other prompts: the temperature applies
 
 
 def test_calibrate_script_ships_a_temperature_the_api_and_print_acc_apply(tmp_path, tiny_sd, capsys):

@@ -132,6 +132,10 @@ def _cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "dit_cls_outside": (command("eval_prob_dit.py", "--model", "tiny", "--dataset", "imagenet", "--cls", 10,
                                     "--log_dir", tmp / "dit_logs", "--no_progress"),
                             r"^error: --cls must be in 0\.\.9 for this model \(10 classes\), got 10$"),
+        "dit_given_text_model": (command("eval_prob_dit.py", "--model", ROOT / "diffusion_classifier/tiny_models/tiny-flow",
+                                         "--dataset", "digits", "--cls", 0, "--log_dir", tmp / "dit_logs", "--no_progress"),
+                                 r"tiny-flow' is a StableDiffusion3Pipeline \(model_index\.json\), not a class-conditional "
+                                 r"DiTPipeline: score text-to-image models with eval_prob_adaptive\.py$"),
         "dit_foreign_class_record": (command("eval_prob_dit.py", *dit, "--cls", 3, "--log_dir", tmp / "dit_logs"),
                                      r"3 is the folder of class 3 but 000\.pt holds a record of class 5"),
         "winoground_bad_json": (command("run_winoground.py", "--version", "tiny", "--data_dir", tmp / "wino_bad_json",
@@ -154,7 +158,7 @@ SUBPROCESS_CASES = {"worker_idx", "noise_not_torch", "log_dir_not_writable", "di
                     "print_dit_acc_missing_folder"}
 CASES = ["prompts_missing_column", "prompts_not_utf8", "subset_past_end", "worker_idx", "missing_model",
          "dataset_not_on_disk", "noise_not_torch", "noise_pickle", "noise_not_tensor", "log_dir_not_writable",
-         "manifest_differs", "dit_cls_outside", "dit_foreign_class_record", "winoground_bad_json",
+         "manifest_differs", "dit_cls_outside", "dit_given_text_model", "dit_foreign_class_record", "winoground_bad_json",
          "winoground_missing_image", "print_acc_missing_folder", "print_dit_acc_missing_folder"]
 
 

@@ -276,6 +276,31 @@ def test_print_acc_on_crafted_records(tmp_path, capsys):
     assert "top-1 accuracy: 60.00%" in out and "mean per-class accuracy: 58.33%" in out and "skipped 1 unreadable" in out
 
 
+def test_print_acc_pairs_each_pred_with_its_own_label(tmp_path):
+    """A record without a label (or not a dict) is unreadable as a whole: it never shifts the later preds and labels."""
+    from diffusion_classifier.records import save_record
+
+    save_record({"errors": {}, "pred": 5}, tmp_path / "0.pt")  # no label
+    save_record({"errors": {}, "pred": 1, "label": "one"}, tmp_path / "1.pt")  # a label that is no number
+    save_record(torch.zeros(3), tmp_path / "2.pt")  # not a dict
+    for i, y in enumerate([0, 1, 2, 3], start=3):
+        save_record({"errors": {}, "pred": y, "label": y}, tmp_path / f"{i}.pt")
+    res = load_script("scripts/print_acc.py").main([str(tmp_path), "--no_table"])[0]
+    assert (res["n"], res["unreadable"], res["top1"]) == (4, 3, pytest.approx(100.0))
+
+
+def test_print_acc_refuses_a_per_class_dit_folder(tmp_path):
+    from diffusion_classifier.records import save_record
+
+    for c in (0, 1):
+        save_record({"kind": "l2", "data": torch.zeros(2, 1), "t": torch.tensor([1, 2]), "cls": c, "label": 0},
+                    tmp_path / str(c) / "000.pt")
+    with pytest.raises(ValueError, match=r"class folders \(<cls>/<idx>\.pt\) of eval_prob_dit\.py --cls runs.*print_dit_acc"):
+        load_script("scripts/print_acc.py").main([str(tmp_path)])
+    (tmp_path / "empty").mkdir()  # an empty folder (a run just started) is read as one: 0 records
+    assert load_script("scripts/print_acc.py").main([str(tmp_path / "empty")])[0]["n"] == 0
+
+
 def test_another_image_folder_never_resumes_the_records_of_the_first(tmp_path, tiny_sd):
     """Records are by index: a second image folder under the same --log_dir is refused, not scored by the first's records."""
     from diffusion_classifier.data.digits import DigitsDataset

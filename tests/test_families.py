@@ -294,6 +294,65 @@ def test_version_ids_and_offline_hub_id_message():
     with pytest.raises(MissingError, match="huggingface-cli download stabilityai/stable-diffusion-3.5-medium") as e:
         load_model(resolve_model("3-5-medium"))  # HF_HUB_OFFLINE: not in the cache
     assert "\n" not in str(e.value)
+    # how to provide it, without naming a flag of one script (run_compositional.py takes --model_path)
+    assert "hf download stabilityai/stable-diffusion-3.5-medium" in str(e.value) and "HF_HOME" in str(e.value)
+    assert "--model" not in str(e.value)
+
+
+def test_missing_damaged_or_single_file_parts_are_one_line_errors(folders, tmp_path):
+    sd = tmp_path / "sd_no_tokenizer"
+    shutil.copytree(folders("sd_v"), sd)
+    shutil.rmtree(sd / "tokenizer")  # transformers would build an empty tokenizer from nothing
+    with pytest.raises(MissingError, match="sd_no_tokenizer' lacks its tokenizer: .* is missing or empty") as e:
+        load_model(str(sd))
+    assert "\n" not in str(e.value)
+
+    damaged = tmp_path / "sd_damaged"
+    shutil.copytree(folders("sd_v"), damaged)
+    (damaged / "text_encoder" / "model.safetensors").write_bytes(b"\xff" * 5000)
+    with pytest.raises(InputError, match="sd_damaged': its text_encoder cannot be loaded .*damaged") as e:
+        load_model(str(damaged))
+    assert "\n" not in str(e.value)
+
+    single = folders("sd_v") / "unet" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(InputError, match="is a file .*expected a diffusers pipeline folder"):
+        DiffusionClassifier.from_pretrained(str(single))
+
+
+def test_options_the_family_does_not_use_are_refused(folders):
+    with pytest.raises(InputError, match="no_t5 drops the T5 encoder of SD3/SD3.5 models; .* family 'flux'"):
+        load_model(str(folders("flux_dev")), no_t5=True)
+    with pytest.raises(InputError, match="guidance sets the guidance embedding of Flux-dev models; .* family 'sd'"):
+        load_model(str(folders("sd_v")), guidance=2.0)
+    with pytest.raises(InputError, match="has none \\(as FLUX.1-schnell\\)"):
+        load_model(str(folders("flux_schnell")), guidance=2.0)
+
+
+def test_image_sizes_the_model_does_not_take(folders):
+    sd3 = load_model(str(folders("sd3")))  # pos_embed_max_size 8 patches of 2 latent pixels, VAE factor 2: 32 px
+    assert sd3.latent_shape((32, 16)) == (4, 16, 8)
+    with pytest.raises(InputError, match="at most 32 px a side .* got 40"):
+        sd3.latent_shape(40)
+    api = DiffusionClassifier.from_pretrained(str(folders("sd_v")))  # VAE factor 2: the Python API checks as the scripts
+    with pytest.raises(InputError, match="divisible by 2 for this model, got 7"):
+        api.classify([Image.new("RGB", (8, 8))], PROMPTS, n_samples=[2], img_size=7)
+
+
+def test_latent_channels_and_class_conditional_loader_check_the_folder(folders, tmp_path):
+    from conftest import build_tiny_dit
+    from diffusion_classifier.families.dit import load_class_conditional
+
+    sd = tmp_path / "sd_vae_null"
+    shutil.copytree(folders("sd_v"), sd)
+    index = json.loads((sd / "model_index.json").read_text())
+    (sd / "model_index.json").write_text(json.dumps({**index, "vae": [None, None]}))
+    with pytest.raises(InputError, match="its UNet takes 4-channel inputs but would get RGB pixels"):
+        load_model(str(sd))
+    dit = build_tiny_dit(tmp_path / "dit")  # pixel space: 3 channels
+    with pytest.raises(InputError, match="takes 3-channel inputs but would get 4-channel latents from the VAE"):
+        load_class_conditional(str(dit), vae=str(folders("sd_v") / "vae"))
+    with pytest.raises(InputError, match="is a StableDiffusion3Pipeline .*not a class-conditional DiTPipeline"):
+        load_class_conditional(str(folders("sd3")))  # its transformer would load as a DiT's, uninitialised
 
 
 @pytest.mark.parametrize("name", ["sdxl", "sd3_pixels_null_parts"])

@@ -80,7 +80,7 @@ FLAGS = {  # script -> [(flag, kind, extra arguments)]
     "scripts/print_acc.py": [("--top", "count", []), ("--temperature", "positive", [])],
     "scripts/make_subset.py": [("--per_class", "count", []), ("--seed", "seed", []), ("--severity", "severity", [])],
     "scripts/train_tiny_models.py": [
-        ("--steps", "count", []), ("--batch", "count", []), ("--lr", "positive", []), ("--shift", "positive", []),
+        ("--steps", "count", []), ("--batch", "count", []), ("--lr", "positive", []), ("--shift", "positive", ["--model", "flow"]),
         ("--channels", "count", []), ("--patch", "count", []), ("--heads", "count", []), ("--head-dim", "count", []),
         ("--layers", "count", []), ("--seed", "seed", []), ("--threads", "threads", []),
         ("--checkpoint-every", "non_negative", []), ("--time-limit", "non_negative", []),
@@ -171,6 +171,15 @@ CROSS = [
      r"--min_samples must be in 1\.\.max\(--n_samples\) = 2 for --schedule statistical, got 3$"),
     ("scripts/save_noise.py", ["--img_size", "100"], r"--img_size must be divisible by 8 \(--downsample\), got 100$"),
     ("scripts/train_tiny_models.py", ["--val-fraction", "0.5"], r"--val-fraction is implemented for --model dit"),
+    ("scripts/save_noise.py", ["--n", str(2**63 - 1)], r"a bank of --n 9223372036854775807 x \(4, 64, 64\) floats needs "
+                                                        r".* GiB, more than this machine's .* GiB of memory"),
+    # a setting of other kinds than the one trained is refused, not ignored
+    ("scripts/train_tiny_models.py", ["--model", "dit", "--channels", "8", "16"],
+     r"--channels is a setting of --model sd or sd-v \(--data digits\); got --model dit$"),
+    ("scripts/train_tiny_models.py", ["--shift", "3"], r"--shift is a setting of --model flow \(--data digits\); got --model both$"),
+    ("scripts/train_tiny_models.py", ["--model", "sd", "--patch", "2"], r"--patch is a setting of --model dit or flow"),
+    ("scripts/train_tiny_models.py", ["--model", "flow", "--beta-schedule", "linear"],
+     r"--beta-schedule is a setting of --model sd or sd-v or dit"),
 ]
 
 

@@ -165,7 +165,8 @@ def write_vb_record(path, mean4, label):
     """A --save_vb record [n_t=2, 1, 4] whose mean over t is mean4."""
     m = torch.tensor(mean4, dtype=torch.float64)
     data = torch.stack([m - 0.2, m + 0.2])[:, None, :]
-    save_record({"kind": "vb", "data": data, "t": torch.tensor([10, 20]), "cls": 0, "label": label}, path)
+    save_record({"kind": "vb", "data": data, "t": torch.tensor([10, 20]), "cls": int(Path(path).parent.name),
+                 "label": label}, path)
 
 
 def test_print_dit_acc_on_crafted_records(tmp_path, capsys):
@@ -195,6 +196,33 @@ def test_print_dit_acc_bare_l2_tensors_take_labels_from_the_dataset(tmp_path, di
     out = load_script("scripts/print_dit_acc.py").main([str(tmp_path), "--dataset", "digits"])
     expected = 100.0 * (2 + int(labels[2] == 0)) / 3  # image 2 ties with class 0, which wins argmin
     assert out["accuracy"] == {"L2": pytest.approx(expected)}
+
+
+def test_print_dit_acc_refuses_records_of_another_class_run_or_image(tmp_path):
+    """A record in the wrong class folder, or of another image, would silently change the scores: refused."""
+    script = load_script("scripts/print_dit_acc.py")
+    for cls in range(3):
+        for idx in range(2):
+            write_vb_record(tmp_path / str(cls) / f"{idx}.pt", (1.0 + (cls != idx), 0, 0, 0), idx)
+    assert script.main([str(tmp_path), "--dataset", "digits"])["accuracy"]["L2"] == 100.0
+    good = (tmp_path / "1" / "0.pt").read_bytes()
+    (tmp_path / "1" / "0.pt").write_bytes((tmp_path / "0" / "0.pt").read_bytes())  # class 0's record in class 1's folder
+    with pytest.raises(ValueError, match=r"1/0\.pt: 1 is the folder of class 1 but the record is of class 0"):
+        script.main([str(tmp_path), "--dataset", "digits"])
+    (tmp_path / "1" / "0.pt").write_bytes(good)
+    write_vb_record(tmp_path / "2" / "1.pt", (1.0, 0, 0, 0), 7)  # image 1's record, with another image's label
+    with pytest.raises(ValueError, match=r"2/1\.pt gives image 1 label 7, .*0/1\.pt label 1: one of them is a record "
+                                         r"of another run or image"):
+        script.main([str(tmp_path), "--dataset", "digits"])
+
+
+def test_print_dit_acc_refuses_bare_records_beyond_the_dataset(tmp_path):
+    for cls in range(2):
+        for idx in (3, 400):  # digits' test split has 359 images
+            save_record(torch.ones(4, 1), tmp_path / str(cls) / f"{idx}.pt")
+    with pytest.raises(ValueError, match=r"records of image 400 carry no label and --dataset digits --split test has "
+                                         r"359 images"):
+        load_script("scripts/print_dit_acc.py").main([str(tmp_path), "--dataset", "digits"])
 
 
 def test_adaptive_without_pruning_equals_per_class_evaluation(tiny_dit, tmp_path):

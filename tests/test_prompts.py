@@ -60,6 +60,16 @@ def test_script_writes_selected_datasets(tmp_path):
     assert (tmp_path / "pets_prompts.csv").read_bytes() == (REPO / "prompts" / "pets_prompts.csv").read_bytes()
 
 
+def test_script_names_each_csv_as_the_entry_scripts_read_it(tmp_path, capsys):
+    """Every dataset's CSV goes to <dataset>_prompts.csv, what --prompt_path defaults to (digits_c included)."""
+    from conftest import load_script
+
+    written = load_script("scripts/write_prompts.py").main(["--out_dir", str(tmp_path)])
+    assert sorted(p.name for p in written) == sorted(f"{name}_prompts.csv" for name in DATASET_PROMPTS)
+    for path in written:
+        assert path.read_bytes() == (REPO / "prompts" / path.name).read_bytes(), path.name
+
+
 def test_digits_rows_mirror_mnist():
     t = dataset_prompts("digits")
     assert t.classidx == list(range(10))

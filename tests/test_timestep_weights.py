@@ -91,6 +91,21 @@ def test_pruned_records_are_refused_for_weights(tmp_path):
         load_full_errors(tmp_path / "run")
 
 
+@pytest.mark.parametrize("errors,found", [({}, "no candidates"), ([1, 2], "list"),
+                                           ({0: {"t": torch.tensor([1, 2])}}, "candidate 0 without tensors"),
+                                           ({0: {"t": torch.tensor([1, 2]), "pred_errors": torch.ones(3)}},
+                                            r"candidate 0 with \(2,\) timesteps and \(3,\) errors")])
+def test_records_with_malformed_errors_are_one_line_errors(tmp_path, errors, found):
+    """A record of another tool or run among full-evaluation records: an InputError naming it, never a traceback."""
+    write_records(tmp_path / "run", n=4)
+    save_record({"errors": errors, "pred": 0, "label": 0}, tmp_path / "run" / "000.pt")
+    with pytest.raises(InputError, match=rf"000\.pt: expected 'errors' .*found {found}"):
+        load_full_errors(tmp_path / "run")
+    with pytest.raises(InputError, match=rf"000\.pt: expected 'errors' .*found {found}"):
+        load_script("scripts/fit_timestep_weights.py").main([str(tmp_path / "run"), "--out", str(tmp_path / "w.json")])
+    assert not (tmp_path / "w.json").exists()
+
+
 def test_bad_weights_files(tmp_path):
     (tmp_path / "neg.json").write_text(json.dumps({"weights": [1.0, -1.0]}))
     with pytest.raises(InputError, match="positive"):

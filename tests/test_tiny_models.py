@@ -168,6 +168,10 @@ def test_api_input_errors_are_the_projects_error_kinds():
         clf.classify([], "a photo")
     with pytest.raises(InputError, match="dtype must be one of float16, bfloat16, float32"):
         DiffusionClassifier.from_pretrained("tiny", dtype="half")
+    with pytest.raises(InputError, match="dtype must be one of float16, bfloat16, float32 .* got torch.int8"):
+        DiffusionClassifier.from_pretrained("tiny", dtype=torch.int8)  # not "folder lacks its parts"
+    with pytest.raises(InputError, match="device must be a torch device such as 'cpu' or 'cuda', got 'gpu0'"):
+        DiffusionClassifier.from_pretrained("tiny", device="gpu0")
 
 
 def test_api_refuses_unusable_arguments_and_takes_usable_ones():

@@ -106,7 +106,18 @@ def load_model(model: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     guidance: the value of Flux-dev's guidance embedding (default the pipeline's 3.5).
     """
     family = detect_family(pipeline_index(model, "model"), model)
+    check_options(family, model, no_t5, guidance)
     return loader(family)(model, device, dtype, attention, no_t5=no_t5, guidance=guidance)
+
+
+def check_options(family: str, model: str, no_t5: bool = False, guidance: float | None = None) -> None:
+    """InputError for an option the family does not use (a run would be named after a setting it never applied)."""
+    if no_t5 and family != "sd3":
+        raise InputError(f"no_t5 drops the T5 encoder of SD3/SD3.5 models; {model!r} is of family "
+                         f"{family!r}: leave no_t5 out")
+    if guidance is not None and family != "flux":
+        raise InputError(f"guidance sets the guidance embedding of Flux-dev models; {model!r} is of "
+                         f"family {family!r}: leave guidance out")
 
 
 def load_any_model(model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -117,5 +128,6 @@ def load_any_model(model: str, device: torch.device | str = "cpu", dtype: torch.
     if any(name in f.class_names for f in FAMILIES.values() if f.conditioning == "class"):
         from .dit import load_class_conditional
 
+        check_options("dit", model, no_t5, guidance)
         return load_class_conditional(model, device, dtype)
     return load_model(model, device, dtype, attention, no_t5=no_t5, guidance=guidance)

@@ -12,7 +12,7 @@ import torch
 
 from ..data.sizes import size_name
 from ..errors import InputError
-from ..loading import TINY_MODELS, VAE, DDPMModel, frozen, load_part, load_vae, pipeline_index, require_components, scheduler_config
+from ..loading import TINY_MODELS, VAE, DDPMModel, frozen, latent_space, load_part, load_vae, pipeline_index, require_components, scheduler_config
 from ..vb import alphas_cumprod_from_config
 
 DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny": str(TINY_MODELS / "digits-dit"),
@@ -81,10 +81,15 @@ def load_class_conditional(
     what = "DiT model"
     device = torch.device(device)
     index = pipeline_index(model, what)
+    name = index.get("_class_name")
+    if name not in (None, "DiTPipeline"):  # a text-to-image pipeline's transformer is not a DiT
+        raise InputError(f"{model!r} is a {name} (model_index.json), not a class-conditional DiTPipeline: score "
+                         f"text-to-image models with eval_prob_adaptive.py")
     require_components(index, model, what, ("transformer", "scheduler"))
     config = scheduler_config(model, what)
     transformer = frozen(load_part(DiTTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
     ae = load_vae(vae, "VAE", {}, dtype, device, None) if vae is not None else load_vae(model, what, index, dtype, device)
     id2label = {int(k): v for k, v in (index.get("id2label") or {}).items()}
-    return ClassConditionalModel(transformer, VAE(ae), alphas_cumprod_from_config(config), device, dtype, model, id2label,
+    latents = latent_space(ae, transformer.config.in_channels, model, what, "transformer", vae)
+    return ClassConditionalModel(transformer, latents, alphas_cumprod_from_config(config), device, dtype, model, id2label,
                                  config)

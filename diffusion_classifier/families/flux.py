@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Conditions
-from ..loading import VAE, ModelGeometry, frozen, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
+from ..errors import InputError
+from ..loading import VAE, ModelGeometry, frozen, latent_space, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 
 T5_MAX_LENGTH = 512  # the pipeline's default max_sequence_length
@@ -112,6 +113,9 @@ def load_flux(model: str, device: torch.device | str = "cpu", dtype: torch.dtype
     config = scheduler_config(model, what)
     objective_from_config(config, image_seq_len=1)
     transformer = frozen(load_part(FluxTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
+    if guidance is not None and not transformer.config.guidance_embeds:
+        raise InputError(f"guidance sets the guidance embedding of Flux-dev models; {model!r} has none (as "
+                         f"FLUX.1-schnell): leave guidance out")
     set_attention(transformer, attention)
     clip = frozen(load_part(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
     t5 = frozen(load_part(T5EncoderModel, model, what, subfolder="text_encoder_2", torch_dtype=dtype), device)
@@ -119,5 +123,6 @@ def load_flux(model: str, device: torch.device | str = "cpu", dtype: torch.dtype
                   load_part(AutoTokenizer, model, what, subfolder="tokenizer_2"))
     vae = load_vae(model, what, index, dtype, device)
     channels = transformer.config.in_channels // 4
-    return FluxModel(transformer, (clip, t5), tokenizers, VAE(vae, channels), config, device, dtype, model,
+    latents = latent_space(vae, channels, model, what, "transformer")
+    return FluxModel(transformer, (clip, t5), tokenizers, latents, config, device, dtype, model,
                      DEFAULT_GUIDANCE if guidance is None else guidance, t5_max_length)

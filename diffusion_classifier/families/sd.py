@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loading import VAE, DDPMModel, frozen, load_part, load_vae, pipeline_index, require_components, scheduler_config, set_attention, tokenize
+from ..loading import VAE, DDPMModel, frozen, latent_space, load_part, load_vae, pipeline_index, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 from ..vb import alphas_cumprod_from_config
 
@@ -65,5 +65,6 @@ def load_text_conditional(
     text_encoder = frozen(load_part(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
     tokenizer = load_part(CLIPTokenizer, model, what, subfolder="tokenizer")
     vae = load_vae(model, what, index, dtype, device)
-    return TextConditionalModel(unet, text_encoder, tokenizer, VAE(vae, unet.config.in_channels),
+    latents = latent_space(vae, unet.config.in_channels, model, what, "UNet")
+    return TextConditionalModel(unet, text_encoder, tokenizer, latents,
                                 alphas_cumprod_from_config(config), device, dtype, model, config)

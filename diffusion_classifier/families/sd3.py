@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data.sizes import size_name
 from ..engine import Conditions
-from ..loading import VAE, ModelGeometry, frozen, has_component, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
+from ..errors import InputError
+from ..loading import VAE, ModelGeometry, frozen, has_component, latent_space, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 from .joint_attention import RepeatedLastKeyAttention
 
@@ -85,6 +87,16 @@ class SD3Model(ModelGeometry):
     def size_multiple(self) -> int:
         return self.transformer.config.patch_size
 
+    def latent_shape(self, img_size: int | tuple[int, int]) -> tuple[int, int, int]:
+        shape = super().latent_shape(img_size)
+        patches = self.transformer.config.pos_embed_max_size  # the position embedding's side, in patches
+        if patches is not None and max(shape[1:]) > patches * self.token_patch:
+            side = patches * self.token_patch * self.autoencoder.downsample
+            raise InputError(f"this model takes images of at most {side} px a side (its position embedding covers "
+                             f"{patches} patches of {self.token_patch * self.autoencoder.downsample} px), got "
+                             f"{size_name(img_size)}")
+        return shape
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], batch_size: int = 64) -> Conditions:
         """Prompt and pooled embeddings of each prompt, in the model dtype."""
@@ -128,5 +140,6 @@ def load_sd3(model: str, device: torch.device | str = "cpu", dtype: torch.dtype 
     compact = t5 is None and attention == "sdpa" and t5_max_length > 1
     if compact:  # without T5 its rows are identical zeros: one row with a log-count attention bias, same numbers
         transformer.set_attn_processor(RepeatedLastKeyAttention(t5_max_length))
-    return SD3Model(transformer, (*encoders, t5), (*tokenizers, t5_tok), VAE(vae, transformer.config.in_channels),
+    latents = latent_space(vae, transformer.config.in_channels, model, what, "transformer")
+    return SD3Model(transformer, (*encoders, t5), (*tokenizers, t5_tok), latents,
                     config, device, dtype, model, t5_max_length, compact)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Conditions
-from ..loading import VAE, DDPMModel, frozen, has_component, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
+from ..loading import VAE, DDPMModel, frozen, has_component, latent_space, load_part, load_vae, one_truncation_warning, pipeline_index, pooled_conditions, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
 from ..vb import alphas_cumprod_from_config
 
@@ -86,5 +86,6 @@ def load_sdxl(model: str, device: torch.device | str = "cpu", dtype: torch.dtype
     enc2 = frozen(load_part(CLIPTextModelWithProjection, model, what, subfolder="text_encoder_2", torch_dtype=dtype), device)
     tok2 = load_part(CLIPTokenizer, model, what, subfolder="tokenizer_2")
     vae = load_vae(model, what, index, dtype, device)
-    return SDXLModel(unet, (enc1, enc2), (tok1, tok2), VAE(vae, unet.config.in_channels), alphas_cumprod_from_config(config),
+    latents = latent_space(vae, unet.config.in_channels, model, what, "UNet")
+    return SDXLModel(unet, (enc1, enc2), (tok1, tok2), latents, alphas_cumprod_from_config(config),
                      device, dtype, model, config)

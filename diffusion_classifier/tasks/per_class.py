@@ -183,6 +183,11 @@ def load_per_class_scores(folder: str | Path, unreadable: list[Path] | None = No
                 if unreadable is None:
                     raise
                 unreadable.append(files[c][idx])
+                continue
+            if isinstance(record, dict) and "cls" in record and int(record["cls"]) != c:
+                raise InputError(f"{files[c][idx]}: {folders[c].name} is the folder of class {c} but the record is of "
+                                 f"class {int(record['cls'])}; each class's records go to <run>/<cls>/: move the "
+                                 f"misplaced record to its class folder")
     bad_images = {int(p.stem) for p in unreadable or []}
     common = [i for i in common if i not in bad_images]
     tables: dict[str, torch.Tensor] = {}
@@ -191,7 +196,12 @@ def load_per_class_scores(folder: str | Path, unreadable: list[Path] | None = No
         for i, idx in enumerate(common):
             data, record = loaded[c, idx]
             if isinstance(record, dict) and "label" in record:
-                labels[idx] = int(record["label"])
+                label = int(record["label"])
+                if labels.setdefault(idx, label) != label:  # one image, one label: else a record of another run
+                    first = next(files[k][idx] for k in classes
+                                 if isinstance(r := loaded[k, idx][1], dict) and int(r.get("label", -1)) == labels[idx])
+                    raise InputError(f"{files[c][idx]} gives image {idx} label {label}, {first} label {labels[idx]}: "
+                                     f"one of them is a record of another run or image; move it aside and re-run its class")
             scores = record_scores(*data)
             if not tables and i == 0 and j == 0:
                 tables = {m: torch.full((len(common), len(classes)), float("nan"), dtype=torch.float64) for m in scores}
