@@ -130,14 +130,7 @@ class Claims:
             return False
         lock = claim.with_name(claim.name + ".takeover")
         with storing(claim, "taking over the stale claim", "no claim was left behind"):
-            try:
-                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            except FileExistsError:
-                try:
-                    if time.time() - lock.stat().st_mtime > 60:
-                        lock.unlink(missing_ok=True)  # a takeover lock left by a killed process
-                except OSError:
-                    pass
+            if not self._lock(lock):
                 return False
             try:
                 again, seen_again = self._stale(claim)
@@ -147,6 +140,25 @@ class Claims:
                 return True
             finally:
                 remove_quietly(lock)
+
+    @staticmethod
+    def _lock(lock: Path) -> bool:
+        """Create the takeover lock exclusively; False while another process holds it. A lock older than a
+        minute was left by a process killed while taking over: it is removed and the lock made anew."""
+        for attempt in range(2):
+            try:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return True
+            except FileExistsError:
+                try:
+                    if attempt or time.time() - lock.stat().st_mtime <= 60:
+                        return False
+                    lock.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass  # released meanwhile: try again
+                except OSError:
+                    return False
+        return False
 
     def _create(self, claim: Path) -> bool:
         """Create `claim` holding this process's pid, host and time; False if it exists.

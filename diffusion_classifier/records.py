@@ -104,12 +104,14 @@ def remove_quietly(path: str | Path) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | Path, write, flag: str = "--log_dir") -> None:
+def atomic_write_bytes(path: str | Path, write, flag: str = "--log_dir", exclusive: bool = False) -> bool:
     """Write through `write(fileobj)` into a temporary file beside `path`, then rename over it.
 
     SIGINT/SIGTERM are held until the rename is done (interrupts.critical), and any failure removes the
     temporary file, so `path` is always either the old file or the complete new one. A full disk or a
     folder that cannot be written is a StorageError that says so (storage_error; `flag` names the fix).
+    `exclusive`: only create `path` (hard-linked into place, as exclusive as O_EXCL; a plain rename on a file
+    system without hard links); False, writing nothing, when it exists. True when written.
     """
     path = Path(path)
     make_folder(path.parent, flag)
@@ -122,10 +124,29 @@ def atomic_write_bytes(path: str | Path, write, flag: str = "--log_dir") -> None
                     write(f)
                     f.flush()
                     os.fsync(f.fileno())
+                if exclusive:
+                    return _link_whole(tmp, path)
                 os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
             except BaseException:
                 remove_quietly(tmp)
                 raise
+    return True
+
+
+def _link_whole(tmp: str, path: Path) -> bool:
+    """Move the finished `tmp` to `path` unless `path` exists (False); a hard link is as exclusive as O_EXCL."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        remove_quietly(tmp)
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+            raise
+        os.replace(tmp, path)  # a file system without hard links: not exclusive, as before
+        return True
+    remove_quietly(tmp)
+    return True
 
 
 def save_record(obj, path: str | Path) -> None:
@@ -154,10 +175,11 @@ def _json_default(obj):
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def write_json(path: str | Path, obj, sort_keys: bool = True, flag: str = "--log_dir") -> None:
-    """Write `obj` as indented JSON atomically (numpy numbers and arrays as lists); keys sorted unless told."""
+def write_json(path: str | Path, obj, sort_keys: bool = True, flag: str = "--log_dir", exclusive: bool = False) -> bool:
+    """Write `obj` as indented JSON atomically (numpy numbers and arrays as lists); keys sorted unless told.
+    `exclusive`: only if `path` does not exist yet (False when it does; atomic_write_bytes)."""
     text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()), flag)
+    return atomic_write_bytes(path, lambda f: f.write(text.encode()), flag, exclusive)
 
 
 def index_width(n: int) -> int:
@@ -184,6 +206,10 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
     path = Path(folder) / MANIFEST
     settings = json.loads(json.dumps(settings))  # normalise tuples, paths
     numerics = json.loads(json.dumps(numerics or {}))
+    if not path.is_file():  # created exclusively: of two runs starting this folder at once, the second is checked
+        if write_json(path, {"settings": settings, **({"numerics": numerics} if numerics else {}), **(info or {})},
+                      exclusive=True):
+            return
     if path.is_file():
         try:
             manifest = json.loads(path.read_text())
@@ -214,8 +240,6 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
                              f"re-run with the folder's settings, or use another --log_dir or --extra")
         if any(k not in recorded for k in numerics):
             write_json(path, {**manifest, "numerics": {**recorded, **numerics}})
-        return
-    write_json(path, {"settings": settings, **({"numerics": numerics} if numerics else {}), **(info or {})})
 
 
 SHIPPED = re.compile(r"^.*[/\\](diffusion_classifier[/\\]tiny_models[/\\][^/\\]+)[/\\]?$")

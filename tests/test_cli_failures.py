@@ -387,6 +387,26 @@ def test_claims_exclusive_and_stale_takeover(tmp_path):
         claim.unlink(missing_ok=True)
 
 
+def test_a_takeover_lock_left_by_a_killed_process_does_not_keep_a_stale_claim(tmp_path):
+    """A process killed while taking over a claim leaves <claim>.takeover: once that lock is old, the next run takes
+    the dead process's claim over at once (it left the record undone, as held by another process)."""
+    from diffusion_classifier.claims import Claims
+
+    record, claim = tmp_path / "007.pt", tmp_path / "007.pt.claim"
+    lock = tmp_path / "007.pt.claim.takeover"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claims = Claims(timeout=60)
+    for age, taken in [(5, False), (300, True)]:  # a recent lock may be a live takeover; an old one is a leftover
+        claim.write_text(json.dumps({"pid": dead.pid, "host": claims.host, "time": 0}))
+        lock.touch()
+        os.utime(lock, (time.time() - age, time.time() - age))
+        assert claims.acquire(record) is taken, age
+        assert lock.exists() is not taken
+        claims.release_all()
+        claim.unlink(missing_ok=True)
+
+
 def test_dit_per_class_and_winoground_heal_broken_records(tmp_path, capsys):
     import eval_prob_dit
     import run_winoground

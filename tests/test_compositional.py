@@ -4,7 +4,9 @@ the shipped digits model)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -295,6 +297,27 @@ def test_run_records_tables_and_resume(data, tmp_path, capsys):
     again = script.main(_argv(data, tmp_path))
     assert again["done"] == 0 and again["skipped"] == 5 and again["accuracy"] == first["accuracy"]
     assert json.loads((tmp_path / "jsonl_items" / "vtiny_1trials_1keep_4samples" / "results.json").read_text())["n"] == 5
+
+
+def test_a_run_sharing_its_folder_waits_for_the_items_another_process_holds(data, tmp_path, monkeypatch):
+    """Two identical commands on one folder: the one that finishes last writes results.json over every item, not
+    only over those it scored (it waits for the items the other holds, as run_winoground.py does)."""
+    script = load_script("run_compositional.py")
+    folder = Path(script.main(_argv(data, tmp_path / "whole"))["folder"])
+    held = sorted(folder.glob("*.pt"))[2]
+    run = tmp_path / "shared" / folder.relative_to(tmp_path / "whole")
+    run.mkdir(parents=True)
+    claim = Path(f"{run / held.name}.claim")  # a live process on this host (our parent) is computing this item
+    claim.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "time": 0}))
+
+    def other_finishes(_seconds):  # instead of sleeping: the other process writes its record and drops its claim
+        (run / held.name).write_bytes(held.read_bytes())
+        claim.unlink()
+
+    monkeypatch.setattr("diffusion_classifier.loop.time.sleep", other_finishes)
+    shared = script.main(_argv(data, tmp_path / "shared"))
+    assert shared["done"] == 4 and shared["n"] == 5  # was 4: the held item was left out of the tables
+    assert json.loads((run / "results.json").read_text())["n"] == 5
 
 
 def test_ids_that_are_no_plain_file_name_get_a_record_each(data, tmp_path):

@@ -364,3 +364,48 @@ def test_make_subset_writes_the_stratified_indices_of_a_split(tmp_path):
     indices = np.load(out)
     labels = np.asarray(dataset_targets(get_dataset("digits", ".", "test")))
     assert indices.tolist() == stratified_indices(labels, 3, 0) and np.bincount(labels[indices]).tolist() == [3] * 10
+
+
+@pytest.mark.parametrize("name, folder, content", [
+    ("imagenet", "imagenet/val", None),  # empty
+    ("imagenet", "imagenet/val", "ILSVRC2012_val_00000001.JPEG"),  # loose val images, not sorted into wnid folders
+    ("imagenetA", "imagenet-a", None),
+    ("imagenetv2", "imagenetv2-matched-frequency-format-val", None),
+    ("objectnet", "objectnet/images", "air_freshener/a.png"),  # only folders outside the ImageNet overlap
+])
+def test_folder_datasets_without_class_folders_fail_in_one_line(tmp_path, name, folder, content):
+    (tmp_path / folder).mkdir(parents=True)
+    if content:
+        (tmp_path / folder / content).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / folder / content)
+    with pytest.raises(FileNotFoundError) as e:
+        get_dataset(name, tmp_path, "test")
+    msg = str(e.value)
+    assert msg.startswith(f"{name} data not found at {tmp_path / folder}:") and "no folder of the" in msg
+    assert "\n" not in msg
+
+
+def test_incomplete_torchvision_copies_fail_in_one_line(tmp_path):
+    table = dataset_prompts("aircraft")
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "variants.txt").write_text("\n".join(table.classnames) + "\n")
+    (data / "images_variant_trainval.txt").write_text("")  # the test split's file is missing
+    with pytest.raises(FileNotFoundError, match=r"^aircraft data not found at .*fgvc-aircraft-2013b: .*"
+                                                r"incomplete copy: .*images_variant_test\.txt"):
+        get_dataset("aircraft", tmp_path, "test")
+    (tmp_path / "eurosat" / "2750").mkdir(parents=True)  # no class folder
+    with pytest.raises(FileNotFoundError, match=r"^eurosat data not found at .*2750: .*incomplete copy"):
+        get_dataset("eurosat", tmp_path, "test")
+    _image_folder(tmp_path / "caltech101" / "101_ObjectCategories", ["accordion"], per_class=1)
+    with pytest.raises(FileNotFoundError, match=r"^caltech101 data not found at .*101_ObjectCategories: .*"
+                                                r"no BACKGROUND_Google/"):
+        get_dataset("caltech101", tmp_path, "test")
+
+
+def test_a_partial_copy_names_the_missing_classes(tmp_path):
+    table = dataset_prompts("eurosat")
+    _image_folder(tmp_path / "eurosat" / "2750", [c for c in table.classnames if c not in ("Forest", "River")],
+                  per_class=1)
+    with pytest.raises(ValueError, match=r"8 classes do not match the 10 prompt classes .*missing: Forest, River\)"):
+        get_dataset("eurosat", tmp_path, "test")

@@ -191,6 +191,29 @@ def test_a_run_grows_across_subsets_but_not_across_settings(tmp_path):
         check_manifest(tmp_path / "run", {"n_trials": 2, "subset": None})
 
 
+def test_two_runs_starting_one_folder_at_once_with_other_settings_are_not_both_accepted(tmp_path, monkeypatch):
+    """Another process writes the manifest after this one looked for it and before it writes its own: this one is
+    checked against it and refused, not written over it (the folder would mix the records of two settings)."""
+    from diffusion_classifier.errors import InputError
+    from diffusion_classifier.records import MANIFEST, check_manifest
+
+    check_manifest(tmp_path / "run", {"noise": "seed 0"})  # the other process, first to write
+    is_file = Path.is_file
+    looked = []
+
+    def not_yet_written(path):  # this process's first look at the manifest happened before the other's write
+        if path.name == MANIFEST and not looked:
+            looked.append(path)
+            return False
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", not_yet_written)
+    with pytest.raises(InputError, match=r'noise: folder "seed 0", command "seed 1"'):
+        check_manifest(tmp_path / "run", {"noise": "seed 1"})
+    assert looked and json.loads((tmp_path / "run" / MANIFEST).read_text())["settings"] == {"noise": "seed 0"}
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [MANIFEST]  # no temporary file left
+
+
 def test_a_resume_in_another_dtype_is_refused_before_anything_is_written(tmp_path):
     import numpy as np
     import pytest

@@ -200,9 +200,11 @@ def align_labels(dataset, native_classes: list[str], name: str):
     native = [_norm(c) for c in native_classes]
     if sorted(native) != sorted(pos):
         unknown = [c for c, n in zip(native_classes, native) if n not in pos]
+        missing = [c for c in expected if _norm(c) not in native]
         raise InputError(
             f"{name}: the dataset's {len(native_classes)} classes do not match the {len(expected)} prompt classes"
-            f" (unmatched: {', '.join(unknown[:5]) or 'none'})"
+            f" (unmatched: {', '.join(unknown[:5]) or 'none'}; missing: {', '.join(missing[:5]) or 'none'}"
+            f"{' ...' if len(missing) > 5 else ''})"
         )
     mapping = [pos[n] for n in native]
     if mapping == list(range(len(mapping))):
@@ -217,13 +219,15 @@ def _not_found(name: str, path: Path, how: str) -> FileNotFoundError:
 
 def _torchvision(name: str, cls, expected: Path, fetch_args: str, make: Callable):
     """Build a torchvision dataset (download=False), turning its 'Dataset not found' into FileNotFoundError."""
+    how = f"torchvision can fetch it with torchvision.datasets.{cls.__name__}(DIR{fetch_args}, download=True)"
     try:
         return make()
     except RuntimeError as e:
         if "not found" not in str(e):
             raise
-        how = f"torchvision can fetch it with torchvision.datasets.{cls.__name__}(DIR{fetch_args}, download=True)"
         raise _not_found(name, expected, how) from None
+    except FileNotFoundError as e:  # an incomplete copy: a split file or class folder is missing
+        raise _not_found(name, expected, f"{how} (incomplete copy: {e.filename or e})") from None
 
 
 class FixedClassFolder(tvd.ImageFolder):
@@ -248,6 +252,8 @@ class FixedClassFolder(tvd.ImageFolder):
                 f"{' ...' if len(unknown) > 5 else ''}; expected folders among the {len(self._fixed)} known classes"
             )
         used = sorted((c for c in present if c in self._fixed), key=lambda c: self._fixed[c])
+        if not used:  # an empty folder, or loose images not yet sorted into class folders
+            raise FileNotFoundError(f"no folder of the {len(self._fixed)} known classes in {directory}")
         return used, {c: self._fixed[c] for c in used}
 
 
@@ -308,6 +314,9 @@ def build_caltech101(root: Path, split: str, transform):
     how = "torchvision can fetch it with torchvision.datasets.Caltech101(DIR, download=True)"
     if not path.is_dir():  # checked here: torchvision would create folders under root first
         raise _not_found("caltech101", path, how)
+    if not (path / "BACKGROUND_Google").is_dir():  # torchvision fails on a copy without it
+        raise _not_found("caltech101", path, f"{how} (incomplete copy: no BACKGROUND_Google/ folder beside the "
+                                              f"class folders)")
     ds = _torchvision("caltech101", tvd.Caltech101, path, "",
                       lambda: tvd.Caltech101(str(root), target_type="category", transform=transform, download=False))
     return align_labels(ds, ds.categories, "caltech101")

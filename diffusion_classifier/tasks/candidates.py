@@ -116,7 +116,8 @@ def run_items_once(by_id: dict[Hashable, object], folder: str | os.PathLike, key
     load(ids) -> ([(id, (item, decoded))], [(id, Unreadable)]) as loop.RecordLoop.groups takes it;
     score_and_record(item, decoded) -> the record, with its denoiser `evaluations` (counted into the stats) and
     `correct_key` (the hit that counts into the accuracy). A record must hold `keys`; `check(path, record)` may raise
-    for one that is readable but was not made for its item now (claims.RecordFolder). `stats.records`: every record.
+    for one that is readable but was not made for its item now (claims.RecordFolder). `stats.records`: every record,
+    those of items another process sharing the folder was computing waited for (the tables cover every item).
     """
     def problem(record) -> str | None:
         if not isinstance(record, dict) or not set(keys) <= set(record):
@@ -127,7 +128,7 @@ def run_items_once(by_id: dict[Hashable, object], folder: str | os.PathLike, key
                     skip_unreadable=skip_unreadable, unreadable=unreadable, collect=True,
                     postfix=running_postfix) as loop:
         stats = loop.stats
-        for [(key, (item, decoded))] in loop.groups(by_id, load, 1, True, lambda r: bool(r[correct_key])):
+        for [(key, (item, decoded))] in loop.groups(by_id, load, 1, True, lambda r: bool(r[correct_key]), wait=True):
             record = score_and_record(item, decoded)
             stats.evaluations += record["evaluations"]
             loop.save(key, record, correct=record[correct_key])
