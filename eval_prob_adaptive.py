@@ -24,7 +24,7 @@ from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.calibration import resolve_offsets
 from diffusion_classifier.data.datasets import images_digest, sd_transform, subset_indices
 from diffusion_classifier.data.images import LateTransform, drop_unreadable
-from diffusion_classifier.data.prompts import check_classidx, check_coverage, read_prompts
+from diffusion_classifier.data.prompts import check_classidx, check_coverage, check_names, read_prompts
 from diffusion_classifier.data.registry import (
     DATASETS,
     check_split,
@@ -113,7 +113,9 @@ def main(argv=None) -> dict:
     check_classidx(table, num_classes(args.dataset, dataset), str(prompt_path))
     indices = subset_indices(len(dataset), args.subset_path)
     indices = indices_shard(indices)[state.process_index :: state.num_processes]
-    check_coverage(table, labels_of(args.dataset, dataset, indices), class_names(args.dataset, dataset), str(prompt_path))
+    names = class_names(args.dataset, dataset)
+    check_coverage(table, labels_of(args.dataset, dataset, indices), names, str(prompt_path))
+    check_names(table, names, str(prompt_path))
     indices, unreadable = drop_unreadable(dataset, indices, args.skip_unreadable, not args.no_progress)
 
     source = resolve_model(args.version, args.model)

@@ -173,7 +173,7 @@ class DiffusionClassifier:
             names = {name.lower(): k for k, name in self.model.id2label.items()}
             if key in names:
                 return names[key]
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):  # int() refuses '²' though str.isdigit() takes it
                 shown = ", ".join(list(self.model.id2label.values())[:5]) or "none: the model has no id2label"
                 raise InputError(f"{candidate!r} is not a class of this model: expected a label 0..{n - 1} or a "
                                  f"name of its id2label ({shown})")

@@ -163,3 +163,16 @@ def test_check_classidx():
     msg = r"cifar10\.csv: classidx 12 \(row 3\) is out of range: the dataset has 10 classes"
     with pytest.raises(ValueError, match=msg):
         check_classidx(t, 10, source="cifar10.csv")
+
+
+def test_a_row_naming_another_class_of_the_dataset_is_named(tmp_path, capsys):
+    from diffusion_classifier.data.prompts import check_names
+
+    (tmp_path / "p.csv").write_text("prompt,classname,classidx\na zero,zero,1\na one,one,0\na two,two,2\n")
+    table = read_prompts(tmp_path / "p.csv")
+    check_names(table, ["zero", "one", "two"], "p.csv")
+    assert "data row 1 names 'zero' with classidx 1, but 'zero' is class 0" in capsys.readouterr().err
+    check_names(table, ["one", "zero", "two"])  # the dataset's own order: consistent
+    check_names(table, ["crane", "crane", "two"])  # names the dataset does not use, or shares, are not checked
+    check_names(table, [])
+    assert capsys.readouterr().err == ""

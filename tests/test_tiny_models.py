@@ -209,3 +209,18 @@ def test_api_refuses_unusable_arguments_and_takes_usable_ones():
     a = clf.classify([img], prompts, to_keep=[1], n_samples=[2], noise=bank)[0]
     b = clf.classify((i for i in [img]), (p for p in prompts), to_keep=1, n_samples=2, noise=bank)[0]
     assert torch.equal(a.scores, b.scores)
+
+
+def test_dit_api_label_strings_that_are_not_plain_digits_are_input_errors():
+    """'²' passes str.isdigit() but int() refuses it: it is a name the model lacks, not a ValueError traceback."""
+    import pytest
+
+    from diffusion_classifier import DiffusionClassifier
+    from diffusion_classifier.errors import InputError
+
+    clf = DiffusionClassifier.from_pretrained("diffusion_classifier/tiny_models/digits-dit")
+    assert clf.embed([0, "1", "two", " 3 "]).tolist() == [0, 1, 2, 3]  # ints, digit strings, names, mixed
+    for bad, message in (("²", r"'²' is not a class of this model: expected a label 0\.\.9"),
+                         ("10", r"class label 10 is outside this model's classes 0\.\.9")):
+        with pytest.raises(InputError, match=message):
+            clf.embed([0, bad])

@@ -217,6 +217,25 @@ def check_coverage(table: PromptTable, labels: Iterable[int], class_names: Seque
     )
 
 
+def check_names(table: PromptTable, class_names: Sequence[str], source: str = "") -> None:
+    """Warn when a row's classname is the name of another class of the dataset (`class_names`, label order): a CSV
+    written for another class order scores each image as another class's (a deliberate relabelling is allowed). Names that several
+    classes share (ImageNet's two "crane"s) and names the dataset does not use are not checked."""
+    index: dict[str, int | None] = {}
+    for c, n in enumerate(class_names):
+        key = _norm_name(n)
+        index[key] = None if key in index else c  # a shared name points at no one class
+    wrong = [(row, n, c, index[_norm_name(n)]) for row, (n, c) in enumerate(zip(table.classnames, table.classidx), 1)
+             if n and index.get(_norm_name(n)) is not None and index[_norm_name(n)] != c]
+    if wrong:
+        rows = ", ".join(f"data row {row} names {n!r} with classidx {c}, but {n!r} is class {want}"
+                         for row, n, c, want in wrong[:3]) + (", ..." if len(wrong) > 3 else "")
+        warn(f"{source + ': ' if source else ''}{rows} of the dataset (its classes in label order: "
+             f"{', '.join(map(str, class_names[:5]))}{', ...' if len(class_names) > 5 else ''}); each row's classidx "
+             f"is the label it scores: if the file was written for another class order, fix its classidx column or "
+             f"write it with scripts/write_prompts.py")
+
+
 def write_prompts_csv(path: str | Path, rows: PromptTable | Iterable[Sequence]) -> None:
     """Write rows (prompt, classname, classidx) under the header prompt,classname,classidx, '\\n' line ends."""
     from ..records import atomic_write_bytes
