@@ -159,6 +159,9 @@ def main(argv=None) -> dict:
         if kind == "vb" and not model.learned_variance:
             raise InputError(f"--save_vb needs a learned-variance model (2C output channels); {source} outputs "
                              f"{model.transformer.config.out_channels} channels for {latent_shape[0]}")
+        if kind == "vb" and model.prediction_type != "epsilon":
+            raise InputError(f"--save_vb needs an epsilon-prediction model (the reference's DiT); {source}'s scheduler "
+                             f"gives prediction_type {model.prediction_type!r}")
         timesteps = interval_timesteps(args.t_interval, model.T)
         n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
     else:
@@ -172,7 +175,7 @@ def main(argv=None) -> dict:
                                          **statistical_options(args),
                                          shift=None if offsets is None else offsets.shift(cand_labels))
     noise, noise_source = noise_bank(n_rows, latent_shape, args.seed, args.noise_path)
-    scorer = Scorer(model.denoiser, model.alphas_cumprod, noise, device, dtype, batch_size)
+    scorer = Scorer(model.denoiser, model.make_objective(latent_shape), noise, device, dtype, batch_size)  # its prediction type
     common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
                   n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
                   extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))

@@ -16,8 +16,9 @@ Action `posthoc` (the default) fits, on each model's held-out train records of t
 It reads the records only (no denoiser evaluation). Results in benchmarks/results/class_offsets.json and a reliability
 diagram per model and fit in class_offsets.png.
 
-Action `schedule` ships the offsets and measures them where they act, inside the schedule (calibration.ClassOffsets:
-each class's errors shifted by -τ·b before every decision, so the answer is the most probable class):
+Action `schedule` ships the offsets and measures them where they act, inside the schedule
+(diffusion_classifier.class_offsets.ClassOffsets: each class's errors shifted by -τ·b before every decision, so the
+answer is the most probable class):
 
   1. the headline schedule without offsets on PER_CLASS held-out train images of every class (resumes), and
      scripts/calibrate.py --class_offsets --offsets_only on those records: the offsets go into the model folder's

@@ -5,17 +5,19 @@ class), where a candidate's score is its paired mean error (schedules.staged.pai
 - class_logits, temperature_for, fit_calibration: class log-scores from candidate scores, and the τ (with
   fit_calibration, optionally one log-prior per class as well) minimising the negative log-likelihood of the labels;
 - nll, reliability_bins, expected_calibration_error, bootstrap_interval: how well calibrated probabilities are;
-- RecordScores, load_record_scores: the paired scores of every record of a run folder (any schedule);
+- candidate_classes_of, readable_records, RecordScores, load_record_scores: the paired scores of every record of a
+  run folder (any schedule), shifted as the run's schedule shifted them;
 - the calibration file (calibration.json beside a model's model_index.json): the temperatures fitted per loss on
   held-out images by scripts/calibrate.py, read by DiffusionClassifier, and the class offsets fitted with them
-  (ClassOffsets), which the entry scripts' schedules apply by default;
-- summary, plot_reliability: the report of a run's records at a temperature.
+  (load_calibration, write_calibration, shipped_temperature; shipped_offsets and resolve_offsets: the offsets the
+  entry scripts' schedules apply by default);
+- run_temperature, summary, plot_reliability: the temperature of a run's records and their report at it.
 
-Timestep weights learned from full evaluations (and their temperatures) are in timestep_weights.
+The class offsets themselves (ClassOffsets: their format, the shift the schedules add, what a run's manifest keeps)
+are in class_offsets; timestep weights learned from full evaluations (and their temperatures) in timestep_weights.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .class_offsets import NO_OFFSETS, ClassOffsets, candidates_digest, checked_offsets, run_offsets
 from .errors import InputError, MissingError
 from .records import load_record, local_model, read_manifest_settings, write_json
 from .schedules.staged import paired_scores
@@ -179,7 +182,7 @@ def bootstrap_interval(metric, probs: torch.Tensor, labels: torch.Tensor, n_boot
     return vals[lo], vals[n_boot - 1 - lo]
 
 
-# ---------------------------------------------------------------- any run's records, and the shipped temperature
+# ---------------------------------------------------------------- any run's records, shipped temperature and offsets
 
 
 @dataclass
@@ -341,69 +344,6 @@ def write_calibration(model: str | Path, loss: str, temperature: float, info: di
     return path
 
 
-# ---------------------------------------------------------------- class offsets applied by the schedules
-
-NO_OFFSETS = "none"  # --class_offsets none: decide on the errors alone, even where the model ships offsets
-
-
-def candidates_digest(candidates) -> str:
-    """Short hash of a run's candidates (eval_prob_adaptive's [prompt, classidx] rows, eval_prob_dit's class ids):
-    class offsets are fitted on one candidate set's errors (a prompt's wording is part of its bias) and apply to it."""
-    return hashlib.sha1(json.dumps(candidates).encode()).hexdigest()[:10]  # tuples are written as lists
-
-
-def run_candidates(settings: dict):
-    """The candidates of a run from its manifest settings: its prompts, else its classes (None if neither)."""
-    return settings.get("prompts") or settings.get("classes")
-
-
-@dataclass(frozen=True)
-class ClassOffsets:
-    """One log-prior per class, fitted with its own temperature on held-out images (fit_calibration, offsets=True).
-
-    Probabilities are softmax(class_logits(-score / temperature) + offsets), the same as softmax(-(score + shift) /
-    temperature) with each candidate's score shifted by -temperature x its class's offset (`shift`). The schedules
-    add that shift to every candidate's errors before each decision, so that the class they answer is the most
-    probable one; records keep the raw errors and the run's manifest keeps the shift (load_record_scores adds it)."""
-
-    temperature: float
-    offsets: torch.Tensor  # (C,) float64, summing to zero
-    candidates: str | None = None  # candidates_digest of the candidates they were fitted on
-    info: dict | None = None  # what they were fitted on (scripts/calibrate.py: images, runs, held-out figures)
-
-    def shift(self, candidate_class) -> torch.Tensor:
-        """(K,) float64: -temperature x the offset of each candidate's class (a class beyond the offsets: 0)."""
-        cc = torch.as_tensor(list(candidate_class), dtype=torch.long)
-        b = torch.zeros(int(max(len(self.offsets), int(cc.max()) + 1 if len(cc) else 0)), dtype=torch.float64)
-        b[: len(self.offsets)] = self.offsets.double()
-        return -self.temperature * b[cc]
-
-    def setting(self, candidate_class) -> dict:
-        """The manifest entry of a run that applies them: the temperature and each candidate's shift."""
-        return {"temperature": self.temperature, "shift": [float(v) for v in self.shift(candidate_class)]}
-
-    def entry(self) -> dict:
-        """Their entry in a calibration file."""
-        return {"temperature": self.temperature, "offsets": [float(v) for v in self.offsets],
-                "candidates": self.candidates, **(self.info or {})}
-
-    @staticmethod
-    def from_entry(raw, where: str) -> "ClassOffsets":
-        """The offsets of a calibration entry, checked (InputError naming `where`)."""
-        try:
-            tau, values, cands = float(raw["temperature"]), [float(v) for v in raw["offsets"]], raw.get("candidates")
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise InputError(f"{where}: expected class_offsets {{'temperature': positive number, 'offsets': [one "
-                             f"number per class], 'candidates': digest}}, found {raw!r:.80} ({e})") from None
-        if not (tau > 0 and math.isfinite(tau)) or not values or not all(math.isfinite(v) for v in values):
-            raise InputError(f"{where}: class_offsets needs a positive temperature and finite offsets, found "
-                             f"temperature {tau} and {len(values)} offsets")
-        if cands is not None and not isinstance(cands, str):
-            raise InputError(f"{where}: class_offsets' 'candidates' must be a digest string, found {cands!r}")
-        info = {k: v for k, v in raw.items() if k not in ("temperature", "offsets", "candidates")}
-        return ClassOffsets(tau, torch.tensor(values, dtype=torch.float64), cands, info or None)
-
-
 def shipped_offsets(model: str | Path | None, loss: str, error_space: str | None, timestep_weights: str | None,
                     candidates, entries: dict | None = None) -> ClassOffsets | None:
     """The class offsets shipped with a local model folder (or among its calibration `entries`, load_calibration)
@@ -422,25 +362,6 @@ def resolve_offsets(choice: str | None, model: str | Path | None, loss: str, err
         raise InputError(f"class offsets must be 'shipped' or '{NO_OFFSETS}', got {choice!r}")
     return None if choice == NO_OFFSETS else shipped_offsets(model, loss, error_space, timestep_weights, candidates,
                                                              entries)
-
-
-def run_offsets(folder: str | Path) -> dict | None:
-    """The class offsets a run's schedule applied ({'temperature', 'shift'}: ClassOffsets.setting), or None."""
-    return checked_offsets(read_manifest_settings(folder).get("class_offsets"), folder)
-
-
-def checked_offsets(applied, folder: str | Path) -> dict | None:
-    """A manifest's class_offsets setting (run_offsets), checked; InputError for a malformed one."""
-    if applied is None:
-        return None
-    try:
-        ok = float(applied["temperature"]) > 0 and all(math.isfinite(float(v)) for v in applied["shift"])
-    except (TypeError, ValueError, KeyError, IndexError):
-        ok = False
-    if not ok:
-        raise InputError(f"{folder}: expected the manifest's class_offsets as {{'temperature': positive number, 'shift': "
-                         f"[number per candidate]}}, found {str(applied)[:80]}")
-    return applied
 
 
 def run_temperature(folder: str | Path, weights=None, digest: str | None = None,

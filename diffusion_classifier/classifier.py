@@ -92,6 +92,18 @@ def _int_list(value, name: str) -> list[int]:
         raise InputError(f"{name} must be an integer or a list of integers, found {value!r}") from None
 
 
+def _refuse_repeats(keys: list, given: list) -> None:
+    """InputError when two candidates are one: a copy is scored the same on every sample, so the schedule can never
+    tell it from its twin and the class's probability is split between them."""
+    first: dict = {}
+    for j, key in enumerate(keys):
+        i = first.setdefault(key, j)
+        if i != j:
+            same = "" if given[i] == given[j] else f" (both class {key})"
+            raise InputError(f"candidates {i} ({given[i]!r}) and {j} ({given[j]!r}) are the same{same}: expected "
+                             f"distinct prompts or classes, since a repeated one splits its probability with its copy")
+
+
 def n_images(images) -> int:
     """How many images `images` holds (a PIL image, a sequence of them, or a (3, H, W) / (N, 3, H, W) tensor)."""
     if isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.dim() == 3):
@@ -215,7 +227,7 @@ class DiffusionClassifier:
         not given: the model's shipped temperature for `loss` (fitted on held-out images, Prediction.calibrated),
         else calibration.UNCALIBRATED_TEMPERATURE.
 
-        Class offsets (calibration.ClassOffsets) shipped with the model for `loss` and exactly these prompts (in the
+        Class offsets (class_offsets.ClassOffsets) shipped with the model for `loss` and exactly these prompts (in the
         order and with the classes they were fitted with: the i-th prompt is class i) apply unless `class_offsets` is
         'none': the schedule ranks scores + Prediction.shift, probabilities are softmax(-(score + shift) / τ), and τ
         not given is the one fitted with the offsets."""
@@ -249,6 +261,7 @@ class DiffusionClassifier:
         space = self.error_space or default_error_space(getattr(self.model, "scheduler_config", {}))
         candidates = [self._label(c) for c in prompts] if self.class_conditional else \
             [[p, i] for i, p in enumerate(prompts)]
+        _refuse_repeats([c if self.class_conditional else c[0] for c in candidates], prompts)
         offsets = resolve_offsets(class_offsets, self.source, loss, space, digest, candidates, self.calibration)
         shift = None if offsets is None else offsets.shift(range(len(prompts)))
         classify, n_rows = make_schedule(schedule, to_keep, n_samples, n_trials, T=self.model.T, loss=loss,

@@ -18,8 +18,9 @@ import torch
 from .data.sizes import image_hw, image_size, size_name
 from .engine import Conditions
 from .errors import InputError, MissingError, MissingPackageError
-from .objectives import DDPMObjective, objective_from_config
+from .objectives import DDPMObjective, ddpm_timestep_type, is_flow_config, objective_from_config
 from .records import WEIGHTS_KEY
+from .vb import alphas_cumprod_from_config
 
 TINY_MODELS = Path(__file__).parent / "tiny_models"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -358,12 +359,22 @@ class VAE:
                              f"got {size_name(img_size)}")
 
 
+def ddpm_alphas_cumprod(config: dict) -> torch.Tensor | None:
+    """A DDPM-family scheduler config's ᾱ table (T,) float64; None for a flow-matching one (DDPMModel)."""
+    return None if is_flow_config(config) else alphas_cumprod_from_config(config)
+
+
 def latent_space(vae, channels: int, model: str, what: str, backbone: str = "denoiser",
                  vae_source: str | None = None) -> VAE:
     """VAE(vae, channels), or an InputError where the backbone does not take the VAE's latents (or, without a VAE,
     RGB pixels): parts of different models in one folder, an inpainting UNet, a VAE (`vae_source`) given for another
     model."""
     found = 3 if vae is None else vae.config.latent_channels
+    if vae is not None and channels == 2 * found + 1:  # latents + mask + masked-image latents
+        raise InputError(f"{what} {model!r}: its {backbone} takes {channels}-channel inputs ({found} latent channels, a "
+                         f"mask and {found} masked-image channels): an inpainting model, which scores no text-to-image "
+                         f"likelihood; expected a text-to-image model, whose {backbone} takes the VAE's {found}-channel "
+                         f"latents")
     if found != channels:
         given = "RGB pixels (3 channels: it has no VAE)" if vae is None else \
             f"{found}-channel latents from {'its VAE' if vae_source is None else f'the VAE {vae_source!r}'}"
@@ -423,9 +434,11 @@ class ModelGeometry:
 
 
 class DDPMModel(ModelGeometry):
-    """A DDPM-family model whose ᾱ table is known: T and the objective follow from it and the prediction type."""
+    """A UNet-family model (SD, SDXL, DiT): a DDPM-family scheduler's ᾱ table, from which T and the objective follow
+    with the prediction type; or None where the folder's scheduler is a flow-matching one (a rectified-flow UNet),
+    whose objective the scheduler config gives as for SD3 and Flux."""
 
-    alphas_cumprod: torch.Tensor
+    alphas_cumprod: torch.Tensor | None
 
     def __post_init__(self):
         if self.scheduler_config is None:  # built by hand from a ᾱ table: ε-prediction
@@ -433,12 +446,15 @@ class DDPMModel(ModelGeometry):
 
     @property
     def T(self) -> int:
-        return len(self.alphas_cumprod)
+        return super().T if self.alphas_cumprod is None else len(self.alphas_cumprod)
 
     @property
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type") or "epsilon"
 
     def make_objective(self, latent_shape=None, error_space: str | None = None, grid: str = "timesteps"):
-        return DDPMObjective(self.alphas_cumprod, self.prediction_type, error_space)
+        if self.alphas_cumprod is None:
+            return super().make_objective(latent_shape, error_space, grid)
+        return DDPMObjective(self.alphas_cumprod, self.prediction_type, error_space,
+                             timestep_type=ddpm_timestep_type(self.scheduler_config))
 

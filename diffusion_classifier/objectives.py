@@ -5,6 +5,8 @@ The objective is read from the model's scheduler config:
 - DDPM family (any scheduler with a β schedule): x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε, and the model
   predicts `epsilon`, `v_prediction` (v = sqrt(ᾱ)ε - sqrt(1-ᾱ)x0, Salimans & Ho 2022) or `sample` (x0).
   By default errors are measured in ε-space (v and x0 outputs converted to ε̂), as in the paper.
+  The network is given the timestep t, or, where an EulerDiscreteScheduler sets `timestep_type`
+  'continuous' with v-prediction (EDM-style models), ¼·log σ_t with σ_t = sqrt((1-ᾱ_t)/ᾱ_t), as that scheduler does.
 - Flow matching (`FlowMatchEulerDiscreteScheduler`: SD3, SD3.5, Flux): x_t = (1-σ)·x0 + σ·ε and the
   model predicts the velocity ε - x0 (Lipman et al. 2023; Esser et al. 2024). σ of a training
   timestep comes from the scheduler's own mapping, with its shift or resolution-dependent (dynamic)
@@ -26,6 +28,7 @@ ERROR_SPACES = ("eps", "native")
 FLOW_GRIDS = ("timesteps", "uniform_sigma")
 FLOW_ERROR_DEFAULT = "eps"  # flow models, --error_space not given: ε̂ = x_t + (1-σ)v̂ against ε (docs/fashion-mnist.md)
 DDPM_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+DDPM_TIMESTEP_TYPES = ("discrete", "continuous")
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -54,10 +57,14 @@ class DDPMObjective:
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", error_space: str | None = None,
-                 float64_coefficients: bool = False):
+                 float64_coefficients: bool = False, timestep_type: str = "discrete"):
         if prediction_type not in DDPM_PREDICTIONS:
             raise InputError(f"unknown prediction type {prediction_type!r} in the scheduler config; expected one of "
                              f"{', '.join(DDPM_PREDICTIONS)}")
+        if timestep_type not in DDPM_TIMESTEP_TYPES:
+            raise InputError(f"unknown timestep_type {timestep_type!r} in the scheduler config; expected one of "
+                             f"{', '.join(DDPM_TIMESTEP_TYPES)}")
+        self.timestep_type = timestep_type  # 'continuous': the network is given ¼·log σ_t (model_timesteps)
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod).to(torch.float64)  # (T,)
         self.prediction_type = prediction_type
         self.error_space = _check_error_space(error_space, "eps")
@@ -84,7 +91,15 @@ class DDPMObjective:
         """(x_t, the timestep the model is given): (B,C,H,W), (B,)."""
         _check_noise_inputs(x0, t, eps)
         sqrt_a, sqrt_1ma = self.coefficients(t, x0)
-        return sqrt_a * x0 + sqrt_1ma * eps, t
+        return sqrt_a * x0 + sqrt_1ma * eps, self.model_timesteps(t)
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The timestep the network is given at grid index t: t itself, or ¼·log σ_t where timestep_type is
+        'continuous' (EulerDiscreteScheduler's EDM-style c_noise, σ_t = sqrt((1-ᾱ_t)/ᾱ_t))."""
+        if self.timestep_type == "discrete":
+            return t
+        a = self.alphas_cumprod[t]
+        return (0.25 * ((1 - a) / a).sqrt().log()).float()
 
     def compare(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, eps: torch.Tensor,
                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,6 +226,16 @@ def default_error_space(config: dict) -> str:
     return FLOW_ERROR_DEFAULT if is_flow_config(config) else "eps"
 
 
+def ddpm_timestep_type(config: dict) -> str:
+    """'continuous' where the scheduler gives the network ¼·log σ instead of t (EulerDiscreteScheduler with
+    timestep_type 'continuous' and v-prediction, as diffusers decides it), else 'discrete'."""
+    kind = config.get("timestep_type") or "discrete"
+    if kind not in DDPM_TIMESTEP_TYPES:
+        raise InputError(f"unknown timestep_type {kind!r} in the scheduler config; expected one of "
+                         f"{', '.join(DDPM_TIMESTEP_TYPES)}")
+    return "continuous" if kind == "continuous" and config.get("prediction_type") == "v_prediction" else "discrete"
+
+
 def objective_from_config(config: dict, error_space: str | None = None, image_seq_len: int | None = None,
                           grid: str = "timesteps") -> DDPMObjective | FlowObjective:
     """The objective a scheduler config describes; an unknown one is an InputError naming it."""
@@ -225,7 +250,8 @@ def objective_from_config(config: dict, error_space: str | None = None, image_se
             alphas_cumprod = alphas_cumprod_from_config(dict(config))
         except (ValueError, NotImplementedError, KeyError) as e:
             raise InputError(f"scheduler {name or '?'}: {e}") from None
-        return DDPMObjective(alphas_cumprod, config.get("prediction_type") or "epsilon", error_space)
+        return DDPMObjective(alphas_cumprod, config.get("prediction_type") or "epsilon", error_space,
+                             timestep_type=ddpm_timestep_type(config))
     raise InputError(f"unknown training objective: scheduler {name or '(no _class_name)'} is neither a DDPM-family "
                      f"(β schedule) nor a flow-matching scheduler")
 

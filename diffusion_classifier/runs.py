@@ -110,7 +110,7 @@ def _weights(digest: str | None) -> Setting:
 
 
 def _offsets(applied: dict | None) -> Setting:
-    """The class offsets a schedule applies (calibration.ClassOffsets.setting) and their tag _co<digest>."""
+    """The class offsets a schedule applies (class_offsets.ClassOffsets.setting) and their tag _co<digest>."""
     digest = hashlib.sha1(json.dumps(applied, sort_keys=True).encode()).hexdigest()[:8] if applied else None
     return Setting({"class_offsets": applied} if applied else {}, f"_co{digest}" if digest else "")
 

@@ -28,9 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_classifier.calibration import (  # noqa: E402
-    CALIBRATION_FILE, UNCALIBRATED_TEMPERATURE, ClassOffsets, RecordScores, candidates_digest, fit_calibration,
-    load_calibration, load_record_scores, plot_reliability, run_candidates, run_offsets, summary, temperature_for,
-    write_calibration)
+    CALIBRATION_FILE, UNCALIBRATED_TEMPERATURE, RecordScores, fit_calibration, load_calibration, load_record_scores,
+    plot_reliability, summary, temperature_for, write_calibration)
+from diffusion_classifier.class_offsets import (  # noqa: E402
+    ClassOffsets, candidates_digest, run_candidates, run_offsets)
 from diffusion_classifier.cli import HelpFormatter, positive_int, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError, MissingError  # noqa: E402

@@ -41,13 +41,15 @@ DEFAULT_CHECKPOINTS = REPO / "checkpoints"
 KINDS = {
     "sd": (sd, sd.train_sd, sd.write_sd_card, {}),
     "sd-v": (sd, sd.train_sd, sd.write_sd_card, {"prediction_type": "v_prediction"}),
+    "sd-flow": (sd, sd.train_sd, sd.write_sd_card, {"prediction_type": "flow"}),
     "dit": (dit, dit.train_dit, dit.write_dit_card, {}),
     "flow": (flow, flow.train_flow, flow.write_flow_card, {}),
     "clip": (contrastive, contrastive.train_clip, contrastive.write_clip_card, {}),
 }
 GROUPS = {"both": ("sd", "dit"), "all": ("sd", "dit", "flow")}
 ARCH_FLAGS = ("patch", "heads", "head_dim", "layers")
-WARM_KINDS = ("sd", "sd-v")  # the kinds whose training can go on from a saved folder (--init)
+WARM_KINDS = ("sd", "sd-v", "sd-flow")
+NOT_TAKEN = {"sd-flow": ("beta_schedule",)}  # settings of a kind's module that the kind does not use (flow: no β)  # the kinds whose training can go on from a saved folder (--init)
 
 
 def parse_args(argv):
@@ -99,11 +101,14 @@ def parse_args(argv):
     if missing:
         parser.error(f"--data {args.data} trains {', '.join(data.folders)} (no {', '.join(missing)}); got --model {args.model}")
     kinds = GROUPS.get(args.model, (args.model,))
-    taken = {k for kind in kinds for k in KINDS[kind][0].DATA_DEFAULTS[args.data]}  # the settings these kinds have
+    def takes(kind: str) -> set:
+        return set(KINDS[kind][0].DATA_DEFAULTS.get(args.data, {})) - set(NOT_TAKEN.get(kind, ()))
+
+    taken = {k for kind in kinds for k in takes(kind)}  # the settings these kinds have
     unused = [k for k in ("beta_schedule", "shift", "channels", *ARCH_FLAGS) if getattr(args, k) is not None
               and k not in taken]
     if unused:
-        takers = [kind for kind in KINDS if unused[0] in KINDS[kind][0].DATA_DEFAULTS.get(args.data, {})]
+        takers = [kind for kind in KINDS if unused[0] in takes(kind)]
         parser.error(f"--{unused[0].replace('_', '-')} is a setting of --model {' or '.join(takers) or 'none'} "
                      f"(--data {args.data}); got --model {args.model}")
     if args.init is not None and args.model not in WARM_KINDS:

@@ -69,24 +69,37 @@ def build_sd_v(folder: Path, prediction_type: str = "v_prediction") -> Path:
     return folder
 
 
-def build_sdxl(folder: Path, seed: int = 0) -> Path:
-    """SDXL layout: UNet with text_time added conditioning, CLIP + CLIP-with-projection, VAE, Euler scheduler."""
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+def sdxl_unet(cross_attention_dim: int, time_ids: int):
+    """A tiny SDXL UNet: text_time added conditioning of `time_ids` ids (6 base, 5 refiner) of 8 and an 8-dim pooled
+    embedding, cross-attention over `cross_attention_dim` features."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=4, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, cross_attention_dim=cross_attention_dim, attention_head_dim=(2, 4), use_linear_projection=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=time_ids * 8 + 8,
+    )
+
+
+def build_sdxl(folder: Path, seed: int = 0, edm_v: bool = False) -> Path:
+    """SDXL layout: UNet with text_time added conditioning, CLIP + CLIP-with-projection, VAE, Euler scheduler.
+
+    edm_v: the scheduler of EDM-style v-prediction SDXL models (CosXL): EulerDiscreteScheduler with
+    timestep_type 'continuous', whose UNet is given ¼·log σ instead of t."""
+    from diffusers import EulerDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    UNet2DConditionModel(
-        sample_size=4, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 8,
-    ).save_pretrained(folder / "unet")
+    sdxl_unet(cross_attention_dim=32, time_ids=6).save_pretrained(folder / "unet")
     CLIPTextModel(clip_config(16)).save_pretrained(folder / "text_encoder")
     CLIPTextModelWithProjection(clip_config(16, projection=8)).save_pretrained(folder / "text_encoder_2")
     write_char_tokenizer(folder / "tokenizer")
     write_char_tokenizer(folder / "tokenizer_2")
     tiny_vae(scaling_factor=0.13025).save_pretrained(folder / "vae")
-    EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(folder / "scheduler")
+    edm = dict(timestep_type="continuous", prediction_type="v_prediction", sigma_min=0.002, sigma_max=120.0) if edm_v else {}
+    EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                           **edm).save_pretrained(folder / "scheduler")
     _index(folder, "StableDiffusionXLPipeline", unet=("diffusers", "UNet2DConditionModel"),
            text_encoder=("transformers", "CLIPTextModel"), text_encoder_2=("transformers", "CLIPTextModelWithProjection"),
            tokenizer=("transformers", "CLIPTokenizer"), tokenizer_2=("transformers", "CLIPTokenizer"),
@@ -94,8 +107,33 @@ def build_sdxl(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_sd3(folder: Path, with_t5: bool = True, with_vae: bool = True, seed: int = 0) -> Path:
-    """SD3 layout: SD3Transformer2DModel, two CLIPs with projection, T5 (or null), VAE with shift (or null)."""
+def build_sdxl_refiner(folder: Path, seed: int = 0, requires_aesthetics_score: bool = True) -> Path:
+    """SDXL refiner layout (StableDiffusionXLImg2ImgPipeline): no first text encoder (null), CLIP-with-projection
+    only, a UNet whose added conditioning takes 5 time ids (original size, crop, aesthetic score) and the pooled
+    embedding, requires_aesthetics_score in model_index.json."""
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    sdxl_unet(cross_attention_dim=16, time_ids=5).save_pretrained(folder / "unet")
+    CLIPTextModelWithProjection(clip_config(16, projection=8)).save_pretrained(folder / "text_encoder_2")
+    write_char_tokenizer(folder / "tokenizer_2")
+    tiny_vae(scaling_factor=0.13025).save_pretrained(folder / "vae")
+    EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(folder / "scheduler")
+    _index(folder, "StableDiffusionXLImg2ImgPipeline", unet=("diffusers", "UNet2DConditionModel"), text_encoder=None,
+           tokenizer=None, text_encoder_2=("transformers", "CLIPTextModelWithProjection"),
+           tokenizer_2=("transformers", "CLIPTokenizer"), vae=("diffusers", "AutoencoderKL"),
+           scheduler=("diffusers", "EulerDiscreteScheduler"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(requires_aesthetics_score=requires_aesthetics_score, force_zeros_for_empty_prompt=False)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def build_sd3(folder: Path, with_t5: bool = True, with_vae: bool = True, seed: int = 0,
+              dynamic_shifting: bool = False) -> Path:
+    """SD3 layout: SD3Transformer2DModel, two CLIPs with projection, T5 (or null), VAE with shift (or null);
+    `dynamic_shifting`: a scheduler with use_dynamic_shifting (σ's shift set by the image's token count)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection
 
@@ -122,7 +160,7 @@ def build_sd3(folder: Path, with_t5: bool = True, with_vae: bool = True, seed: i
     if with_vae:
         tiny_vae(scaling_factor=1.5305, shift_factor=0.0609).save_pretrained(folder / "vae")
         parts["vae"] = ("diffusers", "AutoencoderKL")
-    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(folder / "scheduler")
+    FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=dynamic_shifting).save_pretrained(folder / "scheduler")
     _index(folder, "StableDiffusion3Pipeline", **parts)
     return folder
 

@@ -12,9 +12,10 @@ import torch
 
 from conftest import load_script
 from diffusion_classifier.calibration import (
-    UNCALIBRATED_TEMPERATURE, ClassOffsets, RecordScores, bootstrap_interval, candidates_digest, class_logits,
-    expected_calibration_error, fit_calibration, load_calibration, load_record_scores, nll, reliability_bins,
-    resolve_offsets, shipped_offsets, shipped_temperature, summary, temperature_for, write_calibration)
+    UNCALIBRATED_TEMPERATURE, RecordScores, bootstrap_interval, class_logits, expected_calibration_error,
+    fit_calibration, load_calibration, load_record_scores, nll, reliability_bins, resolve_offsets, shipped_offsets,
+    shipped_temperature, summary, temperature_for, write_calibration)
+from diffusion_classifier.class_offsets import ClassOffsets, candidates_digest
 from diffusion_classifier.errors import InputError, UserError
 from diffusion_classifier.records import read_manifest_settings, save_record
 from diffusion_classifier.schedules.staged import adaptive_classify, paired_scores

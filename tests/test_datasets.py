@@ -116,7 +116,8 @@ def test_digits_labels_match_prompts():
 
 
 @pytest.mark.parametrize("name, cls", [("cifar10", "CIFAR10"), ("pets", "OxfordIIITPet"), ("mnist", "MNIST"),
-                                       ("food", "Food101"), ("eurosat", "EuroSAT")])
+                                       ("food", "Food101"), ("eurosat", "EuroSAT"), ("cifar100", "CIFAR100"),
+                                       ("stl10", "STL10"), ("flowers", "Flowers102")])
 def test_torchvision_missing_data(tmp_path, name, cls):
     with pytest.raises(FileNotFoundError) as e:
         get_dataset(name, tmp_path, "test")
@@ -240,6 +241,22 @@ def test_pets_torchvision_labels_match_prompts(tmp_path):
     ds = get_dataset("pets", tmp_path, "test")
     assert [label for _, label in (ds[i] for i in range(len(ds)))] == list(reversed(range(37)))
     assert [c.lower() for c in ds.classes] == names
+
+
+def test_pets_split_file_cut_short_is_one_line(tmp_path):
+    """torchvision keeps no checksum of Pets' split file: a line cut short is an InputError naming the copy and what
+    torchvision read, not a ValueError traceback."""
+    from diffusion_classifier.errors import InputError
+
+    base = tmp_path / "oxford-iiit-pet"
+    (base / "images").mkdir(parents=True)
+    (base / "annotations").mkdir()
+    Image.new("RGB", (4, 4)).save(base / "images" / "Abyssinian_1.jpg")
+    (base / "annotations" / "test.txt").write_text("Abyssinian_1 1 1 1\nAbyssinian_2 x")
+    with pytest.raises(InputError, match=r"pets data at .* cannot be read by torchvision\.datasets\.OxfordIIITPet "
+                                         r"\((ValueError|IndexError): .*\); expected an intact copy") as e:
+        get_dataset("pets", tmp_path, "test")
+    assert "\n" not in str(e.value)
 
 
 def test_eurosat_torchvision_labels_match_prompts(tmp_path):
@@ -409,3 +426,165 @@ def test_a_partial_copy_names_the_missing_classes(tmp_path):
                   per_class=1)
     with pytest.raises(ValueError, match=r"8 classes do not match the 10 prompt classes .*missing: Forest, River\)"):
         get_dataset("eurosat", tmp_path, "test")
+
+
+# ---------------------------------------------------------------- damaged torchvision copies
+
+
+def _md5(path):
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _fake_cifar(root, cls, n_per_file=2):
+    """A fake copy in torchvision's layout (pickled batches, the meta file), its md5 lists set to match it."""
+    import pickle
+
+    folder = root / cls.base_folder
+    folder.mkdir(parents=True)
+    n_classes = 10 if cls.__name__ == "CIFAR10" else 100
+    label_key = "labels" if n_classes == 10 else "fine_labels"
+    for k, (f, _) in enumerate(cls.train_list + cls.test_list):
+        batch = {"data": np.full((n_per_file, 3 * 32 * 32), k, np.uint8), label_key: list(range(n_per_file))}
+        (folder / f).write_bytes(pickle.dumps(batch))
+    names = dataset_prompts("cifar10" if n_classes == 10 else "cifar100").classnames
+    (folder / cls.meta["filename"]).write_bytes(pickle.dumps({cls.meta["key"]: names}))
+    return folder, ([[f, _md5(folder / f)] for f, _ in cls.train_list], [[f, _md5(folder / f)] for f, _ in cls.test_list],
+                    dict(cls.meta, md5=_md5(folder / cls.meta["filename"])))
+
+
+def _assert_damaged(e, name, path, *parts):
+    from diffusion_classifier.errors import InputError
+
+    msg = str(e.value)
+    assert isinstance(e.value, InputError) and not isinstance(e.value, FileNotFoundError)
+    assert msg.startswith(f"{name} data found at {path.parent}, but {path.name} fails its integrity check (")
+    assert f"replace {path} with an intact copy from the official source" in msg
+    assert "not found" not in msg and "\n" not in msg
+    for part in parts:
+        assert part in msg, (part, msg)
+
+
+@pytest.mark.parametrize("name, damaged", [("cifar10", "data_batch_3"), ("cifar10", "test_batch"),
+                                           ("cifar10", "batches.meta"), ("cifar100", "meta"), ("cifar100", "train")])
+def test_cifar_copy_with_a_damaged_file_names_it(tmp_path, monkeypatch, name, damaged):
+    from torchvision import datasets as tvd
+
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    folder, (train, test, meta) = _fake_cifar(tmp_path, cls)
+    monkeypatch.setattr(cls, "train_list", train)
+    monkeypatch.setattr(cls, "test_list", test)
+    monkeypatch.setattr(cls, "meta", meta)
+    assert len(get_dataset(name, tmp_path, "test")) == 2  # the intact fake copy loads
+    expected = dict(train + test + [[meta["filename"], meta["md5"]]])[damaged]
+    path = folder / damaged
+    path.write_bytes(path.read_bytes()[:-7])  # truncated
+    with pytest.raises(ValueError) as e:
+        get_dataset(name, tmp_path, "test")
+    _assert_damaged(e, name, path, f"expected md5 {expected}, found {_md5(path)}, {path.stat().st_size} bytes",
+                    cls.url, f"torchvision.datasets.{cls.__name__}(DIR, train=False, download=True)")
+
+
+def test_cifar_copy_against_torchvision_own_md5s(tmp_path):
+    """Unpatched: torchvision's own list decides, and the message quotes its md5."""
+    from torchvision import datasets as tvd
+
+    folder, _ = _fake_cifar(tmp_path, tvd.CIFAR10)
+    with pytest.raises(ValueError) as e:
+        get_dataset("cifar10", tmp_path, "test")
+    named = str(e.value).split(", but ")[1].split(" fails")[0]
+    md5 = dict(tvd.CIFAR10.train_list + tvd.CIFAR10.test_list + [[tvd.CIFAR10.meta["filename"],
+                                                                tvd.CIFAR10.meta["md5"]]])[named]
+    _assert_damaged(e, "cifar10", folder / named, f"expected md5 {md5}, found {_md5(folder / named)}")
+
+
+def test_cifar_incomplete_copy_names_the_missing_files(tmp_path):
+    from torchvision import datasets as tvd
+
+    folder, _ = _fake_cifar(tmp_path, tvd.CIFAR10)
+    for f in ("data_batch_2", "data_batch_5"):
+        (folder / f).unlink()
+    with pytest.raises(FileNotFoundError) as e:  # missing, not damaged: the not-found message, naming the files
+        get_dataset("cifar10", tmp_path, "test")
+    msg = str(e.value)
+    assert msg.startswith(f"cifar10 data not found at {folder}: ") and "\n" not in msg
+    assert "incomplete copy: no data_batch_2, data_batch_5," in msg and "integrity" not in msg
+
+
+def _fake_stl10(root):
+    from torchvision import datasets as tvd
+
+    folder = root / tvd.STL10.base_folder
+    folder.mkdir(parents=True)
+    for k, (f, _) in enumerate(tvd.STL10.train_list + tvd.STL10.test_list):  # 2 images (uint8 96x96x3) or labels 1..10
+        values = np.arange(2 * 3 * 96 * 96 if f.endswith("X.bin") else 2) + k
+        (folder / f).write_bytes((values % 10 + 1).astype(np.uint8).tobytes())
+    (folder / tvd.STL10.class_names_file).write_text("\n".join(dataset_prompts("stl10").classnames) + "\n")
+    return folder
+
+
+def test_stl10_copy_of_the_wrong_size_is_named_without_hashing(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    folder = _fake_stl10(tmp_path)  # every file present, each far shorter than STL-10's
+    hashed, md5 = [], tvu.calculate_md5
+    monkeypatch.setattr(tvu, "calculate_md5", lambda path, **k: hashed.append(path) or md5(path, **k))
+    with pytest.raises(ValueError) as e:
+        get_dataset("stl10", tmp_path, "test")
+    assert len(hashed) == 1  # torchvision's own check, stopped at train_X.bin; the diagnosis hashes nothing
+    _assert_damaged(e, "stl10", folder / "train_X.bin", f"expected {5000 * 3 * 96 * 96} bytes, found {2 * 27648}",
+                    "stl10_binary.tar.gz", "torchvision.datasets.STL10(DIR, split='test', download=True)")
+
+
+def test_stl10_copy_of_the_right_size_with_a_wrong_md5(tmp_path, monkeypatch):
+    from torchvision import datasets as tvd
+
+    from diffusion_classifier.data import datasets as dsmod
+
+    folder = _fake_stl10(tmp_path)
+    monkeypatch.setitem(dsmod._KNOWN_SIZES, tvd.STL10, {f.name: f.stat().st_size for f in folder.glob("*.bin")})
+    monkeypatch.setattr(tvd.STL10, "train_list", [[f, _md5(folder / f)] for f, _ in tvd.STL10.train_list])
+    monkeypatch.setattr(tvd.STL10, "test_list", [[f, _md5(folder / f)] for f, _ in tvd.STL10.test_list])
+    assert len(get_dataset("stl10", tmp_path, "test")) == 2  # the intact fake copy loads
+    expected = _md5(folder / "test_y.bin")
+    (folder / "test_y.bin").write_bytes(b"\x09\x09")  # same size, other content (a re-packed copy)
+    with pytest.raises(ValueError) as e:
+        get_dataset("stl10", tmp_path, "test")
+    _assert_damaged(e, "stl10", folder / "test_y.bin", f"expected md5 {expected}, found {_md5(folder / 'test_y.bin')}")
+
+
+def test_flowers_copy_with_a_damaged_split_file(tmp_path, monkeypatch):
+    from torchvision import datasets as tvd
+
+    folder = tmp_path / "flowers-102"
+    (folder / "jpg").mkdir(parents=True)
+    (folder / "imagelabels.mat").write_bytes(b"labels")
+    (folder / "setid.mat").write_bytes(b"split ids")
+    files = dict(tvd.Flowers102._file_dict, label=("imagelabels.mat", _md5(folder / "imagelabels.mat")))
+    monkeypatch.setattr(tvd.Flowers102, "_file_dict", files)
+    with pytest.raises(ValueError) as e:
+        get_dataset("flowers", tmp_path, "test")
+    _assert_damaged(e, "flowers", folder / "setid.mat",
+                    f"expected md5 {files['setid'][1]}, found {_md5(folder / 'setid.mat')}",
+                    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat")
+    (folder / "jpg").rmdir()  # an image folder missing is missing data, whatever the files
+    with pytest.raises(FileNotFoundError, match=rf"^flowers data not found at {folder}: .*incomplete copy: no jpg,"):
+        get_dataset("flowers", tmp_path, "test")
+
+
+def test_mnist_truncated_idx_file(tmp_path):
+    """torchvision only checks that MNIST's files exist: a cut-short one is named by its size, not a traceback."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    sizes = {"train-images-idx3-ubyte": 16 + 60000 * 784, "train-labels-idx1-ubyte": 8 + 60000,
+             "t10k-labels-idx1-ubyte": 8 + 10000}
+    for f, size in sizes.items():
+        with open(raw / f, "wb") as out:
+            out.truncate(size)  # sparse: the right size at no cost
+    header = (2051).to_bytes(4, "big") + (10000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (raw / "t10k-images-idx3-ubyte").write_bytes(header + bytes(784 * 3))  # 3 images of 10000
+    with pytest.raises(ValueError) as e:
+        get_dataset("mnist", tmp_path, "test")
+    _assert_damaged(e, "mnist", raw / "t10k-images-idx3-ubyte", f"expected {16 + 10000 * 784} bytes, found "
+                    f"{16 + 784 * 3}", "t10k-images-idx3-ubyte.gz, gunzipped")

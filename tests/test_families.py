@@ -20,7 +20,7 @@ from diffusion_classifier.classifier import DiffusionClassifier
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import detect_family, load_model
 from diffusion_classifier.records import load_record
-from family_builders import build_flux, build_sd3, build_sd_v, build_sdxl
+from family_builders import build_flux, build_sd3, build_sd_v, build_sdxl, build_sdxl_refiner
 
 PROMPTS = ["zero", "one", "a two"]
 CLASSIDX = [5, 7, 0]  # the labels of IMAGES (5, 7) each have a prompt, as the run requires
@@ -34,10 +34,13 @@ CASES = {
     "sd_v_native": (lambda f: build_sd_v(f), ["--error_space", "native"], {"native": True}),
     "sd_x0": (lambda f: build_sd_v(f, "sample"), [], {}),
     "sdxl": (build_sdxl, [], {}),
+    "sdxl_refiner": (build_sdxl_refiner, [], {}),  # 5 time ids with the aesthetic score, no first text encoder
+    "sdxl_edm_v": (lambda f: build_sdxl(f, edm_v=True), [], {}),  # the UNet is given ¼·log σ (CosXL's scheduler)
     "sd3": (build_sd3, [], {}),
     "sd3_no_t5": (build_sd3, ["--no_t5"], {"no_t5": True}),
     "sd3_velocity": (build_sd3, ["--error_space", "native"], {"native": True}),
     "sd3_pixels_null_parts": (lambda f: build_sd3(f, with_t5=False, with_vae=False), [], {}),
+    "sd3_dynamic_shift": (lambda f: build_sd3(f, dynamic_shifting=True), [], {}),
     "flux_dev": (build_flux, ["--guidance", "2.5"], {"guidance": 2.5}),
     "flux_schnell": (lambda f: build_flux(f, guidance_embeds=False), [], {}),
 }
@@ -108,22 +111,38 @@ def plain_errors(name: str, folder: Path, pixels: torch.Tensor, noise: torch.Ten
                     errs[p][k] = mse(out, latent) * ab / (1 - ab)
         return errs
     if family == "sdxl":
-        from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+        from diffusers import DDPMScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-        pipe = StableDiffusionXLPipeline.from_pretrained(folder)
-        pe, _, pooled, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False)
+        index = json.loads((folder / "model_index.json").read_text())
         size = (x.shape[-2], x.shape[-1])
-        time_ids = pipe._get_add_time_ids(size, (0, 0), size, pe.dtype,
-                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        if index.get("requires_aesthetics_score"):  # the refiner: original size, crop, aesthetic score (default 6)
+            pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder)
+            pe, _, pooled, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False)
+            time_ids, _ = pipe._get_add_time_ids(size, (0, 0), size, 6.0, 2.5, size, (0, 0), size, pe.dtype,
+                                                 text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        else:
+            pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+            pe, _, pooled, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False)
+            time_ids = pipe._get_add_time_ids(size, (0, 0), size, pe.dtype,
+                                              text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        if pipe.config.force_zeros_for_empty_prompt:  # "" is the pipeline's unconditional branch: zeros
+            empty = torch.tensor([q == "" for q in PROMPTS])
+            pe, pooled = pe.masked_fill(empty[:, None, None], 0), pooled.masked_fill(empty[:, None], 0)
         sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        # the UNet's timestep as the pipeline's own scheduler maps training step t (¼·log σ where 'continuous')
+        unet_t = pipe.scheduler.timesteps.flip(0)
         latent = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
         for p in range(len(PROMPTS)):
             for k, t in enumerate(TS):
                 eps = noise[k : k + 1]
                 x_t = sched.add_noise(latent, eps, torch.tensor([t]))
-                out = pipe.unet(x_t, t, encoder_hidden_states=pe[p : p + 1],
+                out = pipe.unet(x_t, unet_t[t : t + 1], encoder_hidden_states=pe[p : p + 1],
                                 added_cond_kwargs={"text_embeds": pooled[p : p + 1], "time_ids": time_ids}).sample
-                errs[p][k] = mse(out, eps)
+                if sched.config.prediction_type == "v_prediction":  # ε-space error: ᾱ times the v-space one
+                    v = sched.get_velocity(latent, eps, torch.tensor([t]))
+                    errs[p][k] = mse(out, v) * float(sched.alphas_cumprod[t])
+                else:
+                    errs[p][k] = mse(out, eps)
         return errs
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -142,6 +161,14 @@ def plain_errors(name: str, folder: Path, pixels: torch.Tensor, noise: torch.Ten
             latent = x
         else:
             latent = (pipe.vae.encode(x).latent_dist.mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        if sched.config.use_dynamic_shifting:  # the shift at the image's token count, as the pipeline sets it
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            patch = pipe.transformer.config.patch_size
+            c_ = sched.config
+            mu = calculate_shift((latent.shape[-2] // patch) * (latent.shape[-1] // patch), c_.base_image_seq_len,
+                                 c_.max_image_seq_len, c_.base_shift, c_.max_shift)
+            sched.set_timesteps(T, mu=mu)
         for p in range(len(PROMPTS)):
             for k, t in enumerate(TS):
                 eps = noise[k : k + 1]
@@ -275,6 +302,56 @@ def test_unknown_objective_in_a_folder_is_one_line_error(folders, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_unets_that_need_other_conditioning_are_one_line_errors(folders, tmp_path):
+    """UNets the pipeline of their folder cannot drive: refused at loading, not by a traceback from the first batch."""
+    from diffusers import UNet2DConditionModel
+
+    def with_unet(name, src, index=None, **changes):
+        folder = tmp_path / name
+        shutil.copytree(folders(src), folder)
+        config = dict(UNet2DConditionModel.load_config(folder / "unet"))
+        UNet2DConditionModel.from_config({**config, **changes}).save_pretrained(folder / "unet")
+        if index:
+            (folder / "model_index.json").write_text(json.dumps({**json.loads((folder / "model_index.json").read_text()),
+                                                                 **index}))
+        return str(folder)
+
+    cases = [  # (folder, the error's expected words)
+        (with_unet("sd_unclip_unet", "sd_v", class_embed_type="projection", projection_class_embeddings_input_dim=8),
+         "takes extra conditioning \\(class_embed_type 'projection'\\) .*expected a UNet conditioned on the prompt alone"),
+        (with_unet("sd_upscaler_unet", "sd_v", num_class_embeds=10), "takes extra conditioning \\(num_class_embeds 10\\)"),
+        (with_unet("sd_with_sdxl_unet", "sd_v", addition_embed_type="text_time", addition_time_embed_dim=8,
+                   projection_class_embeddings_input_dim=6 * 8 + 16), "an SDXL UNet, .*StableDiffusionXLPipeline"),
+        (with_unet("sd_inpainting", "sd_v", {"_class_name": "StableDiffusionInpaintPipeline"}, in_channels=9),
+         "takes 9-channel inputs \\(4 latent channels, a mask and 4 masked-image channels\\): an inpainting model"),
+        # a refiner UNet (5 time ids) whose model_index.json leaves requires_aesthetics_score out, and a base UNet
+        # (6 time ids) in a folder that sets it
+        (with_unet("refiner_without_flag", "sdxl_refiner", {"requires_aesthetics_score": False}),
+         "takes 48 features, but 6 time ids .*set \"requires_aesthetics_score\": true"),
+        (with_unet("base_with_flag", "sdxl", {"requires_aesthetics_score": True}),
+         "takes 56 features, but 5 time ids .*set \"requires_aesthetics_score\": false"),
+    ]
+    for folder, words in cases:
+        with pytest.raises(InputError, match=words) as e:
+            load_model(folder)
+        assert "\n" not in str(e.value)
+
+
+def test_dit_with_a_flow_matching_scheduler_is_refused(tmp_path):
+    """A DiT's ᾱ table would come from β defaults of a scheduler config that has none: refused, not scored."""
+    from conftest import build_tiny_dit
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusion_classifier.families.dit import load_class_conditional
+
+    dit = build_tiny_dit(tmp_path / "dit")
+    shutil.rmtree(dit / "scheduler")
+    FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(dit / "scheduler")
+    with pytest.raises(InputError, match="FlowMatchEulerDiscreteScheduler \\(flow matching\\); expected a DDPM-family") as e:
+        load_class_conditional(str(dit))
+    assert "\n" not in str(e.value)
+
+
 def test_sdxl_vae_kept_in_float32_when_force_upcast(folders):
     m = load_model(str(folders("sdxl")), dtype=torch.float16)
     assert m.autoencoder.vae.dtype == torch.float32 and m.unet.dtype == torch.float16
@@ -336,6 +413,31 @@ def test_image_sizes_the_model_does_not_take(folders):
     api = DiffusionClassifier.from_pretrained(str(folders("sd_v")))  # VAE factor 2: the Python API checks as the scripts
     with pytest.raises(InputError, match="divisible by 2 for this model, got 7"):
         api.classify([Image.new("RGB", (8, 8))], PROMPTS, n_samples=[2], img_size=7)
+
+
+def test_sdxl_empty_prompt_is_the_pipelines_unconditional(folders, tmp_path):
+    """SDXL base folders set force_zeros_for_empty_prompt (unset: the pipeline's default, true): the pipeline's
+    unconditional branch is the all-zero condition, so the toolkit's "" (Winoground's and the null-normalised
+    scores' unconditional) is too; other prompts, and "" where the folder sets it false, are encoded as before."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = folders("sdxl")
+    model = load_model(str(folder))
+    cond = model.encode_prompts(["a two", ""])
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(folder))
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt("a two", do_classifier_free_guidance=True)
+    torch.testing.assert_close(cond.prompt_embeds[:1], embeds)
+    torch.testing.assert_close(cond.pooled[:1], pooled)
+    torch.testing.assert_close(cond.prompt_embeds[1:], negative)  # zeros, as the pipeline samples with
+    torch.testing.assert_close(cond.pooled[1:], negative_pooled)
+    assert not negative.any()
+    off = tmp_path / "sdxl_off"
+    shutil.copytree(folder, off)
+    index = json.loads((off / "model_index.json").read_text())
+    (off / "model_index.json").write_text(json.dumps({**index, "force_zeros_for_empty_prompt": False}))
+    encoded = load_model(str(off)).encode_prompts([""])
+    assert encoded.prompt_embeds.abs().sum() > 0
+    torch.testing.assert_close(encoded.prompt_embeds, pipe.encode_prompt("", do_classifier_free_guidance=False)[0])
 
 
 def test_latent_channels_and_class_conditional_loader_check_the_folder(folders, tmp_path):

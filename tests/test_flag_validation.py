@@ -175,11 +175,13 @@ CROSS = [
                                                         r".* GiB, more than this machine's .* GiB of memory"),
     # a setting of other kinds than the one trained is refused, not ignored
     ("scripts/train_tiny_models.py", ["--model", "dit", "--channels", "8", "16"],
-     r"--channels is a setting of --model sd or sd-v \(--data digits\); got --model dit$"),
+     r"--channels is a setting of --model sd or sd-v or sd-flow \(--data digits\); got --model dit$"),
     ("scripts/train_tiny_models.py", ["--shift", "3"], r"--shift is a setting of --model flow \(--data digits\); got --model both$"),
     ("scripts/train_tiny_models.py", ["--model", "sd", "--patch", "2"], r"--patch is a setting of --model dit or flow"),
     ("scripts/train_tiny_models.py", ["--model", "flow", "--beta-schedule", "linear"],
      r"--beta-schedule is a setting of --model sd or sd-v or dit"),
+    ("scripts/train_tiny_models.py", ["--model", "sd-flow", "--beta-schedule", "linear"],  # flow matching has no β
+     r"--beta-schedule is a setting of --model sd or sd-v or dit \(--data digits\); got --model sd-flow$"),
 ]
 
 

@@ -60,6 +60,7 @@ FLOORS = [
     {"tasks"},  # what a run computes
     {"timestep_weights"},  # timestep weights learned from full evaluations
     {"calibration"},  # probabilities, temperatures and calibration error from the schedules' results (paired scores)
+    {"class_offsets"},  # one log-prior per class: their format, the shift the schedules add, a run's manifest entry
     {"weighting"},  # timestep weights files: the ones a model ships, the ones a run used
     {"schedules", "loop", "baselines", "families"},  # evaluation schedules, the loop, the models
     {"loading"},

@@ -23,6 +23,7 @@ from diffusion_classifier.tasks.per_class import (  # noqa: E402
     per_class_jobs,
     schedule_from_alphas_cumprod,
 )
+from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.noise import make_noise, periodic_noise_rows  # noqa: E402
 from diffusion_classifier.records import load_record, save_record  # noqa: E402
 from diffusion_classifier.vb import linear_betas, vb_terms  # noqa: E402
@@ -243,6 +244,30 @@ def test_adaptive_without_pruning_equals_per_class_evaluation(tiny_dit, tmp_path
     assert acc == pytest.approx(res["accuracy"])
     summary = load_script("scripts/print_acc.py").main([res["folder"], "--no_table"])[0]  # the SD path's reader
     assert (summary["n"], summary["top1"]) == (n_img, pytest.approx(res["accuracy"]))
+
+
+def test_a_v_prediction_dit_is_scored_with_its_objective_in_both_modes(tiny_dit, tmp_path):
+    """A DiTPipeline folder whose scheduler says v_prediction: both modes compare its output as v (errors in ε-space),
+    not as ε, and agree with each other; --save_vb, which needs ε outputs, is refused in one line."""
+    import json
+    import shutil
+
+    v_dit = tmp_path / "v_dit"
+    shutil.copytree(tiny_dit, v_dit)
+    config_path = v_dit / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "v_prediction"
+    config_path.write_text(json.dumps(config))
+    flags = ("--to_keep", 1, "--n_samples", N_T, "--imgs_to_eval", 1, "--batch_size", 16)
+    eps_rec = load_record(Path(run(tiny_dit, tmp_path / "eps", *flags)["folder"]) / "000.pt")
+    v_rec = load_record(Path(run(v_dit, tmp_path / "v", *flags)["folder"]) / "000.pt")
+    assert not torch.allclose(v_rec["errors"][0]["pred_errors"], eps_rec["errors"][0]["pred_errors"])
+    run(v_dit, tmp_path / "v", "--cls", 0, "--imgs_to_eval", 1, "--batch_size", 16, "--randomize_noise")
+    per_class = next(f for f in (tmp_path / "v" / "digits").iterdir() if f.name.endswith("randnoise"))
+    torch.testing.assert_close(v_rec["errors"][0]["pred_errors"],
+                               load_record(per_class / "0" / "000.pt")["data"][:, 0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="--save_vb needs an epsilon-prediction model .* 'v_prediction'"):
+        run(v_dit, tmp_path / "v", "--cls", 0, "--imgs_to_eval", 1, "--save_vb")
 
 
 def test_null_normalize_keeps_predictions_and_subtracts_a_shared_term(tiny_dit, tmp_path):

@@ -224,3 +224,21 @@ def test_dit_api_label_strings_that_are_not_plain_digits_are_input_errors():
                          ("10", r"class label 10 is outside this model's classes 0\.\.9")):
         with pytest.raises(InputError, match=message):
             clf.embed([0, bad])
+
+
+def test_api_refuses_repeated_candidates():
+    """A prompt given twice, or a DiT class given as a label and as its name, would split one class's probability
+    between two candidates the schedule can never tell apart: an InputError naming both positions."""
+    import pytest
+
+    from diffusion_classifier import DiffusionClassifier
+    from diffusion_classifier.errors import InputError
+
+    img = DigitsDataset("test")[0][0]
+    clf = DiffusionClassifier.from_pretrained("tiny")
+    with pytest.raises(InputError, match=r"candidates 0 \('a'\) and 2 \('a'\) are the same: expected distinct"):
+        clf.classify([img], ["a", "b", "a"], n_samples=[2])
+    assert len(clf.classify([img], ["a", "a "], n_samples=[2])[0].probs) == 2  # other strings are other prompts
+    dit = DiffusionClassifier.from_pretrained("diffusion_classifier/tiny_models/digits-dit")
+    with pytest.raises(InputError, match=r"candidates 1 \(3\) and 2 \('three'\) are the same \(both class 3\)"):
+        dit.classify([img], [0, 3, "three"], n_samples=[2])

@@ -151,6 +151,42 @@ def test_v_prediction_target_is_diffusers_velocity_and_the_variant_trains_a_v_pi
                        prediction_type="sample_typo")
 
 
+def test_sd_flow_variant_trains_a_rectified_flow_unet_that_loads_and_scores_as_flow(tmp_path):
+    """sd-flow: the UNet recipe with the rectified-flow objective (x_t = (1-σ)x0 + σε, target ε - x0, timestep σ·1000);
+    its folder holds a FlowMatchEulerDiscreteScheduler and the SD family scores it with the flow objective."""
+    from diffusion_classifier.objectives import FlowObjective
+    from diffusion_classifier.training.flow import FlowNoising
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    sigma = FlowNoising(1.0).draw_times(4, g)
+    assert ((0 < sigma) & (sigma < 1)).all()
+    torch.testing.assert_close(FlowNoising(1.0).add_noise(x0, sigma, eps),
+                               (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps)
+
+    stats = sd.train_sd(tmp_path / "flow", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0,
+                        prediction_type="flow")
+    eps_run = sd.train_sd(tmp_path / "eps", steps=2, batch=8, lr=1e-3, beta_schedule="scaled_linear", seed=0)
+    assert stats["prediction_type"] == "flow" and stats["loss"] != eps_run["loss"]  # another target
+    index = json.loads((tmp_path / "flow" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    from diffusion_classifier.families.sd import load_text_conditional
+
+    model = load_text_conditional(str(tmp_path / "flow"))
+    objective = model.make_objective((3, 8, 8))
+    assert isinstance(objective, FlowObjective) and model.T == 1000
+    # the objective forms x_t and gives the UNet σ·1000, as the training did
+    t = torch.tensor([0, 500, 999, 250])
+    x_t, given = objective.noise(x0, t, eps)
+    s = objective.sigmas[t].float()
+    torch.testing.assert_close(x_t, (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps)
+    torch.testing.assert_close(given, s * 1000)
+    sd.write_sd_card(tmp_path / "flow", {**stats, "threads": 1})
+    card = (tmp_path / "flow" / "README.md").read_text()
+    assert "rectified flow" in card and "--model sd-flow" in card and "velocity MSE" in card
+
+
 def test_flow_training_conditions_as_the_sd3_pipeline_and_writes_a_loadable_folder(tmp_path):
     from diffusers import StableDiffusion3Pipeline
 

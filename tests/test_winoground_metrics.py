@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusion_classifier.data.entries import json_lines
 from diffusion_classifier.data.winoground import WinogroundImages, load_winoground
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.records import write_json
@@ -260,6 +261,25 @@ def test_loader_malformed_lines(tmp_path):
     (d / "examples.jsonl").write_text("\n".join([good[0], good[1], json.dumps(rec)]) + "\n")
     with pytest.raises(ValueError, match="line 3: missing keys collapsed_tag, image_1$"):
         load_winoground(d)
+
+
+def test_loader_reads_json_lines_as_objects(tmp_path):
+    d = _make(tmp_path, "folder")
+    good = [json.dumps(_record(e)) for e in range(3)]
+    (d / "examples.jsonl").write_text("\n".join([good[0], "[1, 2]", good[2]]) + "\n")
+    with pytest.raises(InputError, match=r"examples\.jsonl line 2: expected a JSON object, found list$"):
+        load_winoground(d)
+    (d / "examples.jsonl").write_text("\n".join(["", good[0], "  ", good[1], good[2]]) + "\n")  # blank lines skipped
+    assert [ex.id for ex in load_winoground(d)] == [0, 1, 2]
+    (d / "examples.jsonl").write_text("\n".join(["", good[0], "{not json"]) + "\n")
+    with pytest.raises(InputError, match=r"examples\.jsonl line 3: expected a JSON object, found invalid JSON \("):
+        load_winoground(d)  # line numbers count the blank lines
+    # the other readers keep their form: any JSON value a line, "is not valid JSON" naming what was expected
+    (d / "any.jsonl").write_text('[1, 2]\n\n{"a": 1}\n{bad\n')
+    lines = json_lines(d / "any.jsonl", "one thing a line")
+    assert next(lines) == (1, [1, 2]) and next(lines) == (3, {"a": 1})
+    with pytest.raises(InputError, match=r"any\.jsonl line 4 is not valid JSON \(.*\); expected one thing a line$"):
+        next(lines)
 
 
 def test_loader_missing_image(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -13,8 +14,9 @@ from PIL import Image
 
 import run_winoground
 from conftest import load_script, write_char_tokenizer
+from diffusion_classifier import cli
 from diffusion_classifier.schedules.staged import interval_timesteps
-from diffusion_classifier.records import load_record
+from diffusion_classifier.records import load_record, save_record
 from diffusion_classifier.data.winoground import load_winoground, write_winoground
 from diffusion_classifier.tasks.matching import pair_jobs
 from diffusion_classifier.tasks.winoground import format_scores, winoground_scores
@@ -206,6 +208,49 @@ def test_resume_skips_finished_examples(wino, tiny_sd_pixels, tmp_path, capsys, 
         run_winoground.main([*map(str, args), "--seed", "1", "--no_progress"])
 
 
+def test_other_captions_under_same_log_dir_refused(wino, tiny_sd_pixels, tmp_path, capsys, monkeypatch):
+    """A second data folder whose captions differ does not resume the first one's records; the same folder does."""
+    edited = _records()
+    edited[1]["caption_1"] = "a dog bit?"  # one caption of example 1 edited, everything else the same
+    other = write_winoground(tmp_path / "other", edited, _images())
+    args = ["--model_path", tiny_sd_pixels, "--log_dir", tmp_path / "logs", "--t_interval", 500]
+    first, _ = run(capsys, *args, "--data_dir", wino["folder"])
+    folder = Path(first["folder"])
+    assert first["computed"] == 3 and load_record(folder / "1.pt")["captions"] == ["a dog bit.", "a bit dog."]
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+
+    calls = []
+    evaluate = run_winoground.Scorer.evaluate
+    monkeypatch.setattr(run_winoground.Scorer, "evaluate",
+                        lambda self, *a, **k: calls.append(1) or evaluate(self, *a, **k))
+    with pytest.raises(SystemExit) as e:
+        cli.run(run_winoground.main, [*map(str, args), "--data_dir", str(other), "--no_progress"], unit="examples")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.fullmatch(rf"error: {re.escape(str(folder / '1.pt'))} was scored for example 1 with captions "
+                        r"\['a dog bit\.', 'a bit dog\.'\], but the data now gives captions \['a dog bit\.', "
+                        r"'a dog bit\?'\]: the data changed since this run began; delete that record to score the "
+                        r"example again, or use another --log_dir or --extra\n", err), err
+    assert not calls  # refused before anything was scored
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+    assert after == before  # every record and the results kept as they were, no claim left behind
+
+    again, _ = run(capsys, *args, "--data_dir", wino["folder"])  # the same data resumes without recomputing
+    assert again["computed"] == 0 and again["skipped"] == 3 and not calls
+    assert again["scores"] == first["scores"] and again["lines"] == first["lines"]
+    assert all((folder / name).stat().st_mtime_ns == before[name][0] for name in ("0.pt", "1.pt", "2.pt"))
+
+    # a record written before captions were stored resumes under either copy; deleting the refused one rescores it
+    legacy = {k: v for k, v in load_record(folder / "1.pt").items() if k != "captions"}
+    save_record(legacy, folder / "1.pt")
+    resumed, _ = run(capsys, *args, "--data_dir", other)
+    assert resumed["computed"] == 0 and resumed["skipped"] == 3 and not calls
+    (folder / "1.pt").unlink()
+    rescored, _ = run(capsys, *args, "--data_dir", other)
+    assert rescored["computed"] == 1 and rescored["skipped"] == 2 and calls
+    assert load_record(folder / "1.pt")["captions"] == ["a dog bit.", "a dog bit?"]
+
+
 # ---------------------------------------------------------------- CLIP and OpenCLIP
 
 
@@ -225,7 +270,8 @@ def test_clip_scores_equal_logits_per_image(wino, tiny_clip, tmp_path, capsys):
         with torch.no_grad():
             logits = model(**inputs).logits_per_image  # (image, caption)
         rec = load_record(folder / f"{ex.id}.pt")
-        assert set(rec) == {"id", "tag", "scores"}
+        assert set(rec) == {"id", "tag", "captions", "scores"}
+        assert rec["captions"] == [ex.caption_0, ex.caption_1]  # what the record was scored on
         torch.testing.assert_close(rec["scores"], logits.T.double(), rtol=1e-5, atol=1e-6)  # [caption, image]
         assert rec["scores"][0, 0] != rec["scores"][1, 0]  # the two captions do score differently
     check_summary(result, lines, folder, examples)

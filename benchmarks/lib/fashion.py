@@ -17,7 +17,9 @@ CACHE = ROOT / "benchmarks" / "cache" / "fashion"
 MODELS_DIR = ROOT / "diffusion_classifier" / "tiny_models"
 # --models name -> (the entry script that scores it, its folder in MODELS_DIR)
 MODELS = {"sd": ("eval_prob_adaptive", "fashion-sd"), "dit": ("eval_prob_dit", "fashion-dit"),
-          "flow": ("eval_prob_adaptive", "fashion-flow")}
+          "flow": ("eval_prob_adaptive", "fashion-flow"),
+          # fashion-sd's UNet, data and recipe with the rectified-flow objective: the flow objective alone, compared
+          "flow-unet": ("eval_prob_adaptive", "fashion-flow-unet")}
 N_FULL = N_TIMESTEPS  # timesteps of the full evaluation
 LOSS = "l1"  # the paper's CIFAR-10 setting, every Fashion-MNIST run's loss
 # a full evaluation: every class at the N_FULL stratified timesteps (noise row k at the k-th), on plain means (the

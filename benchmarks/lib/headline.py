@@ -87,7 +87,8 @@ def write_measured(model: str, text: str) -> None:
     """A model's measured figures into its training.json ("measured") and its card, rewritten from it."""
     from diffusion_classifier.training import dit, flow, sd
 
-    writer = {"sd": sd.write_sd_card, "dit": dit.write_dit_card, "flow": flow.write_flow_card}[model]
+    writer = {"sd": sd.write_sd_card, "dit": dit.write_dit_card, "flow": flow.write_flow_card,
+              "flow-unet": sd.write_sd_card}[model]
     folder = MODELS_DIR / MODELS[model][1]
     stats = json.loads((folder / "training.json").read_text())
     stats["measured"] = text

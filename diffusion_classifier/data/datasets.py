@@ -217,17 +217,95 @@ def _not_found(name: str, path: Path, how: str) -> FileNotFoundError:
     return MissingError(f"{name} data not found at {path}: {ROOT_HINT}; {how}")
 
 
-def _torchvision(name: str, cls, expected: Path, fetch_args: str, make: Callable):
-    """Build a torchvision dataset (download=False), turning its 'Dataset not found' into FileNotFoundError."""
+# Bytes of the files whose size follows from their format (raw uint8 arrays, or IDX with its fixed header), checked
+# before any md5 so that a short or long copy is named without hashing gigabytes.
+_STL10_IMAGE = 3 * 96 * 96
+_MNIST_IMAGE = 28 * 28
+_KNOWN_SIZES: dict[type, dict[str, int]] = {
+    tvd.STL10: {"train_X.bin": 5000 * _STL10_IMAGE, "train_y.bin": 5000, "test_X.bin": 8000 * _STL10_IMAGE,
+                "test_y.bin": 8000, "unlabeled_X.bin": 100000 * _STL10_IMAGE},
+    tvd.MNIST: {"train-images-idx3-ubyte": 16 + 60000 * _MNIST_IMAGE, "train-labels-idx1-ubyte": 8 + 60000,
+                "t10k-images-idx3-ubyte": 16 + 10000 * _MNIST_IMAGE, "t10k-labels-idx1-ubyte": 8 + 10000},
+}
+
+
+def _checked_files(cls, root: Path) -> tuple[Path, list[tuple[str, str | None, str]]] | None:
+    """(folder, [(name, md5 or None, official source)]) of the files torchvision's `cls` checks before it reads a copy
+    under root, in the order it checks them (md5 None: it only checks the file exists), read from the class's own
+    lists; None for the classes that only check their folders exist (Food101, OxfordIIITPet, FGVCAircraft, ...)."""
+    if hasattr(cls, "train_list") and hasattr(cls, "test_list"):  # CIFAR10/100, STL10: md5 of every split's files
+        files = [(f, md5, f"the archive {cls.url}") for f, md5 in [*cls.train_list, *cls.test_list]]
+        meta = getattr(cls, "meta", None)
+        if isinstance(meta, dict) and meta.get("md5"):  # CIFAR checks its meta file next, as it reads it
+            files.append((meta["filename"], meta["md5"], f"the archive {cls.url}"))
+        return root / cls.base_folder, files
+    if issubclass(cls, tvd.Flowers102):  # the image folder exists, md5 of the label and split files
+        files = [(cls._file_dict[k][0], cls._file_dict[k][1], f"{cls._download_url_prefix}{cls._file_dict[k][0]}")
+                 for k in ("label", "setid")]
+        image = cls._file_dict["image"][0]
+        return root / "flowers-102", [("jpg", None, f"{cls._download_url_prefix}{image}"), *files]
+    if hasattr(cls, "resources") and hasattr(cls, "mirrors"):  # MNIST: the uncompressed IDX files exist
+        return root / cls.__name__ / "raw", [(os.path.splitext(f)[0], None, f"{cls.mirrors[0]}{f}, gunzipped")
+                                             for f, _ in cls.resources]
+    return None
+
+
+def _check_copy(name: str, cls, root: Path, how: str, hash_files: bool) -> Exception | None:
+    """The error for a copy of `cls` under root that torchvision rejects although its folder is there: MissingError
+    naming the files it lacks, or InputError naming the first file that fails its integrity check (a size known from
+    the format, else, with hash_files, the md5 torchvision expects). None when the folder is missing or nothing is
+    wrong with the files torchvision checks."""
+    from torchvision.datasets.utils import calculate_md5
+
+    checked = _checked_files(cls, root)
+    if checked is None or not checked[0].is_dir():
+        return None
+    folder, files = checked
+    lacking = [f for f, _, _ in files if not (folder / f).exists()]
+    if lacking:
+        return _not_found(name, folder, f"{how} (incomplete copy: no {', '.join(lacking)}, which torchvision "
+                                        f"requires whichever the split)")
+
+    def damaged(f: str, source: str, found: str) -> InputError:
+        return InputError(f"{name} data found at {folder}, but {f} fails its integrity check ({found}): replace "
+                          f"{folder / f} with an intact copy from the official source, {source}; or delete it and "
+                          f"{how}")
+
+    sizes = _KNOWN_SIZES.get(cls, {})
+    for f, _, source in files:
+        if f in sizes and (folder / f).stat().st_size != sizes[f]:
+            return damaged(f, source, f"expected {sizes[f]} bytes, found {(folder / f).stat().st_size}")
+    if hash_files:  # torchvision stops at the first bad file; the smallest first here costs no more than it did
+        for f, md5, source in sorted((e for e in files if e[1]), key=lambda e: (folder / e[0]).stat().st_size):
+            found = calculate_md5(folder / f)
+            if found != md5:
+                return damaged(f, source, f"expected md5 {md5}, found {found}, {(folder / f).stat().st_size} bytes")
+    return None
+
+
+def _torchvision(name: str, cls, root: Path, expected: Path, fetch_args: str, make: Callable):
+    """Build a torchvision dataset (download=False) from root, turning its 'Dataset not found or corrupted' into
+    MissingError for a missing copy and InputError for a damaged one."""
     how = f"torchvision can fetch it with torchvision.datasets.{cls.__name__}(DIR{fetch_args}, download=True)"
     try:
         return make()
     except RuntimeError as e:
-        if "not found" not in str(e):
+        if "not found" in str(e):  # torchvision's words for a missing copy and for one whose md5 differs
+            raise _check_copy(name, cls, root, how, hash_files=True) or _not_found(name, expected, how) from None
+        damaged = _check_copy(name, cls, root, how, hash_files=False)
+        if damaged is None:
             raise
-        raise _not_found(name, expected, how) from None
+        raise damaged from None
     except FileNotFoundError as e:  # an incomplete copy: a split file or class folder is missing
         raise _not_found(name, expected, f"{how} (incomplete copy: {e.filename or e})") from None
+    except (ValueError, AssertionError, LookupError, EOFError) as e:  # a file torchvision only checks exists is cut short
+        damaged = _check_copy(name, cls, root, how, hash_files=False)
+        if damaged is None:  # one torchvision keeps no checksum of (a Food-101 or Pets split file): say what it read
+            found = " ".join(str(e).split())[:200] or "no message"
+            damaged = InputError(f"{name} data at {root} cannot be read by torchvision.datasets.{cls.__name__} "
+                                 f"({type(e).__name__}: {found}); expected an intact copy in torchvision's layout: "
+                                 f"replace the damaged file, or delete the copy and {how}")
+        raise damaged from None
 
 
 class FixedClassFolder(tvd.ImageFolder):
@@ -268,20 +346,20 @@ def _folder_dataset(name: str, path: Path, how: str, make: Callable):
 
 
 def build_pets(root: Path, split: str, transform):
-    ds = _torchvision("pets", tvd.OxfordIIITPet, root / "oxford-iiit-pet", "",
+    ds = _torchvision("pets", tvd.OxfordIIITPet, root, root / "oxford-iiit-pet", "",
                       lambda: tvd.OxfordIIITPet(str(root), split=split, transform=transform, download=False))
     return align_labels(ds, ds.classes, "pets")
 
 
 def build_flowers(root: Path, split: str, transform):
-    ds = _torchvision("flowers", tvd.Flowers102, root / "flowers-102", f", split={split!r}",
+    ds = _torchvision("flowers", tvd.Flowers102, root, root / "flowers-102", f", split={split!r}",
                       lambda: tvd.Flowers102(str(root), split=split, transform=transform, download=False))
     # labels are positions in imagelabels.mat, the order of our class list (torchvision spells 3 names differently)
     return ds
 
 
 def build_stl10(root: Path, split: str, transform):
-    ds = _torchvision("stl10", tvd.STL10, root / "stl10_binary", f", split={split!r}",
+    ds = _torchvision("stl10", tvd.STL10, root, root / "stl10_binary", f", split={split!r}",
                       lambda: tvd.STL10(str(root), split=split, transform=transform, download=False))
     return align_labels(ds, ds.classes, "stl10")
 
@@ -289,7 +367,7 @@ def build_stl10(root: Path, split: str, transform):
 def build_mnist(root: Path, split: str, transform):
     train = split == "train"
     # labels are the digits themselves, as the prompts' classidx
-    return _torchvision("mnist", tvd.MNIST, root / "MNIST" / "raw", f", train={train}",
+    return _torchvision("mnist", tvd.MNIST, root, root / "MNIST" / "raw", f", train={train}",
                         lambda: tvd.MNIST(str(root), train=train, transform=transform, download=False))
 
 
@@ -297,14 +375,14 @@ def build_cifar(name: str, cls):
     def build(root: Path, split: str, transform):
         train = split == "train"
         folder = "cifar-10-batches-py" if cls is tvd.CIFAR10 else "cifar-100-python"
-        ds = _torchvision(name, cls, root / folder, f", train={train}",
+        ds = _torchvision(name, cls, root, root / folder, f", train={train}",
                           lambda: cls(str(root), train=train, transform=transform, download=False))
         return align_labels(ds, ds.classes, name)
     return build
 
 
 def build_food(root: Path, split: str, transform):
-    ds = _torchvision("food", tvd.Food101, root / "food-101", f", split={split!r}",
+    ds = _torchvision("food", tvd.Food101, root, root / "food-101", f", split={split!r}",
                       lambda: tvd.Food101(str(root), split=split, transform=transform, download=False))
     return align_labels(ds, ds.classes, "food")
 
@@ -317,13 +395,13 @@ def build_caltech101(root: Path, split: str, transform):
     if not (path / "BACKGROUND_Google").is_dir():  # torchvision fails on a copy without it
         raise _not_found("caltech101", path, f"{how} (incomplete copy: no BACKGROUND_Google/ folder beside the "
                                               f"class folders)")
-    ds = _torchvision("caltech101", tvd.Caltech101, path, "",
+    ds = _torchvision("caltech101", tvd.Caltech101, root, path, "",
                       lambda: tvd.Caltech101(str(root), target_type="category", transform=transform, download=False))
     return align_labels(ds, ds.categories, "caltech101")
 
 
 def build_aircraft(root: Path, split: str, transform):
-    ds = _torchvision("aircraft", tvd.FGVCAircraft, root / "fgvc-aircraft-2013b",
+    ds = _torchvision("aircraft", tvd.FGVCAircraft, root, root / "fgvc-aircraft-2013b",
                       f", split={split!r}, annotation_level='variant'",
                       lambda: tvd.FGVCAircraft(str(root), split=split, annotation_level="variant",
                                                transform=transform, download=False))
@@ -331,7 +409,7 @@ def build_aircraft(root: Path, split: str, transform):
 
 
 def build_eurosat(root: Path, split: str, transform):
-    ds = _torchvision("eurosat", tvd.EuroSAT, root / "eurosat" / "2750", "",
+    ds = _torchvision("eurosat", tvd.EuroSAT, root, root / "eurosat" / "2750", "",
                       lambda: tvd.EuroSAT(str(root), transform=transform, download=False))
     return align_labels(ds, ds.classes, "eurosat")
 

@@ -64,14 +64,24 @@ def text_lines(path: Path, expected: str):
     yield from enumerate(io.StringIO(text, newline=None), 1)
 
 
-def json_lines(path: Path, expected: str):
-    """(line number, object) of each non-empty line of a jsonl file."""
+def json_lines(path: Path, expected: str, objects: bool = False):
+    """(line number, value) of each non-empty line of a jsonl file; InputError naming the line that is not JSON.
+
+    With `objects` every line must hold a JSON object ("line N: expected a JSON object, found invalid JSON (...)"
+    or "found list"); without it any JSON value is yielded ("line N is not valid JSON (...); expected ...").
+    """
     if not path.is_file():
         raise MissingError(f"{path} does not exist; expected {expected}")
     for n, line in text_lines(path, expected):
         if not line.strip():
             continue
         try:
-            yield n, json.loads(line)
+            value = json.loads(line)
         except ValueError as e:
+            if objects:
+                raise InputError(f"{path} line {n}: expected a JSON object, found invalid JSON "
+                                 f"({getattr(e, 'msg', e)})") from None
             raise InputError(f"{path} line {n} is not valid JSON ({e}); expected {expected}") from None
+        if objects and not isinstance(value, dict):
+            raise InputError(f"{path} line {n}: expected a JSON object, found {type(value).__name__}")
+        yield n, value

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError, MissingError
-from .entries import int_field, short, text_lines
+from .entries import int_field, json_lines, short
 from .images import Unreadable, UnreadableImageError, decode_rgb, header_problem
 
 HUB_URL = "https://huggingface.co/datasets/facebook/winoground"
@@ -170,15 +170,7 @@ def load_winoground(data_dir: str | os.PathLike, limit: int | None = None) -> li
 
     examples = []
     lines = {}  # id -> its line
-    for lineno, line in text_lines(jsonl, "one Winoground example a line"):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{jsonl} line {lineno}: expected a JSON object, found {type(record).__name__}")
+    for lineno, record in json_lines(jsonl, "one Winoground example a line", objects=True):
         missing = [k for k in EXAMPLE_KEYS if k not in record]
         if missing:
             raise InputError(f"{jsonl} line {lineno}: missing keys {', '.join(missing)}")

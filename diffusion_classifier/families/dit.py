@@ -13,6 +13,7 @@ import torch
 from ..data.sizes import size_name
 from ..errors import InputError
 from ..loading import TINY_MODELS, VAE, DDPMModel, frozen, latent_space, load_part, load_vae, pipeline_index, require_components, scheduler_config
+from ..objectives import is_flow_config, objective_from_config
 from ..vb import alphas_cumprod_from_config
 
 DIT_MODELS = {256: "facebook/DiT-XL-2-256", 512: "facebook/DiT-XL-2-512", "tiny": str(TINY_MODELS / "digits-dit"),
@@ -87,6 +88,10 @@ def load_class_conditional(
                          f"text-to-image models with eval_prob_adaptive.py")
     require_components(index, model, what, ("transformer", "scheduler"))
     config = scheduler_config(model, what)
+    if is_flow_config(config):  # its ᾱ table would be read from β defaults: refuse rather than score another objective
+        raise InputError(f"{what} {model!r}: its scheduler is a {config.get('_class_name')} (flow matching); expected "
+                         f"a DDPM-family scheduler with a β schedule (DDPM, DDIM, DPM-Solver, ...), as DiT is trained")
+    objective_from_config(config)  # an unknown objective fails before the weights load
     transformer = frozen(load_part(DiTTransformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
     ae = load_vae(vae, "VAE", {}, dtype, device, None) if vae is not None else load_vae(model, what, index, dtype, device)
     id2label = {int(k): v for k, v in (index.get("id2label") or {}).items()}

@@ -1,4 +1,5 @@
-"""Stable Diffusion 1.x / 2.x: UNet, one CLIP text encoder, VAE (or pixels), DDPM objective of any prediction type.
+"""Stable Diffusion 1.x / 2.x: UNet, one CLIP text encoder, VAE (or pixels), DDPM objective of any prediction type
+(or rectified flow, where the folder holds a flow-matching scheduler).
 
 Prompts are encoded as StableDiffusionPipeline.encode_prompt does: the text encoder's last hidden state
 for max-length padded prompts. The shipped digits-sd is an ordinary folder in this layout, in pixel space.
@@ -9,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loading import VAE, DDPMModel, frozen, latent_space, load_part, load_vae, pipeline_index, require_components, scheduler_config, set_attention, tokenize
+from ..errors import InputError
+from ..loading import VAE, DDPMModel, ddpm_alphas_cumprod, frozen, latent_space, load_part, load_vae, pipeline_index, require_components, scheduler_config, set_attention, tokenize
 from ..objectives import objective_from_config
-from ..vb import alphas_cumprod_from_config
 
 
 @dataclass
@@ -22,7 +23,7 @@ class TextConditionalModel(DDPMModel):
     text_encoder: torch.nn.Module
     tokenizer: object
     autoencoder: VAE
-    alphas_cumprod: torch.Tensor  # (T,) float64
+    alphas_cumprod: torch.Tensor | None  # (T,) float64; None: a flow-matching scheduler (loading.DDPMModel)
     device: torch.device
     dtype: torch.dtype
     source: str
@@ -43,6 +44,22 @@ class TextConditionalModel(DDPMModel):
         return self.unet(x_t, t, encoder_hidden_states=cond).sample
 
 
+def check_text_only(unet, model: str, what: str) -> None:
+    """InputError where the UNet needs conditioning besides the prompt that StableDiffusionPipeline never gives: class
+    labels or embeddings (unCLIP, upscaler: class_embed_type, num_class_embeds) or added embeddings (SDXL's text_time:
+    addition_embed_type), which would otherwise fail inside the first denoiser call."""
+    cfg = unet.config
+    extra = {k: cfg.get(k) for k in ("class_embed_type", "num_class_embeds", "addition_embed_type") if cfg.get(k) is not None}
+    if not extra:
+        return
+    found = ", ".join(f"{k} {v!r}" for k, v in extra.items())
+    hint = (": an SDXL UNet, whose folder's model_index.json should name StableDiffusionXLPipeline"
+            if extra.get("addition_embed_type") == "text_time" else
+            " (an unCLIP, upscaler or other image-conditioned UNet, not a text-to-image one)")
+    raise InputError(f"{what} {model!r}: its UNet takes extra conditioning ({found}) that a StableDiffusionPipeline "
+                     f"does not give; expected a UNet conditioned on the prompt alone{hint}")
+
+
 def load_text_conditional(
     model: str,
     device: torch.device | str = "cpu",
@@ -61,10 +78,11 @@ def load_text_conditional(
     config = scheduler_config(model, what)
     objective_from_config(config)  # an unknown objective fails before the weights load
     unet = frozen(load_part(UNet2DConditionModel, model, what, subfolder="unet", torch_dtype=dtype), device)
+    check_text_only(unet, model, what)
     set_attention(unet, attention)
     text_encoder = frozen(load_part(CLIPTextModel, model, what, subfolder="text_encoder", torch_dtype=dtype), device)
     tokenizer = load_part(CLIPTokenizer, model, what, subfolder="tokenizer")
     vae = load_vae(model, what, index, dtype, device)
     latents = latent_space(vae, unet.config.in_channels, model, what, "UNet")
     return TextConditionalModel(unet, text_encoder, tokenizer, latents,
-                                alphas_cumprod_from_config(config), device, dtype, model, config)
+                                ddpm_alphas_cumprod(config), device, dtype, model, config)

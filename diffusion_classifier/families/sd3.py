@@ -124,7 +124,7 @@ def load_sd3(model: str, device: torch.device | str = "cpu", dtype: torch.dtype 
     require_components(index, model, what, ("transformer", "text_encoder", "text_encoder_2", "tokenizer",
                                             "tokenizer_2", "scheduler"))
     config = scheduler_config(model, what)
-    objective_from_config(config)
+    objective_from_config(config, image_seq_len=1)  # a resolution-dependent shift is set per image size when scoring
     transformer = frozen(load_part(SD3Transformer2DModel, model, what, subfolder="transformer", torch_dtype=dtype), device)
     set_attention(transformer, attention)
     encoders, tokenizers = [], []

@@ -149,7 +149,7 @@ def adaptive_classify(
     """Staged pruning for several images at once; each image is pruned exactly as if it ran alone.
 
     With `weights` (T,) positive, candidates are ranked by their weighted mean error mean(w(t)·e); with `shift`
-    (n_candidates,), by that mean plus the candidate's shift (class offsets, calibration.score_shift).
+    (n_candidates,), by that mean plus the candidate's shift (class offsets, class_offsets.ClassOffsets.shift).
 
     `evaluate(jobs)` returns one error per job (J,). All images' jobs of a stage go to one call, so
     the engine can pack them into full batches.

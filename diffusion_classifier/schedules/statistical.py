@@ -170,7 +170,7 @@ def prune_or_settle(errors: torch.Tensor, z, t: torch.Tensor | None = None, vari
     indifference zone of the statistical schedule's `epsilon`); with `log_errors` (errors that are logs, as
     --loss log_l2 gives) the bound is -epsilon itself: a ratio of geometric mean errors within about epsilon of 1.
     `shift` (K,): a constant added to each candidate's errors before they are compared (class offsets,
-    calibration.score_shift); the zone stays relative to the leader's own mean error."""
+    class_offsets.ClassOffsets.shift); the zone stays relative to the leader's own mean error."""
     k, n = errors.shape
     if n < 2:
         return torch.ones(k, dtype=torch.bool), False
@@ -248,7 +248,7 @@ def statistical_classify(
     mean error (module docstring: the indifference zone); its survivors are then the leader alone.
     `spending` shares delta over the looks (look_alpha). `log_errors`: the errors are logs (prune_or_settle's zone).
     `shift` (n_candidates,): added to each candidate's (weighted) errors in every comparison and in the final
-    ranking (class offsets, calibration.score_shift); records keep the raw errors.
+    ranking (class offsets, class_offsets.ClassOffsets.shift); records keep the raw errors.
     """
     if z <= 0:
         raise InputError(f"z must be positive, got {z}")
@@ -345,8 +345,8 @@ def make_schedule(schedule: str, to_keep, n_samples, n_trials: int = 1, z: float
 
     `delta` (statistical only) selects the anytime-valid threshold instead of the fixed z; `weights` (T,)
     makes either schedule decide on weighted errors w(t)·e; `shift` (K,) adds a constant to each candidate's errors
-    in every decision (class offsets, calibration.score_shift). Settings not given: rule_settings. `loss` tells the
-    indifference zone whether the errors are logs (log_l2).
+    in every decision (class offsets, class_offsets.ClassOffsets.shift). Settings not given: rule_settings. `loss`
+    tells the indifference zone whether the errors are logs (log_l2).
     """
     if delta is not None and schedule != "statistical":
         raise InputError("--delta applies to --schedule statistical only")

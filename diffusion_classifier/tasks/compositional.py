@@ -16,13 +16,12 @@ from typing import Callable, Sequence
 import torch
 
 from ..data.compositional import IMAGE, TEXT, Item
-from ..data.entries import short
 from ..data.images import Unreadable, UnreadableImageError
 from ..engine import Jobs, Scorer, cat_conditions
-from ..errors import InputError
 from ..loop import LoopStats
 from .candidates import accuracy_by, candidate_scores, run_items_once, unique_ids
 from .grounding import candidate_evaluator
+from .matching import check_same_inputs
 
 RECORD_KEYS = ("id", "task", "kind", "pred", "label", "correct")
 
@@ -108,15 +107,10 @@ def open_items(by_id: dict[str, Item], position: dict, ids: list[str]) -> tuple[
 
 def record_matches(by_id: dict[str, Item], path, record: dict) -> None:
     """InputError when a record's captions or label are not its item's now: the data was edited since it was scored,
-    and the record would be counted for an item it was not computed on."""
+    and the record would be counted for an item it was not computed on (matching.check_same_inputs)."""
     item = by_id.get(record["id"])
-    if item is None or (list(record.get("captions", item.captions)) == list(item.captions)
-                        and record["label"] == item.label):
-        return
-    raise InputError(f"{path} was scored for item {item.id!r} with captions {short(list(record.get('captions', [])))} "
-                     f"and label {record['label']}, but the data now gives {short(list(item.captions))} and label "
-                     f"{item.label}: the data changed since this run began; delete that record to score the item "
-                     f"again, or use another --log_dir or --extra")
+    if item is not None:
+        check_same_inputs(path, "item", item.id, record, {"captions": list(item.captions), "label": item.label})
 
 
 def run_items(items: Sequence[Item], folder: str | os.PathLike, score_item: Callable[[Item, list], dict],

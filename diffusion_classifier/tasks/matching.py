@@ -9,9 +9,12 @@ Two comparisons, both on the same (t, ε) for every pair (Li et al. 2023, Sec. 3
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from ..data.entries import short
 from ..engine import Jobs, Scorer
 from ..errors import InputError
 from ..noise import periodic_noise_rows
@@ -91,3 +94,24 @@ def null_normalized_errors(scorer: Scorer, latents: torch.Tensor, conds, jobs: J
     both = Jobs.cat([jobs, Jobs(jobs.image, torch.full_like(jobs.cond, null), jobs.t, jobs.noise)])
     raw = scorer.evaluate(latents, conds, both, loss).float().reshape(2, len(jobs)).T  # (J, 2)
     return raw[:, 0] - raw[:, 1], raw.contiguous()
+
+
+def _plain(value):
+    """A tuple as a list: a tuple and a list of the same values are the same input."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_same_inputs(path: Path, noun: str, key, record: dict, now: dict) -> None:
+    """InputError when `record` (at `path`, of the `noun` `key`) holds one of the inputs `now` ({name: what the data
+    gives now}) with another value: the data changed since it was scored, and it would be counted for inputs it was
+    not computed on. An input the record lacks (a record written before it was stored) passes; a task's `check`."""
+    scored = {name: record[name] for name in now if name in record}
+    if all(_plain(value) == _plain(now[name]) for name, value in scored.items()):
+        return
+
+    def inputs(values: dict) -> str:
+        return " and ".join(f"{name} {short(_plain(value), 200)}" for name, value in values.items())
+
+    raise InputError(f"{path} was scored for {noun} {key!r} with {inputs(scored)}, but the data now gives "
+                     f"{inputs({name: now[name] for name in scored})}: the data changed since this run began; delete "
+                     f"that record to score the {noun} again, or use another --log_dir or --extra")

@@ -64,8 +64,8 @@ def schedule_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> NoiseSchedule:
 
 
 def l2_map(b: Batch) -> torch.Tensor:
-    """Per-pixel squared error averaged over channels: (B, H, W)."""
-    return (b.eps_hat - b.eps).pow(2).mean(1)
+    """Per-pixel squared error (in the objective's error space) averaged over channels: (B, H, W)."""
+    return (b.pred - b.target).pow(2).mean(1)
 
 
 def vb_reducer(schedule: NoiseSchedule) -> Callable[[Batch], torch.Tensor]:
@@ -83,11 +83,11 @@ def make_reducer(mode: str, schedule: NoiseSchedule | None = None,
                  store_dtype: torch.dtype = torch.float32) -> Callable[[Batch], torch.Tensor]:
     """The per-job reducer of a record kind; ε̂ and raw outputs are kept in `store_dtype` (the model's)."""
     if mode == "l2":
-        return lambda b: denoising_error(b.eps, b.eps_hat, "l2")  # (B,)
+        return lambda b: denoising_error(b.target, b.pred, "l2")  # (B,), in the objective's error space
     if mode == "spatial":
         return l2_map  # (B, H, W)
     if mode == "eps":
-        return lambda b: b.eps_hat.to(store_dtype)  # (B, C, H, W)
+        return lambda b: b.pred.to(store_dtype)  # (B, C, H, W): ε̂ (a v or x0 output converted)
     if mode == "eps_and_var":
         return lambda b: b.out.to(store_dtype)  # (B, C', H, W)
     if mode == "vb":

@@ -20,7 +20,7 @@ from ..data.winoground import WinogroundExample
 from ..engine import Scorer
 from ..errors import InputError
 from ..loop import LoopStats, RecordLoop
-from .matching import as_array, mean_scores, null_normalized, pair_errors
+from .matching import as_array, check_same_inputs, mean_scores, null_normalized, pair_errors
 
 TAG_ORDER = ("Overall", "Object", "Relation", "Both")
 KINDS = ("text", "image", "group")
@@ -136,6 +136,14 @@ def record_problem(record) -> str | None:
     return None
 
 
+def record_matches(by_id: dict[int, WinogroundExample], path, record: dict) -> None:
+    """InputError when a record's captions are not its example's now (another or an edited copy of the data under the
+    same run folder); records written before captions were stored resume (matching.check_same_inputs)."""
+    ex = by_id.get(record["id"])
+    if ex is not None:
+        check_same_inputs(path, "example", int(ex.id), record, {"captions": [ex.caption_0, ex.caption_1]})
+
+
 def open_examples(by_id: dict[int, WinogroundExample], ids: list[int]) -> tuple[list, list]:
     """([(id, (example, [image_0, image_1]))] decoded, [(id, Unreadable)] whose image cannot be decoded)."""
     loaded, bad = [], []
@@ -152,18 +160,20 @@ def run_examples(examples: list[WinogroundExample], folder: str | os.PathLike,
                  score_example: Callable[[WinogroundExample, list], dict], desc: str = "",
                  show_progress: bool = True, skip_unreadable: bool = False,
                  unreadable: list[Unreadable] = ()) -> LoopStats:
-    """Score the examples without a record in `folder`, saving {id, tag, scores, ...} atomically each.
+    """Score the examples without a record in `folder`, saving {id, tag, captions, scores, ...} atomically each.
 
     `score_example(ex, images)` returns at least `scores` (2, 2) [caption, image]. The returned stats hold
     every example's record in `records` (id -> record; finished ones are read back, not recomputed), the
-    examples held by other processes waited for. Unreadable images as in loop.RecordLoop.
+    examples held by other processes waited for. A record scored on other captions than its example's now
+    is refused (record_matches). Unreadable images as in loop.RecordLoop.
     """
     by_id = {int(ex.id): ex for ex in examples}
-    with RecordLoop(folder, partial(record_file, folder), record_problem, unit="examples", desc=desc,
-                    show_progress=show_progress, skip_unreadable=skip_unreadable, unreadable=unreadable,
-                    collect=True) as loop:
+    with RecordLoop(folder, partial(record_file, folder), record_problem, partial(record_matches, by_id),
+                    unit="examples", desc=desc, show_progress=show_progress, skip_unreadable=skip_unreadable,
+                    unreadable=unreadable, collect=True) as loop:
         for [(i, (ex, images))] in loop.groups(by_id, partial(open_examples, by_id), wait=True):
-            record = {"id": int(ex.id), "tag": ex.collapsed_tag, **score_example(ex, images)}
+            record = {"id": int(ex.id), "tag": ex.collapsed_tag, "captions": [ex.caption_0, ex.caption_1],
+                      **score_example(ex, images)}
             assert tuple(record["scores"].shape) == (2, 2), record["scores"].shape
             loop.save(i, record)
     return loop.stats

@@ -82,7 +82,8 @@ def _digits() -> TrainingData:
         name="digits", title="scikit-learn's handwritten digits", classnames=tuple(CLASSNAMES), templates=templates,
         words=tuple(CLASSNAMES), size=NATIVE_SIZE, load=_digits_train,
         split_note="the project's fixed split (`diffusion_classifier/digits.py`), **train split only**",
-        folders={"sd": "digits-sd", "sd-v": "digits-sd-v", "dit": "digits-dit", "flow": "tiny-flow"},
+        folders={"sd": "digits-sd", "sd-v": "digits-sd-v", "sd-flow": "digits-sd-flow", "dit": "digits-dit",
+                 "flow": "tiny-flow"},
     )
 
 
@@ -100,7 +101,8 @@ def _fashion() -> TrainingData:
         name="fashion_mnist", title="Fashion-MNIST (Zalando)", classnames=tuple(CLASSNAMES), templates=templates,
         words=words, size=NATIVE_SIZE, load=_fashion_train,
         split_note="the original split, **train split only** (the 10,000 test images are never trained on)",
-        folders={"sd": "fashion-sd", "sd-v": "fashion-sd-v", "dit": "fashion-dit", "flow": "fashion-flow"},
+        folders={"sd": "fashion-sd", "sd-v": "fashion-sd-v", "sd-flow": "fashion-flow-unet", "dit": "fashion-dit",
+                 "flow": "fashion-flow"},
     )
 
 

@@ -1,5 +1,8 @@
-"""digits-sd and its v-prediction variant: a text-conditioned UNet2DConditionModel + CLIPTextModel with our own
-character-level tokenizer, trained on varied digit captions and saved in the Stable Diffusion pipeline layout."""
+"""digits-sd, fashion-sd and their variants: a text-conditioned UNet2DConditionModel + CLIPTextModel with our own
+character-level tokenizer, trained on varied captions and saved in the Stable Diffusion pipeline layout. The
+variants change the objective alone: v targets (`sd-v`), or rectified flow (`sd-flow`: x_t = (1-σ)x0 + σε, the
+UNet given σ·1000 predicts ε - x0, a FlowMatchEulerDiscreteScheduler in the folder), so a flow model and a DDPM
+model of one architecture, data and budget can be compared."""
 from __future__ import annotations
 
 import json
@@ -13,6 +16,7 @@ from .cards import EVAL_PROTOCOL, card_data_line, card_measured, retrain_command
 from .common import CAPTION_DROP, MAX_LENGTH, Checkpointing, build_tokenizer, caption_sampler, count_params, fit, folder_size, train_images, warm_start
 from .data import DIGITS, TrainingData, training_data
 from .ddpm import BETA_RANGES, DdpmNoising, make_scheduler, training_objective
+from .flow import FlowNoising
 
 # Committed settings per training data. `channels`: the UNet's block_out_channels, one level per entry, every
 # level a DownBlock2D but the last, a CrossAttnDownBlock2D (the 28x28 model stays at >= 500 evaluations/s on two
@@ -25,7 +29,8 @@ DATA_DEFAULTS = {
     "fashion_pairs": dict(steps=3000, batch=128, lr=1e-3, beta_schedule="scaled_linear", channels=(16, 32, 64, 64)),
 }
 ARCH = ("channels",)
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
+FLOW_SHIFT = 1.0  # sd-flow: no shift of σ towards noise (a 28x28 image loses its signal early already; fashion-flow's)
 MEASURED = {
     "epsilon": (
         EVAL_PROTOCOL + "\n\n| prompts | l2 | l1 |\n| --- | --- | --- |\n"
@@ -36,6 +41,7 @@ MEASURED = {
         "Measured on the whole digits test split (359 images) through the toolkit, whose errors are in eps-space\n"
         "(the v output converted to eps); see the README's digits table (`python benchmarks/digits_accuracy.py`)."
     ),
+    "flow": "Measured through the toolkit (errors in ε-space, the flow default); see docs/fashion-mnist.md.",
 }
 
 
@@ -85,9 +91,27 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
                          f"{prediction_type} targets")
     if prediction_type not in PREDICTION_TYPES:
         raise InputError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    scheduler = make_scheduler(beta_schedule, "fixed_small", clip_sample=False, steps_offset=1,  # what StableDiffusionPipeline expects
-                               prediction_type=prediction_type)
-    objective = training_objective(scheduler)  # eps or v = sqrt(ᾱ_t) eps - sqrt(1-ᾱ_t) x0 as the target
+    if prediction_type == "flow":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
+        noising = FlowNoising(FLOW_SHIFT)  # σ from SD3's logit-normal density, x_t = (1-σ)x0 + σε
+
+        def model_output(xt, t, ctx):  # the UNet is given the timestep σ·1000, as the flow pipelines give it
+            return unet(xt, t * scheduler.config.num_train_timesteps, encoder_hidden_states=ctx).sample
+
+        def target_pair(out_t, x0, xt, eps, t):
+            return out_t, eps - x0  # the velocity
+    else:
+        scheduler = make_scheduler(beta_schedule, "fixed_small", clip_sample=False, steps_offset=1,  # what StableDiffusionPipeline expects
+                                   prediction_type=prediction_type)
+        objective = training_objective(scheduler)  # eps or v = sqrt(ᾱ_t) eps - sqrt(1-ᾱ_t) x0 as the target
+        noising = DdpmNoising(objective)
+
+        def model_output(xt, t, ctx):
+            return unet(xt, t, encoder_hidden_states=ctx).sample
+
+        target_pair = objective.compare
     x_all, y_all = train_images(data) if images is None else images
 
     prompts, draw_caption = caption_sampler(gen, data)  # row c*K+k, last = ""
@@ -96,10 +120,10 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
     def losses(x0, row, t, eps, xt) -> dict[str, torch.Tensor]:
         uniq, inverse = torch.unique(row, return_inverse=True)  # encode each distinct prompt of the batch once
         ctx = text_encoder(ids[uniq]).last_hidden_state  # (P, L, D)
-        out_t = unet(xt, t, encoder_hidden_states=ctx[inverse]).sample
-        return {"loss": F.mse_loss(*objective.compare(out_t, x0, xt, eps, t))}  # output against its target
+        out_t = model_output(xt, t, ctx[inverse])
+        return {"loss": F.mse_loss(*target_pair(out_t, x0, xt, eps, t))}  # output against its target
 
-    avg, wall = fit([unet, text_encoder], (x_all, y_all), DdpmNoising(objective), steps, batch, lr, gen, out.name,
+    avg, wall = fit([unet, text_encoder], (x_all, y_all), noising, steps, batch, lr, gen, out.name,
                     draw_caption, losses, checkpoint=checkpoint, parts=data.parts, item_classes=len(data.words))
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
@@ -108,7 +132,7 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
     index = {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "scheduler": ["diffusers", type(scheduler).__name__], "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": [None, None],
     }
@@ -124,7 +148,8 @@ def train_sd(out: Path, steps: int, batch: int, lr: float, beta_schedule: str, s
 def sd_flags(s: dict) -> str:
     """The retrain command's UNet flags."""
     channels = s.get("channels", DEFAULTS["channels"])
-    return f" --beta-schedule {s['beta_schedule']} --channels {' '.join(map(str, channels))}"
+    betas = "" if s.get("prediction_type") == "flow" else f" --beta-schedule {s['beta_schedule']}"
+    return f"{betas} --channels {' '.join(map(str, channels))}"
 
 
 def write_sd_card(out: Path, s: dict) -> None:
@@ -134,10 +159,21 @@ def write_sd_card(out: Path, s: dict) -> None:
     data = training_data(s.get("data", "digits"))
     examples = ", ".join(f"`{c}`" for c in data.captions_for(7)[::3])
     blocks = " + ".join(["DownBlock2D"] * (len(channels) - 1) + ["CrossAttnDownBlock2D"])
-    v = s.get("prediction_type", "epsilon") == "v_prediction"
+    kind = s.get("prediction_type", "epsilon")
+    v = kind == "v_prediction"
     objective = ("v prediction (target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0; otherwise the recipe of digits-sd)"
                  if v else "epsilon prediction")
     loss = "v MSE" if v else "eps MSE"
+    schedule = f"""DDPM, 1000 steps, `{s["beta_schedule"]}` betas {b0}..{b1}, {objective}
+  (chosen over `linear` 1e-4..0.02, which destroys an 8x8 image earlier: on a short-trained (2000-3000 steps)
+  digits-dit, `scaled_linear` classified better, 89.7% vs 88.0%; not measured on this model)."""
+    timesteps = "uniform timesteps"
+    if kind == "flow":
+        schedule = (f"rectified flow (`FlowMatchEulerDiscreteScheduler`, 1000 training timesteps, shift "
+                    f"{s.get('shift', FLOW_SHIFT):g}): x_t = (1 - sigma) x0 + sigma eps, the UNet is given the timestep "
+                    f"1000 sigma and predicts the velocity eps - x0; everything else is the recipe of the epsilon model "
+                    f"of this data, so the two differ in their objective alone.")
+        loss, timesteps = "velocity MSE (target eps - x0)", "sigma = sigmoid(n), n ~ N(0, 1) (SD3's logit-normal density)"
     text = f"""# {out.name}
 
 A tiny text-conditioned pixel-space diffusion model in the Stable Diffusion pipeline layout, trained by
@@ -155,23 +191,21 @@ A tiny text-conditioned pixel-space diffusion model in the Stable Diffusion pipe
   merges that make each word of the training captions one token. Other lowercase text still encodes, letter by letter.
 - **Captions**: per sample, one of {len(data.templates)} wordings (e.g. {examples}; the first is the wording of
   the dataset's prompts CSV), and the empty caption with probability {CAPTION_DROP} (so `""` scores unconditionally).
-- **Schedule**: DDPM, 1000 steps, `{s["beta_schedule"]}` betas {b0}..{b1}, {objective}
-  (chosen over `linear` 1e-4..0.02, which destroys an 8x8 image earlier: on a short-trained (2000-3000 steps)
-  digits-dit, `scaled_linear` classified better, 89.7% vs 88.0%; not measured on this model).
+- **Schedule**: {schedule}
 - **Training**: {s["steps"]} steps, batch {s["batch"]}, AdamW lr {s["lr"]} (100 warmup steps, cosine to 5%),
   weight decay 0.01, grad-norm clip 1, EMA 0.999 of the weights (saved), seed {s["seed"]}, CPU ({s["threads"]} thread(s)).
-  Loss: {loss} with uniform timesteps. Final loss (moving average of the training loss): {s["loss"]:.4f}.
+  Loss: {loss} with {timesteps}. Final loss (moving average of the training loss): {s["loss"]:.4f}.
   Wall time: {s["wall"] / 60:.1f} min.{warm_card_lines(s)}
 - **Weights**: safetensors, {s["bytes"] / 1e6:.2f} MB.
 
 ## Test accuracy (Diffusion Classifier)
 
-{card_measured(s, MEASURED[s.get("prediction_type", "epsilon")])}
+{card_measured(s, MEASURED[kind])}
 
 ## Retrain
 
 ```
-{retrain_commands("sd-v" if v else "sd", s, sd_flags)}
+{retrain_commands({"v_prediction": "sd-v", "flow": "sd-flow"}.get(kind, "sd"), s, sd_flags)}
 ```
 """
     (out / "README.md").write_text(text)
