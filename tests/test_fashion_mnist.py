@@ -182,6 +182,10 @@ def test_shipped_fashion_models_resolve_by_name_and_load_at_28_pixels():
     flow = load_model(SD_VERSIONS["fashion-flow"])  # --version fashion-flow: SD3 layout, flow matching, no T5
     assert flow.native_size == 28 and flow.make_objective(flow.latent_shape(28)).prediction_type == "flow"
     assert json.loads((Path(SD_VERSIONS["fashion-flow"]) / "heldout_train.json").read_text())["per_class"] == 500
+    unet_flow = load_model(SD_VERSIONS["fashion-flow-unet"])  # fashion-sd's layout, the flow objective
+    assert unet_flow.family == "sd" and unet_flow.make_objective(unet_flow.latent_shape(28)).prediction_type == "flow"
+    assert json.loads((Path(SD_VERSIONS["fashion-flow-unet"]) / "heldout_train.json").read_text()) == \
+        json.loads((Path(SD_VERSIONS["fashion"]) / "heldout_train.json").read_text())  # the same held-out images
     dit = load_class_conditional(resolve_dit_model(256, "fashion"))
     assert dit.num_classes == 10 and dit.native_size == 28 and dit.learned_variance
     assert [dit.id2label[i] for i in range(10)] == fashion_mnist.CLASSNAMES

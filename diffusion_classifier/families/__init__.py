@@ -57,6 +57,7 @@ SD_VERSIONS = {
     "tiny-flow": str(TINY_MODELS / "tiny-flow"),  # flow matching, SD3 layout, pixel space
     "fashion": str(TINY_MODELS / "fashion-sd"),  # Fashion-MNIST, 28x28 pixels
     "fashion-flow": str(TINY_MODELS / "fashion-flow"),  # Fashion-MNIST, flow matching, SD3 layout, 28x28 pixels
+    "fashion-flow-unet": str(TINY_MODELS / "fashion-flow-unet"),  # fashion-sd's UNet and recipe, flow matching
     "fashion-pairs": str(TINY_MODELS / "fashion-pairs"),  # two Fashion-MNIST items side by side, 28x56 pixels
 }
 
