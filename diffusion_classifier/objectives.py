@@ -49,6 +49,13 @@ def _check_error_space(error_space: str | None, default: str) -> str:
     return error_space
 
 
+def _check_timestep_type(timestep_type: str) -> str:
+    if timestep_type not in DDPM_TIMESTEP_TYPES:
+        raise InputError(f"unknown timestep_type {timestep_type!r} in the scheduler config; expected one of "
+                         f"{', '.join(DDPM_TIMESTEP_TYPES)}")
+    return timestep_type
+
+
 class DDPMObjective:
     """x_t = sqrt(ᾱ)x0 + sqrt(1-ᾱ)ε (DDPM eq. 4); outputs ε, v or x0, compared in ε-space by default.
 
@@ -61,10 +68,7 @@ class DDPMObjective:
         if prediction_type not in DDPM_PREDICTIONS:
             raise InputError(f"unknown prediction type {prediction_type!r} in the scheduler config; expected one of "
                              f"{', '.join(DDPM_PREDICTIONS)}")
-        if timestep_type not in DDPM_TIMESTEP_TYPES:
-            raise InputError(f"unknown timestep_type {timestep_type!r} in the scheduler config; expected one of "
-                             f"{', '.join(DDPM_TIMESTEP_TYPES)}")
-        self.timestep_type = timestep_type  # 'continuous': the network is given ¼·log σ_t (model_timesteps)
+        self.timestep_type = _check_timestep_type(timestep_type)  # 'continuous': the network is given ¼·log σ_t (model_timesteps)
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod).to(torch.float64)  # (T,)
         self.prediction_type = prediction_type
         self.error_space = _check_error_space(error_space, "eps")
@@ -229,10 +233,7 @@ def default_error_space(config: dict) -> str:
 def ddpm_timestep_type(config: dict) -> str:
     """'continuous' where the scheduler gives the network ¼·log σ instead of t (EulerDiscreteScheduler with
     timestep_type 'continuous' and v-prediction, as diffusers decides it), else 'discrete'."""
-    kind = config.get("timestep_type") or "discrete"
-    if kind not in DDPM_TIMESTEP_TYPES:
-        raise InputError(f"unknown timestep_type {kind!r} in the scheduler config; expected one of "
-                         f"{', '.join(DDPM_TIMESTEP_TYPES)}")
+    kind = _check_timestep_type(config.get("timestep_type") or "discrete")
     return "continuous" if kind == "continuous" and config.get("prediction_type") == "v_prediction" else "discrete"
 
 

@@ -206,40 +206,38 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
     path = Path(folder) / MANIFEST
     settings = json.loads(json.dumps(settings))  # normalise tuples, paths
     numerics = json.loads(json.dumps(numerics or {}))
-    if not path.is_file():  # created exclusively: of two runs starting this folder at once, the second is checked
-        if write_json(path, {"settings": settings, **({"numerics": numerics} if numerics else {}), **(info or {})},
-                      exclusive=True):
-            return
-    if path.is_file():
-        try:
-            manifest = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"{path} is not valid JSON ({first_line(e)}); it records the settings of the run's records: "
-                             f"restore it, or move the folder aside to start a new run") from None
-        manifest = manifest if isinstance(manifest, dict) else {}
-        old = manifest.get("settings", {})
-        recorded = dict(manifest.get("numerics") or {})
-        if "dtype" in manifest and "dtype" not in recorded:  # older folders kept the dtype beside the settings
-            recorded["dtype"] = manifest["dtype"]
-        diff = sorted(k for k in set(old) | set(settings)
-                      if k not in IMAGE_PICKS and _portable(old.get(k)) != _portable(settings.get(k)))
-        if not diff:  # a named setting that differs explains the numbers that follow from it (noise -> its digest)
-            diff = sorted(k for k in numerics if k in recorded and recorded[k] != numerics[k])
-        if diff == [WEIGHTS_KEY]:
-            raise InputError(f"{folder} holds records of other model weights (fingerprint {recorded[WEIGHTS_KEY]}; the "
-                             f"model's files now give {numerics[WEIGHTS_KEY]}): they changed since this run began; "
-                             f"use another --log_dir or --extra for the new weights, or restore the old ones")
-        if diff == [IMAGES_KEY]:
-            raise InputError(f"{folder} holds records of other images (image list {recorded[IMAGES_KEY]}; the dataset "
-                             f"now gives {numerics[IMAGES_KEY]}): another image folder, or files added, removed, renamed or "
-                             f"changed since this run began; records are by index, so use another --log_dir or --extra")
-        if diff:
-            both = {**old, **recorded}, {**settings, **numerics}
-            shown = "; ".join(f"{k}: folder {_short(both[0].get(k))}, command {_short(both[1].get(k))}" for k in diff)
-            raise InputError(f"{folder} holds a run made with other settings ({len(diff)} differ: {shown}); "
-                             f"re-run with the folder's settings, or use another --log_dir or --extra")
-        if any(k not in recorded for k in numerics):
-            write_json(path, {**manifest, "numerics": {**recorded, **numerics}})
+    if not path.is_file() and write_json(path, {"settings": settings, **({"numerics": numerics} if numerics else {}),
+                                               **(info or {})}, exclusive=True):
+        return  # created exclusively: of two runs starting this folder at once, the second is checked below
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({first_line(e)}); it records the settings of the run's records: "
+                         f"restore it, or move the folder aside to start a new run") from None
+    manifest = manifest if isinstance(manifest, dict) else {}
+    old = manifest.get("settings", {})
+    recorded = dict(manifest.get("numerics") or {})
+    if "dtype" in manifest and "dtype" not in recorded:  # older folders kept the dtype beside the settings
+        recorded["dtype"] = manifest["dtype"]
+    diff = sorted(k for k in set(old) | set(settings)
+                  if k not in IMAGE_PICKS and _portable(old.get(k)) != _portable(settings.get(k)))
+    if not diff:  # a named setting that differs explains the numbers that follow from it (noise -> its digest)
+        diff = sorted(k for k in numerics if k in recorded and recorded[k] != numerics[k])
+    if diff == [WEIGHTS_KEY]:
+        raise InputError(f"{folder} holds records of other model weights (fingerprint {recorded[WEIGHTS_KEY]}; the "
+                         f"model's files now give {numerics[WEIGHTS_KEY]}): they changed since this run began; "
+                         f"use another --log_dir or --extra for the new weights, or restore the old ones")
+    if diff == [IMAGES_KEY]:
+        raise InputError(f"{folder} holds records of other images (image list {recorded[IMAGES_KEY]}; the dataset "
+                         f"now gives {numerics[IMAGES_KEY]}): another image folder, or files added, removed, renamed or "
+                         f"changed since this run began; records are by index, so use another --log_dir or --extra")
+    if diff:
+        both = {**old, **recorded}, {**settings, **numerics}
+        shown = "; ".join(f"{k}: folder {_short(both[0].get(k))}, command {_short(both[1].get(k))}" for k in diff)
+        raise InputError(f"{folder} holds a run made with other settings ({len(diff)} differ: {shown}); "
+                         f"re-run with the folder's settings, or use another --log_dir or --extra")
+    if any(k not in recorded for k in numerics):
+        write_json(path, {**manifest, "numerics": {**recorded, **numerics}})
 
 
 SHIPPED = re.compile(r"^.*[/\\](diffusion_classifier[/\\]tiny_models[/\\][^/\\]+)[/\\]?$")

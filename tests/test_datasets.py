@@ -540,10 +540,10 @@ def test_stl10_copy_of_the_wrong_size_is_named_without_hashing(tmp_path, monkeyp
 def test_stl10_copy_of_the_right_size_with_a_wrong_md5(tmp_path, monkeypatch):
     from torchvision import datasets as tvd
 
-    from diffusion_classifier.data import datasets as dsmod
+    from diffusion_classifier.data import integrity
 
     folder = _fake_stl10(tmp_path)
-    monkeypatch.setitem(dsmod._KNOWN_SIZES, tvd.STL10, {f.name: f.stat().st_size for f in folder.glob("*.bin")})
+    monkeypatch.setitem(integrity._KNOWN_SIZES, tvd.STL10, {f.name: f.stat().st_size for f in folder.glob("*.bin")})
     monkeypatch.setattr(tvd.STL10, "train_list", [[f, _md5(folder / f)] for f, _ in tvd.STL10.train_list])
     monkeypatch.setattr(tvd.STL10, "test_list", [[f, _md5(folder / f)] for f, _ in tvd.STL10.test_list])
     assert len(get_dataset("stl10", tmp_path, "test")) == 2  # the intact fake copy loads

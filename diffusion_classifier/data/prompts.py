@@ -225,8 +225,9 @@ def check_names(table: PromptTable, class_names: Sequence[str], source: str = ""
     for c, n in enumerate(class_names):
         key = _norm_name(n)
         index[key] = None if key in index else c  # a shared name points at no one class
-    wrong = [(row, n, c, index[_norm_name(n)]) for row, (n, c) in enumerate(zip(table.classnames, table.classidx), 1)
-             if n and index.get(_norm_name(n)) is not None and index[_norm_name(n)] != c]
+    named = [(row, n, c, index.get(_norm_name(n)) if n else None)
+             for row, (n, c) in enumerate(zip(table.classnames, table.classidx), 1)]
+    wrong = [(row, n, c, want) for row, n, c, want in named if want is not None and want != c]
     if wrong:
         rows = ", ".join(f"data row {row} names {n!r} with classidx {c}, but {n!r} is class {want}"
                          for row, n, c, want in wrong[:3]) + (", ..." if len(wrong) > 3 else "")
