@@ -30,7 +30,9 @@ from diffusion_classifier.cli import (
     statistical_options,
 )
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.data.datasets import dit_transform, images_digest, subset_indices
+from diffusion_classifier.data.datasets import images_digest
+from diffusion_classifier.data.subsets import subset_indices
+from diffusion_classifier.data.transforms import dit_transform
 from diffusion_classifier.data.images import drop_unreadable
 from diffusion_classifier.data.registry import (
     candidate_classes,

@@ -12,7 +12,7 @@ import torch
 from diffusion_classifier.baselines import CLIP_VERSIONS, OPENCLIP_VERSION, load_baseline
 from diffusion_classifier.cli import RESIZE_HELP, add_img_size_arg, positive_int, seed_int
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.data.datasets import INTERPOLATIONS, sd_transform
+from diffusion_classifier.data.transforms import INTERPOLATIONS, sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message
 from diffusion_classifier.data.winoground import find_unreadable_examples, how_to_obtain, load_winoground
 from diffusion_classifier.engine import Scorer

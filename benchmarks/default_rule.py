@@ -76,7 +76,7 @@ def make_set(name: str):
     from diffusion_classifier.data.prompts import DATASET_PROMPTS
 
     if name == "digits10":
-        from diffusion_classifier.data.datasets import stratified_indices
+        from diffusion_classifier.data.subsets import stratified_indices
         from diffusion_classifier.data.digits import load_digits_arrays
 
         images, labels = load_digits_arrays("train")

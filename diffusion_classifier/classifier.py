@@ -47,7 +47,7 @@ def probabilities(mean_errors: torch.Tensor, temperature: float) -> torch.Tensor
 def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubic", adm_crop: bool = False) -> torch.Tensor:
     """PIL image(s) -> (N, 3, S, S) (or (N, 3, H, W) for size (H, W)) in [-1, 1] (data.datasets.sd_transform, or
     DiT's dit_transform with `adm_crop`); tensors are taken as already preprocessed."""
-    from .data.datasets import dit_transform, sd_transform
+    from .data.transforms import dit_transform, sd_transform
 
     if isinstance(images, torch.Tensor):
         images = images.unsqueeze(0) if images.dim() == 3 else images

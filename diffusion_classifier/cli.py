@@ -242,7 +242,7 @@ def add_candidate_args(parser, defaults: dict, unit: str) -> None:
 
     `defaults` holds the measured to_keep, n_samples and loss; `unit` names the items in the help ("queries").
     """
-    from .data.datasets import INTERPOLATIONS
+    from .data.transforms import INTERPOLATIONS
     from .engine import LOSSES
 
     parser.add_argument("--to_keep", nargs="+", type=positive_int, default=defaults["to_keep"],

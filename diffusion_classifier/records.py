@@ -211,6 +211,12 @@ def check_manifest(folder: str | Path, settings: dict, info: dict | None = None,
         return  # created exclusively: of two runs starting this folder at once, the second is checked below
     try:
         manifest = json.loads(path.read_text())
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, where the run's settings file belongs; move it aside, or use another "
+                         f"--log_dir") from None
+    except PermissionError:
+        raise InputError(f"{path} cannot be read (permission denied); it records the settings of the run's records: "
+                         f"make it readable, or use another --log_dir") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is not valid JSON ({first_line(e)}); it records the settings of the run's records: "
                          f"restore it, or move the folder aside to start a new run") from None

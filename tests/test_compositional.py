@@ -28,7 +28,7 @@ from diffusion_classifier.data.compositional import (
     read_sugarcrepe,
     read_whatsup,
 )
-from diffusion_classifier.data.datasets import sd_transform
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.digits import DigitsDataset
 from diffusion_classifier.engine import Jobs, Scorer, cat_conditions
 from diffusion_classifier.errors import InputError

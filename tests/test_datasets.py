@@ -4,7 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_classifier.data.datasets import IMAGENET_WNIDS, RemappedLabels, adm_center_crop, align_labels, dit_transform, imagenet_a_indices, objectnet_imagenet_indices, sd_transform, subset_indices
+from diffusion_classifier.data.datasets import IMAGENET_WNIDS, RemappedLabels, align_labels, imagenet_a_indices, objectnet_imagenet_indices
+from diffusion_classifier.data.subsets import subset_indices
+from diffusion_classifier.data.transforms import adm_center_crop, dit_transform, sd_transform
 from diffusion_classifier.data.registry import DATASETS, get_dataset, num_classes
 from diffusion_classifier.data.digits import DigitsDataset
 from diffusion_classifier.data.prompts import dataset_prompts
@@ -373,7 +375,8 @@ def test_make_subset_writes_the_stratified_indices_of_a_split(tmp_path):
     import numpy as np
 
     from conftest import load_script
-    from diffusion_classifier.data.datasets import dataset_targets, stratified_indices
+    from diffusion_classifier.data.datasets import dataset_targets
+    from diffusion_classifier.data.subsets import stratified_indices
     from diffusion_classifier.data.registry import get_dataset
 
     out = load_script("scripts/make_subset.py").main(["--dataset", "digits", "--split", "test", "--per_class", "3",

@@ -140,7 +140,7 @@ def _setup(tiny, data, n_samples=6):
     shape = tiny.latent_shape(tiny.native_size)
     classify, rows = make_schedule("reference", [1], [n_samples], T=tiny.T)
     scorer = Scorer(tiny.denoiser, tiny.make_objective(shape), make_noise(rows, shape, 0), "cpu", torch.float32, 64)
-    from diffusion_classifier.data.datasets import sd_transform
+    from diffusion_classifier.data.transforms import sd_transform
 
     return query, scorer, classify, sd_transform(tiny.native_size)
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import eval_prob_dit  # noqa: E402
 from conftest import load_script  # noqa: E402
 from diffusion_classifier.schedules.staged import interval_timesteps  # noqa: E402
-from diffusion_classifier.data.datasets import dit_transform  # noqa: E402
+from diffusion_classifier.data.transforms import dit_transform  # noqa: E402
 from diffusion_classifier.data.digits import DigitsDataset  # noqa: E402
 from diffusion_classifier.tasks.per_class import (  # noqa: E402
     per_class_jobs,

@@ -176,6 +176,19 @@ def test_the_manifest_guards_settings_that_change_numbers_beyond_the_folder_name
         check_manifest(old, {"n_trials": 1}, numerics={**numerics, "images": "bbbb"})
 
 
+def test_a_manifest_that_is_a_folder_is_a_one_line_error_and_is_left_alone(tmp_path):
+    import pytest
+
+    from diffusion_classifier.errors import InputError
+    from diffusion_classifier.records import MANIFEST, check_manifest
+
+    (tmp_path / "run" / MANIFEST).mkdir(parents=True)
+    (tmp_path / "run" / MANIFEST / "kept.txt").write_text("x")
+    with pytest.raises(InputError, match=r"manifest\.json is a folder, where the run's settings file belongs"):
+        check_manifest(tmp_path / "run", {"n_trials": 1})
+    assert (tmp_path / "run" / MANIFEST / "kept.txt").read_text() == "x"
+
+
 def test_a_run_grows_across_subsets_but_not_across_settings(tmp_path):
     """--subset_path only picks images: a folder made on a subset takes the rest of the split, any other setting
     that differs is refused."""

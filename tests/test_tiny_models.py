@@ -7,7 +7,7 @@ import torch
 
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.schedules.staged import adaptive_classify
-from diffusion_classifier.data.datasets import sd_transform
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.digits import DigitsDataset, load_digits_arrays, split_indices
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError

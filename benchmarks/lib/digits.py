@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from diffusion_classifier.data.datasets import sd_transform
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.digits import DigitsDataset
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.noise import make_noise

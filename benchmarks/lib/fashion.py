@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_classifier.data.datasets import stratified_indices
+from diffusion_classifier.data.subsets import stratified_indices
 from diffusion_classifier.records import accuracy_summary
 from diffusion_classifier.training.common import HELDOUT_FILE  # written by scripts/train_tiny_models.py --holdout
 

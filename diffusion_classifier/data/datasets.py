@@ -1,4 +1,5 @@
-"""Dataset builders (torchvision, image folders, the shipped digits and Fashion-MNIST), transforms and subsets.
+"""Dataset builders (torchvision, image folders, the shipped digits and Fashion-MNIST), their labels and an image
+folder's digest. Transforms are in data/transforms.py, subsets in data/subsets.py (both re-exported here).
 
 A builder takes (root, the dataset's own split name, transform) and returns an (image, label) dataset with
 labels in the order of its prompts' classidx; data/registry.py names each one with its facts."""
@@ -10,24 +11,22 @@ import re
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-import torchvision.transforms as T
-from PIL import Image
 from torchvision import datasets as tvd
 
-from ..errors import InputError, MissingError, warn
-from .images import open_rgb, open_upright_rgb, to_8bit, to_rgb
+from ..errors import InputError, MissingError
+from .images import open_rgb, open_upright_rgb
 from .integrity import copy_problem
 from .prompts import DATA_DIR, DATASET_PROMPTS
-from .sizes import image_size
+from .subsets import stratified_indices, subset_indices
+from .transforms import INTERPOLATIONS, ADMCenterCrop, adm_center_crop, dit_transform, sd_transform
+
+__all__ = [  # re-exported: the transforms and subsets are importable from here too
+    "INTERPOLATIONS", "ADMCenterCrop", "adm_center_crop", "dit_transform", "sd_transform",
+    "stratified_indices", "subset_indices",
+]
 
 ROOT_HINT = "pass --dataset_root DIR or set DATASET_ROOT"
-INTERPOLATIONS = {
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "lanczos": T.InterpolationMode.LANCZOS,
-}
 
 _META = json.loads((DATA_DIR / "imagenet_meta.json").read_text(encoding="utf-8"))
 IMAGENET_WNIDS: list[str] = _META["wnids"]  # ImageNet-1k class order = sorted wnids
@@ -42,132 +41,6 @@ def objectnet_imagenet_indices() -> list[list[int]]:
     """For each of the 113 ObjectNet classes (label order), the ImageNet-1k indices that map to it."""
     mapping = _META["objectnet_imagenet_indices"]
     return [list(mapping[folder]) for folder in DATASET_PROMPTS["objectnet"].classnames]
-
-
-# ---------------------------------------------------------------- transforms
-
-
-class ADMCenterCrop:
-    """Transform form of adm_center_crop (a class, so that data-loader workers can pickle it)."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return adm_center_crop(to_rgb(img), self.size)
-
-
-def sd_transform(size: int | tuple[int, int], interpolation: str = "bicubic") -> Callable:
-    """Stable Diffusion pre-processing: resize, centre crop, RGB, [0, 1] tensor, then [-1, 1].
-
-    A square size S resizes the short side to S and crops the centre; (H, W) with H != W resizes to (H, W), no crop."""
-    if interpolation not in INTERPOLATIONS:
-        raise InputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    size = image_size(size)
-    crop = [T.CenterCrop(size)] if isinstance(size, int) else []  # (H, W): Resize gives exactly that size
-    return T.Compose([
-        to_8bit,  # deep greyscale images (16-bit, float) first: Resize takes 8-bit modes
-        T.Resize(size, interpolation=INTERPOLATIONS[interpolation]),
-        *crop,
-        to_rgb,
-        T.ToTensor(),
-        T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    ])
-
-
-def adm_center_crop(pil_image: Image.Image, size: int) -> Image.Image:
-    """ADM/DiT centre crop: halve with BOX while the short side >= 2*size, bicubic to short side = size, crop."""
-    while min(*pil_image.size) >= 2 * size:
-        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
-    scale = size / min(*pil_image.size)
-    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
-    arr = np.array(pil_image)
-    top = (arr.shape[0] - size) // 2
-    left = (arr.shape[1] - size) // 2
-    return Image.fromarray(arr[top:top + size, left:left + size])
-
-
-def dit_transform(size: int) -> Callable:
-    """DiT pre-processing: ADM centre crop, RGB, [0, 1] tensor, then [-1, 1]."""
-    return T.Compose([
-        ADMCenterCrop(size),
-        T.ToTensor(),
-        T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    ])
-
-
-# ---------------------------------------------------------------- subsets
-
-
-def _text_indices(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """(the integers of a text file (whitespace or commas between them, a JSON list's brackets allowed), None), or
-    (None, what it holds instead); (None, None) when it is not UTF-8 text."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return None, None
-    for n, line in enumerate(text.splitlines(), start=1):
-        bad = [t for t in line.replace(",", " ").replace("[", " ").replace("]", " ").split()
-               if not (t.isascii() and t.lstrip("-").isdigit())]
-        if bad:
-            return None, f"line {n} holds {bad[0][:40]!r}, not an integer index"
-    tokens = text.replace(",", " ").replace("[", " ").replace("]", " ").split()
-    if not tokens:
-        return None, "the file holds no indices"
-    return np.array([int(t) for t in tokens], dtype=np.int64), None
-
-
-def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:
-    """All indices 0..n-1, or the ones stored in a file: a .npy array (1-D integers, or floats holding integers) or
-    a text file of integers (one a line, or separated by spaces or commas), each in 0..n-1; an index given twice is
-    scored once."""
-    if subset_path is None:
-        return list(range(n))
-    path = Path(subset_path)
-    if not path.is_file():
-        raise MissingError(f"subset file not found: {path} (expected a .npy array or a text file of dataset indices)")
-    with open(path, "rb") as f:
-        is_npy = f.read(6) == b"\x93NUMPY"
-    arr, problem = (None, None) if is_npy else _text_indices(path)
-    if problem is not None:
-        raise InputError(f"{path}: {problem}; expected a 1-D integer array saved with numpy.save, or a text file of "
-                         f"integer indices (one a line, or separated by spaces or commas)")
-    if arr is None and not is_npy:
-        raise InputError(f"{path}: neither a .npy file (numpy's header is missing) nor UTF-8 text; expected a 1-D "
-                         f"integer array saved with numpy.save, or a text file of integer indices")
-    if arr is None:
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); expected a 1-D integer array saved with "
-                             f"numpy.save, or a text file of integer indices") from None
-    if (isinstance(arr, np.ndarray) and arr.ndim == 1 and np.issubdtype(arr.dtype, np.floating)
-            and np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-        arr = arr.astype(np.int64)  # indices saved as floats (3.0)
-    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise InputError(f"{path}: expected a 1-D integer array of indices, found shape {arr.shape} dtype {arr.dtype}")
-    if arr.size == 0:
-        raise InputError(f"{path}: the array holds no indices; expected at least one dataset index")
-    if arr.min() < 0 or arr.max() >= n:
-        raise InputError(
-            f"{path}: indices must lie in 0..{n - 1} for a dataset of {n} images, found {arr.min()}..{arr.max()}"
-        )
-    indices = list(dict.fromkeys(int(i) for i in arr))  # in the file's order, each once
-    if len(indices) < arr.size:
-        warn(f"{path}: {arr.size - len(indices)} repeated index(es); each image is scored once")
-    return indices
-
-
-def stratified_indices(labels, per_class: int, seed: int = 0) -> list[int]:
-    """per_class indices of every class in `labels`, chosen by a seeded permutation per class; sorted."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        out += idx[rng.permutation(len(idx))[:per_class]].tolist()
-    return sorted(out)
 
 
 # ---------------------------------------------------------------- datasets

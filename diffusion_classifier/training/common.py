@@ -144,7 +144,7 @@ def holdout_split(x: torch.Tensor, y: torch.Tensor, per_class: int, seed: int = 
     """((x, y) to train on, sorted indices held out): `per_class` images of every class of the given (train) split
     are held out, chosen as datasets.stratified_indices chooses them; they are never trained on, so a model's
     timestep weights and temperature can be fitted on them (see scripts/train_tiny_models.py --holdout)."""
-    from ..data.datasets import stratified_indices
+    from ..data.subsets import stratified_indices
 
     counts = torch.bincount(y)
     if per_class < 1 or per_class >= int(counts[counts > 0].min()):
