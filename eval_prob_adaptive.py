@@ -23,10 +23,10 @@ from diffusion_classifier.cli import (
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.calibration import resolve_offsets
 from diffusion_classifier.data.datasets import images_digest
-from diffusion_classifier.data.subsets import subset_indices
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.images import LateTransform, drop_unreadable
 from diffusion_classifier.data.prompts import check_classidx, check_coverage, check_names, read_prompts
+from diffusion_classifier.data.subsets import subset_indices
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.registry import (
     DATASETS,
     check_split,

@@ -31,17 +31,18 @@ from diffusion_classifier.cli import (
 )
 from diffusion_classifier.cli import run as run_cli
 from diffusion_classifier.data.datasets import images_digest
-from diffusion_classifier.data.subsets import subset_indices
-from diffusion_classifier.data.transforms import dit_transform
 from diffusion_classifier.data.images import drop_unreadable
 from diffusion_classifier.data.registry import (
     candidate_classes,
     check_split,
+    class_map_setting,
     class_conditional_datasets,
     data_settings,
     get_dataset,
     num_classes,
 )
+from diffusion_classifier.data.subsets import subset_indices
+from diffusion_classifier.data.transforms import dit_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families.dit import load_class_conditional, resolve_dit_model
@@ -157,6 +158,8 @@ def main(argv=None) -> dict:
     indices = shard(indices, args.n_workers, args.worker_idx)[state.process_index :: state.num_processes]
     indices, unreadable = drop_unreadable(dataset, indices, args.skip_unreadable, not args.no_progress)
 
+    classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, dataset,
+                                        model.id2label)
     if run_mode == "per_class":
         if kind == "vb" and not model.learned_variance:
             raise InputError(f"--save_vb needs a learned-variance model (2C output channels); {source} outputs "
@@ -168,7 +171,6 @@ def main(argv=None) -> dict:
         n_rows = periodic_noise_needed(len(timesteps) * args.n_trials, batch_size, args.randomize_noise)
     else:
         tw, tw_digest = resolve_weights(args.timestep_weights, source, model.T, args.loss)
-        classes, labels = candidate_classes(args.dataset, num_classes(args.dataset, dataset), model.num_classes, dataset)
         offsets = None if args.null_normalize else resolve_offsets(args.class_offsets, source, args.loss, None,
                                                                    tw_digest, classes)
         cand_labels = range(len(classes))  # calibration.candidate_classes_of: a DiT run's candidate k is class k
@@ -181,6 +183,8 @@ def main(argv=None) -> dict:
     common = dict(source=source, vae=args.vae, dataset=args.dataset, split=args.split, img_size=img_size,
                   n_trials=args.n_trials, noise=noise_source, corruption=args.corruption, severity=args.severity,
                   extra=args.extra, root=args.dataset_root, data=data_settings(args.dataset, dataset))
+    if run_mode == "per_class":  # the map from model classes to the labels of a folder of some of them
+        common["data"] = {**common["data"], **class_map_setting(args.dataset, classes)}
     info = {"versions": environment_info(), "dtype": str(dtype)}
     numerics = model_numerics(source, dtype=str(dtype), noise_digest=noise_digest(noise),  # beyond the folder name
                               **images_digest(dataset))

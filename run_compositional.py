@@ -18,8 +18,8 @@ from diffusion_classifier.data.compositional import (
     read_sugarcrepe,
     read_whatsup,
 )
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message, unreadable_files
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.errors import MissingError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.loading import default_dtype, model_numerics

@@ -11,10 +11,10 @@ from pathlib import Path
 from diffusion_classifier.cli import HelpFormatter, add_candidate_args, check_candidate_args
 from diffusion_classifier.cli import positive_int, statistical_options
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message, unreadable_files
 from diffusion_classifier.data.refcoco import SPLIT_BY, read_hf, read_jsonl, read_proposals, read_refer
 from diffusion_classifier.data.sizes import image_hw
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.errors import InputError, MissingError
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.loading import default_dtype, model_numerics

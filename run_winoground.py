@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 
 from diffusion_classifier.baselines import CLIP_VERSIONS, OPENCLIP_VERSION, load_baseline
-from diffusion_classifier.cli import RESIZE_HELP, add_img_size_arg, positive_int, seed_int
+from diffusion_classifier.cli import RESIZE_HELP, add_img_size_arg, folder_suffix, positive_int, seed_int
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.data.transforms import INTERPOLATIONS, sd_transform
 from diffusion_classifier.data.images import UnreadableImageError, found_before_message
+from diffusion_classifier.data.transforms import INTERPOLATIONS, sd_transform
 from diffusion_classifier.data.winoground import find_unreadable_examples, how_to_obtain, load_winoground
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError, MissingError
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--randomize_noise", action="store_true",
                    help="sd: the k-th (t, trial) uses noise row k; otherwise row k %% batch_size (the reference's reuse)")
     p.add_argument("--interpolation", default="bilinear", choices=list(INTERPOLATIONS), help="sd: resize filter")
-    p.add_argument("--extra", default=None, help="suffix of the log folder: winoground_<extra>")
+    p.add_argument("--extra", type=folder_suffix, default=None, help="suffix of the log folder: winoground_<extra>")
     p.add_argument("--seed", type=seed_int, default=0, help="sd: seed of the noise bank when --noise_path is not given")
     # beyond the reference
     p.add_argument("--data_dir", type=Path, default=os.environ.get("WINOGROUND_DIR"),

@@ -76,8 +76,8 @@ def make_set(name: str):
     from diffusion_classifier.data.prompts import DATASET_PROMPTS
 
     if name == "digits10":
-        from diffusion_classifier.data.subsets import stratified_indices
         from diffusion_classifier.data.digits import load_digits_arrays
+        from diffusion_classifier.data.subsets import stratified_indices
 
         images, labels = load_digits_arrays("train")
         pick = stratified_indices(labels, 10, 0)

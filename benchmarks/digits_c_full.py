@@ -21,10 +21,10 @@ from lib import CACHE, ROOT, HelpFormatter
 from lib.digits_c import SETS, full_run, set_name
 from lib.replay import N_TIMESTEPS
 
-from diffusion_classifier.data.subsets import stratified_indices
-from diffusion_classifier.data.transforms import dit_transform, sd_transform
 from diffusion_classifier.data.prompts import read_prompts
 from diffusion_classifier.data.registry import get_dataset
+from diffusion_classifier.data.subsets import stratified_indices
+from diffusion_classifier.data.transforms import dit_transform, sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.families import SD_VERSIONS
 from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional

@@ -17,10 +17,11 @@ action resumes (one record per image under benchmarks/cache/headline/<model>_<pa
   reference  the reference's command itself on REFERENCE_PER_CLASS test images of every class (a subset of the
              run's test images: the same seeded permutations), for the saving and the images lost;
   whole      the headline schedule on the rest of the test split (the run's records are reused);
-  report     (after every action) benchmarks/results/fashion_headline.json and fashion_calibration.png: per model
-             the test top-1 and evaluations per image, NLL and ECE with bootstrap intervals before (the uncalibrated
-             temperature) and after, the reliability diagram, the comparison with the reference's command, and the
-             whole split when it is complete.
+  report     (after every action, for the models it names) their rows of benchmarks/results/fashion_headline.json
+             (the other models' rows are kept): the test top-1 and evaluations per image, NLL and ECE with bootstrap
+             intervals before (the uncalibrated temperature) and after, the reliability diagram, the comparison with
+             the reference's command, and the whole split when it is complete; fashion_calibration.png is drawn
+             from every row of the file, so a model whose records are gone keeps its panel.
 
     python benchmarks/fashion_headline.py run --models dit --per_class 100
     python benchmarks/fashion_headline.py calibrate --models dit --per_class 300
@@ -32,6 +33,7 @@ action resumes (one record per image under benchmarks/cache/headline/<model>_<pa
 from __future__ import annotations
 
 import argparse
+import json
 
 from lib import RESULTS, ROOT, HelpFormatter, entry_script
 from lib.fashion import LOSS, MODELS, MODELS_DIR, heldout_picks, stratified_subset
@@ -131,9 +133,10 @@ def versus_line(vs: dict) -> str:
             f"{vs['lost']} lost, {vs['gained']} gained)")
 
 
-def report(n_boot: int, cards: bool = False) -> None:
-    rows, panels = {}, {}
-    for m, (_, folder) in MODELS.items():
+def report(models, n_boot: int, cards: bool = False) -> None:
+    rows = {}
+    for m in models:
+        folder = MODELS[m][1]
         held, test = run_folder(m, "heldout"), run_folder(m, "test")
         all_test = None if test is None else load_record_scores(test)
         vs = versus_reference(m, all_test)
@@ -169,7 +172,6 @@ def report(n_boot: int, cards: bool = False) -> None:
         rows[folder] = row
         if cards:
             write_card(m, row)
-        panels[f"{folder} (τ {tau:.3g})"] = after
         print(f"{folder}: τ {tau:.4g} fitted on {len(h.labels)} held-out train images"
               f"{'' if unseen else ' (seen in training)'}; test: {after['n']} images, top-1 {after['top1']:.2f}%, "
               f"{after['evaluations_per_image']:.0f} evaluations / image, ECE {after['ece']:.2f}% "
@@ -185,6 +187,9 @@ def report(n_boot: int, cards: bool = False) -> None:
         return
     write_result(OUT, rows, "benchmarks/fashion_headline.py", merge=True)
     print(f"wrote {OUT}")
+    merged = json.loads(OUT.read_text())
+    panels = {f"{folder} (τ {merged[folder]['temperature']:.3g})": merged[folder]["test"]
+              for _, folder in MODELS.values() if "reliability" in merged.get(folder, {}).get("test", {})}
     if panels:
         plot_reliability(RESULTS / "fashion_calibration.png", panels,
                          "Fashion-MNIST test images at the headline schedule, with the shipped temperature")
@@ -212,7 +217,7 @@ def main(argv=None) -> None:
             score(m, "test", REFERENCE, "test", stratified_subset(args.reference_per_class), args.seed)
         else:
             score(m, "test", HEADLINE, "test", None, args.seed)
-    report(args.n_boot, args.cards)
+    report(args.models, args.n_boot, args.cards)
 
 
 if __name__ == "__main__":

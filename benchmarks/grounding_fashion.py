@@ -72,8 +72,8 @@ def vgdiffzero(root: Path, n_samples: int, version: str = "fashion", template: s
     """VGDiffZero's recipe: each box's crop and masked image scored against the template with raw errors, fresh
     noise per box (seeded here: each box its own draws), softmax over boxes of -error for each, summed; the box
     with the highest sum (the paper's lowest error) and, as its code does, the argmax over the errors."""
-    from diffusion_classifier.data.transforms import sd_transform
     from diffusion_classifier.data.refcoco import iou, read_jsonl
+    from diffusion_classifier.data.transforms import sd_transform
     from diffusion_classifier.engine import Jobs, Scorer, cat_conditions
     from diffusion_classifier.families import load_model, resolve_model
     from diffusion_classifier.noise import make_noise

@@ -39,8 +39,8 @@ def reference_process(version: str, dataset: str, split: str, to_keep, n_samples
     Same model loading, pre-processing, prompts and noise bank (seed `seed`) as eval_prob_adaptive.py
     at its defaults; each record is {pred, label, errors} like the reference's.
     """
-    from diffusion_classifier.data.transforms import sd_transform
     from diffusion_classifier.data.registry import get_dataset
+    from diffusion_classifier.data.transforms import sd_transform
     from diffusion_classifier.families import resolve_sd_model
     from diffusion_classifier.families.sd import load_text_conditional
     from diffusion_classifier.noise import noise_bank

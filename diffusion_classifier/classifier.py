@@ -15,7 +15,7 @@ from .calibration import UNCALIBRATED_TEMPERATURE, fitted_temperature, load_cali
 from .engine import LOSSES, Scorer
 from .errors import InputError
 from .families import load_any_model, resolve_model
-from .loading import DTYPES, quiet_loading
+from .loading import DTYPES, check_device, quiet_loading
 from .noise import check_bank, make_noise
 from .objectives import default_error_space
 from .schedules.statistical import make_schedule
@@ -61,9 +61,7 @@ def preprocess(images, size: int | tuple[int, int], interpolation: str = "bicubi
             raise InputError(f"expected image tensors (N, 3, H, W) of floats in [-1, 1], found {found}: scale [0, 1] "
                              f"images by 2x - 1, or pass PIL images, which are converted for you")
         return images
-    if isinstance(images, Image.Image):
-        images = [images]
-    images = list(images)
+    images = [images] if isinstance(images, Image.Image) else _image_list(images)
     foreign = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
     if foreign:
         raise InputError(f"expected PIL images or a (N, 3, H, W) tensor in [-1, 1], found {foreign[0]} among the images")
@@ -102,6 +100,14 @@ def _refuse_repeats(keys: list, given: list) -> None:
             same = "" if given[i] == given[j] else f" (both class {key})"
             raise InputError(f"candidates {i} ({given[i]!r}) and {j} ({given[j]!r}) are the same{same}: expected "
                              f"distinct prompts or classes, since a repeated one splits its probability with its copy")
+
+
+def _image_list(images) -> list:
+    """A sequence or iterable of images as a list; InputError for None, a path or another single object."""
+    if isinstance(images, (str, bytes, Path)) or not hasattr(images, "__iter__"):
+        raise InputError(f"expected PIL images or a (N, 3, H, W) tensor in [-1, 1], found {type(images).__name__}"
+                         + (": open image files with PIL.Image.open" if isinstance(images, (str, bytes, Path)) else ""))
+    return list(images)
 
 
 def n_images(images) -> int:
@@ -150,12 +156,7 @@ class DiffusionClassifier:
             dtype = DTYPES[dtype]
         if dtype not in DTYPES.values():
             raise InputError(f"dtype must be one of {', '.join(DTYPES)} (or that torch.dtype), got {dtype!r}")
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise InputError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device {str(device)!r} needs a CUDA GPU, and torch finds none: use device='cpu'")
+        device = check_device(device, "device")
         source = resolve_model(model=model)
         with quiet_loading(verbose):
             model = load_any_model(source, device, dtype, attention, no_t5=no_t5, guidance=guidance)
@@ -234,7 +235,7 @@ class DiffusionClassifier:
         if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
             raise InputError(f"temperature must be a finite positive number, got {temperature}")
         prompts = prompts if isinstance(prompts, str) else list(prompts)
-        images = images if isinstance(images, (torch.Tensor, Image.Image)) else list(images)
+        images = images if isinstance(images, (torch.Tensor, Image.Image)) else _image_list(images)
         to_keep, n_samples = _int_list(to_keep, "to_keep"), _int_list(n_samples, "n_samples")
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
             raise InputError(f"n_trials must be a positive integer, got {n_trials!r}")

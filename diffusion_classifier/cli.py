@@ -23,11 +23,12 @@ import inspect
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
 from . import interrupts
-from .errors import InputError, UserError
+from .errors import InputError, UserError, warn
 
 DEBUG_ENV = "DIFFUSION_CLASSIFIER_DEBUG"
 USER_ERROR_EXIT = 2
@@ -126,6 +127,14 @@ def float_in(lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False,
     return parse
 
 
+def folder_suffix(text: str) -> str:
+    """An argparse `type=` for --extra: a suffix of one folder name (no path separator, not . or .., no NUL)."""
+    if not text or any(c in text for c in "/\\\0") or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"expected a suffix of the run's folder name (no '/' or '\\'), got {_shown(text)}")
+    return text
+
+
+folder_suffix.__name__ = "folder name suffix"
 positive_int = int_in(1)  # counts and sizes: batch sizes, trials, images, steps
 non_negative_int = int_in(0)  # indices and optional counts (0: none)
 seed_int = int_in(0, SEED_MAX)
@@ -168,7 +177,7 @@ def add_run_args(parser) -> None:
 
     parser.add_argument("--log_dir", type=Path, default=Path(os.environ.get("LOG_DIR", "data")),
                         help="where run folders go (env LOG_DIR)")
-    parser.add_argument("--extra", default=None, help="suffix for the dataset's log folder")
+    parser.add_argument("--extra", type=folder_suffix, default=None, help="suffix for the dataset's log folder")
     parser.add_argument("--device", default=None,
                         help="torch device; not given: cuda if available (the process's GPU under accelerate), else cpu")
     parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="model precision; not given: float16 on GPU, float32 on CPU")
@@ -294,9 +303,12 @@ def check_candidate_args(args) -> None:
     check_writable(args.log_dir)
 
 
+Z_DEFAULT = 3.0  # the plain rule's z (--z)
+
+
 def add_statistical_args(parser) -> None:
     """The statistical schedule's flags, shared by eval_prob_adaptive.py and eval_prob_dit.py."""
-    parser.add_argument("--z", type=positive_float, default=3.0, help="statistical schedule: prune at z paired standard errors")
+    parser.add_argument("--z", type=positive_float, default=Z_DEFAULT, help="statistical schedule: prune at z paired standard errors")
     parser.add_argument("--min_samples", type=positive_int, default=None,
                         help="statistical schedule: timesteps before the first pruning, at most max(--n_samples) "
                              "(not given: 10, or with --delta the anytime rule's: docs/schedules.md)")
@@ -321,6 +333,11 @@ def add_statistical_args(parser) -> None:
 
 def check_statistical_args(args) -> None:
     """The statistical schedule's flags against --n_samples, before anything is written (they are read per image)."""
+    given = [f"--{k}" for k in ("min_samples", "delta", "variance", "spending", "epsilon") if getattr(args, k) is not None]
+    given = (["--z"] if args.z != Z_DEFAULT else []) + given
+    if args.schedule != "statistical" and given:
+        warn(f"{', '.join(given)} set(s) the statistical schedule, which this run does not use (--schedule "
+             f"{args.schedule}): ignored; add --schedule statistical to use it")
     min_samples = statistical_options(args)["min_samples"]
     if args.schedule == "statistical" and args.n_samples and min_samples > max(args.n_samples):
         raise InputError(f"--min_samples must be in 1..max(--n_samples) = {max(args.n_samples)} for --schedule "
@@ -341,6 +358,10 @@ def _flag_error(parser: argparse.ArgumentParser, message: str):
     raise InputError(message)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
+
+
 def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> None:
     """Call main(argv) under the boundary and exit with its status; `unit` names what a record holds."""
     from . import records
@@ -354,6 +375,9 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
     written_before = records.records_written()
     parser_error = argparse.ArgumentParser.error
     argparse.ArgumentParser.error = _flag_error  # a bad flag is one line too, not the usage block
+    show_warning = warnings.showwarning
+    if not debug:  # the toolkit's warnings (a truncated prompt) read as its other messages: one line, no source
+        warnings.showwarning = _one_line_warning
     try:
         if inspect.signature(main).parameters:
             main(argv)
@@ -384,5 +408,6 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
         sys.exit(USER_ERROR_EXIT)
     finally:
         argparse.ArgumentParser.error = parser_error
+        warnings.showwarning = show_warning
         interrupts.restore(previous)
     sys.exit(0)

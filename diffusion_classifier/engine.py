@@ -218,4 +218,12 @@ class Scorer:
             results.append(reduce(Batch(x0=x0, x_t=x_t, eps=eps, out=out, t=t, pred=pred, target=target)))
             if progress is not None:
                 progress(n)
-        return torch.cat(results).cpu()  # the only host-device sync
+        out = torch.cat(results).cpu()  # the only host-device sync
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            raise InputError(f"the denoiser's errors are not finite ({int(torch.isnan(out).sum())} NaN, "
+                             f"{int(torch.isinf(out).sum())} infinite of {out.numel()}) in {self.dtype}: "
+                             + ("an overflow of the half-precision run (run in float32: --dtype float32)"
+                                if self.dtype in (torch.float16, torch.bfloat16) else
+                                "the model's weights or inputs hold NaN or huge values")
+                             + "; no record of these images is written")
+        return out

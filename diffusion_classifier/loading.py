@@ -26,6 +26,23 @@ TINY_MODELS = Path(__file__).parent / "tiny_models"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def check_device(device, flag: str = "--device") -> torch.device:
+    """`device` as a torch.device this machine has; InputError for a name torch does not know or a GPU it lacks."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"{flag} must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise InputError(f"{flag} {str(device)!r} needs a CUDA GPU, and torch finds none: use cpu")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"{flag} {str(device)!r}: torch finds {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{flag} 'mps' needs Apple's Metal backend, and torch finds none: use cpu")
+    return device
+
+
 def default_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """The --dtype flag's dtype, or by default float16 on a GPU and float32 elsewhere (slow or unsupported there)."""
     return DTYPES[name] if name else (torch.float16 if device.type == "cuda" else torch.float32)

@@ -37,9 +37,12 @@ def launch_state(device: str | None = None):
     """
     from accelerate import PartialState
 
-    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    from .loading import check_device
+
+    device = check_device(device) if device else None
+    on_cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
     state = PartialState(cpu=on_cpu)
-    return state, torch.device(device) if device else state.device
+    return state, device if device is not None else state.device
 
 
 def shard(indices: Sequence, n_workers: int = 1, worker_idx: int = 0) -> list:

@@ -1,6 +1,7 @@
 """Noise banks: the fixed ε shared by every candidate, saved to disk or drawn from a seed."""
 from __future__ import annotations
 
+import operator
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,9 @@ REFERENCE_ROWS = 1024
 
 def make_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """n standard normal draws of `shape` from a private generator: (n, *shape) float32."""
-    g = torch.Generator().manual_seed(seed)  # same stream as torch.manual_seed(seed) on the CPU
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or not -2**63 <= operator.index(seed) < 2**64:
+        raise InputError(f"seed must be an integer in -2**63..2**64-1, found {seed!r}")
+    g = torch.Generator().manual_seed(operator.index(seed))  # same stream as torch.manual_seed(seed) on the CPU
     return torch.randn(n, *shape, generator=g)
 
 
@@ -53,6 +56,9 @@ def load_noise(path: str | Path) -> torch.Tensor:
     return check_bank(noise, f"noise file {path}", "scripts/save_noise.py")
 
 
+MAX_NORMAL_DRAW = 40.0
+
+
 def check_bank(noise, source: str = "noise", tool: str | None = None) -> torch.Tensor:
     """The bank as float32 when it is a float tensor (N, C, H, W) of finite values, else InputError naming `source` (and
     the `tool` that writes good ones)."""
@@ -61,6 +67,10 @@ def check_bank(noise, source: str = "noise", tool: str | None = None) -> torch.T
                else f"a {type(noise).__name__}")
         raise InputError(f"{source} must hold a float tensor (N, C, H, W), found {got}"
                          f"{f'; {tool} writes one' if tool else ''}")
+    if noise.layout != torch.strided:
+        raise InputError(f"{source} must hold a dense float tensor (N, C, H, W), found a {noise.layout} tensor"
+                         f"{f'; {tool} writes one' if tool else ''}")
+    noise = noise.float()  # float8 and other storage types compute in float32
     finite = torch.isfinite(noise)
     if not bool(finite.all()):
         n_nan, n_inf = int(torch.isnan(noise).sum()), int(torch.isinf(noise).sum())
@@ -68,7 +78,12 @@ def check_bank(noise, source: str = "noise", tool: str | None = None) -> torch.T
         raise InputError(f"{source} holds {n_nan} NaN and {n_inf} infinite values (in {rows} of its "
                          f"{noise.shape[0]} rows); every error computed with them would be NaN: expected finite "
                          f"normal draws{f', write a new bank with {tool}' if tool else ''}")
-    return noise.float()
+    largest = float(noise.abs().max()) if noise.numel() else 0.0
+    if largest > MAX_NORMAL_DRAW:  # a standard normal draw is never this large (P(|x| > 40) < 1e-300)
+        raise InputError(f"{source} holds values as large as {largest:.3g}; expected standard normal draws (mean 0, "
+                         f"std 1), which never exceed {MAX_NORMAL_DRAW:g} in size"
+                         f"{f': write a new bank with {tool}' if tool else ''}")
+    return noise
 
 
 def check_noise(noise: torch.Tensor, latent_shape: tuple[int, ...], n_needed: int, source: str = "noise bank") -> None:

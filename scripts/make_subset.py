@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 from diffusion_classifier.cli import HelpFormatter, dataset_options, int_in, positive_int, seed_int  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.data.datasets import dataset_targets  # noqa: E402
-from diffusion_classifier.data.subsets import stratified_indices  # noqa: E402
 from diffusion_classifier.data.registry import DATASETS, check_split, get_dataset  # noqa: E402
+from diffusion_classifier.data.subsets import stratified_indices  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
 from diffusion_classifier.records import atomic_write_bytes, check_output_file  # noqa: E402
 

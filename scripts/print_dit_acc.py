@@ -15,6 +15,7 @@ from diffusion_classifier.data.registry import class_conditional_datasets, class
 from diffusion_classifier.tasks.per_class import load_per_class_scores, per_class_accuracy  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
 from diffusion_classifier.errors import InputError  # noqa: E402
+from diffusion_classifier.records import read_manifest_settings  # noqa: E402
 
 
 def dataset_labels(name: str, root, split: str, indices: list[int]) -> dict[int, int]:
@@ -46,7 +47,8 @@ def main(argv=None) -> dict:
     missing = [i for i in images if i not in labels]
     if missing:
         labels.update(dataset_labels(args.dataset, args.dataset_root, args.split, missing))
-    acc = per_class_accuracy(scores, classes, [labels[i] for i in images], class_to_label(args.dataset))
+    class_label = class_to_label(args.dataset, read_manifest_settings(args.folder))  # a folder of some classes: its map
+    acc = per_class_accuracy(scores, classes, [labels[i] for i in images], class_label)
     print(f"{args.folder}: {len(images)} images scored by all {len(classes)} classes")
     if unreadable:
         names = ", ".join(str(p.relative_to(args.folder)) for p in unreadable)

@@ -55,12 +55,13 @@ def main(argv=None):
     parser.add_argument("--dataset", nargs="+", default=list(DATASET_PROMPTS), choices=choices,
                         metavar="NAME", help=f"datasets to write, from: {', '.join(choices)}")
     parser.add_argument("--dataset_root", type=Path, default=os.environ.get("DATASET_ROOT"),
-                        help="imagenetR: the folder holding imagenet-r/; hf: the Hugging Face dataset (env DATASET_ROOT)")
-    parser.add_argument("--split", default="train", help="hf: the split whose label column names the classes")
+                        help="imagenetR: the folder holding imagenet-r/; hf: the Hugging Face dataset; imagefolder: the image folder "
+                             "(env DATASET_ROOT)")
+    parser.add_argument("--split", default="train", help="hf: the split whose label column names the classes; imagefolder: its split folder, if it has them")
     parser.add_argument("--image_column", default=None, help="hf: column of the images; not given: 'image' or 'img'")
     parser.add_argument("--label_column", default=None, help="hf: column of the labels; not given: 'label' or 'labels'")
     parser.add_argument("--template", nargs="+", default=["a photo of a {}."],
-                        help="hf: prompt templates, {} is the class name (one row per class and template)")
+                        help="hf, imagefolder: prompt templates, {} is the class name (one row per class and template)")
     args = parser.parse_args(argv)
     if args.out is not None and len(args.dataset) != 1:
         raise InputError(f"--out names one file: pass one --dataset, got {len(args.dataset)}")

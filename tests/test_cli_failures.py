@@ -108,6 +108,10 @@ def _cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "subset_past_end": (a(subset="past_end.npy"),
                             rf"past_end\.npy: indices must lie in 0\.\.{N_DIGITS_TEST - 1} for a dataset of "
                             rf"{N_DIGITS_TEST} images, found 0\.\.{N_DIGITS_TEST}$"),
+        "device_unknown": (a("--device", "gpu0"), r"^error: --device must be a torch device such as 'cpu' or 'cuda', "
+                                                  r"got 'gpu0'$"),
+        "device_gpu_lacking": (a("--device", f"cuda:{torch.cuda.device_count()}"),
+                               r"^error: --device 'cuda:\d+' (needs a CUDA GPU, and torch finds none|: torch finds)"),
         "worker_idx": (a("--n_workers", 2, "--worker_idx", 2),
                        r"^error: --worker_idx must be in 0\.\.1 for --n_workers 2, got 2$"),
         "missing_model": (command("eval_prob_adaptive.py", *sd_args(tmp, "--model", tmp / "nowhere")),
@@ -156,7 +160,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list, str]]:
 SUBPROCESS_CASES = {"worker_idx", "noise_not_torch", "log_dir_not_writable", "dit_cls_outside",
                     "dit_foreign_class_record", "winoground_bad_json", "print_acc_missing_folder",
                     "print_dit_acc_missing_folder"}
-CASES = ["prompts_missing_column", "prompts_not_utf8", "subset_past_end", "worker_idx", "missing_model",
+CASES = ["prompts_missing_column", "prompts_not_utf8", "subset_past_end", "device_unknown", "device_gpu_lacking",
+         "worker_idx", "missing_model",
          "dataset_not_on_disk", "noise_not_torch", "noise_pickle", "noise_not_tensor", "log_dir_not_writable",
          "manifest_differs", "dit_cls_outside", "dit_given_text_model", "dit_foreign_class_record", "winoground_bad_json",
          "winoground_missing_image", "print_acc_missing_folder", "print_dit_acc_missing_folder"]
@@ -441,3 +446,18 @@ def test_dit_per_class_and_winoground_heal_broken_records(tmp_path, capsys):
     assert f"warning: {broken}: expected a dict with keys id, tag and scores; moved aside to 1.pt.corrupt, " \
            f"recomputing it" in capsys.readouterr().err
     assert "scores" in load_record(broken) and (broken.parent / "1.pt.corrupt").is_file()
+
+
+def test_a_warning_of_the_toolkit_is_one_line_on_the_command_line(capsys):
+    """A library warning (a prompt truncated) reads as `warning: ...`, not Python's two lines with the source line."""
+    import warnings
+
+    from diffusion_classifier.cli import run
+
+    def main(argv):
+        warnings.warn("2 prompt(s) exceed the limit\nand were truncated", UserWarning)
+
+    with pytest.raises(SystemExit) as stop:
+        run(main, [])
+    assert stop.value.code == 0
+    assert capsys.readouterr().err == "warning: 2 prompt(s) exceed the limit and were truncated\n"

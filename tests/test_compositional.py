@@ -28,8 +28,8 @@ from diffusion_classifier.data.compositional import (
     read_sugarcrepe,
     read_whatsup,
 )
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.digits import DigitsDataset
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.engine import Jobs, Scorer, cat_conditions
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families import load_model, resolve_model
@@ -125,6 +125,27 @@ def test_jsonl_reader_null_task_and_non_utf8_line(data, tmp_path):
     assert [i.task for i in read_jsonl(path)] == ["mine", "t"]  # a null task is no task: the file's stem, not 'None'
     path.write_bytes(path.read_bytes() + b'{"image": "img/0.png", "captions": ["caf\xe9", "b"], "label": 0}\n')
     with pytest.raises(InputError, match=r"mine\.jsonl line 3 is not UTF-8 text"):  # was a UnicodeDecodeError
+        read_jsonl(path)
+
+
+def test_items_whose_correct_candidate_repeats_are_left_out_and_integer_floats_are_labels(data, tmp_path, capsys):
+    """The copies of a repeated candidate score the same, so the tie's order would decide: such items are left out
+    with a warning; a repeated wrong candidate is kept (the answer is still decidable); a label 1.0 is label 1."""
+    lines = [{"image": "img/0.png", "captions": [prompt(0), prompt(1), prompt(0)], "label": 0, "id": "tie"},
+             {"images": ["img/3.png", "img/3.png", "img/0.png"], "caption": prompt(3), "label": 1, "id": "tie_img"},
+             {"image": "img/1.png", "captions": [prompt(1), prompt(2), prompt(2)], "label": 0, "id": "kept"},
+             {"image": "img/2.png", "captions": [prompt(1), prompt(2)], "label": 1.0, "id": "float"}]
+    path = data / "ties.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    items = read_jsonl(path)
+    assert [(i.id, i.label) for i in items] == [("kept", 0), ("float", 1)]
+    err = capsys.readouterr().err
+    assert "2 item(s) left out: the correct candidate appears twice" in err and "item 'tie'" in err
+    path.write_text(json.dumps(lines[0]) + "\n")
+    with pytest.raises(InputError, match=r"ties\.jsonl holds no item that can be scored"):
+        read_jsonl(path)
+    path.write_text(json.dumps({**lines[3], "label": 1.5}) + "\n")
+    with pytest.raises(InputError, match=r"label must be an integer in 0\.\.1, found 1\.5"):
         read_jsonl(path)
 
 

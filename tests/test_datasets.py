@@ -1,15 +1,17 @@
 """Datasets: labels line up with the prompts' classidx, missing data gives a clear error, transforms are exact."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from diffusion_classifier.data.datasets import IMAGENET_WNIDS, RemappedLabels, align_labels, imagenet_a_indices, objectnet_imagenet_indices
-from diffusion_classifier.data.subsets import subset_indices
-from diffusion_classifier.data.transforms import adm_center_crop, dit_transform, sd_transform
-from diffusion_classifier.data.registry import DATASETS, get_dataset, num_classes
 from diffusion_classifier.data.digits import DigitsDataset
 from diffusion_classifier.data.prompts import dataset_prompts
+from diffusion_classifier.data.registry import DATASETS, get_dataset, num_classes
+from diffusion_classifier.data.subsets import subset_indices
+from diffusion_classifier.data.transforms import adm_center_crop, dit_transform, sd_transform
 
 
 def _image_folder(root, classes, per_class=2, size=(6, 4)):
@@ -86,6 +88,18 @@ def test_imagefolder_split_folders_never_become_classes(tmp_path):
     plain = tmp_path / "plain"  # a class that happens to be called 'train' beside others is a class
     _image_folder(plain, ["bus", "train"], per_class=1)
     assert get_dataset("imagefolder", plain, "test").classes == ["bus", "train"]
+
+
+def test_a_split_folder_in_other_case_is_the_split_and_a_dangling_link_does_not_break_the_digest(tmp_path):
+    from diffusion_classifier.data.datasets import images_digest
+
+    for split in ("Train", "Test"):
+        _image_folder(tmp_path / split, ["cat", "dog"], per_class=1)
+    dataset = get_dataset("imagefolder", tmp_path, "train")
+    assert dataset.classes == ["cat", "dog"] and all("/Train/" in f for f, _ in dataset.samples)
+    (tmp_path / "Train" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # left out by --skip_unreadable
+    digest = images_digest(get_dataset("imagefolder", tmp_path, "train"))["images"]
+    assert digest != images_digest(dataset)["images"]
 
 
 def test_an_image_folder_digest_follows_its_files_not_its_place(tmp_path):
@@ -343,6 +357,11 @@ def test_subset_indices(tmp_path):
         subset_indices(4, tmp_path / "h.csv")
     (tmp_path / "j.json").write_text("[3, 1, 3]")
     assert subset_indices(4, tmp_path / "j.json") == [3, 1]
+    (tmp_path / "f.txt").write_text("3.0\n1.\n")  # a float column, as pandas writes one: the .npy rule
+    assert subset_indices(4, tmp_path / "f.txt") == [3, 1]
+    (tmp_path / "f.txt").write_text("3.5\n")
+    with pytest.raises(ValueError, match=r"f\.txt: line 1 holds '3\.5', not an integer index"):
+        subset_indices(4, tmp_path / "f.txt")
     np.save(tmp_path / "none.npy", np.array([], dtype=np.int64))
     (tmp_path / "none.txt").write_text("\n")
     for name in ("none.npy", "none.txt"):
@@ -376,8 +395,8 @@ def test_make_subset_writes_the_stratified_indices_of_a_split(tmp_path):
 
     from conftest import load_script
     from diffusion_classifier.data.datasets import dataset_targets
-    from diffusion_classifier.data.subsets import stratified_indices
     from diffusion_classifier.data.registry import get_dataset
+    from diffusion_classifier.data.subsets import stratified_indices
 
     out = load_script("scripts/make_subset.py").main(["--dataset", "digits", "--split", "test", "--per_class", "3",
                                                       "--out", str(tmp_path / "s.npy")])
@@ -591,3 +610,42 @@ def test_mnist_truncated_idx_file(tmp_path):
         get_dataset("mnist", tmp_path, "test")
     _assert_damaged(e, "mnist", raw / "t10k-images-idx3-ubyte", f"expected {16 + 10000 * 784} bytes, found "
                     f"{16 + 784 * 3}", "t10k-images-idx3-ubyte.gz, gunzipped")
+
+
+def test_images_of_any_mode_are_made_rgb_before_they_are_resized():
+    """A palette, 1-bit or palette-with-alpha image resized as such is resampled nearest-neighbour (or blends palette
+    indices): the API's PIL images are converted as image files are decoded, to RGB first."""
+    from PIL import Image
+
+    from diffusion_classifier.data.images import to_rgb
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    tf = sd_transform(16)
+    for mode in ("P", "PA", "1", "L", "LA", "RGBA", "CMYK"):
+        image = rgb.convert(mode)
+        assert torch.equal(tf(image), tf(to_rgb(image))), mode
+
+
+def test_files_of_an_image_folder_left_out_for_their_extension_are_counted_in_a_warning(tmp_path, capsys):
+    _image_folder(tmp_path, ["cat", "dog"], per_class=1)
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "anim.gif")
+    (tmp_path / "dog" / "notes.txt").write_text("x")
+    (tmp_path / "dog" / ".DS_Store").write_text("x")  # hidden: not counted
+    dataset = get_dataset("imagefolder", tmp_path, "test")
+    assert len(dataset.samples) == 2
+    err = capsys.readouterr().err
+    assert "2 file(s) in the class folders are left out" in err and "1 .gif, 1 .txt (first: cat/anim.gif)" in err
+
+
+def test_a_link_to_a_parent_folder_lists_each_image_once_under_its_own_class(tmp_path, capsys):
+    """os.walk follows links: a link back to the root would list every image again, other classes' under this one."""
+    _image_folder(tmp_path / "imgs", ["cat", "dog"])
+    (tmp_path / "imgs" / "cat" / "up").symlink_to(tmp_path / "imgs")
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (6, 4)).save(tmp_path / "elsewhere" / "linked.png")
+    (tmp_path / "imgs" / "dog" / "more").symlink_to(tmp_path / "elsewhere")  # a link out of the root is followed
+    dataset = get_dataset("imagefolder", tmp_path / "imgs", "test")
+    assert sorted((Path(f).relative_to(tmp_path / "imgs").as_posix(), y) for f, y in dataset.samples) == [
+        ("cat/img0.png", 0), ("cat/img1.png", 0), ("dog/img0.png", 1), ("dog/img1.png", 1), ("dog/more/linked.png", 1)]
+    assert "reach, through symbolic links, an image already listed or another class's image" in capsys.readouterr().err

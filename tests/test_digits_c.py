@@ -6,9 +6,9 @@ import pytest
 
 from conftest import load_script
 from diffusion_classifier.data.corruptions import CORRUPTIONS, corrupt, corrupt_images
-from diffusion_classifier.data.transforms import sd_transform
-from diffusion_classifier.data.registry import digits_c_dir, get_dataset, num_classes
 from diffusion_classifier.data.digits import load_digits_arrays, load_digits_native
+from diffusion_classifier.data.registry import digits_c_dir, get_dataset, num_classes
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.errors import InputError
 
 

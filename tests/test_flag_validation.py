@@ -213,6 +213,9 @@ def test_output_paths_of_the_wrong_kind_are_one_line_errors(workdir, capsys):
         ("scripts/train_tiny_models.py", ["--out", d, "--checkpoint-dir", f],
          r"--checkpoint-dir .*a_file is not a writable folder \(File exists"),
         ("scripts/print_acc.py", [f], r"a_file is a file; expected a run folder"),
+        ("eval_prob_adaptive.py", ["--extra", "../../escape", "--to_keep", "1", "--n_samples", "2"],
+         r"--extra: expected a suffix of the run's folder name \(no '/' or '.'\), got '\.\./\.\./escape'"),
+        ("run_winoground.py", ["--extra", "a/b"], r"--extra: expected a suffix of the run's folder name"),
     ]
     for script, argv, pattern in cases:
         line = run_refused(script, argv, capsys)
@@ -244,3 +247,18 @@ def test_help_states_each_default_once(script, capsys, monkeypatch):
             written = written.replace(named, "")
         assert "default" not in written, line
     assert "(default 3.5)" not in out
+
+
+def test_statistical_flags_without_the_statistical_schedule_are_named_as_ignored(capsys):
+    from argparse import Namespace
+
+    from diffusion_classifier.cli import Z_DEFAULT, check_statistical_args
+
+    flags = dict(z=Z_DEFAULT, min_samples=None, delta=None, variance=None, spending=None, epsilon=None, n_samples=[50])
+    check_statistical_args(Namespace(schedule="reference", **flags))
+    assert capsys.readouterr().err == ""
+    check_statistical_args(Namespace(schedule="reference", **{**flags, "z": 2.0, "delta": 0.05}))
+    assert capsys.readouterr().err.startswith("warning: --z, --delta set(s) the statistical schedule, which this run "
+                                              "does not use (--schedule reference): ignored")
+    check_statistical_args(Namespace(schedule="statistical", **{**flags, "delta": 0.05}))
+    assert capsys.readouterr().err == ""

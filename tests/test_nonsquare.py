@@ -14,8 +14,8 @@ from PIL import Image
 import eval_prob_adaptive
 from conftest import load_script, write_char_tokenizer, write_scheduler
 from diffusion_classifier.cli import run as run_cli
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.sizes import image_hw, image_size, size_name
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families import load_model

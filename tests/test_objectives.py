@@ -172,3 +172,21 @@ def test_flow_eps_space_error_is_a_timestep_weighting_of_the_velocity_error(loss
     assert w[0] > w[999] and not torch.allclose(e_eps, e_native)  # a real reweighting: low σ counts more
     with pytest.raises(InputError, match="l1 and l2 only"):
         native.eps_error_weights("huber")
+
+
+def test_non_finite_errors_are_an_input_error_not_a_prediction():
+    """A denoiser that overflows (a half-precision run, NaN weights) gives NaN errors, which argmin would read as
+    class 0: the engine refuses them."""
+    ab = torch.linspace(0.999, 0.01, 1000)
+    noise = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    jobs = Jobs.build([0, 0], [0, 1], [10, 500], [0, 1])
+    latents, conds = torch.zeros(1, 1, 2, 2), torch.zeros(2, 3)
+    fine = Scorer(lambda x, t, c: x * 0.5, DDPMObjective(ab, "epsilon"), noise).evaluate(latents, conds, jobs)
+    assert torch.isfinite(fine).all()
+
+    def overflowing(x, t, c):
+        return torch.where(c[:, :1, None, None] > 0, torch.full_like(x, float("nan")), x)
+
+    with pytest.raises(InputError, match=r"the denoiser's errors are not finite \(1 NaN, 0 infinite of 2\)"):
+        Scorer(overflowing, DDPMObjective(ab, "epsilon"), noise).evaluate(latents, torch.tensor([[0.0] * 3, [1.0] * 3]),
+                                                                          jobs)

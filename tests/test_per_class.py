@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT))
 import eval_prob_dit  # noqa: E402
 from conftest import load_script  # noqa: E402
 from diffusion_classifier.schedules.staged import interval_timesteps  # noqa: E402
-from diffusion_classifier.data.transforms import dit_transform  # noqa: E402
 from diffusion_classifier.data.digits import DigitsDataset  # noqa: E402
+from diffusion_classifier.data.transforms import dit_transform  # noqa: E402
 from diffusion_classifier.tasks.per_class import (  # noqa: E402
     per_class_jobs,
     schedule_from_alphas_cumprod,
@@ -369,7 +369,7 @@ def test_another_image_folder_never_resumes_the_records_of_the_first(tiny_dit, t
 
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
-        for c in ("c0", "c1"):
+        for c in ("0", "1"):  # class indices of the model
             (tmp_path / name / c).mkdir(parents=True)
             for j in range(2):  # the same file names, other pixels
                 Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / name / c / f"{j}.png")
@@ -385,3 +385,49 @@ def test_another_image_folder_never_resumes_the_records_of_the_first(tiny_dit, t
             main("b", *flags)
         again = main("a", *flags)
         assert again["done"] == 0 and again["skipped"] == 4
+
+
+def test_image_folder_classes_are_matched_to_the_model_classes_they_name(tmp_path, capsys):
+    """Folders named by the shipped digits DiT's labels ('seven', 'three', ...), by class index or by nothing it knows:
+    a folder of some classes is scored against those classes, each image under its own label, in both modes."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    import json
+
+    from diffusion_classifier.data.registry import match_model_classes
+
+    print_dit_acc = load_script("scripts/print_dit_acc.py")
+
+    d = load_digits()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for root, folder_of in (("named", lambda c: names[c]), ("indexed", str), ("unknown", lambda c: f"kind{c}")):
+        for c in (3, 5, 7):
+            (tmp_path / root / folder_of(c)).mkdir(parents=True)
+            for j in np.flatnonzero(d.target == c)[-4:]:  # digits the shipped model was not trained on
+                Image.fromarray((d.images[j] * 255 / 16).astype(np.uint8)).save(tmp_path / root / folder_of(c) / f"{j}.png")
+
+    def main(root, *flags):
+        return eval_prob_dit.main(["--model", "tiny", "--dataset", "imagefolder", "--dataset_root", str(tmp_path / root),
+                                   "--log_dir", str(tmp_path / "logs" / root), "--no_progress", *map(str, flags)])
+
+    for root in ("named", "indexed"):  # sorted folders: five, seven, three / 3, 5, 7
+        res = main(root, "--to_keep", 1, "--n_samples", 10)
+        manifest = json.loads((Path(res["folder"]) / "manifest.json").read_text())["settings"]
+        assert manifest["classes"] == ([5, 7, 3] if root == "named" else [3, 5, 7])
+        assert res["accuracy"] >= 75.0, (root, res)  # 10% when label k was scored as model class k
+        for cls in (3, 5, 7):
+            per_class = main(root, "--cls", cls, "--t_interval", 100)
+        settings = json.loads((Path(per_class["folder"]) / "manifest.json").read_text())["settings"]
+        assert settings["model_classes"] == manifest["classes"]
+        acc = print_dit_acc.main([per_class["folder"], "--dataset", "imagefolder"])["accuracy"]["L2"]
+        assert acc >= 75.0, (root, acc)
+    with pytest.raises(ValueError, match=r"the 3 classes of --dataset imagefolder \('kind3', 'kind5', 'kind7'\) do "
+                                         r"not name classes of this 10-class model.*such as 'zero'"):
+        main("unknown", "--to_keep", 1, "--n_samples", 10)
+    # label synonyms, case and punctuation; wnids of a 1,000-class model; a name two classes share is no match
+    assert match_model_classes(["Great White Shark", "tench"], 3, {0: "tench, Tinca tinca", 1: "crane",
+                                                                   2: "great white shark, white shark"}) == [2, 0]
+    assert match_model_classes(["crane"], 3, {0: "crane", 1: "crane", 2: "x"}) is None
+    assert match_model_classes(["n01440764", "n01443537"], 1000, None) == [0, 1]
+    assert match_model_classes(["2", "10"], 10, None) is None

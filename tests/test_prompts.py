@@ -157,6 +157,20 @@ def test_empty_and_header_only(tmp_path):
         read_prompts(tmp_path / "h.csv")
 
 
+def test_a_quote_left_open_and_a_column_given_twice_are_named(tmp_path):
+    (tmp_path / "q.csv").write_text('prompt,classname,classidx\na 12" record,one,1\n"the ""best"" shot",two,2\n'
+                                     '"abc,zero,0\nd,e,3\n')
+    with pytest.raises(ValueError, match=r"q\.csv line 4: unexpected end of data \(a quoted field must end with a "
+                                         r"closing quote"):
+        read_prompts(tmp_path / "q.csv")
+    (tmp_path / "q.csv").write_text('prompt,classname,classidx\na 12" record,one,1\n"the ""best"" shot",two,2\n')
+    assert read_prompts(tmp_path / "q.csv").prompts == ['a 12" record', 'the "best" shot']
+    (tmp_path / "d.csv").write_text("prompt,classname,classidx,Classidx\na,a,0,9\n")
+    with pytest.raises(ValueError, match=r"d\.csv: column classidx appears 2 times in the header \(prompt, classname, "
+                                         r"classidx, Classidx\)"):
+        read_prompts(tmp_path / "d.csv")
+
+
 def test_check_classidx():
     t = PromptTable(["a", "b", "c"], ["a", "b", "c"], [0, 9, 12])
     check_classidx(t, 13)

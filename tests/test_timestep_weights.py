@@ -125,8 +125,8 @@ def test_ece_of_perfect_and_overconfident_predictions():
 def test_replay_of_a_full_evaluation_matches_real_runs():
     """Statistical schedules replayed from a full evaluation's errors ask for its own (t, noise row) pairs
     and get the same predictions and evaluation counts as running the model."""
-    from diffusion_classifier.data.transforms import dit_transform
     from diffusion_classifier.data.registry import get_dataset
+    from diffusion_classifier.data.transforms import dit_transform
     from diffusion_classifier.engine import Scorer
     from diffusion_classifier.families.dit import DIT_MODELS, load_class_conditional
     from diffusion_classifier.noise import make_noise

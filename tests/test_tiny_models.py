@@ -7,8 +7,8 @@ import torch
 
 from diffusion_classifier import DiffusionClassifier
 from diffusion_classifier.schedules.staged import adaptive_classify
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.digits import DigitsDataset, load_digits_arrays, split_indices
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import InputError
 from diffusion_classifier.families import SD_VERSIONS
@@ -192,6 +192,10 @@ def test_api_refuses_unusable_arguments_and_takes_usable_ones():
         (dict(loss="l3"), "loss must be one of l2, l1, huber, log_l2, got 'l3'"),
         (dict(noise=torch.full((8, 3, 8, 8), float("nan"))), "noise holds 1536 NaN and 0 infinite values"),
         (dict(noise=bank.numpy()), r"noise must hold a float tensor \(N, C, H, W\), found a ndarray"),
+        (dict(noise=bank.to_sparse()), r"noise must hold a dense float tensor \(N, C, H, W\), found a torch.sparse_coo"),
+        (dict(noise=bank * 1e30), r"noise holds values as large as [0-9.]+e\+30; expected standard normal draws"),
+        (dict(seed=1.5), r"seed must be an integer in -2\*\*63\.\.2\*\*64-1, found 1\.5"),
+        (dict(seed=2**70), r"seed must be an integer .*, found 1180591620717411303424"),
         (dict(temperature=float("inf")), "temperature must be a finite positive number, got inf"),
         (dict(img_size=0), "expected an image size S or .* got 0"),
         (dict(schedule="statistical", dleta=0.05), "unknown keyword argument\\(s\\) dleta; the statistical schedule takes"),
@@ -201,6 +205,11 @@ def test_api_refuses_unusable_arguments_and_takes_usable_ones():
             clf.classify([img], prompts, **{"n_samples": [2], **kwargs})
     with pytest.raises(InputError, match=r"found values in \[0, 255\]: scale \[0, 1\] images by 2x - 1"):
         clf.classify(torch.tensor([0.0, 255.0]).repeat(24).view(1, 3, 4, 4), prompts)
+    for images, found in ((None, "NoneType"), ("digit.png", "str: open image files with PIL.Image.open")):
+        with pytest.raises(InputError, match=f"expected PIL images or a \\(N, 3, H, W\\) tensor in \\[-1, 1\\], found {found}"):
+            clf.classify(images, prompts)
+    assert torch.equal(clf.classify([img], prompts, n_samples=[2], noise=bank.half())[0].scores,
+                       clf.classify([img], prompts, n_samples=[2], noise=bank.half().float())[0].scores)
     with pytest.raises(InputError, match="at least 1 x 1 pixels, found one of 0 x 4"):
         clf.classify([Image.new("RGB", (0, 4))], prompts)
     with pytest.raises(InputError, match="batch_size must be a positive integer, got 0"):

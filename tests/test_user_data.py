@@ -294,6 +294,25 @@ def test_write_prompts_from_hf_class_names(runs, capsys, monkeypatch):
     assert lines[-1] == "the digit nine,nine,9"
 
 
+def test_write_prompts_from_image_folder_names_and_the_hint_that_points_there(tmp_path):
+    from conftest import load_script
+
+    from diffusion_classifier.errors import MissingError
+
+    for c in ("sea_lion", "cat"):
+        (tmp_path / "imgs" / "test" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "test" / c / "a.png")
+    load_script("scripts/write_prompts.py").main(["--dataset", "imagefolder", "--dataset_root", str(tmp_path / "imgs"),
+                                                   "--split", "test", "--out", str(tmp_path / "p.csv")])
+    assert (tmp_path / "p.csv").read_text().splitlines() == ["prompt,classname,classidx", "a photo of a cat.,cat,0",
+                                                              "a photo of a sea lion.,sea_lion,1"]
+    with pytest.raises(MissingError, match=r"--dataset imagefolder has no shipped prompts .*: write them with "
+                                           r"scripts/write_prompts\.py --dataset imagefolder --dataset_root DIR --split S"):
+        load_script("eval_prob_adaptive.py").main(["--version", "tiny", "--dataset", "imagefolder", "--dataset_root",
+                                                    str(tmp_path / "imgs"), "--log_dir", str(tmp_path / "logs"),
+                                                    "--to_keep", "1", "--n_samples", "2"])
+
+
 # ---------------------------------------------------------------- unreadable images
 
 
@@ -516,8 +535,8 @@ def test_hf_without_the_datasets_package(tmp_path, monkeypatch):
 
 
 def test_header_checks(tmp_path):
-    from diffusion_classifier.data.registry import get_dataset
     from diffusion_classifier.data.images import UnreadableImageError, decode_rgb, find_unreadable, header_problem
+    from diffusion_classifier.data.registry import get_dataset
 
     good = _png(Image.new("RGB", (16, 16), (1, 2, 3)))
     assert header_problem(good) is None

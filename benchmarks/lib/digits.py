@@ -5,8 +5,8 @@ import time
 
 import torch
 
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.digits import DigitsDataset
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.noise import make_noise
 from diffusion_classifier.schedules.statistical import make_schedule

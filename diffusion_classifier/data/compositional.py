@@ -26,7 +26,7 @@ from typing import Callable
 
 from PIL import Image
 
-from ..errors import InputError, MissingError
+from ..errors import InputError, MissingError, warn
 from .entries import field, json_lines, load_json, short
 from .images import decode_rgb
 
@@ -77,18 +77,35 @@ def make_item(id: str, task: str, kind: str, images, captions, label, where: str
     if n < 2:
         what = "captions for its image" if kind == TEXT else "images for its caption"
         raise InputError(f"{where}: expected at least 2 {what}, found {n}")
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)  # 1.0, as JSON writers and pandas may give an integer
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
         raise InputError(f"{where}: label must be an integer in 0..{n - 1}, found {short(label)}")
     return Item(str(id), str(task), kind, images, captions, int(label))
 
 
+def _correct_one_repeated(item: Item) -> bool:
+    """Whether the item's correct candidate appears again among its candidates: the copies get the same scores, so
+    which one wins is the tie's order, not the model."""
+    candidates = item.captions if item.kind == TEXT else [(i.name, i.box) for i in item.images]
+    return list(candidates).count(candidates[item.label]) > 1
+
+
 def _unique(items: list[Item], where: Path | str) -> list[Item]:
+    """The items, their ids checked unique; items whose correct candidate repeats are left out with a warning."""
     ids = [i.id for i in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"{where}: item id {dup!r} repeats; expected one id per item")
+    tied = [i for i in items if _correct_one_repeated(i)]
+    if tied:
+        what = "caption" if tied[0].kind == TEXT else "image"
+        warn(f"{where}: {len(tied)} item(s) left out: the correct candidate appears twice among its candidates, so no "
+             f"model can pick it (first: item {tied[0].id!r}, its {what} "
+             f"{short(tied[0].captions[tied[0].label] if what == 'caption' else tied[0].images[tied[0].label].name)})")
+        items = [i for i in items if not _correct_one_repeated(i)]
     if not items:
-        raise InputError(f"{where} holds no item")
+        raise InputError(f"{where} holds no item" + (" that can be scored" if tied else ""))
     return items
 
 

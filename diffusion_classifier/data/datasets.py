@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torchvision import datasets as tvd
 
-from ..errors import InputError, MissingError
+from ..errors import InputError, MissingError, warn
 from .images import open_rgb, open_upright_rgb
 from .integrity import copy_problem
 from .prompts import DATA_DIR, DATASET_PROMPTS
@@ -292,12 +293,51 @@ class UserImageFolder(tvd.ImageFolder):
 
     def __init__(self, root, transform=None):
         root = str(root)
-        super().__init__(root, transform=transform, loader=open_upright_rgb, allow_empty=True,
-                         is_valid_file=lambda p: not _hidden(p, root) and
-                         tvd.folder.has_file_allowed_extension(p, tvd.folder.IMG_EXTENSIONS))
+        real_root = os.path.realpath(root)
+        others: list[str] = []  # files left out for their extension (a .gif, notes beside the images)
+        seen: set[tuple[str, str]] = set()
+        again: list[str] = []  # files reached a second time through a link (a link to a parent folder loops)
+
+        def is_image(path: str) -> bool:
+            if _hidden(path, root):
+                return False
+            if not tvd.folder.has_file_allowed_extension(path, tvd.folder.IMG_EXTENSIONS):
+                if os.path.isfile(path):  # not the end of a link loop, which the walk lists as a file
+                    others.append(path)
+                return False
+            key = (Path(os.path.relpath(path, root)).parts[0], os.path.realpath(path))
+            if looped(os.path.dirname(path)) or key in seen:
+                again.append(path)  # reached through a link back into the folder, or a second link to one file
+                return False
+            seen.add(key)
+            return True
+
+        looped_dirs: dict[str, bool] = {os.path.normpath(root): False}
+
+        def looped(folder: str) -> bool:
+            """Whether the walk reached `folder` through a link to a folder inside the root (a loop)."""
+            folder = os.path.normpath(folder)
+            if folder not in looped_dirs and os.path.dirname(folder) == folder:
+                return False  # above the root: never reached by the walk, which starts there
+            if folder not in looped_dirs:
+                looped_dirs[folder] = looped(os.path.dirname(folder)) or (
+                    os.path.islink(folder) and not os.path.relpath(os.path.realpath(folder), real_root).startswith(".."))
+            return looped_dirs[folder]
+
+        super().__init__(root, transform=transform, loader=open_upright_rgb, allow_empty=True, is_valid_file=is_image)
         if len(self.samples) == 0:
             raise MissingError(f"no images ({', '.join(tvd.folder.IMG_EXTENSIONS)}) in the class folders "
                                f"{', '.join(self.classes[:5])}{' ...' if len(self.classes) > 5 else ''}")
+        if others:
+            kinds = Counter(Path(p).suffix.lower() or "no extension" for p in others)
+            warn(f"{root}: {len(others)} file(s) in the class folders are left out, their names not ending in an image "
+                 f"extension ({', '.join(tvd.folder.IMG_EXTENSIONS)}): "
+                 + ", ".join(f"{n} {k}" for k, n in kinds.most_common(5))
+                 + f" (first: {Path(os.path.relpath(others[0], root)).as_posix()})")
+        if again:
+            warn(f"{root}: {len(again)} path(s) in the class folders reach, through symbolic links, an image already "
+                 f"listed or another class's image, and are left out (first: "
+                 f"{Path(os.path.relpath(again[0], root)).as_posix()})")
 
     def find_classes(self, directory):
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
@@ -309,8 +349,16 @@ class UserImageFolder(tvd.ImageFolder):
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
+def _split_folder(root: Path, split: str) -> Path | None:
+    """root/split, or its one folder whose name is split in other case (Train/ for --split train); None if none."""
+    if (root / split).is_dir():
+        return root / split
+    same = [p for p in root.iterdir() if p.is_dir() and p.name.lower() == split.lower()] if root.is_dir() else []
+    return same[0] if len(same) == 1 else None
+
+
 def build_imagefolder(root: Path, split: str, transform):
-    path = root / split if (root / split).is_dir() else root
+    path = _split_folder(root, split) or root
     how = f"expected {root}/[<split>/]<class>/<image> (class index = sorted folder order)"
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if path == root and root.is_dir() else []
@@ -351,10 +399,21 @@ DIGEST_SAMPLED_FILES = 1000  # files whose last bytes go into an image folder's 
 DIGEST_TAIL_BYTES = 4096
 
 
+def _size(path: str) -> int:
+    """The file's size, -1 for a file that cannot be read (a dangling link, left out by --skip_unreadable)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
 def _tail(path: str) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(max(os.path.getsize(path) - DIGEST_TAIL_BYTES, 0))
-        return f.read(DIGEST_TAIL_BYTES)
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(_size(path) - DIGEST_TAIL_BYTES, 0))
+            return f.read(DIGEST_TAIL_BYTES)
+    except OSError:
+        return b""
 
 
 def images_digest(dataset) -> dict:
@@ -368,7 +427,7 @@ def images_digest(dataset) -> dict:
     import hashlib
 
     h = hashlib.sha256()
-    listed = [[Path(os.path.relpath(f, dataset.root)).as_posix(), os.path.getsize(f), label] for f, label in dataset.samples]
+    listed = [[Path(os.path.relpath(f, dataset.root)).as_posix(), _size(f), label] for f, label in dataset.samples]
     h.update(json.dumps([dataset.classes, listed]).encode())
     n = len(dataset.samples)
     for i in sorted({k * n // DIGEST_SAMPLED_FILES for k in range(min(n, DIGEST_SAMPLED_FILES))}):

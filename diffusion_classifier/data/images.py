@@ -54,7 +54,9 @@ def _raised_in_pil(e: BaseException) -> bool:
 def describe_failure(e: BaseException, head: bytes | None = None, fmt: str | None = None) -> str:
     """What a file that PIL refused holds, in a few words; `head` is its first bytes when known."""
     if isinstance(e, FileNotFoundError):
-        return "the file does not exist (moved or deleted after the image list was made)"
+        return "the file does not exist (its path is listed, but no file is there)"
+    if isinstance(e, IsADirectoryError):
+        return "a folder, not an image file"
     if isinstance(e, PermissionError):
         return "a file this process may not read (permission denied)"
     if head is not None and len(head) == 0:

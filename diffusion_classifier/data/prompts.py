@@ -105,6 +105,16 @@ def dataset_prompts(dataset: str) -> PromptTable:
     return DATASET_PROMPTS[dataset].table()
 
 
+def _rows(reader: csv.DictReader, path: Path):
+    """The reader's rows; InputError naming the line where the CSV's quoting breaks."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise InputError(f"{path} line {reader.line_num + 1}: {e} (a quoted field must end with a closing quote, then a "
+                         f"comma or the line's end; a quote inside a quoted field is written \"\"); expected a CSV "
+                         f"prompt,classname,classidx") from None
+
+
 def read_prompts(path: str | Path) -> PromptTable:
     """Read a prompts CSV with columns prompt, classname, classidx (others ignored, any order)."""
     path = Path(path)
@@ -118,20 +128,24 @@ def read_prompts(path: str | Path) -> PromptTable:
     except UnicodeDecodeError as e:
         raise InputError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                          f"expected a UTF-8 CSV prompt,classname,classidx: re-save it as UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)  # strict: a quote left open is an error
     if reader.fieldnames is None:
         raise InputError(f"{path}: empty file; expected a header prompt,classname,classidx and at least one row")
     found = list(reader.fieldnames)
     # "Prompt, ClassName, classidx" (spaces after the commas, capitals) names the same columns
     reader.fieldnames = [f.strip().lower() if f and f.strip().lower() in COLUMNS else f for f in found]
     missing = [c for c in COLUMNS if c not in reader.fieldnames]
+    twice = [c for c in COLUMNS if reader.fieldnames.count(c) > 1]
+    if twice:  # csv reads the last of them: which one the file means is not known
+        raise InputError(f"{path}: column {twice[0]} appears {reader.fieldnames.count(twice[0])} times in the header "
+                         f"({', '.join(found)}); expected each of prompt,classname,classidx once")
     if missing:
         raise InputError(
             f"{path}: missing column(s) {', '.join(missing)}; expected prompt,classname,classidx, "
             f"found {', '.join(found) if any(found) else '(none)'}"
         )
     prompts, names, idx, lines = [], [], [], []
-    for row_num, row in enumerate(reader, start=1):
+    for row_num, row in enumerate(_rows(reader, path), start=1):
         if all(v is None or not str(v).strip() for v in row.values() if not isinstance(v, list)):
             continue  # a blank (or whitespace-only, or commas-only) line
         value = row["classidx"]

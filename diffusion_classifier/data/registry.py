@@ -6,13 +6,14 @@ dataset's name.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from torchvision import datasets as tvd
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from . import datasets as ds
 from .prompts import DATASET_PROMPTS
 
@@ -122,7 +123,7 @@ def _entries() -> list[DatasetInfo]:
         DatasetInfo("imagenet_sketch", ds.build_imagenet_sketch, **imagenet_folder, classes="imagenet",
                     model_classes=present_classes),
         DatasetInfo("objectnet", ds.build_objectnet, **imagenet_folder, model_classes=objectnet_classes),
-        DatasetInfo("imagefolder", ds.build_imagefolder, None, classes=None, class_conditional=True),
+        DatasetInfo("imagefolder", ds.build_imagefolder, None, classes=None, prompts_from_copy=True, class_conditional=True),
         DatasetInfo("digits", ds.build_digits, class_conditional=True),
         DatasetInfo("fashion_mnist", ds.build_fashion_mnist, class_conditional=True),
         DatasetInfo("digits_c", build_digits_c, {"test": "test"}, classes="digits", class_conditional=True,
@@ -223,9 +224,60 @@ def dataset_group(name: str, root: str | Path | None = None, **options) -> str:
     return info.group(root, **options) if info.group else name
 
 
+WNID = re.compile(r"^n[0-9]{8}$")
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def match_model_classes(names: Sequence[str], num_model_classes: int,
+                        model_labels: Mapping[int, str] | None = None) -> list[int] | None:
+    """The model class each of a dataset's classes (`names`, label order) names, or None when no rule names all of
+    them, each a different class: the model's class names (id2label; a comma-separated label gives synonyms; case,
+    spaces and punctuation ignored), ImageNet wnids (a 1,000-class model), or class indices 0..num_model_classes-1."""
+    keys = [_name_key(n) for n in names]
+    by_name: dict[str, set[int]] = {}
+    for k, label in (model_labels or {}).items():
+        for synonym in {label, *str(label).split(",")}:
+            if _name_key(synonym):
+                by_name.setdefault(_name_key(synonym), set()).add(int(k))
+    candidates = []
+    if by_name and all(len(by_name.get(k, ())) == 1 for k in keys):
+        candidates.append([next(iter(by_name[k])) for k in keys])
+    wnids = {w: i for i, w in enumerate(ds.IMAGENET_WNIDS)}
+    if num_model_classes == len(wnids) and all(str(n) in wnids for n in names):
+        candidates.append([wnids[str(n)] for n in names])
+    if all(str(n).isascii() and str(n).isdigit() and int(n) < num_model_classes for n in names):
+        candidates.append([int(n) for n in names])
+    return next((ids for ids in candidates if len(set(ids)) == len(ids)), None)
+
+
 def candidate_classes(name: str, n_dataset_classes: int, num_model_classes: int,
-                      dataset=None) -> tuple[list[int], list[int]]:
-    """(model class ids to score, the dataset label each one predicts) for a class-conditional model."""
+                      dataset=None, model_labels: Mapping[int, str] | None = None) -> tuple[list[int], list[int]]:
+    """(model class ids to score, the dataset label each one predicts) for a class-conditional model.
+
+    A dataset whose classes are the copy's own (an image folder, a Hugging Face dataset) is matched to the model's
+    classes by name (match_model_classes), so that a folder of some of the model's classes, or of all of them named
+    by label, scores each image against the classes it holds; classes that name none of the model's are scored
+    as model classes 0..N-1 in their sorted order when there are as many as the model has (the reference's
+    ImageNet folder), and refused otherwise."""
+    if dataset_info(name).class_list is None and dataset is not None:
+        names = class_names(name, dataset)
+        matched = match_model_classes(names, num_model_classes, model_labels)
+        if matched is not None:
+            return matched, list(range(len(matched)))
+        shown = ", ".join(repr(n) for n in names[:4]) + (" ..." if len(names) > 4 else "")
+        example = f" such as {next(iter(model_labels.values()))!r}" if model_labels else ""
+        how = (f"name each class (folder) by the model's class name{example} (id2label in model_index.json), by its "
+               f"class index 0..{num_model_classes - 1}" + (", or by its ImageNet wnid" if num_model_classes == 1000
+                                                              else ""))
+        if len(names) != num_model_classes:
+            raise InputError(f"the {len(names)} classes of --dataset {name} ({shown}) do not name classes of this "
+                             f"{num_model_classes}-class model, so their labels cannot be scored: {how}")
+        if model_labels:
+            warn(f"the classes of --dataset {name} ({shown}) do not name the model's; class k in their sorted order "
+                 f"is scored as model class k ({how} to match them)")
     classes, labels = dataset_info(name).model_classes(n_dataset_classes, dataset)
     if max(classes) >= num_model_classes:
         raise InputError(f"dataset {name} needs model classes up to {max(classes)}, "
@@ -233,8 +285,19 @@ def candidate_classes(name: str, n_dataset_classes: int, num_model_classes: int,
     return list(classes), list(labels)
 
 
-def class_to_label(name: str) -> dict[int, int] | None:
-    """Model class -> dataset label where a dataset's labels are not the model's classes (None: identity)."""
+def class_map_setting(name: str, classes: Sequence[int]) -> dict:
+    """A per-class run's manifest entry for a dataset whose classes are the copy's own and were matched to other
+    model classes (candidate_classes): {'model_classes': the model class of each label}; {} otherwise."""
+    if dataset_info(name).class_list is None and list(classes) != list(range(len(classes))):
+        return {"model_classes": [int(c) for c in classes]}
+    return {}
+
+
+def class_to_label(name: str, settings: Mapping | None = None) -> dict[int, int] | None:
+    """Model class -> dataset label where a dataset's labels are not the model's classes (None: identity); a run's
+    manifest `settings` holding class_map_setting's entry give its own map."""
+    if settings and settings.get("model_classes"):
+        return {int(m): k for k, m in enumerate(settings["model_classes"])}
     model_classes = dataset_info(name).model_classes
     if model_classes in (same_classes, present_classes):
         return None

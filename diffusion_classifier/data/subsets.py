@@ -2,11 +2,14 @@
 stratified choice of so many per class."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, MissingError, warn
+
+INTEGER_TOKEN = re.compile(r"-?[0-9]+(\.0*)?")  # 3, or 3.0 as a float column is written
 
 
 def _text_indices(path: Path) -> tuple[np.ndarray | None, str | None]:
@@ -18,13 +21,13 @@ def _text_indices(path: Path) -> tuple[np.ndarray | None, str | None]:
         return None, None
     for n, line in enumerate(text.splitlines(), start=1):
         bad = [t for t in line.replace(",", " ").replace("[", " ").replace("]", " ").split()
-               if not (t.isascii() and t.lstrip("-").isdigit())]
+               if not INTEGER_TOKEN.fullmatch(t)]
         if bad:
             return None, f"line {n} holds {bad[0][:40]!r}, not an integer index"
     tokens = text.replace(",", " ").replace("[", " ").replace("]", " ").split()
     if not tokens:
         return None, "the file holds no indices"
-    return np.array([int(t) for t in tokens], dtype=np.int64), None
+    return np.array([int(t.split(".")[0]) for t in tokens], dtype=np.int64), None
 
 
 def subset_indices(n: int, subset_path: str | Path | None = None) -> list[int]:

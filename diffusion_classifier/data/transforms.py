@@ -9,7 +9,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from ..errors import InputError
-from .images import to_8bit, to_rgb
+from .images import to_rgb
 from .sizes import image_size
 
 INTERPOLATIONS = {
@@ -38,10 +38,9 @@ def sd_transform(size: int | tuple[int, int], interpolation: str = "bicubic") ->
     size = image_size(size)
     crop = [T.CenterCrop(size)] if isinstance(size, int) else []  # (H, W): Resize gives exactly that size
     return T.Compose([
-        to_8bit,  # deep greyscale images (16-bit, float) first: Resize takes 8-bit modes
+        to_rgb,  # first, as image files are decoded: palette, 1-bit and deep greyscale images resize as RGB
         T.Resize(size, interpolation=INTERPOLATIONS[interpolation]),
         *crop,
-        to_rgb,
         T.ToTensor(),
         T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
     ])
