@@ -27,7 +27,7 @@ import torch
 
 from .class_offsets import NO_OFFSETS, ClassOffsets, candidates_digest, checked_offsets, run_offsets
 from .errors import InputError, MissingError
-from .records import load_record, local_model, read_manifest_settings, write_json
+from .records import CLASSIFICATION_KEYS, load_record, local_model, not_classification, read_manifest_settings, write_json
 from .schedules.staged import paired_scores
 from .weighting import run_weights
 
@@ -75,10 +75,8 @@ def readable_records(folder: str | Path):
             rec = load_record(path)
         except Exception:  # noqa: BLE001 - a truncated file is skipped
             continue
-        if not isinstance(rec, dict) or any(k not in rec for k in ("errors", "pred", "label")):
-            raise InputError(f"{path}: expected a classification record with 'errors', 'pred' and 'label' "
-                             f"(eval_prob_adaptive.py, eval_prob_dit.py's adaptive mode), found "
-                             f"{sorted(map(str, rec)) if isinstance(rec, dict) else type(rec).__name__}")
+        if not isinstance(rec, dict) or any(k not in rec for k in CLASSIFICATION_KEYS):  # image-text items too
+            raise not_classification(path, rec)
         problem = errors_problem(rec["errors"])
         if problem:
             raise InputError(f"{path}: expected 'errors' {{candidate index: {{'t', 'pred_errors'}}}} of a classification "

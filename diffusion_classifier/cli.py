@@ -394,6 +394,9 @@ def run(main: Callable, argv: list[str] | None = None, unit: str = "images") -> 
         print(f"interrupted by {e}: {n} {unit} finished in this run are saved, none is half-written; "
               f"re-run the same command to resume", file=sys.stderr)
         sys.exit(e.exit_code)
+    except BrokenPipeError:  # the output's reader has gone (`| head`): nothing more to say, to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - what is neither a user error nor a storage failure is re-raised
         if isinstance(e, UserError):
             error = e

@@ -64,6 +64,7 @@ class LoopStats:
     counted: int = 0  # records that count towards the running accuracy
     found_correct: int = 0  # of the records found usable before the loop started (whether counted or not)
     found_counted: int = 0
+    found_in_running: tuple[int, int] = (0, 0)  # (correct, counted) of them that count in the running accuracy
     evaluations: int = 0  # denoiser evaluations of this process
     repaired: int = 0  # broken records moved aside and recomputed
     elsewhere: int = 0  # items another process was computing or finished meanwhile
@@ -79,17 +80,13 @@ class LoopStats:
         return [f"{len(self.unreadable)} unreadable skipped: {names_of(self.unreadable)}"] if self.unreadable else []
 
     def summary(self, folder, extra_evaluations: int = 0) -> str:
-        """The classification line: accuracy, counts, denoiser evaluations of this process, repaired records.
-
-        A run that found every record done (nothing counted) reports the accuracy of the records it found.
-        """
+        """The classification line: accuracy over every record of the images asked for (those found done and
+        those computed now), counts, denoiser evaluations of this process, repaired records."""
         evaluations = self.evaluations + extra_evaluations
-        if self.counted:
-            acc = f"accuracy {self.accuracy:.2f}% over {self.counted} images"
-        elif self.found_counted:
-            acc = f"accuracy {100.0 * self.found_correct / self.found_counted:.2f}% over {self.found_counted} images"
-        else:
-            acc = "no images counted"
+        # every record of the images asked for, found or computed now (--load_stats only sets the running accuracy)
+        n = self.counted - self.found_in_running[1] + self.found_counted
+        right = self.correct - self.found_in_running[0] + self.found_correct
+        acc = f"accuracy {100.0 * right / n:.2f}% over {n} images" if n else "no images counted"
         parts = [f"{self.done} classified now", f"{self.skipped} already done"]
         if self.elsewhere:
             parts.append(f"{self.elsewhere} left to other processes")
@@ -156,6 +153,8 @@ class RecordLoop:
             if count:
                 self.stats.correct += right
                 self.stats.counted += 1
+                self.stats.found_in_running = (self.stats.found_in_running[0] + right,
+                                               self.stats.found_in_running[1] + 1)
 
     def _left_out(self, bad: list[tuple[Hashable, Unreadable]]) -> None:
         """Items that failed to decode mid-run: stop with one line (finished records stay), or leave them out."""

@@ -379,18 +379,47 @@ def existing_indices(folder: str | Path, ext: str = ".pt") -> set[int]:
     return {int(p.stem) for p in folder.glob(f"*{ext}") if p.stem.isdigit()}
 
 
+CLASSIFICATION_KEYS = ("errors", "pred", "label")  # a record of eval_prob_adaptive.py, eval_prob_dit.py's adaptive mode
+MATCHING_KEYS = ("captions", "kind")  # what a compositional or Winoground record has beside them
+PER_CLASS_KEYS = ("cls", "data")  # a record of eval_prob_dit.py's per-class mode
+
+
+def other_scripts_record(rec) -> bool:
+    """Whether a record that loads is recognisably another script's (image-text matching, per-class DiT)."""
+    return isinstance(rec, dict) and (any(k in rec for k in MATCHING_KEYS) or all(k in rec for k in PER_CLASS_KEYS))
+
+
+def not_classification(path: Path, rec) -> InputError:
+    """The error for a record that loads but is not a classification record (another script's, a foreign file)."""
+    found = sorted(map(str, rec)) if isinstance(rec, dict) else type(rec).__name__
+    other = (" (an image-text matching record: run_compositional.py and run_winoground.py print their accuracy)"
+             if isinstance(rec, dict) and any(k in rec for k in MATCHING_KEYS) else "")
+    return InputError(f"{path}: expected a classification record with 'errors', 'pred' and 'label' "
+                      f"(eval_prob_adaptive.py, eval_prob_dit.py's adaptive mode), found {found}{other}")
+
+
 def read_predictions(folder: str | Path, ext: str = ".pt") -> tuple[list[int], list[int], list[Path]]:
-    """(preds, labels, unreadable files) of every record in a run folder."""
+    """(preds, labels, unreadable files: cut short, or without a numeric pred and label) of every <index> record in
+    a run folder; InputError for another script's record or a folder of records named otherwise."""
     preds, labels, bad = [], [], []
-    for path in sorted(Path(folder).glob(f"*{ext}")):
-        if not path.stem.isdigit():
-            continue
+    paths = sorted(Path(folder).glob(f"*{ext}"))
+    indexed = [p for p in paths if p.stem.isdigit()]
+    if paths and not indexed:
+        raise InputError(f"{folder} holds no <index>{ext} records of a classification run (found {paths[0].name}"
+                         f"{' ...' if len(paths) > 1 else ''}): a run folder of another script?")
+    for path in indexed:
         try:
             rec = load_record(path)
+        except Exception:  # noqa: BLE001 - a truncated file is counted, not fatal
+            bad.append(path)
+            continue
+        if other_scripts_record(rec):
+            raise not_classification(path, rec)
+        try:
             pred, label = (int(rec["pred"]), int(rec["label"])) if isinstance(rec, dict) else (None, None)
-        except Exception:  # noqa: BLE001 - a truncated or foreign file is counted, not fatal
+        except (TypeError, KeyError, ValueError):  # a partial dict, a label that is no number
             pred = None
-        if pred is None:
+        if pred is None:  # ... or no dict at all (a bare tensor)
             bad.append(path)
             continue
         preds.append(pred)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion_classifier.data.registry import class_conditional_datasets, class_to_label  # noqa: E402
+from diffusion_classifier.data.registry import class_conditional_datasets, class_to_label, scored_classes  # noqa: E402
 from diffusion_classifier.tasks.per_class import load_per_class_scores, per_class_accuracy  # noqa: E402
 from diffusion_classifier.cli import run as run_cli  # noqa: E402
-from diffusion_classifier.errors import InputError  # noqa: E402
+from diffusion_classifier.errors import InputError, warn  # noqa: E402
 from diffusion_classifier.records import read_manifest_settings  # noqa: E402
 
 
@@ -47,9 +47,18 @@ def main(argv=None) -> dict:
     missing = [i for i in images if i not in labels]
     if missing:
         labels.update(dataset_labels(args.dataset, args.dataset_root, args.split, missing))
-    class_label = class_to_label(args.dataset, read_manifest_settings(args.folder))  # a folder of some classes: its map
+    settings = read_manifest_settings(args.folder)
+    dataset = settings.get("dataset") if settings.get("dataset") in class_conditional_datasets() else args.dataset
+    class_label = class_to_label(dataset, settings)  # a folder of some classes: its map
     acc = per_class_accuracy(scores, classes, [labels[i] for i in images], class_label)
     print(f"{args.folder}: {len(images)} images scored by all {len(classes)} classes")
+    expected = scored_classes(dataset, settings)
+    missing = [c for c in expected or [] if c not in classes]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        warn(f"{len(missing)} of the {len(expected)} classes of --dataset {dataset} have no class folder yet ({shown}): "
+             f"the accuracy below is the lowest error among the {len(classes)} that do; run eval_prob_dit.py --cls "
+             f"for the others")
     if unreadable:
         names = ", ".join(str(p.relative_to(args.folder)) for p in unreadable)
         print(f"  skipped {len(unreadable)} unreadable record(s), their images left out: {names}")

@@ -443,3 +443,26 @@ def test_the_shipped_class_offsets_apply_to_the_shipped_commands():
     assert co is not None and int(co.offsets.argmin()) == 9  # ankle boot
     assert resolve_offsets(None, flow, "l1", "native", None, cands) is None
     assert resolve_offsets(None, flow, "l1", "eps", None, cands[::-1]) is None
+
+
+def test_print_acc_refuses_records_of_other_scripts_instead_of_calling_them_unreadable(tmp_path):
+    """A compositional item (pred and label too) or a per-class DiT record is not a classification record: one line
+    naming it, not a count of 'unreadable' files or an accuracy over the items that happen to have numeric names."""
+    print_acc = load_script("scripts/print_acc.py")
+    errors = {0: {"t": torch.tensor([1]), "pred_errors": torch.tensor([0.5])}}
+    for name, folder_records, pattern in [
+        ("mixed", {"0.pt": {"errors": errors, "pred": 0, "label": 0},
+                   "1.pt": {"errors": errors, "pred": 0, "label": 0, "captions": ["a", "b"], "kind": "text"}},
+         r"1\.pt: expected a classification record .*\(an image-text matching record"),
+        ("dit", {"000.pt": {"kind": "l2", "data": torch.zeros(2, 1), "t": torch.tensor([1, 2]), "cls": 3, "label": 0}},
+         r"000\.pt: expected a classification record with 'errors', 'pred' and 'label' .*found \['cls', 'data'"),
+        ("named", {"ir0.pt": {"errors": errors, "pred": 0, "label": 0}},
+         r"holds no <index>\.pt records of a classification run \(found ir0\.pt\)"),
+    ]:
+        (tmp_path / name).mkdir()
+        for file, record in folder_records.items():
+            torch.save(record, tmp_path / name / file)
+        with pytest.raises(InputError, match=pattern):
+            print_acc.main([str(tmp_path / name)])
+    (tmp_path / "mixed" / "1.pt").write_bytes(b"cut short")  # a truncated record is still skipped and counted
+    assert print_acc.main([str(tmp_path / "mixed"), "--no_table"])[0]["unreadable"] == 1

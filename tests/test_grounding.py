@@ -291,3 +291,13 @@ def test_script_exits_2_without_traceback(data, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "is refused" in proc.stderr
     assert not (tmp_path / "ran").exists()
+
+
+def test_repeated_query_ids_are_named_with_their_positions():
+    from diffusion_classifier.errors import InputError
+    from diffusion_classifier.tasks.candidates import unique_ids
+
+    assert list(unique_ids(["a1", "b2", "c3"], lambda s: s[1], "query", "queries", "expression")) == ["1", "2", "3"]
+    with pytest.raises(InputError, match=r"query ids repeat: queries 2 and 4 \(of 4\) both have the id '2'; expected "
+                                         r"one id per expression"):
+        unique_ids(["a1", "b2", "c3", "d2"], lambda s: s[1], "query", "queries", "expression")

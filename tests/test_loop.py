@@ -54,6 +54,13 @@ def test_resume_computes_only_missing_records_and_counts_existing_on_request(tmp
     assert stats.summary("F").startswith("F: accuracy 40.00% over 5 images (0 classified now, 5 already done")
     stats, _ = _run(tmp_path / "empty", [])
     assert stats.summary("F").startswith("F: no images counted")
+    # a resume's final line is the accuracy over every record asked for, found or computed, counted or not
+    for count in (False, True):
+        _run(tmp_path / f"b{count}", [1, 2, 3])  # key 2 right
+        stats, seen = _run(tmp_path / f"b{count}", [1, 2, 3, 4, 5], count_existing=count,
+                           correct=lambda r: r["pred"] == r["label"])  # key 4 right
+        assert seen == [4, 5] and stats.accuracy == (40.0 if count else 50.0)  # the running accuracy
+        assert stats.summary("F").startswith("F: accuracy 40.00% over 5 images (2 classified now, 3 already done")
     assert not list(tmp_path.glob(f"*{CLAIM_SUFFIX}"))
 
 

@@ -285,6 +285,17 @@ def candidate_classes(name: str, n_dataset_classes: int, num_model_classes: int,
     return list(classes), list(labels)
 
 
+def scored_classes(name: str, settings: Mapping | None = None) -> list[int] | None:
+    """The model classes a per-class run of dataset `name` scores its images against, where they are known without
+    the data (a named dataset, or the run's manifest `settings` holding class_map_setting's entry); else None."""
+    if settings and settings.get("model_classes"):
+        return [int(c) for c in settings["model_classes"]]
+    info = dataset_info(name)
+    if info.class_list is None or info.model_classes is present_classes:
+        return None
+    return list(info.model_classes(num_classes(name), None)[0])
+
+
 def class_map_setting(name: str, classes: Sequence[int]) -> dict:
     """A per-class run's manifest entry for a dataset whose classes are the copy's own and were matched to other
     model classes (candidate_classes): {'model_classes': the model class of each label}; {} otherwise."""

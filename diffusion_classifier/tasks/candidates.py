@@ -137,11 +137,13 @@ def run_items_once(by_id: dict[Hashable, object], folder: str | os.PathLike, key
 
 def unique_ids(items: Sequence, key: Callable[[object], Hashable], noun: str, plural: str, per: str) -> dict:
     """{id: item} in order; InputError when two items share an id ("<noun> ids repeat (5 <plural>, ...)")."""
-    by_id = {key(it): it for it in items}
-    if len(by_id) != len(items):
-        raise InputError(f"{noun} ids repeat ({len(items)} {plural}, {len(by_id)} distinct ids); expected one id per "
-                         f"{per}")
-    return by_id
+    by_id: dict = {}
+    for n, it in enumerate(items):
+        first = by_id.setdefault(key(it), (n, it))[0]
+        if first != n:
+            raise InputError(f"{noun} ids repeat: {plural} {first + 1} and {n + 1} (of {len(items)}) both have the id "
+                             f"{key(it)!r}; expected one id per {per}")
+    return {k: it for k, (_, it) in by_id.items()}
 
 
 def accuracy_by(records: Sequence[dict], key: str, correct_key: str, missing: str = "-") -> dict:
