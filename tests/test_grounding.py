@@ -301,3 +301,12 @@ def test_repeated_query_ids_are_named_with_their_positions():
     with pytest.raises(InputError, match=r"query ids repeat: queries 2 and 4 \(of 4\) both have the id '2'; expected "
                                          r"one id per expression"):
         unique_ids(["a1", "b2", "c3", "d2"], lambda s: s[1], "query", "queries", "expression")
+
+
+def test_an_empty_expression_is_scored_with_a_warning(data, tmp_path, capsys):
+    path = _jsonl_with(tmp_path, data, lambda ls: ls[1]["sentences"][0].__setitem__("raw", "  "))
+    argv = _argv(data, tmp_path / "logs")
+    argv[argv.index("--data_path") + 1] = str(path)
+    result = load_script("run_refcoco.py").main(argv)
+    assert result["n"] == 4  # scored and counted
+    assert "1 expression(s) are empty (first: query '" in capsys.readouterr().err

@@ -357,3 +357,10 @@ def test_loader_non_utf8_line_is_named(tmp_path):
     (d / "examples.jsonl").write_bytes(text.encode("latin-1"))
     with pytest.raises(InputError, match=r"examples\.jsonl line 3 is not UTF-8 text"):
         load_winoground(d)
+
+
+def test_an_empty_tag_is_named_as_such():
+    scores = np.zeros((2, 2, 2))
+    scores[:, 0, 0] = scores[:, 1, 1] = 1.0  # both examples right
+    lines = format_scores(winoground_scores(scores, ["", "Object"]))
+    assert "(no tag) text score: 100.0 +/- 0.0" in lines and not any(line.startswith(" ") for line in lines)

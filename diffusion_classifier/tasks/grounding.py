@@ -23,7 +23,7 @@ from PIL import Image
 from ..data.images import Unreadable, UnreadableImageError
 from ..data.refcoco import Query, box_problem, iou
 from ..engine import Jobs, Scorer, cat_conditions
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..loop import LoopStats
 from .candidates import accuracy_by, candidate_scores, run_items_once, unique_ids
 from .matching import null_normalized_errors
@@ -236,6 +236,10 @@ def run_queries(queries: Sequence[Query], folder: str | os.PathLike,
     `score_query` returns the record's scores with `pred` and its denoiser `evaluations` (counted into the stats).
     """
     by_id = unique_ids(queries, lambda q: q.qid, "query", "queries", "expression")
+    empty = [q for q in queries if not q.expression.strip()]
+    if empty:
+        warn(f"{len(empty)} expression(s) are empty (first: query {empty[0].qid!r}): they name no region, so their "
+             f"picks say nothing of the model; they are scored and counted as the others")
     position = {q: n for n, q in enumerate(by_id)}
     return run_items_once(by_id, folder, RECORD_KEYS, partial(open_queries, by_id, position=position),
                           lambda query, image: make_record(query, score_query(query, image)), "hit", "expressions",

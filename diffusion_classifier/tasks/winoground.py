@@ -84,8 +84,8 @@ def winoground_scores(scores, tags: list[str]) -> dict:
 
 def format_scores(result: dict) -> list[str]:
     """Lines like 'Overall text score: 38.5 +/- 4.8', per tag and kind, in the order of `result`."""
-    return [f"{tag} {kind} score: {by_kind[kind]['score']:.1f} +/- {by_kind[kind]['ci95']:.1f}"
-            for tag, by_kind in result.items() for kind in KINDS]
+    return [f"{tag if str(tag).strip() else '(no tag)'} {kind} score: {by_kind[kind]['score']:.1f} +/- "
+            f"{by_kind[kind]['ci95']:.1f}" for tag, by_kind in result.items() for kind in KINDS]
 
 
 def normalized_image_scores(scores, uncond) -> np.ndarray:
