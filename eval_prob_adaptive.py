@@ -25,8 +25,6 @@ from diffusion_classifier.calibration import resolve_offsets
 from diffusion_classifier.data.datasets import images_digest
 from diffusion_classifier.data.images import LateTransform, drop_unreadable
 from diffusion_classifier.data.prompts import check_classidx, check_coverage, check_names, read_prompts
-from diffusion_classifier.data.subsets import subset_indices
-from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.data.registry import (
     DATASETS,
     check_split,
@@ -37,6 +35,8 @@ from diffusion_classifier.data.registry import (
     labels_of,
     num_classes,
 )
+from diffusion_classifier.data.subsets import subset_indices
+from diffusion_classifier.data.transforms import sd_transform
 from diffusion_classifier.engine import Scorer
 from diffusion_classifier.errors import MissingError
 from diffusion_classifier.families import SD_VERSIONS, load_model, resolve_model

@@ -35,8 +35,8 @@ from diffusion_classifier.data.images import drop_unreadable
 from diffusion_classifier.data.registry import (
     candidate_classes,
     check_split,
-    class_map_setting,
     class_conditional_datasets,
+    class_map_setting,
     data_settings,
     get_dataset,
     num_classes,

@@ -48,8 +48,8 @@ KINDS = {
 }
 GROUPS = {"both": ("sd", "dit"), "all": ("sd", "dit", "flow")}
 ARCH_FLAGS = ("patch", "heads", "head_dim", "layers")
-WARM_KINDS = ("sd", "sd-v", "sd-flow")
-NOT_TAKEN = {"sd-flow": ("beta_schedule",)}  # settings of a kind's module that the kind does not use (flow: no β)  # the kinds whose training can go on from a saved folder (--init)
+WARM_KINDS = ("sd", "sd-v", "sd-flow")  # the kinds whose training can go on from a saved folder (--init)
+NOT_TAKEN = {"sd-flow": ("beta_schedule",)}  # settings of a kind's module that the kind does not use (flow: no β)
 
 
 def parse_args(argv):

@@ -97,15 +97,16 @@ def _unique(items: list[Item], where: Path | str) -> list[Item]:
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"{where}: item id {dup!r} repeats; expected one id per item")
-    tied = [i for i in items if _correct_one_repeated(i)]
-    if tied:
-        what = "caption" if tied[0].kind == TEXT else "image"
-        warn(f"{where}: {len(tied)} item(s) left out: the correct candidate appears twice among its candidates, so no "
-             f"model can pick it (first: item {tied[0].id!r}, its {what} "
-             f"{short(tied[0].captions[tied[0].label] if what == 'caption' else tied[0].images[tied[0].label].name)})")
-        items = [i for i in items if not _correct_one_repeated(i)]
+    tied = [_correct_one_repeated(i) for i in items]
+    if any(tied):
+        first = items[tied.index(True)]
+        what = "caption" if first.kind == TEXT else "image"
+        warn(f"{where}: {sum(tied)} item(s) left out: the correct candidate appears twice among its candidates, so no "
+             f"model can pick it (first: item {first.id!r}, its {what} "
+             f"{short(first.captions[first.label] if what == 'caption' else first.images[first.label].name)})")
+        items = [i for i, t in zip(items, tied) if not t]
     if not items:
-        raise InputError(f"{where} holds no item" + (" that can be scored" if tied else ""))
+        raise InputError(f"{where} holds no item" + (" that can be scored" if any(tied) else ""))
     return items
 
 

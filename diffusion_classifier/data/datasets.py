@@ -317,11 +317,13 @@ class UserImageFolder(tvd.ImageFolder):
         def looped(folder: str) -> bool:
             """Whether the walk reached `folder` through a link to a folder inside the root (a loop)."""
             folder = os.path.normpath(folder)
-            if folder not in looped_dirs and os.path.dirname(folder) == folder:
+            if folder in looped_dirs:
+                return looped_dirs[folder]
+            parent = os.path.dirname(folder)
+            if parent == folder:
                 return False  # above the root: never reached by the walk, which starts there
-            if folder not in looped_dirs:
-                looped_dirs[folder] = looped(os.path.dirname(folder)) or (
-                    os.path.islink(folder) and not os.path.relpath(os.path.realpath(folder), real_root).startswith(".."))
+            looped_dirs[folder] = looped(parent) or (
+                os.path.islink(folder) and not os.path.relpath(os.path.realpath(folder), real_root).startswith(".."))
             return looped_dirs[folder]
 
         super().__init__(root, transform=transform, loader=open_upright_rgb, allow_empty=True, is_valid_file=is_image)

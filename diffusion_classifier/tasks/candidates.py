@@ -136,7 +136,8 @@ def run_items_once(by_id: dict[Hashable, object], folder: str | os.PathLike, key
 
 
 def unique_ids(items: Sequence, key: Callable[[object], Hashable], noun: str, plural: str, per: str) -> dict:
-    """{id: item} in order; InputError when two items share an id ("<noun> ids repeat (5 <plural>, ...)")."""
+    """{id: item} in order; InputError naming the first two items that share an id ("<noun> ids repeat: <plural> 2
+    and 4 (of 9) both have the id ...")."""
     by_id: dict = {}
     for n, it in enumerate(items):
         first = by_id.setdefault(key(it), (n, it))[0]
